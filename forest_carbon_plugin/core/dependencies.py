@@ -1,0 +1,118 @@
+"""Python packages the plugin needs beyond what QGIS ships, and how to get them.
+
+QGIS bundles numpy, GDAL and (on most platforms) rasterio-free Python; onnxruntime,
+laspy with its LAZ backend lazrs, and Dask usually have to be installed into the Python
+that QGIS runs. The check at plugin load uses :func:`importlib.util.find_spec` (fast: no
+import), the functions that need a package import it through :func:`require`, which
+turns an ``ImportError`` (missing, or broken by a numpy ABI clash) into a message with
+the exact pip command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MissingDependency
+
+
+@dataclass(frozen=True)
+class Dependency:
+    module: str  #: import name
+    requirement: str  #: pip requirement, pinned to what the test suite runs
+    purpose: str
+
+
+#: numpy is deliberately absent: it comes with QGIS and must keep QGIS's ABI.
+DEPENDENCIES: dict[str, Dependency] = {
+    d.module: d
+    for d in (
+        Dependency("onnxruntime", "onnxruntime>=1.17,<2", "ONNX model inference"),
+        Dependency("laspy", "laspy>=2.5,<3", "reading and writing LAS/LAZ point clouds"),
+        Dependency("lazrs", "lazrs>=0.6,<1", "LAZ compression for laspy"),
+        Dependency("dask", "dask>=2024.1", "tiled parallel processing"),
+        Dependency("distributed", "distributed>=2024.1", "the local and remote Dask cluster"),
+    )
+}
+
+
+def is_available(module: str) -> bool:
+    """True when ``module`` can be found, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_dependencies(modules=None) -> list[Dependency]:
+    """The dependencies (all, or those named) that this Python cannot find."""
+    names = DEPENDENCIES if modules is None else modules
+    return [DEPENDENCIES[m] for m in names if not is_available(m)]
+
+
+def qgis_python_executable() -> str:
+    """The Python interpreter of the running QGIS (or of this process outside QGIS).
+
+    Inside QGIS ``sys.executable`` is the QGIS binary itself on Linux and macOS, so the
+    interpreter is looked up beside ``sys.exec_prefix`` instead.
+    """
+    exe = Path(sys.executable or "")
+    if exe.name.lower().startswith("python"):
+        return str(exe)
+    major, minor = sys.version_info[:2]
+    candidates = [
+        Path(sys.exec_prefix) / "python.exe",  # OSGeo4W / standalone Windows installer
+        Path(sys.exec_prefix) / "bin" / f"python{major}.{minor}",  # Linux, macOS bundle
+        Path(sys.exec_prefix) / "bin" / f"python{major}",
+        Path(sys.exec_prefix) / "bin" / "python3",
+    ]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    return f"python{major}.{minor}"
+
+
+def pip_command(deps) -> str:
+    """The pip command that installs ``deps`` into the Python QGIS runs."""
+    requirements = [d.requirement for d in deps]
+    python = qgis_python_executable()
+    quoted = " ".join(shlex.quote(r) for r in requirements)
+    user = "" if _in_virtualenv() else " --user"
+    return f"{shlex.quote(python)} -m pip install{user} {quoted}"
+
+
+def _in_virtualenv() -> bool:
+    return sys.prefix != getattr(sys, "base_prefix", sys.prefix) or "CONDA_PREFIX" in os.environ
+
+
+def missing_message(deps) -> str:
+    names = ", ".join(d.module for d in deps)
+    purposes = "; ".join(f"{d.module}: {d.purpose}" for d in deps)
+    return (
+        f"Missing Python package(s): {names} ({purposes}). "
+        f"Install them into the Python that QGIS runs with:\n{pip_command(deps)}\n"
+        "then restart QGIS."
+    )
+
+
+def require(*modules: str):
+    """Import ``modules`` and return them, or raise :class:`MissingDependency`.
+
+    Any ``ImportError`` counts as missing: a package built for another numpy ABI fails
+    to import just like an absent one, and the fix is the same pip command.
+    """
+    loaded, failed, reasons = [], [], []
+    for name in modules:
+        try:
+            loaded.append(importlib.import_module(name))
+        except ImportError as exc:
+            failed.append(DEPENDENCIES.get(name, Dependency(name, name, name)))
+            reasons.append(f"{name}: {exc}")
+    if failed:
+        raise MissingDependency(missing_message(failed) + "\n(import errors: " + "; ".join(reasons) + ")")
+    return loaded[0] if len(loaded) == 1 else tuple(loaded)

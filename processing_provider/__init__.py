@@ -1,0 +1,1 @@
+"""Processing adapters: parameters in, core call, outputs out. No science here."""

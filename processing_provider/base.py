@@ -1,0 +1,84 @@
+"""What every Forest Carbon algorithm shares: ids, groups, dependency checks, errors."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from forest_carbon_plugin.core.dependencies import missing_dependencies, missing_message
+from forest_carbon_plugin.core.errors import ForestCarbonError
+from forest_carbon_plugin.paths import ICON_SVG
+
+
+class FeedbackProgress:
+    """The core's progress protocol on top of a ``QgsProcessingFeedback``."""
+
+    def __init__(self, feedback):
+        self.feedback = feedback
+
+    def set_progress(self, percent: float) -> None:
+        if self.feedback is not None:
+            self.feedback.setProgress(percent)
+
+    def is_canceled(self) -> bool:
+        return self.feedback is not None and self.feedback.isCanceled()
+
+    def info(self, message: str) -> None:
+        if self.feedback is not None:
+            self.feedback.pushInfo(message)
+
+    def warning(self, message: str) -> None:
+        if self.feedback is not None:
+            self.feedback.reportError(message, fatalError=False)
+
+
+class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
+    """Base class: subclasses set ``_name``, ``_display``, ``_group``, ``requirements``."""
+
+    _name = ""
+    _display = ""
+    _group = ""
+    _group_id = ""
+    #: import names of the Python packages the algorithm needs (see core.dependencies)
+    requirements: tuple[str, ...] = ()
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate(type(self).__name__, text)
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def name(self) -> str:
+        return self._name
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr(self._display)
+
+    def group(self) -> str:
+        return self.tr(self._group)
+
+    def groupId(self) -> str:  # noqa: N802
+        return self._group_id
+
+    def icon(self):
+        return QIcon(str(ICON_SVG))
+
+    def canExecute(self):  # noqa: N802
+        missing = missing_dependencies(self.requirements)
+        if missing:
+            return False, missing_message(missing)
+        return True, ""
+
+    def check_requirements(self) -> None:
+        """Raise a ``QgsProcessingException`` naming the pip command when a package is missing."""
+        missing = missing_dependencies(self.requirements)
+        if missing:
+            raise QgsProcessingException(missing_message(missing))
+
+    def call_core(self, function, *args, **kwargs):
+        """Call a core function; its user-facing errors become ``QgsProcessingException``."""
+        try:
+            return function(*args, **kwargs)
+        except ForestCarbonError as exc:
+            raise QgsProcessingException(str(exc)) from exc

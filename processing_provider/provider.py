@@ -1,0 +1,38 @@
+"""The Processing provider ``forestcarbon`` ("Forest Carbon")."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from forest_carbon_plugin import __version__
+from forest_carbon_plugin.paths import ICON_SVG
+
+from .lidar_info import LidarInfoAlgorithm
+from .model_info import ModelInfoAlgorithm
+
+ALGORITHMS = (LidarInfoAlgorithm, ModelInfoAlgorithm)
+
+
+class ForestCarbonProvider(QgsProcessingProvider):
+    def id(self) -> str:
+        return "forestcarbon"
+
+    def name(self) -> str:
+        return "Forest Carbon"
+
+    def longName(self) -> str:  # noqa: N802
+        return f"Forest Carbon {__version__}"
+
+    def icon(self):
+        return QIcon(str(ICON_SVG))
+
+    def svgIconPath(self) -> str:  # noqa: N802
+        return str(ICON_SVG)
+
+    def versionInfo(self) -> str:  # noqa: N802
+        return __version__
+
+    def loadAlgorithms(self):  # noqa: N802
+        for algorithm in ALGORITHMS:
+            self.addAlgorithm(algorithm())

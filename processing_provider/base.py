@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+import os
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterFile
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -31,6 +33,34 @@ class FeedbackProgress:
     def warning(self, message: str) -> None:
         if self.feedback is not None:
             self.feedback.reportError(message, fatalError=False)
+
+
+class FileOrFolderParameter(QgsProcessingParameterFile):
+    """A file with one of ``extensions``, or a folder (a catalog of tiles).
+
+    QGIS 3.22's file parameter accepts either files or folders, never both; LiDAR tools
+    take a tile or a catalog alike (as lidR's ``readLAScatalog``). The widget is the file
+    picker; a folder path can be typed or pasted into it.
+    """
+
+    def __init__(self, name, description, extensions=(), optional=False):
+        patterns = " ".join(f"*.{e} *.{e.upper()}" for e in extensions)
+        super().__init__(name, description, behavior=QgsProcessingParameterFile.File,
+                         fileFilter=f"Files or folders ({patterns});;All files (*)", optional=optional)
+        self._extensions = tuple(extensions)
+
+    def clone(self):
+        return FileOrFolderParameter(self.name(), self.description(), self._extensions,
+                                     bool(self.flags() & self.FlagOptional))
+
+    def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
+        if isinstance(value, str) and os.path.isdir(value):
+            return True
+        if isinstance(value, str) and value and not os.path.splitext(value)[1].lower().lstrip(".") \
+                in self._extensions:
+            return False
+        return super().checkValueIsAcceptable(value, context) if context is not None \
+            else super().checkValueIsAcceptable(value)
 
 
 class ForestCarbonAlgorithm(QgsProcessingAlgorithm):

@@ -16,7 +16,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFeatureSink,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsRectangle,
     QgsWkbTypes,
@@ -26,7 +25,7 @@ from qgis.PyQt.QtCore import QVariant
 from forest_carbon_plugin.core import lasinfo
 from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
-from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
 
 
 class LidarInfoAlgorithm(ForestCarbonAlgorithm):
@@ -52,15 +51,13 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
             "Outputs: an HTML report, the same as JSON (with provenance), and a polygon layer of the "
             "tile footprints (header bounding boxes) carrying those values as fields.\n\n"
             "Points are read in chunks of one million, so any file size fits in memory. A truncated "
-            "or corrupt file stops the run with its name.\n\n"
+            "or corrupt file stops the run with its name. For a folder, type or paste its path.\n\n"
             "Reference: ASPRS LAS Specification 1.4 R15 (2019)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFile(
-            self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
-            behavior=QgsProcessingParameterFile.File,
-            fileFilter="LAS/LAZ point clouds (*.las *.laz *.LAS *.LAZ)"))
+        self.addParameter(FileOrFolderParameter(
+            self.INPUT, self.tr("LAS/LAZ file or folder of tiles"), extensions=("las", "laz")))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_HTML, self.tr("Report (HTML)"), fileFilter="HTML files (*.html)"))
         self.addParameter(QgsProcessingParameterFileDestination(

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real headless QGIS (pytest-qgis), the provider, the sample files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("PROJ_DATA", "/usr/share/proj")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+QGIS_PLUGINS = "/usr/share/qgis/python/plugins"  # Processing lives here on Debian
+if QGIS_PLUGINS not in sys.path:
+    sys.path.append(QGIS_PLUGINS)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SAMPLE_LAZ = ROOT / "resources" / "sample_data" / "sample_stand.laz"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, or a skip saying what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: these tests read the real sample files of ../shared/data/ "
+                    "(clone the project with its shared/ folder beside it)")
+    return path
+
+
+@pytest.fixture
+def forestcarbon_provider(qgis_processing):
+    """The Forest Carbon provider registered in the running QGIS for one test."""
+    from qgis.core import QgsApplication
+
+    from processing_provider.provider import ForestCarbonProvider
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("forestcarbon")
+    if existing is not None:
+        registry.removeProvider(existing)
+    provider = ForestCarbonProvider()
+    assert registry.addProvider(provider)
+    yield provider
+    if registry.providerById("forestcarbon") is not None:
+        registry.removeProvider(provider)

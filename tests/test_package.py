@@ -1,0 +1,121 @@
+"""Acceptance 2: the zip from `make package` installs into a QGIS profile and runs in qgis_process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+
+import laspy
+import pytest
+
+from scripts import qgis_env
+
+from .conftest import ROOT, SAMPLE_LAZ, SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def plugin_zip():
+    proc = subprocess.run(["make", "package"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = ROOT / proc.stdout.strip().splitlines()[-1]
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def qgis_config(plugin_zip, tmp_path_factory):
+    config = tmp_path_factory.mktemp("qgis_config")
+    profile = config / "profiles" / "default"
+    plugins = profile / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(plugins)
+    # enable it the way a user's `qgis_process plugins enable` does
+    proc = qgis_env.run(["plugins", "enable", "forest_carbon_plugin"], config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return config
+
+
+def test_zip_layout(plugin_zip):
+    from scripts.package import version
+
+    assert plugin_zip.name == f"forest_carbon_plugin-{version()}.zip"
+    names = zipfile.ZipFile(plugin_zip).namelist()
+    assert {n.split("/")[0] for n in names} == {"forest_carbon_plugin"}
+    for required in ("metadata.txt", "__init__.py", "LICENSE", "processing_provider/provider.py",
+                     "processing_provider/lidar_info.py", "resources/icons/icon.png",
+                     "resources/sample_data/sample_stand.laz", "core/lasinfo.py"):
+        assert f"forest_carbon_plugin/{required}" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
+
+
+def test_qgis_process_lists_provider(qgis_config):
+    proc = qgis_env.run(["list"], qgis_config)
+    assert proc.returncode == 0, proc.stderr
+    assert "Forest Carbon" in proc.stdout
+    assert "forestcarbon:lidarinfo" in proc.stdout
+    assert "forestcarbon:modelinfo" in proc.stdout
+    help_proc = qgis_env.run(["help", "forestcarbon:lidarinfo"], qgis_config)
+    assert "OUTPUT_FOOTPRINTS" in help_proc.stdout and "ASPRS" in help_proc.stdout
+
+
+@pytest.mark.parametrize("source", ["sample", "MixedConifer.laz", "bcts"])
+def test_qgis_process_runs_lidarinfo(qgis_config, tmp_path, source):
+    path = SAMPLE_LAZ if source == "sample" else SHARED_DATA / "lidar" / source
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared/data not beside the checkout)")
+    outputs = {"OUTPUT_HTML": tmp_path / "r.html", "OUTPUT_JSON": tmp_path / "r.json",
+               "OUTPUT_FOOTPRINTS": tmp_path / "fp.gpkg"}
+    proc, results = qgis_env.run_algorithm("forestcarbon:lidarinfo", {"INPUT": path, **outputs}, qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for key, out in outputs.items():
+        assert out.is_file() and out.stat().st_size > 0
+        assert results[key] == str(out)
+    files = sorted(path.glob("*.laz")) if path.is_dir() else [path]
+    expected = sum(laspy.open(f).header.point_count for f in files)
+    document = json.loads(outputs["OUTPUT_JSON"].read_text())
+    assert document["summary"]["point_count"] == expected == results["POINT_COUNT"]
+
+
+def test_qgis_process_bad_input_is_a_clean_error(qgis_config, tmp_path):
+    bad = tmp_path / "not_a_cloud.laz"
+    bad.write_text("this is a text file\n")
+    proc, _ = qgis_env.run_algorithm("forestcarbon:lidarinfo", {
+        "INPUT": bad, "OUTPUT_JSON": tmp_path / "r.json", "OUTPUT_HTML": tmp_path / "r.html",
+        "OUTPUT_FOOTPRINTS": tmp_path / "fp.gpkg"}, qgis_config)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "not_a_cloud.laz" in text and "not a readable LAS/LAZ file" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "fp.gpkg").exists()
+
+
+def test_graphical_model_runs_in_qgis_process(qgis_config, tmp_path, qgis_processing):
+    """A .model3 built with the modeler API, whose child is lidarinfo, runs in qgis_process."""
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+    )
+
+    model = QgsProcessingModelAlgorithm("describe_tiles", "forest")
+    model.addModelParameter(QgsProcessingParameterFile("tiles", "Tiles"), QgsProcessingModelParameter("tiles"))
+    child = QgsProcessingModelChildAlgorithm("forestcarbon:lidarinfo")
+    child.setChildId("info")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("tiles")])
+    output = QgsProcessingModelOutput("report", "Report")
+    output.setChildOutputName("OUTPUT_JSON")
+    output.setChildId("info")
+    child.setModelOutputs({"report": output})
+    model.addChildAlgorithm(child)
+    path = tmp_path / "describe.model3"
+    assert model.toFile(str(path))
+    proc = qgis_env.run(["run", str(path), "--", f"tiles={SAMPLE_LAZ}",
+                         f"info:report={tmp_path / 'model_report.json'}"], qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "model_report.json").read_text())
+    assert doc["summary"]["point_count"] == laspy.open(SAMPLE_LAZ).header.point_count

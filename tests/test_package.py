@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import zipfile
 
@@ -16,9 +17,12 @@ from .conftest import ROOT, SAMPLE_LAZ, SHARED_DATA
 
 @pytest.fixture(scope="module")
 def plugin_zip():
-    proc = subprocess.run(["make", "package"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "package"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    path = ROOT / proc.stdout.strip().splitlines()[-1]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.strip().endswith(".zip")]
+    path = ROOT / line.strip()
     assert path.is_file()
     return path
 

@@ -21,8 +21,12 @@ PROVENANCE_KEY = "FOREST_CARBON_PROVENANCE"
 
 
 def provenance(algorithm: str, parameters: dict | None = None, inputs=None, model_id: str | None = None,
-               **extra) -> dict:
-    """A provenance record for an output: what made it, from what, with what."""
+               deterministic: bool = False, **extra) -> dict:
+    """A provenance record for an output: what made it, from what, with what.
+
+    With ``deterministic`` the record leaves out the time and host, for outputs that must be
+    byte-identical when made again from the same inputs (the scene simulator's).
+    """
     record = {
         "plugin": "forest_carbon_plugin",
         "plugin_version": __version__,
@@ -35,6 +39,9 @@ def provenance(algorithm: str, parameters: dict | None = None, inputs=None, mode
         "host": platform.node(),
     }
     record.update(_jsonable(extra))
+    if deterministic:
+        for key in ("created_utc", "host", "python"):
+            record.pop(key)
     return record
 
 

@@ -1,0 +1,319 @@
+"""Simulate a whole scene: the world, its ground truth and every observation of it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+from ..core.errors import ForestCarbonError
+from ..core.outputs import atomic_output, provenance as make_provenance
+from ..core.progress import NullProgress, Progress, check_cancel
+from ..core.raster import block_mean, write_raster
+from . import lidar, optical
+from .world import EPSG, SceneConfig, Trees, canopy_at, make_stands, make_terrain, make_trees, rng_for
+
+FIXED_DATE = "2023-07-15T00:00:00Z"  # GeoPackage timestamps: same seed, same bytes
+CARBON_FRACTION = 0.47  # IPCC 2006 default (shared/notes/models_uncertainty_carbon.md)
+PLOT_RADIUS_M = 12.62  # 500 m² circular plots
+
+
+def simulate_scene(out_dir, config: SceneConfig | None = None, progress: Progress | None = None) -> dict:
+    """Write a simulated scene into ``out_dir``; returns the scene manifest (scene.json).
+
+    The folder is assembled beside ``out_dir`` and moved into place at the end, so a failed
+    or cancelled run leaves nothing at ``out_dir``.
+    """
+    config = config or SceneConfig()
+    config.validate()
+    progress = progress or NullProgress()
+    target = Path(out_dir)
+    if target.exists() and any(target.iterdir()) and not (target / "scene.json").exists():
+        raise ForestCarbonError(f"'{target}' is not empty: choose an empty or new folder for the scene.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        manifest = _simulate_into(work, config, progress)
+        # paths in the manifest are relative: the folder can be moved
+        with atomic_output(work / "scene.json", "w") as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, trash / "old")
+            os.replace(work, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
+    prov = make_provenance("forestcarbon:simulatescene", asdict(config), deterministic=True)
+    size = config.size
+    n1 = int(size)
+    progress.info(f"Simulating a {size:.0f} m × {size:.0f} m scene (seed {config.seed})")
+    terrain = make_terrain(config)
+    stands = make_stands(config)
+    trees = make_trees(config, stands)
+    progress.info(f"{len(trees):,} trees in {len(stands.types)} stands")
+    progress.set_progress(5)
+    check_cancel(progress)
+
+    # -- truth on the 1 m grid, in row blocks -----------------------------------------------
+    from scipy.spatial import cKDTree
+
+    index = cKDTree(np.column_stack([trees.x, trees.y])) if len(trees) else None
+    chm = np.zeros((n1, n1), dtype=np.float32)
+    p_crown = np.zeros((n1, n1), dtype=np.float32)
+    gym_top = np.zeros((n1, n1), dtype=bool)
+    cc = np.arange(n1) + 0.5
+    for r0 in range(0, n1, 240):
+        rows = np.arange(r0, min(n1, r0 + 240))
+        X, Y = np.meshgrid(cc, size - (rows + 0.5))
+        if index is not None:
+            h, top, p = canopy_at(trees, index, X.ravel(), Y.ravel(), height_break_m=2.0)
+            chm[rows[0]:rows[-1] + 1] = h.reshape(X.shape)
+            p_crown[rows[0]:rows[-1] + 1] = p.reshape(X.shape)
+            gym_top[rows[0]:rows[-1] + 1] = np.where(top >= 0, trees.gymnosperm[np.maximum(top, 0)], True).reshape(X.shape)
+        check_cancel(progress)
+    xs = config.xmin + cc
+    ys = config.ymax - cc
+    XX, YY = np.meshgrid(xs, ys)
+    dtm = terrain.elevation(XX, YY).astype(np.float32)
+    slope_x, slope_y = terrain.gradient(XX, YY)
+    del XX, YY
+
+    truth = out / "truth"
+    t1 = Affine(1, 0, config.xmin, 0, -1, config.ymax)
+    crs = f"EPSG:{EPSG}"
+    write_raster(truth / "dtm_1m.tif", dtm, t1, crs, nodata=-9999.0, descriptions=["elevation_m"], provenance=prov)
+    write_raster(truth / "chm_1m.tif", chm, t1, crs, nodata=-9999.0, descriptions=["canopy_height_m"],
+                 provenance=prov)
+    agb_maps = {}
+    for res in (10, 30):
+        cover = block_mean(p_crown, res)
+        write_raster(truth / f"cover_{res}m.tif", cover.astype(np.float32), Affine(res, 0, config.xmin, 0, -res, config.ymax),
+                     crs, nodata=-9999.0, descriptions=["canopy_cover_fraction_gt2m"], provenance=prov)
+        agb = agb_grid(trees, size, res)
+        agb_maps[res] = agb
+        write_raster(truth / f"agb_{res}m.tif", agb.astype(np.float32), Affine(res, 0, config.xmin, 0, -res, config.ymax),
+                     crs, nodata=-9999.0, descriptions=["agb_mg_per_ha"], provenance=prov)
+    progress.set_progress(15)
+
+    # -- LiDAR, tile by tile ---------------------------------------------------------------------
+    water_1m = np.zeros((n1, n1), dtype=bool)
+    for sid, t in enumerate(stands.types):
+        if t.ground == "water":
+            water_1m |= stands.ids_1m == sid
+    lidar_dir = out / "lidar"
+    lidar_dir.mkdir(parents=True, exist_ok=True)
+    tile_list = list(lidar.tiles(config))
+    results = []
+    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+        futures = [pool.submit(lidar.simulate_tile, config, terrain, trees, water_1m, t, lidar_dir)
+                   for t in tile_list]
+        for i, future in enumerate(futures):
+            results.append(future.result())
+            progress.set_progress(15 + 55 * (i + 1) / len(futures))
+            if progress.is_canceled():
+                for f in futures:
+                    f.cancel()
+                check_cancel(progress)
+    check_cancel(progress)
+
+    # -- optical, radar, high resolution -----------------------------------------------------------
+    background = np.zeros((n1, n1), dtype=np.int8)
+    for sid, t in enumerate(stands.types):
+        background[stands.ids_1m == sid] = optical.BACKGROUNDS.index(t.ground if t.ground in optical.BACKGROUNDS
+                                                                     else "soil")
+    surface = optical.SurfaceModel(config, chm, p_crown, gym_top, background, slope_x, slope_y)
+    s2 = optical.write_sentinel2(config, surface, out / "sentinel2", prov)
+    progress.set_progress(78)
+    check_cancel(progress)
+    landsat = optical.write_landsat(config, surface, out / "landsat", prov)
+    progress.set_progress(84)
+    check_cancel(progress)
+    naip = optical.write_naip(config, surface, out / "naip", prov)
+    water_10m = block_mean(water_1m.astype(np.float32), 10) > 0.5
+    s1 = optical.write_sentinel1(config, agb_maps[10], water_10m, out / "sentinel1", prov)
+    progress.set_progress(90)
+    check_cancel(progress)
+
+    # -- vectors ---------------------------------------------------------------------------------
+    stand_records = write_stands(config, stands, truth / "stands.gpkg")
+    write_trees(config, trees, stands, truth / "trees.gpkg")
+    plots = write_plots(config, trees, stands, out / "field_plots.gpkg", truth / "field_plots_truth.csv")
+    projects = write_projects(config, trees, out / "projects.gpkg")
+    progress.set_progress(100)
+
+    def rel(p):
+        return os.path.relpath(p, out)
+
+    return {
+        "config": asdict(config),
+        "crs": crs,
+        "bounds": [config.xmin, config.ymin, config.xmax, config.ymax],
+        "size_m": size,
+        "truth": {
+            "dtm_1m": "truth/dtm_1m.tif", "chm_1m": "truth/chm_1m.tif",
+            "cover_10m": "truth/cover_10m.tif", "cover_30m": "truth/cover_30m.tif",
+            "agb_10m": "truth/agb_10m.tif", "agb_30m": "truth/agb_30m.tif",
+            "trees": "truth/trees.gpkg", "stands": "truth/stands.gpkg",
+            "field_plots": "truth/field_plots_truth.csv",
+            "tree_count": len(trees), "agb_total_mg": float(trees.agb_kg.sum() / 1000),
+            "stands": stand_records, "projects": projects, "plots": plots,
+            "naip_gain": naip["gain"], "naip_offset": naip["offset"],
+            "carbon_fraction": CARBON_FRACTION,
+        },
+        "lidar": {"tiles": [rel(r.path) for r in results], "points": sum(r.points for r in results),
+                  "pulses": sum(r.pulses for r in results), "pulse_density": config.pulse_density,
+                  "flying_height_m": config.flying_height_m, "max_scan_angle_deg": config.max_scan_angle_deg},
+        "sentinel2": {**{k: v for k, v in s2.items() if k != "files"}, "product": rel(s2["product"]),
+                      "files": {k: rel(v) for k, v in s2["files"].items()}},
+        "landsat": {**{k: v for k, v in landsat.items() if k != "files"}, "product": rel(landsat["product"]),
+                    "files": {k: rel(v) for k, v in landsat["files"].items()}},
+        "sentinel1": {**{k: v for k, v in s1.items() if k != "files"}, "files": {k: rel(v) for k, v in s1["files"].items()}},
+        "naip": {"file": rel(naip["file"]), "bands": naip["bands"]},
+        "field_plots": "field_plots.gpkg",
+        "projects": "projects.gpkg",
+        "provenance": prov,
+    }
+
+
+def agb_grid(trees: Trees, size: float, res: float) -> np.ndarray:
+    """AGB density (Mg/ha) per cell of a ``res`` grid, trees assigned by stem position."""
+    n = int(round(size / res))
+    if len(trees) == 0:
+        return np.zeros((n, n))
+    col = np.clip((trees.x / res).astype(int), 0, n - 1)
+    row = np.clip(((size - trees.y) / res).astype(int), 0, n - 1)
+    total_kg = np.bincount(row * n + col, weights=trees.agb_kg, minlength=n * n).reshape(n, n)
+    return total_kg / 1000 / (res * res / 10_000)
+
+
+def _gpkg_env():
+    import fiona
+
+    return fiona.Env(OGR_CURRENT_DATE=FIXED_DATE)
+
+
+def write_stands(config: SceneConfig, stands, path: Path) -> list:
+    import geopandas as gpd
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    transform = Affine(1, 0, config.xmin, 0, -1, config.ymax)
+    geoms: dict[int, list] = {}
+    for geom, value in shapes(stands.ids_1m.astype(np.int32), transform=transform):
+        geoms.setdefault(int(value), []).append(shape(geom))
+    records = []
+    for sid in sorted(geoms):
+        t = stands.types[sid]
+        poly = unary_union(geoms[sid])
+        records.append({"stand_id": sid, "stand_type": t.name, "forest": int(t.forest), "age_years": t.age_years,
+                        "density_per_ha": t.density_per_ha, "height_mean_m": t.height_mean_m,
+                        "area_ha": round(poly.area / 10_000, 4), "geometry": poly})
+    frame = gpd.GeoDataFrame(records, crs=f"EPSG:{EPSG}")
+    _write_gpkg(frame, path, "stands")
+    return [{k: v for k, v in r.items() if k != "geometry"} for r in records]
+
+
+def write_trees(config: SceneConfig, trees: Trees, stands, path: Path) -> None:
+    import geopandas as gpd
+
+    frame = gpd.GeoDataFrame({
+        "tree_id": np.arange(len(trees)),
+        "x": config.xmin + trees.x, "y": config.ymin + trees.y,
+        "height_m": trees.height_m, "crown_radius_m": trees.crown_radius_m,
+        "crown_depth_m": trees.crown_depth_m, "dbh_cm": trees.dbh_cm, "agb_kg": trees.agb_kg,
+        "gymnosperm": trees.gymnosperm.astype(int), "stand_id": trees.stand,
+    }, geometry=gpd.points_from_xy(config.xmin + trees.x, config.ymin + trees.y), crs=f"EPSG:{EPSG}")
+    _write_gpkg(frame, path, "trees")
+
+
+def write_plots(config: SceneConfig, trees: Trees, stands, path: Path, truth_csv: Path) -> list:
+    """Field plots: circular, measured AGB and mean height with measurement error."""
+    import geopandas as gpd
+
+    rng = rng_for(config, 800)
+    size = config.size
+    n_plots = int(min(200, max(8, size * size / 30_000)))
+    forest_ids = [i for i, t in enumerate(stands.types) if t.forest]
+    records, truth = [], []
+    attempts = 0
+    while len(records) < n_plots and attempts < 100 * n_plots:
+        attempts += 1
+        x, y = rng.uniform(PLOT_RADIUS_M, size - PLOT_RADIUS_M, 2)
+        sid = int(stands.ids_1m[min(int(size - y), stands.ids_1m.shape[0] - 1), int(x)])
+        if sid not in forest_ids and rng.random() > 0.15:
+            continue  # mostly forest plots, a few in non-forest
+        inside = (trees.x - x) ** 2 + (trees.y - y) ** 2 <= PLOT_RADIUS_M ** 2
+        area_ha = math.pi * PLOT_RADIUS_M ** 2 / 10_000
+        true_agb = float(trees.agb_kg[inside].sum() / 1000 / area_ha)
+        true_h = float(trees.height_m[inside].mean()) if inside.any() else 0.0
+        measured_agb = true_agb * math.exp(rng.normal(-0.1 ** 2 / 2, 0.1))
+        measured_h = max(0.0, true_h + rng.normal(0, 0.5)) if inside.any() else 0.0
+        pid = f"P{len(records) + 1:03d}"
+        records.append({"plot_id": pid, "radius_m": PLOT_RADIUS_M, "agb_mg_ha": round(measured_agb, 2),
+                        "mean_height_m": round(measured_h, 2), "n_trees": int(inside.sum()),
+                        "stand_type": stands.types[sid].name, "x": config.xmin + x, "y": config.ymin + y})
+        truth.append({"plot_id": pid, "true_agb_mg_ha": true_agb, "true_mean_height_m": true_h})
+    frame = gpd.GeoDataFrame(records, geometry=gpd.points_from_xy([r["x"] for r in records], [r["y"] for r in records]),
+                             crs=f"EPSG:{EPSG}").drop(columns=["x", "y"])
+    _write_gpkg(frame, path, "field_plots")
+    truth_csv.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(truth_csv, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(truth[0]) if truth else ["plot_id"])
+        writer.writeheader()
+        writer.writerows(truth)
+    return truth
+
+
+def write_projects(config: SceneConfig, trees: Trees, path: Path) -> list:
+    """Two or three project areas; their true AGB and carbon go to the manifest."""
+    import geopandas as gpd
+    from shapely import vectorized
+    from shapely.geometry import Polygon
+
+    s = config.size
+    x0, y0 = config.xmin, config.ymin
+    shapes_ = {
+        "Project A": Polygon([(0.05 * s, 0.05 * s), (0.45 * s, 0.08 * s), (0.42 * s, 0.6 * s), (0.25 * s, 0.95 * s),
+                              (0.04 * s, 0.7 * s)]),
+        "Project B": Polygon([(0.55 * s, 0.45 * s), (0.95 * s, 0.4 * s), (0.96 * s, 0.95 * s), (0.6 * s, 0.92 * s)]),
+    }
+    if s >= 400:
+        shapes_["Project C"] = Polygon([(0.55 * s, 0.05 * s), (0.8 * s, 0.05 * s), (0.8 * s, 0.3 * s), (0.55 * s, 0.3 * s)])
+    records, truth = [], []
+    for name, poly in shapes_.items():
+        inside = vectorized.contains(poly, trees.x, trees.y) if len(trees) else np.zeros(0, bool)
+        agb_mg = float(trees.agb_kg[inside].sum() / 1000)
+        world = Polygon([(x0 + x, y0 + y) for x, y in poly.exterior.coords])
+        records.append({"project": name, "geometry": world})
+        truth.append({"project": name, "area_ha": poly.area / 10_000, "agb_mg": agb_mg,
+                      "agb_mg_ha": agb_mg / (poly.area / 10_000),
+                      "carbon_t": agb_mg * CARBON_FRACTION, "co2e_t": agb_mg * CARBON_FRACTION * 44 / 12,
+                      "tree_count": int(inside.sum())})
+    _write_gpkg(gpd.GeoDataFrame(records, crs=f"EPSG:{EPSG}"), path, "projects")
+    return truth
+
+
+def _write_gpkg(frame, path: Path, layer: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _gpkg_env(), atomic_output(path) as tmp:
+        tmp.unlink()  # let the driver create the file
+        frame.to_file(tmp, layer=layer, driver="GPKG")

@@ -29,7 +29,7 @@ from .world import MAX_NEIGHBOURS, EPSG, SceneConfig, Terrain, Trees, crown_inte
 
 MAX_RETURNS = 5
 DEAD_ZONE_M = 1.2
-P_CONTINUE = 0.8
+P_CONTINUE = 0.6
 WATER_DROPOUT = 0.85
 GPS_EPOCH = 3.6e8  # adjusted standard GPS time (GPS seconds − 1e9), mid-2021
 SPEED_M_S = 60.0

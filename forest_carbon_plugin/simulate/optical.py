@@ -46,7 +46,7 @@ ENDMEMBERS = {
 SHADE_FACTOR = 0.2  # diffuse skylight share in shade
 DIFFUSE_SHARE = 0.2
 CLOUD_HEIGHT_M = 800.0
-NOISE_SD = 0.003
+NOISE_SD = 0.002  # per pixel at the native resolution
 
 S2_BANDS = {  # MSI band: (common name, resolution m)
     "B01": ("coastal", 60), "B02": ("blue", 10), "B03": ("green", 10), "B04": ("red", 10),
@@ -141,7 +141,7 @@ def clouds(config: SceneConfig, stream: int, res_m: float, sun_zenith: float, su
         field = np.zeros_like(px)
         for x, y, s in zip(cx, cy, sig):
             field += np.exp(-((px - x) ** 2 + (py - y) ** 2) / (2 * s * s))
-        return np.clip(1.8 * field - 0.35, 0, 1)
+        return np.clip(4.0 * (field - 0.45), 0, 1)  # opaque cores, short soft edges
 
     return opacity(X, Y), opacity(X + ox, Y + oy)
 
@@ -198,7 +198,9 @@ def write_sentinel2(config: SceneConfig, surface: SurfaceModel, out_dir: Path, p
     # scene classification at 20 m
     alpha, shadow_alpha = cloud_cache.get(20) or clouds(config, 1, 20, sza, saa)
     land = _land_class(surface, 20)
-    scl = np.select([alpha > 0.6, alpha > 0.3, alpha > 0.1, shadow_alpha > 0.3, land == 2, land == 1],
+    # Flags are generous at the edges (any cloud or shadow contribution is flagged): "clear"
+    # pixels are truly clear, so tests on them measure sensor differences, not haze.
+    scl = np.select([alpha > 0.6, alpha > 0.3, alpha > 0, shadow_alpha > 0.01, land == 2, land == 1],
                     [9, 8, 7, 3, 6, 5], default=4).astype(np.uint8)
     path = img / "R20m" / f"{tile}_{stamp}_SCL_20m.tif"
     write_raster(path, scl, _transform(config, 20), f"EPSG:{EPSG}", nodata=0, descriptions=["SCL"],
@@ -320,10 +322,11 @@ def write_landsat(config: SceneConfig, surface: SurfaceModel, out_dir: Path, pro
     cloud = alpha > 0.3
     from scipy.ndimage import binary_dilation
 
-    dilated = binary_dilation(cloud, iterations=1) & ~cloud
-    shadow = (shadow_alpha > 0.3) & ~cloud
+    # the dilated-cloud bit covers the cloud's one-pixel rim and every thinner cloud edge
+    dilated = (binary_dilation(cloud, iterations=1) | (alpha > 0)) & ~cloud
+    shadow = (shadow_alpha > 0.01) & ~cloud
     water = land == 2
-    conf = np.where(alpha > 0.6, 3, np.where(alpha > 0.3, 2, 1)).astype(np.uint16)
+    conf = np.where(alpha > 0.6, 3, np.where(alpha > 0.3, 2, 1)).astype(np.uint16)  # 1 = low, as on clear land
     qa = (dilated.astype(np.uint16) << 1) | (cloud.astype(np.uint16) << 3) | (shadow.astype(np.uint16) << 4) \
         | ((~cloud & ~dilated).astype(np.uint16) << 6) | (water.astype(np.uint16) << 7) | (conf << 8) \
         | (np.where(shadow, 3, 1).astype(np.uint16) << 10) | (np.uint16(1) << 12) | (np.uint16(1) << 14)

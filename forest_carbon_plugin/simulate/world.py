@@ -356,7 +356,7 @@ def crown_interval(trees: Trees, index, r):
 
 
 #: foliage extinction per metre of path inside a crown (gap probability exp(−k·L))
-EXTINCTION_PER_M = {True: 1.1, False: 0.8}
+EXTINCTION_PER_M = {True: 1.6, False: 1.2}
 
 
 def extinction(trees: Trees, index):

@@ -10,8 +10,9 @@ from forest_carbon_plugin.paths import ICON_SVG
 
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
+from .simulate_scene import SimulateSceneAlgorithm
 
-ALGORITHMS = (LidarInfoAlgorithm, ModelInfoAlgorithm)
+ALGORITHMS = (LidarInfoAlgorithm, ModelInfoAlgorithm, SimulateSceneAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

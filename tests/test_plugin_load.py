@@ -26,7 +26,7 @@ def test_init_gui_and_unload_twice(qgis_app, qgis_iface, qgis_processing):
         assert provider is not None
         assert provider.name() == "Forest Carbon"
         ids = {alg.id() for alg in provider.algorithms()}
-        assert {"forestcarbon:lidarinfo", "forestcarbon:modelinfo"} <= ids
+        assert {"forestcarbon:lidarinfo", "forestcarbon:modelinfo", "forestcarbon:simulatescene"} <= ids
         assert registry.algorithmById("forestcarbon:lidarinfo") is not None
         assert len(_ours(main_window.findChildren(QAction))) == 2
         plugin.initProcessing()  # QGIS may call it again: must not register twice

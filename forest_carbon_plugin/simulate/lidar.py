@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.dependencies import require
 from ..core.outputs import atomic_output
-from .world import MAX_NEIGHBOURS, EPSG, SceneConfig, Terrain, Trees, crown_interval, extinction, rng_for
+from .world import EPSG, SceneConfig, Terrain, Trees, crown_interval, extinction, rng_for
 
 MAX_RETURNS = 5
 DEAD_ZONE_M = 1.2
@@ -33,6 +33,8 @@ P_CONTINUE = 0.6
 WATER_DROPOUT = 0.85
 GPS_EPOCH = 3.6e8  # adjusted standard GPS time (GPS seconds − 1e9), mid-2021
 SPEED_M_S = 60.0
+PAIR_CHUNK = 100_000
+NEIGHBOURS = 10  # nearest stems tried per ray; crowns overlap a ray a few at a time
 
 
 @dataclass
@@ -80,29 +82,40 @@ def simulate_tile(config: SceneConfig, terrain: Terrain, trees: Trees, water_1m:
     along = np.where(line % 2 == 0, py, config.size - py)
     gps = GPS_EPOCH + line * line_time + along / SPEED_M_S + rng.random(n) * 1e-4
 
-    # crowns near each ray
+    # crowns crossed by each ray, as sparse (pulse, tree) pairs sorted by pulse
     pad = float(trees.crown_radius_m.max()) + 0.5 * float(np.abs(tan_t).max()) * 40 if len(trees) else 0
     near = (trees.x > x0 - pad) & (trees.x < x1 + pad) & (trees.y > y0 - pad) & (trees.y < y1 + pad)
     local = trees.subset(near)
-    echoes_h, echoes_pulse, echoes_energy, echoes_rn = [], [], [], []
+    pair_pulse = np.empty(0, dtype=np.int64)
+    top = bottom = rate = np.empty(0)
     if len(local):
         index = cKDTree(np.column_stack([local.x, local.y]))
-        k = min(MAX_NEIGHBOURS, len(local))
-        query_x = px - tan_t * 15.0
-        dist, idx = index.query(np.column_stack([query_x, py]), k=k, distance_upper_bound=pad)
-        idx = idx.reshape(n, k)
-        valid = idx < len(local)
-        safe = np.where(valid, idx, 0)
-        mid = local.height_m[safe] - local.crown_depth_m[safe] / 2
-        r = np.hypot(px[:, None] - tan_t[:, None] * mid - local.x[safe], py[:, None] - local.y[safe])
-        top, bottom = crown_interval(local, safe, r)
-        top = np.where(valid, top, -np.inf)
-        bottom = np.where(valid, bottom, -np.inf)
-        rate = extinction(local, safe) / cos_t[:, None]  # per metre of height along a tilted ray
-    else:
-        top = bottom = np.full((n, 1), -np.inf)
-        rate = np.ones((n, 1))
+        k = min(NEIGHBOURS, len(local))
+        pulses_parts, trees_parts, r_parts = [], [], []
+        # neighbour lists are n × k: build them a chunk of pulses at a time (bounded memory)
+        for c0 in range(0, n, PAIR_CHUNK):
+            c1 = min(n, c0 + PAIR_CHUNK)
+            _, idx = index.query(np.column_stack([px[c0:c1] - tan_t[c0:c1] * 15.0, py[c0:c1]]), k=k,
+                                 distance_upper_bound=pad)
+            idx = idx.reshape(c1 - c0, k)
+            pp, slot_k = np.nonzero(idx < len(local))
+            tid = idx[pp, slot_k]
+            pp += c0
+            # horizontal distance from the stem where the tilted ray crosses the crown's mid-height
+            mid = local.height_m[tid] - local.crown_depth_m[tid] / 2
+            r = np.hypot(px[pp] - tan_t[pp] * mid - local.x[tid], py[pp] - local.y[tid])
+            crossed = r < local.crown_radius_m[tid]
+            pulses_parts.append(pp[crossed])
+            trees_parts.append(tid[crossed])
+            r_parts.append(r[crossed])
+        pair_pulse = np.concatenate(pulses_parts)
+        tree_id = np.concatenate(trees_parts)
+        top, bottom = crown_interval(local, tree_id, np.concatenate(r_parts))
+        rate = extinction(local, tree_id) / cos_t[pair_pulse]  # per metre of height along a tilted ray
+    starts = np.flatnonzero(np.r_[True, pair_pulse[1:] != pair_pulse[:-1]]) if pair_pulse.size else np.empty(0, int)
+    segment_pulse = pair_pulse[starts]
 
+    echoes_h, echoes_pulse, echoes_energy, echoes_rn = [], [], [], []
     z_cur = np.full(n, np.inf)
     alive = np.ones(n, dtype=bool)
     energy = np.ones(n)
@@ -111,11 +124,15 @@ def simulate_tile(config: SceneConfig, terrain: Terrain, trees: Trees, water_1m:
         act = np.flatnonzero(alive)
         if act.size == 0:
             break
-        entry = np.minimum(top[act], z_cur[act, None])
-        with np.errstate(invalid="ignore"):  # −inf − (−inf) where no crown: NaN, never > 0
-            avail = entry - bottom[act]
-        depth = rng.exponential(1.0, entry.shape) / rate[act]
-        hit = np.where((avail > 0) & (depth < avail), entry - depth, -np.inf).max(axis=1)
+        # competing exponential interceptions in every crown still ahead of the beam
+        hit = np.full(n, -np.inf)
+        if pair_pulse.size:
+            entry = np.minimum(top, z_cur[pair_pulse])
+            avail = entry - bottom
+            depth = rng.exponential(1.0, pair_pulse.size) / rate
+            pair_hit = np.where(alive[pair_pulse] & (avail > 0) & (depth < avail), entry - depth, -np.inf)
+            hit[segment_pulse] = np.maximum.reduceat(pair_hit, starts)
+        hit = hit[act]
         veg = hit > 0.3
         # a vegetation echo, or the ground (the last echo)
         h = np.where(veg, hit, 0.0)
@@ -124,8 +141,7 @@ def simulate_tile(config: SceneConfig, terrain: Terrain, trees: Trees, water_1m:
         echoes_energy.append(energy[act].copy())
         count[act] += 1
         echoes_rn.append(count[act].copy())
-        ground = act[~veg]
-        alive[ground] = False
+        alive[act[~veg]] = False
         vact = act[veg]
         z_cur[vact] = hit[veg] - DEAD_ZONE_M
         energy[vact] *= 0.6

@@ -363,7 +363,7 @@ def extinction(trees: Trees, index):
     return np.where(trees.gymnosperm[index], EXTINCTION_PER_M[True], EXTINCTION_PER_M[False])
 
 
-MAX_NEIGHBOURS = 12
+MAX_NEIGHBOURS = 10
 
 
 def canopy_at(trees: Trees, tree_index, x, y, height_break_m: float = 2.0):
@@ -396,7 +396,8 @@ def canopy_at(trees: Trees, tree_index, x, y, height_break_m: float = 2.0):
     has = np.isfinite(best_top)
     height[has] = best_top[has]
     top_tree[has] = safe[np.arange(n), best][has]
-    path = np.clip(top - np.maximum(bottom, height_break_m), 0, None)
+    with np.errstate(invalid="ignore"):  # −inf − (−inf) where no crown
+        path = np.clip(top - np.maximum(bottom, height_break_m), 0, None)
     path = np.where(np.isfinite(path), path, 0.0)
     optical = (path * extinction(trees, safe)).sum(axis=1)
     return height, top_tree, 1 - np.exp(-optical)

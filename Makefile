@@ -50,7 +50,7 @@ deploy:
 	$(SYSTEM_PYTHON) scripts/deploy.py
 
 bench: setup
-	@if ls bench/bench_*.py >/dev/null 2>&1; then $(PYTHON) -m bench; else echo "no benchmarks yet"; fi
+	$(PYTHON) -m bench
 
 clean:
 	rm -rf dist build demo_output .pytest_cache

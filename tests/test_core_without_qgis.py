@@ -49,5 +49,7 @@ def test_every_core_module_imports_without_qgis():
     # the modules that exist today must all have been tried
     for name in ("forest_carbon_plugin.core.lasinfo", "forest_carbon_plugin.core.modelinfo",
                  "forest_carbon_plugin.core.outputs", "forest_carbon_plugin.core.dependencies",
-                 "forest_carbon_plugin.paths"):
+                 "forest_carbon_plugin.paths", "forest_carbon_plugin.core.hls",
+                 "forest_carbon_plugin.simulate.scene", "forest_carbon_plugin.simulate.lidar",
+                 "forest_carbon_plugin.simulate.optical", "forest_carbon_plugin.simulate.__main__"):
         assert name in report["imported"]

@@ -103,8 +103,7 @@ def test_rasters_open_in_gdal_and_qgis(scene, qgis_app):
         with rasterio.open(path) as src:
             assert src.crs.to_epsg() == 32633, path
             assert all(src.descriptions), path
-            if "naip" not in path.name:
-                assert src.nodata is not None, path
+            assert src.nodata is not None, path
             assert "FOREST_CARBON_PROVENANCE" in src.tags()
         layer = QgsRasterLayer(str(path), path.stem, "gdal")
         assert layer.isValid() and layer.crs().authid() == "EPSG:32633", path

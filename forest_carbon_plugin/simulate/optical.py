@@ -383,9 +383,9 @@ def write_naip(config: SceneConfig, surface: SurfaceModel, out_dir: Path, proven
     for band, gain, offset in zip(bands, gains, offsets):
         rho = surface.reflectance_1m(band, sza, saa, shadows)
         dn = gain * rho + offset + rng.normal(0, 1.5, rho.shape)
-        layers.append(np.clip(np.round(dn), 0, 255).astype(np.uint8))
+        layers.append(np.clip(np.round(dn), 1, 255).astype(np.uint8))  # 0 is kept for nodata
     path = out_dir / "naip_1m.tif"
-    write_raster(path, np.stack(layers), _transform(config, 1), f"EPSG:{EPSG}", nodata=None,
+    write_raster(path, np.stack(layers), _transform(config, 1), f"EPSG:{EPSG}", nodata=0,
                  descriptions=["red", "green", "blue", "nir"], provenance=provenance)
     return {"file": str(path), "gain": [float(g) for g in gains], "offset": [float(o) for o in offsets],
             "bands": list(bands)}

@@ -1,0 +1,83 @@
+"""Raster grids snapped to multiples of the resolution, with lidR's cell-membership rules.
+
+A grid is (xmin, ymax, res, ncols, nrows) in the CRS units; rows count down from the top.
+Its edges are multiples of ``res``, so grids made by separate runs mosaic exactly.
+
+Cell membership follows lidR's ``pixel_metrics``/``rasterize_canopy`` (shared/notes/
+lidar_metrics.md §3.1): ``col = floor((x − xmin)/res)``, ``row = floor((ymax − y)/res)``;
+a point on a north-south cell line belongs to the cell to its east, a point on an east-west
+line to the cell to its south; points on the grid's east or south edge go to the last
+column or row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Grid:
+    xmin: float
+    ymax: float
+    res: float
+    ncols: int
+    nrows: int
+
+    @classmethod
+    def covering(cls, xmin: float, ymin: float, xmax: float, ymax: float, res: float) -> "Grid":
+        """The grid of cells of side ``res`` aligned to multiples of ``res`` covering the box."""
+        gx0 = math.floor(xmin / res) * res
+        gy1 = math.ceil(ymax / res) * res
+        gx1 = math.ceil(xmax / res) * res
+        gy0 = math.floor(ymin / res) * res
+        ncols = max(1, int(round((gx1 - gx0) / res)))
+        nrows = max(1, int(round((gy1 - gy0) / res)))
+        return cls(gx0, gy1, res, ncols, nrows)
+
+    @property
+    def xmax(self) -> float:
+        return self.xmin + self.ncols * self.res
+
+    @property
+    def ymin(self) -> float:
+        return self.ymax - self.nrows * self.res
+
+    @property
+    def shape(self) -> tuple:
+        return self.nrows, self.ncols
+
+    @property
+    def size(self) -> int:
+        return self.nrows * self.ncols
+
+    @property
+    def transform(self):
+        from affine import Affine
+
+        return Affine(self.res, 0.0, self.xmin, 0.0, -self.res, self.ymax)
+
+    def cols(self, x) -> np.ndarray:
+        c = np.floor((np.asarray(x, dtype=np.float64) - self.xmin) / self.res).astype(np.int64)
+        return np.clip(c, 0, self.ncols - 1)
+
+    def rows(self, y) -> np.ndarray:
+        r = np.floor((self.ymax - np.asarray(y, dtype=np.float64)) / self.res).astype(np.int64)
+        return np.clip(r, 0, self.nrows - 1)
+
+    def cell_index(self, x, y) -> np.ndarray:
+        """Row-major cell index of each point (points outside are clipped to the edge cells)."""
+        return self.rows(y) * self.ncols + self.cols(x)
+
+    def centres(self):
+        """(x, y) of the cell centres, each shaped like the grid."""
+        xs = self.xmin + (np.arange(self.ncols) + 0.5) * self.res
+        ys = self.ymax - (np.arange(self.nrows) + 0.5) * self.res
+        return np.meshgrid(xs, ys)
+
+    def contains(self, x, y) -> np.ndarray:
+        x = np.asarray(x)
+        y = np.asarray(y)
+        return (x >= self.xmin) & (x <= self.xmax) & (y >= self.ymin) & (y <= self.ymax)

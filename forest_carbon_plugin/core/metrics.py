@@ -1,0 +1,216 @@
+"""Point-cloud metrics per raster cell, with lidR's and FUSION's definitions.
+
+Definitions (shared/notes/lidar_metrics.md): lidR 4.3.2 ``stdmetrics_z`` and
+``stdmetrics_i`` (R/metrics_stdmetrics.R), FUSION GridMetrics cover ("percentage of first
+returns above the height break", strict ``>``). Every metric of every cell is computed at
+once, vectorised over the points sorted by (cell, value): memory is a few arrays of the
+point count, time O(n log n).
+
+Floating point follows R where it changes results: quantiles are R's type 7
+(``(1 − h)·x[lo] + h·x[hi]`` at index ``1 + (n − 1)·p``), the probabilities are built as
+``seq(0.05, 0.95, 0.05)`` is, and the break sequences of ``zentropy`` and ``zpcum`` are
+R's ``seq(from, to, by)`` (``pmin(from + k·by, to)``) with ``findInterval`` semantics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QUANTILE_PROBS = 0.05 + np.arange(19) * 0.05  # seq(0.05, 0.95, 0.05)
+STDMETRICS_Z = (["zmax", "zmean", "zsd", "zskew", "zkurt", "zentropy", "pzabovezmean", "pzabove2"]
+                + [f"zq{5 * (k + 1)}" for k in range(19)] + [f"zpcum{k}" for k in range(1, 10)])
+STDMETRICS_I = ["itot", "imax", "imean", "isd", "iskew", "ikurt", "ipground",
+                "ipcumzq10", "ipcumzq30", "ipcumzq50", "ipcumzq70", "ipcumzq90"]
+EXTRA = ["cover", "n", "point_density", "pulse_density"]
+
+
+def metric_names(intensity: bool = False) -> list[str]:
+    """Band names of ``canopymetrics``, in order."""
+    return STDMETRICS_Z + EXTRA + (STDMETRICS_I if intensity else [])
+
+
+class _Sorted:
+    """Points sorted by (cell, value) with per-cell segment bookkeeping."""
+
+    def __init__(self, values, cell, ncells):
+        self.order = np.lexsort((values, cell))
+        self.v = np.asarray(values, dtype=np.float64)[self.order]
+        self.c = np.asarray(cell, dtype=np.int64)[self.order]
+        self.count = np.bincount(self.c, minlength=ncells)
+        self.start = np.cumsum(self.count) - self.count
+        self.ncells = ncells
+
+    def per_cell_sum(self, weights):
+        return np.bincount(self.c, weights=weights, minlength=self.ncells)
+
+
+def _moments(s: _Sorted):
+    n = s.count.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s.per_cell_sum(s.v) / n
+        d = s.v - mean[s.c]
+        d2 = d * d
+        m2 = s.per_cell_sum(d2)
+        m3 = s.per_cell_sum(d2 * d)
+        m4 = s.per_cell_sum(d2 * d2)
+        sd = np.sqrt(m2 / (n - 1))
+        sd[n < 2] = np.nan  # R's sd() of one value is NA
+        skew = (m3 / n) / (m2 / n) ** 1.5
+        kurt = n * m4 / (m2 * m2)
+    return mean, sd, skew, kurt
+
+
+def _quantiles(s: _Sorted, probs):
+    """R type-7 quantiles of each non-empty cell; NaN for empty cells."""
+    n = s.count
+    out = np.full((len(probs), s.ncells), np.nan)
+    has = n > 0
+    start, nn = s.start[has], n[has]
+    for i, p in enumerate(probs):
+        index = 1 + (nn - 1) * p
+        lo = np.floor(index).astype(np.int64)
+        hi = np.ceil(index).astype(np.int64)
+        h = index - lo
+        x_lo = s.v[start + lo - 1]
+        x_hi = s.v[start + hi - 1]
+        q = x_lo.copy()
+        mix = (index > lo) & (x_hi != x_lo)
+        q[mix] = (1 - h[mix]) * x_lo[mix] + h[mix] * x_hi[mix]
+        out[i, has] = q
+    return out
+
+
+def _r_seq_index(z, start, by, n_steps, cap):
+    """findInterval(z, pmin(start + k·by, cap) for k = 0..n_steps) for each point (1-based)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.floor((z - start) / by)
+    k = np.where(np.isfinite(k), k, 0).astype(np.int64)
+    k = np.clip(k, 0, n_steps)
+
+    def brk(j):
+        return np.minimum(start + j * by, cap) if cap is not None else start + j * by
+
+    # one step of correction each way: floor((z − a)/by) is off by one at most
+    up = (k < n_steps) & (brk(k + 1) <= z)
+    k = k + up
+    down = (k > 0) & (brk(k) > z)
+    k = k - down
+    return k + 1  # number of breaks ≤ z (z ≥ start always here)
+
+
+def stdmetrics_z(z, cell, ncells, dz: float = 1.0, th: float = 2.0, zmin: float = 0.0) -> dict:
+    """lidR's ``stdmetrics_z(z, dz, th, zmin)`` for every cell: name → array (ncells,)."""
+    s = _Sorted(z, cell, ncells)
+    n = s.count
+    has = n > 0
+    nf = n.astype(np.float64)
+    out = {}
+    zmax = np.full(ncells, np.nan)
+    zmax[has] = s.v[s.start[has] + n[has] - 1]
+    zlow = np.full(ncells, np.nan)
+    zlow[has] = s.v[s.start[has]]
+    mean, sd, skew, kurt = _moments(s)
+    out.update(zmax=zmax, zmean=mean, zsd=sd, zskew=skew, zkurt=kurt)
+    out["zentropy"] = _entropy(s, zmax, zlow, dz)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["pzabovezmean"] = 100 * s.per_cell_sum((s.v > mean[s.c]).astype(np.float64)) / nf
+        out["pzabove2"] = 100 * s.per_cell_sum((s.v > th).astype(np.float64)) / nf
+    for name, q in zip([f"zq{5 * (k + 1)}" for k in range(19)], _quantiles(s, QUANTILE_PROBS)):
+        out[name] = q
+    zpcum = _zpcum(s, zmax, zmin)
+    for k in range(9):
+        out[f"zpcum{k + 1}"] = zpcum[k]
+    for key in out:
+        out[key][~has] = np.nan
+    return out
+
+
+def _entropy(s: _Sorted, zmax, zlow, dz):
+    """Normalised Shannon entropy of the height histogram (1 m bins from 0); lidR's entropy()."""
+    ncells = s.ncells
+    result = np.full(ncells, np.nan)
+    valid_cell = (zmax >= 2 * dz) & (zlow >= 0)
+    if not valid_cell.any():
+        return result
+    nb = np.zeros(ncells, dtype=np.int64)
+    nb[valid_cell] = np.ceil(zmax[valid_cell] / dz).astype(np.int64)  # length(bk) − 1
+    pick = valid_cell[s.c]
+    z = s.v[pick]
+    c = s.c[pick]
+    idx = _r_seq_index(z, 0.0, dz, int(nb.max()), None)  # 1-based interval of seq(0, ceiling(zmax/dz)·dz, dz)
+    keep = idx <= nb[c]  # fast_table(hist, length(bk) − 1) drops z on the last break
+    z, c, idx = z[keep], c[keep], idx[keep]
+    width = int(nb.max())
+    counts = np.bincount(c * width + (idx - 1), minlength=ncells * width).reshape(ncells, width)
+    total = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = counts / total[:, None]
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0)
+        h = -plogp.sum(axis=1) / np.log(nb)
+    result[valid_cell] = h[valid_cell]
+    return result
+
+
+def _zpcum(s: _Sorted, zmax, zmin):
+    """Cumulative share of points per tenth of (zmin, zmax]; lidR's zpcum1..9."""
+    ncells = s.ncells
+    out = np.full((9, ncells), np.nan)
+    positive = zmax > zmin
+    out[:, ~positive & np.isfinite(zmax)] = 0.0
+    if not positive.any():
+        return out
+    by = np.where(positive, (zmax - zmin) / 10, np.nan)
+    with np.errstate(invalid="ignore"):
+        steps = np.where(positive, np.floor((zmax - zmin) / by + 1e-10), 0).astype(np.int64)
+    pick = (s.v > zmin) & positive[s.c]
+    z, c = s.v[pick], s.c[pick]
+    idx = _r_seq_index(z, zmin, by[c], steps[c], zmax[c])
+    keep = idx <= 10  # fast_table(zcls, 10): the zmax points (interval 11) are dropped
+    counts = np.bincount(c[keep] * 10 + (idx[keep] - 1), minlength=ncells * 10).reshape(ncells, 10)
+    total = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cum = np.cumsum(counts / total[:, None], axis=1) * 100
+    out[:, positive] = cum[positive, :9].T
+    return out
+
+
+def cover_and_density(z, first, cell, ncells, cell_area, height_break=2.0) -> dict:
+    """FUSION cover (% of first returns above the break), point count and densities per m²."""
+    z = np.asarray(z)
+    first = np.asarray(first, dtype=bool)
+    n = np.bincount(cell, minlength=ncells).astype(np.float64)
+    nfirst = np.bincount(cell[first], minlength=ncells).astype(np.float64)
+    above = np.bincount(cell[first & (z > height_break)], minlength=ncells).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cover = 100 * above / nfirst
+    out = {"cover": cover, "n": n, "point_density": n / cell_area, "pulse_density": nfirst / cell_area}
+    empty = n == 0
+    for key in out:
+        out[key][empty] = np.nan
+    return out
+
+
+def stdmetrics_i(intensity, z, classification, cell, ncells) -> dict:
+    """lidR's ``stdmetrics_i(i, z, class)`` (the returned set; intensity quantiles are not)."""
+    i = np.asarray(intensity, dtype=np.float64)
+    s = _Sorted(i, cell, ncells)
+    n = s.count
+    has = n > 0
+    itot = s.per_cell_sum(s.v)
+    imax = np.full(ncells, np.nan)
+    imax[has] = s.v[s.start[has] + n[has] - 1]
+    mean, sd, skew, kurt = _moments(s)
+    cls = np.asarray(classification)[s.order]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ipground = 100 * s.per_cell_sum(np.where(cls == 2, s.v, 0.0)) / itot
+    out = {"itot": itot, "imax": imax, "imean": mean, "isd": sd, "iskew": skew, "ikurt": kurt, "ipground": ipground}
+    # ipcumzqXX: share of intensity carried by points at or below the height quantile XX
+    zs = _Sorted(z, cell, ncells)
+    zq = _quantiles(zs, [0.1, 0.3, 0.5, 0.7, 0.9])
+    zvals = np.asarray(z, dtype=np.float64)[s.order]
+    for q, name in zip(zq, ["ipcumzq10", "ipcumzq30", "ipcumzq50", "ipcumzq70", "ipcumzq90"]):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = 100 * s.per_cell_sum(np.where(zvals <= q[s.c], s.v, 0.0)) / itot
+    for key in out:
+        out[key][~has] = np.nan
+    return out

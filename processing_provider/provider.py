@@ -8,11 +8,12 @@ from qgis.PyQt.QtGui import QIcon
 from forest_carbon_plugin import __version__
 from forest_carbon_plugin.paths import ICON_SVG
 
+from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
 
-ALGORITHMS = (LidarInfoAlgorithm, ModelInfoAlgorithm, SimulateSceneAlgorithm)
+ALGORITHMS = (LidarInfoAlgorithm, CanopyMetricsAlgorithm, ModelInfoAlgorithm, SimulateSceneAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

@@ -82,6 +82,20 @@ def test_qgis_process_runs_lidarinfo(qgis_config, tmp_path, source):
     assert document["summary"]["point_count"] == expected == results["POINT_COUNT"]
 
 
+def test_qgis_process_runs_canopymetrics(qgis_config, tmp_path):
+    out = tmp_path / "metrics.tif"
+    proc, results = qgis_env.run_algorithm("forestcarbon:canopymetrics", {
+        "INPUT": SAMPLE_LAZ, "RESOLUTION": 10, "NORMALIZE": 2, "MAX_WORKERS": 2, "OUTPUT": out}, qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert results["OUTPUT"] == str(out)
+    import rasterio
+
+    with rasterio.open(out) as src:
+        assert src.count == 40 and src.descriptions[0] == "zmax"
+        n = src.read(src.descriptions.index("n") + 1)
+    assert n[n != -9999].sum() == laspy.open(SAMPLE_LAZ).header.point_count
+
+
 def test_qgis_process_bad_input_is_a_clean_error(qgis_config, tmp_path):
     bad = tmp_path / "not_a_cloud.laz"
     bad.write_text("this is a text file\n")

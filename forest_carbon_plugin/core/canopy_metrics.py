@@ -1,0 +1,203 @@
+"""Canopy metrics on a raster grid from a LAS/LAZ file or catalog (lidR's ``pixel_metrics``).
+
+One pass over the tiles, each decoded once. Cells touched by a single tile are finished by
+the worker that reads it; cells straddling tile edges wait, as points, until every tile
+that touches them has been read, then are finished from all their points. So a catalog
+gives exactly the metrics of the same points merged into one file, and memory is bounded
+by one tile plus the edge strips. Tiles run in worker processes (``max_workers``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, TimeoutError
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, open_catalog, read_tile
+from .dependencies import qgis_python_executable
+from .errors import Cancelled, ForestCarbonError
+from .grid import Grid
+from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
+from .outputs import provenance as make_provenance
+from .progress import NullProgress, Progress, check_cancel
+from .raster import write_raster
+
+NODATA = -9999.0
+NORMALIZE_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class MetricsResult:
+    path: str
+    grid: Grid
+    bands: list
+    points: int
+    cells_with_data: int
+
+
+def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0, min_points: int = 4,
+                   intensity: bool = False, normalize: str = "auto", max_workers: int = 1,
+                   crs: str | None = None, progress: Progress | None = None,
+                   parameters: dict | None = None) -> MetricsResult:
+    """Write one band per metric (lidR's ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``,
+    ``point_density``, ``pulse_density``, and with ``intensity`` lidR's ``stdmetrics_i``)."""
+    progress = progress or NullProgress()
+    if not res > 0:
+        raise ForestCarbonError(f"The resolution must be positive (got {res}).")
+    if min_points < 1:
+        raise ForestCarbonError(f"MIN_POINTS must be at least 1 (got {min_points}).")
+    if normalize not in NORMALIZE_MODES:
+        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+    catalog = open_catalog(source, crs)
+    grid = Grid.covering(*catalog.bounds, res)
+    bands = metric_names(intensity)
+    values = compute_metrics(catalog, grid, bands, height_break, intensity, normalize, max_workers, progress)
+    n = values[bands.index("n")]
+    sparse = ~(n >= min_points)
+    values[:, sparse] = np.nan
+    data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
+    record = make_provenance("forestcarbon:canopymetrics", parameters or {
+        "RESOLUTION": res, "HEIGHT_BREAK": height_break, "MIN_POINTS": min_points, "INTENSITY": intensity,
+        "NORMALIZE": normalize}, inputs=[t.path for t in catalog.tiles])
+    check_cancel(progress)
+    write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
+                 provenance=record)
+    return MetricsResult(str(output), grid, bands, catalog.point_count, int((~sparse).sum()))
+
+
+def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity, normalize, max_workers,
+                    progress) -> np.ndarray:
+    """(bands, cells) float64 array; NaN where a cell has no point."""
+    need = np.zeros(grid.shape, dtype=np.int32)
+    rects = []
+    for tile in catalog.tiles:
+        r0, r1 = int(grid.rows([tile.maxy])[0]), int(grid.rows([tile.miny])[0])
+        c0, c1 = int(grid.cols([tile.minx])[0]), int(grid.cols([tile.maxx])[0])
+        need[r0:r1 + 1, c0:c1 + 1] += 1
+        rects.append((r0, r1, c0, c1))
+    out = np.full((len(bands), grid.size), np.nan)
+    done = np.zeros(grid.size, dtype=np.int32)
+    need_flat = need.ravel()
+    pending: list = []
+    tasks = [(tile.path, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, height_break,
+              intensity, normalize) for tile, rect in zip(catalog.tiles, rects)]
+
+    def collect(i, result):
+        exclusive_cells, exclusive_values, border = result
+        out[:, exclusive_cells] = exclusive_values
+        r0, r1, c0, c1 = rects[i]
+        rows, cols = np.mgrid[r0:r1 + 1, c0:c1 + 1]
+        done[(rows * grid.ncols + cols).ravel()] += 1
+        if border is not None and len(border["cell"]):
+            pending.append(border)
+        _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, grid.res)
+        progress.set_progress(100.0 * (i + 1) / len(tasks))
+
+    if max_workers <= 1 or len(tasks) == 1:
+        for i, task in enumerate(tasks):
+            check_cancel(progress)
+            collect(i, _tile_task(*task))
+    else:
+        with ProcessPoolExecutor(max_workers=max_workers, mp_context=_spawn_context()) as pool:
+            futures = [pool.submit(_tile_task, *task) for task in tasks]
+            try:
+                for i, future in enumerate(futures):
+                    while True:
+                        try:
+                            result = future.result(timeout=0.2)
+                            break
+                        except TimeoutError:
+                            if progress.is_canceled():
+                                raise Cancelled()
+                    collect(i, result)
+            except BrokenProcessPool as exc:
+                _terminate(pool)
+                raise ForestCarbonError(
+                    f"A worker process stopped unexpectedly ({exc}). Run again with MAX_WORKERS = 1; if that "
+                    "fails too, the message will name the problem.") from exc
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                _terminate(pool)
+                raise
+    if pending and any(len(p["cell"]) for p in pending):  # cannot happen: every cell's tiles were read
+        raise ForestCarbonError("Internal error: some edge cells were never completed.")
+    return out
+
+
+def _spawn_context():
+    """Worker processes started fresh, with the Python QGIS runs (not the QGIS binary)."""
+    ctx = multiprocessing.get_context("spawn")
+    ctx.set_executable(qgis_python_executable())
+    return ctx
+
+
+def _terminate(pool):
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, res):
+    if not pending:
+        return
+    merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+    complete = done[merged["cell"]] >= need_flat[merged["cell"]]
+    pending.clear()
+    if (~complete).any():
+        pending.append({k: v[~complete] for k, v in merged.items()})
+    if complete.any():
+        part = {k: v[complete] for k, v in merged.items()}
+        cells, values = _metrics_for(part, bands, height_break, intensity, res)
+        out[:, cells] = values
+
+
+def _metrics_for(points, bands, height_break, intensity, res):
+    """Metrics of the cells present in ``points`` → (cell ids, (bands, cells) values)."""
+    cells, local = np.unique(points["cell"], return_inverse=True)
+    k = len(cells)
+    m = stdmetrics_z(points["z"], local, k, th=height_break)
+    m.update(cover_and_density(points["z"], points["first"], local, k, res * res, height_break))
+    if intensity:
+        m.update(stdmetrics_i(points["intensity"], points["z"], points["classification"], local, k))
+    return cells, np.vstack([m[b] for b in bands])
+
+
+def _tile_task(path, grid, rect, need_rect, bands, height_break, intensity, normalize):
+    """Read one tile; finish the cells only it touches; return the others' points."""
+    fields = ["x", "y", "z", "return_number", "classification"] + (["intensity"] if intensity else [])
+    pts = read_tile(path, fields)
+    z = pts["z"]
+    if normalize != "never":
+        _check_heights(Path(path).name, z, pts["classification"], normalize)
+    cell = grid.cell_index(pts["x"], pts["y"])
+    points = {"cell": cell, "z": z, "first": pts["return_number"] == 1, "classification": pts["classification"]}
+    if intensity:
+        points["intensity"] = pts["intensity"]
+    r0, r1, c0, c1 = rect
+    row, col = cell // grid.ncols, cell % grid.ncols
+    exclusive = need_rect[row - r0, col - c0] == 1
+    ex = {k: v[exclusive] for k, v in points.items()}
+    cells, values = _metrics_for(ex, bands, height_break, intensity, grid.res) if len(ex["cell"]) \
+        else (np.empty(0, np.int64), np.empty((len(bands), 0)))
+    border = {k: v[~exclusive] for k, v in points.items()}
+    return cells, values, border
+
+
+def _check_heights(name, z, classification, normalize):
+    """Heights must be above ground; normalization of elevations is a separate algorithm."""
+    ground = classification == 2
+    looks_normalized = (np.mean(np.abs(z[ground]) <= 0.5) >= 0.9) if ground.any() \
+        else (z.min() >= -2 and np.mean(np.abs(z) <= 0.5) >= 0.05)
+    if normalize == "always" or not looks_normalized:
+        raise ForestCarbonError(
+            f"'{name}' holds elevations, not heights above ground (Z {z.min():.1f} to {z.max():.1f} m): "
+            "normalize it first (forestcarbon:normalizeheight is not yet available in this version; lidR's "
+            "normalize_height() or PDAL's hag_delaunay filter write normalized LAZ), or set NORMALIZE to "
+            "'never' if the heights are already above ground."
+            + ("" if ground.any() else " The file has no ground points (class 2): classify them first "
+                                       "(forestcarbon:classifyground)."))

@@ -1,0 +1,196 @@
+"""forestcarbon:canopymetrics (issue 4): lidR's definitions, catalogs, bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import laspy
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import QgsProcessingException, QgsRasterLayer
+from scipy import stats
+
+from forest_carbon_plugin.core.metrics import STDMETRICS_Z
+
+from .conftest import SAMPLE_LAZ, SHARED_DATA, shared_file
+
+REFERENCE = SHARED_DATA.parent / "notes" / "lidr_reference"
+
+
+def _run(source, out, **params):
+    import processing
+
+    defaults = {"INPUT": str(source), "RESOLUTION": 20, "MIN_POINTS": 1, "MAX_WORKERS": 1, "OUTPUT": str(out)}
+    defaults.update(params)
+    return processing.run("forestcarbon:canopymetrics", defaults)
+
+
+def _sample(path, x, y):
+    with rasterio.open(path) as src:
+        names = list(src.descriptions)
+        values = next(src.sample([(x, y)]))
+        nodata = src.nodata
+    return {n: (np.nan if v == nodata else float(v)) for n, v in zip(names, values)}
+
+
+def test_mixedconifer_equals_lidr(tmp_path, forestcarbon_provider):
+    las = shared_file("lidar", "MixedConifer.laz")
+    ref_csv = REFERENCE / "MixedConifer_stdmetrics_z_20m.csv"
+    out = tmp_path / "metrics.tif"
+    _run(las, out)
+    with rasterio.open(out) as src:
+        assert list(src.descriptions[:36]) == STDMETRICS_Z  # lidR's order
+        assert src.descriptions[36:] == ("cover", "n", "point_density", "pulse_density")
+        assert src.res == (20.0, 20.0) and src.crs.to_epsg() == 26912
+        assert src.transform.c % 20 == 0 and src.transform.f % 20 == 0  # snapped grid
+    rows = list(csv.DictReader(ref_csv.open()))
+    assert len(rows) == 25
+    na_cells = 0
+    for row in rows:
+        ours = _sample(out, float(row["x"]), float(row["y"]))
+        for name in STDMETRICS_Z:
+            if row[name] == "NA":
+                na_cells += 1
+                assert np.isnan(ours[name]), (row["x"], row["y"], name)
+            else:
+                assert ours[name] == pytest.approx(float(row[name]), rel=1e-6, abs=1e-9), (row["x"], row["y"], name)
+    cover_rows = list(csv.DictReader((REFERENCE / "MixedConifer_cover_first_gt2m_20m.csv").open()))
+    for row in cover_rows:
+        ours = _sample(out, float(row["x"]), float(row["y"]))
+        assert ours["cover"] == pytest.approx(100 * float(row["cover_gt2"]), rel=1e-6)
+
+
+def _independent_metrics(z):
+    """stdmetrics_z of one cell written from the definitions with numpy/scipy (not our code)."""
+    z = np.sort(np.asarray(z, dtype=float))
+    n = len(z)
+    out = {"zmax": z.max(), "zmean": z.mean(), "zsd": np.std(z, ddof=1) if n > 1 else np.nan}
+    out["zskew"] = stats.skew(z, bias=True) if np.ptp(z) > 0 else np.nan
+    out["zkurt"] = stats.kurtosis(z, fisher=False, bias=True) if np.ptp(z) > 0 else np.nan
+    if z.max() < 2 or z.min() < 0:
+        out["zentropy"] = np.nan
+    else:
+        nbins = int(np.ceil(z.max()))
+        counts = np.array([np.sum((z >= k) & (z < k + 1)) for k in range(nbins)], dtype=float)
+        p = counts[counts > 0] / counts.sum()
+        out["zentropy"] = -np.sum(p * np.log(p)) / np.log(nbins)
+    out["pzabovezmean"] = 100 * np.mean(z > z.mean())
+    out["pzabove2"] = 100 * np.mean(z > 2)
+    for k in range(1, 20):
+        out[f"zq{5 * k}"] = np.percentile(z, 5 * k, method="linear")
+    if z.max() <= 0:
+        for k in range(1, 10):
+            out[f"zpcum{k}"] = 0.0
+    else:
+        edges = np.linspace(0, z.max(), 11)
+        pos = z[(z > 0) & (z < z.max())]
+        counts = np.array([np.sum((pos >= edges[k]) & (pos < edges[k + 1])) for k in range(10)], dtype=float)
+        with np.errstate(invalid="ignore"):
+            cum = np.cumsum(counts) / counts.sum() * 100
+        for k in range(1, 10):
+            out[f"zpcum{k}"] = cum[k - 1]
+    return out
+
+
+def test_hand_made_cloud_against_independent_numpy(tmp_path, forestcarbon_provider):
+    rng = np.random.default_rng(3)
+    cells = {  # cell centre -> heights (avoiding values on exact bin edges)
+        (110.0, 190.0): rng.gamma(3, 4, 400) + 0.003,
+        (130.0, 190.0): np.array([7.25]),  # one point: zsd NA
+        (110.0, 170.0): np.full(30, 5.55),  # constant: skew/kurt NaN
+        (130.0, 170.0): rng.uniform(0.01, 1.6, 50),  # low: zentropy NA (zmax < 2)
+    }
+    xs, ys, zs = [], [], []
+    for (cx, cy), z in cells.items():
+        xs.append(cx - 9.5 + rng.random(len(z)) * 19)
+        ys.append(cy - 9.5 + rng.random(len(z)) * 19)
+        zs.append(np.round(z, 3))
+    header = laspy.LasHeader(point_format=1, version="1.2")
+    header.scales = [0.001, 0.001, 0.001]
+    header.offsets = [0, 0, 0]
+    las = laspy.LasData(header)
+    las.x, las.y, las.z = np.concatenate(xs), np.concatenate(ys), np.concatenate(zs)
+    las.return_number = np.ones(len(las.x), np.uint8)
+    las.number_of_returns = np.ones(len(las.x), np.uint8)
+    path = tmp_path / "hand.las"
+    las.write(path)
+    out = tmp_path / "m.tif"
+    _run(path, out, CRS="EPSG:32633", NORMALIZE=2)
+    for (cx, cy), z in cells.items():
+        ours = _sample(out, cx, cy)
+        ref = _independent_metrics(np.round(z, 3))
+        for name, value in ref.items():
+            if np.isnan(value):
+                assert np.isnan(ours[name]), (cx, cy, name)
+            else:
+                assert ours[name] == pytest.approx(value, rel=1e-5, abs=1e-5), (cx, cy, name, ours[name], value)
+        assert ours["n"] == len(z)
+        assert ours["point_density"] == pytest.approx(len(z) / 400)
+
+
+def test_catalog_equals_merged_file(tmp_path, forestcarbon_provider):
+    folder = shared_file("lidar", "bcts")
+    tiles = sorted(folder.glob("*.laz"))
+    merged_path = tmp_path / "merged.laz"
+    first = laspy.read(tiles[0])
+    with laspy.open(merged_path, mode="w", header=first.header) as writer:
+        for t in tiles:
+            writer.write_points(laspy.read(t).points)
+    _run(folder, tmp_path / "catalog.tif", NORMALIZE=2, RESOLUTION=10)
+    _run(merged_path, tmp_path / "merged.tif", NORMALIZE=2, RESOLUTION=10)
+    _run(folder, tmp_path / "catalog2.tif", NORMALIZE=2, RESOLUTION=10, MAX_WORKERS=2)
+    with rasterio.open(tmp_path / "catalog.tif") as a, rasterio.open(tmp_path / "merged.tif") as b, \
+            rasterio.open(tmp_path / "catalog2.tif") as c:
+        assert a.transform == b.transform and a.shape == b.shape
+        da, db, dc = a.read(), b.read(), c.read()
+        names = list(a.descriptions)
+    assert np.array_equal(da, db)
+    assert np.array_equal(da, dc)
+    n = da[names.index("n")]
+    assert n[n != -9999].sum() == sum(laspy.open(t).header.point_count for t in tiles)
+
+
+def test_output_loads_in_qgis(tmp_path, forestcarbon_provider):
+    out = tmp_path / "sample.tif"
+    _run(SAMPLE_LAZ, out, NORMALIZE=2, RESOLUTION=10)
+    layer = QgsRasterLayer(str(out), "metrics", "gdal")
+    assert layer.isValid() and layer.bandCount() == 40
+    assert layer.bandName(1).endswith("zmax") or "zmax" in layer.bandName(1)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("truncated", "truncated"), ("not_las", "not a readable LAS/LAZ file"), ("resolution", "RESOLUTION"),
+    ("no_crs", "No CRS"), ("elevations", "normalize"), ("no_ground", "classifyground")])
+def test_bad_input(case, fragment, tmp_path, forestcarbon_provider):
+    params = {}
+    if case == "truncated":
+        data = SAMPLE_LAZ.read_bytes()
+        source = tmp_path / "cut.laz"
+        source.write_bytes(data[: len(data) // 2])
+        params["NORMALIZE"] = 2
+    elif case == "not_las":
+        source = tmp_path / "table.laz"
+        source.write_text("x,y,z\n1,2,3\n")
+    elif case == "resolution":
+        source, params = SAMPLE_LAZ, {"RESOLUTION": 0, "NORMALIZE": 2}
+    elif case == "no_crs":
+        source = shared_file("lidar", "simple.las")
+    elif case == "elevations":
+        source = SAMPLE_LAZ  # Z around 420 m with ground points
+    else:
+        source = shared_file("lidar", "fullwave.laz")  # elevations, no class 2
+    out = tmp_path / "out.tif"
+    with pytest.raises(QgsProcessingException) as excinfo:
+        _run(source, out, **params)
+    assert fragment in str(excinfo.value)
+    assert "Traceback" not in str(excinfo.value)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_crs_override(tmp_path, forestcarbon_provider):
+    out = tmp_path / "simple.tif"
+    _run(shared_file("lidar", "simple.las"), out, CRS="EPSG:2992", NORMALIZE=2)
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 2992

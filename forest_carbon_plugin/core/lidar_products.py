@@ -1,0 +1,152 @@
+"""Canopy height models and tree tops from a LAS/LAZ file or a catalog of tiles.
+
+Catalog rules (as lidR's chunks with buffers): ``p2r`` is a cell maximum, so each tile's
+maxima are combined exactly; ``pitfree`` and tree tops look at neighbours, so each tile is
+processed with the points of the other tiles within a buffer around it, and keeps only the
+cells (or tops) that belong to it. Results near tile edges equal those of a merged file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, open_catalog, read_tile
+from .chm import p2r, pitfree
+from .errors import ForestCarbonError
+from .grid import Grid
+from .outputs import provenance as make_provenance
+from .progress import NullProgress, Progress, check_cancel
+from .raster import write_raster
+from .treetops import TreeTops, local_maxima, raster_local_maxima
+
+NODATA = -9999.0
+CHM_METHODS = ("p2r", "pitfree")
+
+
+def _buffered_points(catalog: Catalog, i: int, buffer: float, fields):
+    """Points of tile ``i`` and of the other tiles within ``buffer`` of it; and a mask of tile i's own."""
+    tile = catalog.tiles[i]
+    own = read_tile(tile.path, fields)
+    parts = [own]
+    x0, y0, x1, y1 = tile.minx - buffer, tile.miny - buffer, tile.maxx + buffer, tile.maxy + buffer
+    for j, other in enumerate(catalog.tiles):
+        if j == i or other.maxx < x0 or other.minx > x1 or other.maxy < y0 or other.miny > y1:
+            continue
+        pts = read_tile(other.path, fields)
+        near = (pts["x"] >= x0) & (pts["x"] <= x1) & (pts["y"] >= y0) & (pts["y"] <= y1)
+        parts.append({k: v[near] for k, v in pts.items()})
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in fields}
+    mine = np.zeros(len(merged["x"]), dtype=bool)
+    mine[: len(own["x"])] = True
+    return merged, mine
+
+
+def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", subcircle: float = 0.0,
+                        fill_empty: bool = False, crs: str | None = None, progress: Progress | None = None,
+                        parameters: dict | None = None) -> Grid:
+    progress = progress or NullProgress()
+    if not res > 0:
+        raise ForestCarbonError(f"The resolution must be positive (got {res}).")
+    if method not in CHM_METHODS:
+        raise ForestCarbonError(f"METHOD must be one of {CHM_METHODS} (got {method!r}).")
+    if subcircle < 0:
+        raise ForestCarbonError(f"SUBCIRCLE must be zero or positive (got {subcircle}).")
+    catalog = open_catalog(source, crs)
+    grid = Grid.covering(*catalog.bounds, res)
+    chm = np.full(grid.shape, np.nan)
+    tiles = catalog.tiles
+    if method == "p2r":
+        for i, tile in enumerate(tiles):
+            check_cancel(progress)
+            pts = read_tile(tile.path, ("x", "y", "z"))
+            chm = np.fmax(chm, p2r(pts["x"], pts["y"], pts["z"], grid, subcircle))
+            progress.set_progress(90.0 * (i + 1) / len(tiles))
+    else:
+        owner = _cell_owner(catalog, grid)
+        buffer = max(5.0, 10 * res) + subcircle
+        for i in range(len(tiles)):
+            check_cancel(progress)
+            pts, _ = _buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number"))
+            layer = pitfree(pts["x"], pts["y"], pts["z"], pts["return_number"] == 1, grid, subcircle=subcircle)
+            mine = owner == i
+            chm[mine] = layer[mine]
+            progress.set_progress(90.0 * (i + 1) / len(tiles))
+    if fill_empty:
+        chm = fill_empty_cells(chm, grid)
+    check_cancel(progress)
+    record = make_provenance("forestcarbon:canopyheightmodel", parameters or {
+        "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill_empty},
+        inputs=[t.path for t in tiles])
+    data = np.where(np.isfinite(chm), chm, NODATA).astype(np.float32)
+    write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=["canopy_height_m"],
+                 provenance=record)
+    progress.set_progress(100.0)
+    return grid
+
+
+def _cell_owner(catalog: Catalog, grid: Grid) -> np.ndarray:
+    """Which tile owns each cell: the first tile whose bounds hold the cell centre."""
+    owner = np.full(grid.shape, -1, dtype=np.int32)
+    cx, cy = grid.centres()
+    for i, t in reversed(list(enumerate(catalog.tiles))):
+        inside = (cx >= t.minx) & (cx <= t.maxx) & (cy >= t.miny) & (cy <= t.maxy)
+        owner[inside] = i
+    # cells whose centre falls in no tile (the grid's outer half-cells): nearest tile by bounds
+    missing = owner < 0
+    if missing.any():
+        centres = np.column_stack([cx[missing], cy[missing]])
+        dist = np.stack([np.hypot(np.clip(centres[:, 0], t.minx, t.maxx) - centres[:, 0],
+                                  np.clip(centres[:, 1], t.miny, t.maxy) - centres[:, 1]) for t in catalog.tiles])
+        owner[missing] = np.argmin(dist, axis=0)
+    return owner
+
+
+def fill_empty_cells(chm: np.ndarray, grid: Grid) -> np.ndarray:
+    """Fill empty cells inside the data's convex hull by linear interpolation (lidR's na.fill = tin())."""
+    from .chm import tin_layer
+
+    valid = np.isfinite(chm)
+    if valid.sum() < 3 or valid.all():
+        return chm
+    cx, cy = grid.centres()
+    filled = tin_layer(cx[valid], cy[valid], chm[valid], grid)
+    return np.where(valid, chm, filled)
+
+
+def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: float = 2.0,
+              crs: str | None = None, progress: Progress | None = None):
+    """Tree tops from a LAS/LAZ file or catalog, or from a CHM raster (.tif and other GDAL rasters).
+
+    Returns ``(TreeTops, crs string)``.
+    """
+    progress = progress or NullProgress()
+    if ws_intercept <= 0 and ws_slope <= 0:
+        raise ForestCarbonError("The window must have a positive size: set WS_INTERCEPT or WS_SLOPE above 0.")
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() not in (".las", ".laz"):
+        import rasterio
+
+        try:
+            with rasterio.open(path) as src:
+                chm = src.read(1, masked=True).filled(np.nan).astype(np.float64)
+                transform, raster_crs = src.transform, src.crs
+        except Exception as exc:
+            raise ForestCarbonError(f"'{path.name}' is neither a LAS/LAZ file nor a raster GDAL can read ({exc}).") from exc
+        out_crs = crs or (raster_crs.to_string() if raster_crs else None)
+        if out_crs is None:
+            raise ForestCarbonError(f"'{path.name}' has no CRS: set the CRS parameter.")
+        return raster_local_maxima(chm, transform, ws_intercept, ws_slope, hmin), out_crs
+    catalog = open_catalog(source, crs)
+    parts = []
+    zmax = 80.0  # window radius bound for the buffer (heights above 80 m do not occur)
+    buffer = (ws_intercept + max(ws_slope, 0) * zmax) / 2 + 0.01
+    for i in range(len(catalog.tiles)):
+        check_cancel(progress)
+        pts, mine = _buffered_points(catalog, i, buffer, ("x", "y", "z"))
+        tops = local_maxima(pts["x"], pts["y"], pts["z"], ws_intercept, ws_slope, hmin, candidates_mask=mine)
+        parts.append(tops)
+        progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
+    result = TreeTops(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "z", "index")))
+    return result, catalog.crs

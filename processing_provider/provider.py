@@ -8,12 +8,15 @@ from qgis.PyQt.QtGui import QIcon
 from forest_carbon_plugin import __version__
 from forest_carbon_plugin.paths import ICON_SVG
 
+from .canopy_height_model import CanopyHeightModelAlgorithm
 from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
+from .tree_tops import TreeTopsAlgorithm
 
-ALGORITHMS = (LidarInfoAlgorithm, CanopyMetricsAlgorithm, ModelInfoAlgorithm, SimulateSceneAlgorithm)
+ALGORITHMS = (LidarInfoAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
+              ModelInfoAlgorithm, SimulateSceneAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

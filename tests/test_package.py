@@ -96,6 +96,18 @@ def test_qgis_process_runs_canopymetrics(qgis_config, tmp_path):
     assert n[n != -9999].sum() == laspy.open(SAMPLE_LAZ).header.point_count
 
 
+def test_qgis_process_runs_chm_and_treetops(qgis_config, tmp_path):
+    chm = tmp_path / "chm.tif"
+    proc, results = qgis_env.run_algorithm("forestcarbon:canopyheightmodel", {
+        "INPUT": SAMPLE_LAZ, "RESOLUTION": 1, "METHOD": 1, "OUTPUT": chm}, qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert chm.is_file() and results["OUTPUT"] == str(chm)
+    tops = tmp_path / "tops.gpkg"
+    proc, results = qgis_env.run_algorithm("forestcarbon:treetops", {"INPUT": chm, "OUTPUT": tops}, qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert results["TREE_COUNT"] > 50 and tops.is_file()
+
+
 def test_qgis_process_bad_input_is_a_clean_error(qgis_config, tmp_path):
     bad = tmp_path / "not_a_cloud.laz"
     bad.write_text("this is a text file\n")

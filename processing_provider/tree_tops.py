@@ -1,0 +1,93 @@
+"""forestcarbon:treetops — Tree tops by local maximum filter (lidR's lmf)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsPoint,
+    QgsProcessing,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterNumber,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from forest_carbon_plugin.core.lidar_products import tree_tops
+
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+
+
+class TreeTopsAlgorithm(ForestCarbonAlgorithm):
+    INPUT = "INPUT"
+    WS_INTERCEPT = "WS_INTERCEPT"
+    WS_SLOPE = "WS_SLOPE"
+    MIN_HEIGHT = "MIN_HEIGHT"
+    CRS = "CRS"
+    OUTPUT = "OUTPUT"
+
+    _name = "treetops"
+    _display = "Tree tops (local maximum filter)"
+    _group = "LiDAR"
+    _group_id = "lidar"
+    requirements = ("laspy", "lazrs")
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Finds tree tops in a height-normalized LAS/LAZ file, a folder of tiles, or a canopy height "
+            "model raster, by local maximum filter as lidR's locate_trees(las, lmf(ws, hmin)): a return "
+            "(or CHM cell) is a tree top when it is at least MIN_HEIGHT (m) high and nothing in the "
+            "circular window around it is higher. The window diameter (m) is WS_INTERCEPT + WS_SLOPE × "
+            "height (e.g. 3 + 0.07 × height).\n\n"
+            "Output: points (3D) with tree_id, x, y and height_m. Catalog tiles are read with a buffer of "
+            "half the largest window, so tops near tile edges are found once, as in a merged file.\n\n"
+            "Reference: Popescu & Wynne (2004), PE&RS 70(5):589-604."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file, folder of tiles, or CHM raster"),
+                                                extensions=("las", "laz", "tif", "tiff", "vrt", "img")))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.WS_INTERCEPT, self.tr("Window diameter: intercept (m)"), QgsProcessingParameterNumber.Double,
+            defaultValue=5.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.WS_SLOPE, self.tr("Window diameter: slope (m per m of height)"), QgsProcessingParameterNumber.Double,
+            defaultValue=0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MIN_HEIGHT, self.tr("Minimum tree height (m)"), QgsProcessingParameterNumber.Double,
+            defaultValue=2.0))
+        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the input has none)"),
+                                                    optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Tree tops"),
+                                                            QgsProcessing.TypeVectorPoint))
+        self.addOutput(QgsProcessingOutputNumber("TREE_COUNT", self.tr("Number of tree tops")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_requirements()
+        source = self.parameterAsFile(parameters, self.INPUT, context)
+        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        tops, crs_text = self.call_core(
+            tree_tops, source, self.parameterAsDouble(parameters, self.WS_INTERCEPT, context),
+            self.parameterAsDouble(parameters, self.WS_SLOPE, context),
+            self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
+            crs.toWkt() if crs.isValid() else None, FeedbackProgress(feedback))
+        fields = QgsFields()
+        for name, kind in (("tree_id", QVariant.Int), ("x", QVariant.Double), ("y", QVariant.Double),
+                           ("height_m", QVariant.Double)):
+            fields.append(QgsField(name, kind))
+        out_crs = crs if crs.isValid() else QgsCoordinateReferenceSystem(crs_text) if crs_text.startswith("EPSG:") \
+            else QgsCoordinateReferenceSystem.fromWkt(crs_text)
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.PointZ, out_crs)
+        for i, (x, y, z) in enumerate(zip(tops.x, tops.y, tops.z), start=1):
+            feature = QgsFeature(fields)
+            feature.setGeometry(QgsGeometry(QgsPoint(float(x), float(y), float(z))))
+            feature.setAttributes([i, float(x), float(y), float(z)])
+            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+        feedback.pushInfo(f"{len(tops):,} tree tops.")
+        return {self.OUTPUT: dest, "TREE_COUNT": len(tops)}

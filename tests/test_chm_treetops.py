@@ -1,0 +1,129 @@
+"""forestcarbon:canopyheightmodel and forestcarbon:treetops (issue 4)."""
+
+from __future__ import annotations
+
+import csv
+
+import laspy
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import QgsProcessingException
+
+from .conftest import SAMPLE_LAZ, SHARED_DATA, shared_file
+
+REFERENCE = SHARED_DATA.parent / "notes" / "lidr_reference"
+
+
+def _chm(source, out, **params):
+    import processing
+
+    args = {"INPUT": str(source), "RESOLUTION": 0.5, "METHOD": 0, "OUTPUT": str(out)}
+    args.update(params)
+    return processing.run("forestcarbon:canopyheightmodel", args)
+
+
+def _tops(source, **params):
+    import processing
+
+    args = {"INPUT": str(source), "WS_INTERCEPT": 5, "OUTPUT": "TEMPORARY_OUTPUT"}
+    args.update(params)
+    result = processing.run("forestcarbon:treetops", args)
+    layer = result["OUTPUT"]
+    return result, [(f["x"], f["y"], f["height_m"]) for f in layer.getFeatures()]
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(1, masked=True).filled(np.nan), src.transform
+
+
+def test_p2r_equals_lidr(tmp_path, forestcarbon_provider):
+    las = shared_file("lidar", "MixedConifer.laz")
+    _chm(las, tmp_path / "p2r.tif")
+    ours, transform = _read(tmp_path / "p2r.tif")
+    ref, ref_transform = _read(REFERENCE / "MixedConifer_chm_p2r_0.5m.tif")
+    assert transform == ref_transform
+    assert np.array_equal(np.isnan(ours), np.isnan(ref))
+    assert np.array_equal(ours[~np.isnan(ours)], ref[~np.isnan(ref)])  # both float32: cell for cell
+
+
+def test_pitfree_close_to_lidr(tmp_path, forestcarbon_provider):
+    las = shared_file("lidar", "MixedConifer.laz")
+    _chm(las, tmp_path / "pf.tif", METHOD=1)
+    ours, _ = _read(tmp_path / "pf.tif")
+    ref, _ = _read(REFERENCE / "MixedConifer_chm_pitfree_0.5m.tif")
+    assert np.array_equal(np.isnan(ours), np.isnan(ref))  # the same 29 empty cells
+    assert abs(np.nanmean(ours) - np.nanmean(ref)) < 0.1
+    d = np.abs(ours - ref)[~np.isnan(ref)]
+    # measured: 54% of cells within 0.01 m, 67% within 0.1 m, 83% within 0.5 m (triangulations differ)
+    assert (d <= 0.5).mean() > 0.8
+
+
+def test_p2r_from_independent_numpy(tmp_path, forestcarbon_provider):
+    """Highest return per 0.5 m cell, counted with a dictionary, on the bundled sample."""
+    las = laspy.read(SAMPLE_LAZ)
+    _chm(SAMPLE_LAZ, tmp_path / "s.tif")
+    ours, transform = _read(tmp_path / "s.tif")
+    best = {}
+    nrows, ncols = ours.shape
+    for x, y, z in zip(las.x, las.y, las.z):
+        # points on the east or south edge of the grid belong to the last column or row (lidR)
+        key = (min(int(np.floor((x - transform.c) / 0.5)), ncols - 1),
+               min(int(np.floor((transform.f - y) / 0.5)), nrows - 1))
+        best[key] = max(best.get(key, -1e9), z)
+    for (col, row), z in list(best.items())[::97]:
+        assert ours[row, col] == pytest.approx(z, abs=1e-4)
+    assert np.count_nonzero(~np.isnan(ours)) == len(best)
+
+
+def test_treetops_equal_lidr(forestcarbon_provider):
+    las = shared_file("lidar", "MixedConifer.laz")
+    result, tops = _tops(las)
+    ref = list(csv.DictReader((REFERENCE / "MixedConifer_trees_lmf5.csv").open()))
+    assert result["TREE_COUNT"] == len(ref) == 177
+    assert {(round(x, 2), round(y, 2), round(z, 2)) for x, y, z in tops} == \
+        {(round(float(r["X"]), 2), round(float(r["Y"]), 2), round(float(r["Z"]), 2)) for r in ref}
+    result, _ = _tops(las, WS_INTERCEPT=3, WS_SLOPE=0.07)
+    assert result["TREE_COUNT"] == 205  # lidR's test with lmf(function(x) x * 0.07 + 3)
+
+
+def test_catalog_equals_merged(tmp_path, forestcarbon_provider):
+    folder = shared_file("lidar", "bcts")
+    tiles = sorted(folder.glob("*.laz"))
+    merged = tmp_path / "merged.laz"
+    first = laspy.read(tiles[0])
+    with laspy.open(merged, mode="w", header=first.header) as writer:
+        for t in tiles:
+            writer.write_points(laspy.read(t).points)
+    _chm(folder, tmp_path / "c.tif", RESOLUTION=1)
+    _chm(merged, tmp_path / "m.tif", RESOLUTION=1)
+    a, _ = _read(tmp_path / "c.tif")
+    b, _ = _read(tmp_path / "m.tif")
+    assert np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+    _, tops_catalog = _tops(folder)
+    _, tops_merged = _tops(merged)
+    assert len(tops_catalog) > 1000
+    assert sorted(tops_catalog) == sorted(tops_merged)  # tops near tile edges included, none twice
+
+
+def test_treetops_from_chm_raster(tmp_path, forestcarbon_provider):
+    las = shared_file("lidar", "MixedConifer.laz")
+    _chm(las, tmp_path / "p2r.tif", RESOLUTION=1, SUBCIRCLE=0.15)
+    result, tops = _tops(tmp_path / "p2r.tif")
+    # lidR: lmf(5) on rasterize_canopy(las, 1, p2r(0.15)) gives 167 trees
+    assert abs(result["TREE_COUNT"] - 167) <= 5
+    assert result["OUTPUT"].crs().authid() == "EPSG:26912"
+
+
+@pytest.mark.parametrize("alg", ["canopyheightmodel", "treetops"])
+def test_bad_input(alg, tmp_path, forestcarbon_provider):
+    import processing
+
+    bad = tmp_path / "bad.laz"
+    bad.write_bytes(b"not a point cloud")
+    params = {"INPUT": str(bad), "OUTPUT": str(tmp_path / ("out.tif" if alg == "canopyheightmodel" else "out.gpkg"))}
+    with pytest.raises(QgsProcessingException) as excinfo:
+        processing.run(f"forestcarbon:{alg}", params)
+    assert "bad.laz" in str(excinfo.value)
+    assert not list(tmp_path.glob("out*"))

@@ -12,10 +12,11 @@ from .canopy_height_model import CanopyHeightModelAlgorithm
 from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
+from .normalize_height import NormalizeHeightAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 
-ALGORITHMS = (LidarInfoAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
+ALGORITHMS = (LidarInfoAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
               ModelInfoAlgorithm, SimulateSceneAlgorithm)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .grid import Grid
+from .tin import interpolate, locate
 
 PITFREE_THRESHOLDS = (0.0, 2.0, 5.0, 10.0, 15.0)
 PITFREE_MAX_EDGE = (0.0, 1.0)
@@ -81,16 +82,10 @@ def tin_layer(x, y, z, grid: Grid, max_edge: float = 0.0) -> np.ndarray:
     cols, rows = np.meshgrid(np.arange(c0, c1 + 1), np.arange(r0, r1 + 1))
     cx = grid.xmin + (cols.ravel() + 0.5) * grid.res
     cy = grid.ymax - (rows.ravel() + 0.5) * grid.res
-    centres = np.column_stack([cx, cy])
-    simplex = tri.find_simplex(centres)
+    simplex = locate(tri, cx, cy)
     ok = simplex >= 0
     ok[ok] = keep[simplex[ok]]
-    s = simplex[ok]
-    transform = tri.transform[s]
-    delta = centres[ok] - transform[:, 2]
-    bary = np.einsum("ijk,ik->ij", transform[:, :2], delta)
-    weights = np.column_stack([bary, 1 - bary.sum(axis=1)])
-    values = (weights * z[tri.simplices[s]]).sum(axis=1)
+    values = interpolate(tri, z, cx[ok], cy[ok], simplex[ok])
     out[(rows.ravel() * grid.ncols + cols.ravel())[ok]] = values
     return out.reshape(grid.shape)
 

@@ -1,0 +1,186 @@
+"""Height normalization and terrain models from ground returns, as lidR's ``tin()``.
+
+lidR 4.3.2 ``normalize_height(las, tin(), use_class = c(2L, 9L))`` and
+``rasterize_terrain(las, res, tin())`` (shared/notes/lidar_metrics.md §3.2): a Delaunay
+triangulation of the ground and water returns, linear interpolation inside the hull, and
+inverse-distance weighting of the 3 nearest ground returns (power 1, within 50 m) outside
+it (lidR's ``tin(extrapolate = knnidw(3, 1, 50))``). Ground returns get a height of exactly 0.
+Catalog tiles are processed with a 30 m buffer of ground returns from their neighbours
+(lidR's default chunk buffer), so heights across tile edges equal those of a merged file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, open_catalog, read_tile
+from .dependencies import require
+from .errors import ForestCarbonError
+from .grid import Grid
+from .outputs import atomic_output, provenance as make_provenance
+from .progress import NullProgress, Progress, check_cancel
+from .raster import write_raster
+from .tin import interpolate, locate
+
+GROUND_CLASSES = (2, 9)
+BUFFER_M = 30.0
+IDW_K, IDW_POWER, IDW_RMAX = 3, 1.0, 50.0
+NODATA = -9999.0
+
+
+class GroundSurface:
+    """Ground elevation at any (x, y): TIN inside the hull, k-NN IDW outside (lidR's tin())."""
+
+    def __init__(self, gx, gy, gz):
+        from scipy.spatial import Delaunay, QhullError, cKDTree
+
+        if len(gx) < 3:
+            raise ForestCarbonError(
+                f"Only {len(gx)} ground points (classes 2 and 9): a terrain needs at least 3. "
+                "Classify the ground first (forestcarbon:classifyground).")
+        self.points = np.column_stack([gx, gy])
+        self.z = np.asarray(gz, dtype=np.float64)
+        try:
+            self.tri = Delaunay(self.points)
+        except QhullError as exc:
+            raise ForestCarbonError(f"The ground points cannot be triangulated (all on a line?): {exc}") from exc
+        self.tree = cKDTree(self.points)
+
+    def __call__(self, x, y) -> np.ndarray:
+        q = np.column_stack([x, y])
+        simplex = locate(self.tri, q[:, 0], q[:, 1])
+        out = interpolate(self.tri, self.z, q[:, 0], q[:, 1], simplex)
+        inside = simplex >= 0
+        outside = ~inside
+        if outside.any():
+            k = min(IDW_K, len(self.z))
+            dist, idx = self.tree.query(q[outside], k=k, distance_upper_bound=IDW_RMAX)
+            dist = dist.reshape(-1, k)
+            idx = idx.reshape(-1, k)
+            valid = np.isfinite(dist)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w = np.where(valid, 1 / np.maximum(dist, 1e-12) ** IDW_POWER, 0.0)
+                zz = np.where(valid, self.z[np.minimum(idx, len(self.z) - 1)], 0.0)
+                out[outside] = (w * zz).sum(axis=1) / w.sum(axis=1)
+        return out
+
+
+def _ground_near(catalog: Catalog, i: int, buffer: float):
+    """Ground points of tile i and of its neighbours within ``buffer``."""
+    tile = catalog.tiles[i]
+    x0, y0, x1, y1 = tile.minx - buffer, tile.miny - buffer, tile.maxx + buffer, tile.maxy + buffer
+    parts = []
+    for j, other in enumerate(catalog.tiles):
+        if other.maxx < x0 or other.minx > x1 or other.maxy < y0 or other.miny > y1:
+            continue
+        pts = read_tile(other.path, ("x", "y", "z", "classification"))
+        keep = np.isin(pts["classification"], GROUND_CLASSES) & (pts["x"] >= x0) & (pts["x"] <= x1) \
+            & (pts["y"] >= y0) & (pts["y"] <= y1)
+        parts.append(np.column_stack([pts["x"][keep], pts["y"][keep], pts["z"][keep]]))
+    g = np.concatenate(parts) if parts else np.empty((0, 3))
+    # duplicates in (x, y) make the triangulation drop points: keep the lowest, like a ground filter
+    order = np.lexsort((g[:, 2], g[:, 1], g[:, 0]))
+    g = g[order]
+    first = np.r_[True, (np.diff(g[:, 0]) != 0) | (np.diff(g[:, 1]) != 0)] if len(g) else np.empty(0, bool)
+    return g[first]
+
+
+def ground_surface_for_tile(catalog: Catalog, i: int, buffer: float = BUFFER_M) -> GroundSurface:
+    g = _ground_near(catalog, i, buffer)
+    if len(g) < 3:
+        raise ForestCarbonError(
+            f"'{Path(catalog.tiles[i].path).name}' has no ground points (classes 2 and 9) to normalize "
+            "heights with: classify the ground first (forestcarbon:classifyground).")
+    return GroundSurface(g[:, 0], g[:, 1], g[:, 2])
+
+
+def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs: str | None = None,
+                     progress: Progress | None = None, parameters: dict | None = None) -> dict:
+    """Write a LAZ with heights above ground (and the original Z in the extra dimension ``Zref``)."""
+    laspy = require("laspy", "lazrs")[0]
+    progress = progress or NullProgress()
+    if output_dtm is not None and not dtm_res > 0:
+        raise ForestCarbonError(f"DTM_RESOLUTION must be positive (got {dtm_res}).")
+    catalog = open_catalog(source, crs)
+    formats = set()
+    for t in catalog.tiles:
+        with laspy.open(t.path) as r:
+            formats.add((r.header.point_format.id, str(r.header.version)))
+    if len(formats) > 1:
+        raise ForestCarbonError(f"The tiles mix point formats {sorted(formats)}: convert them to one format first.")
+    grid = Grid.covering(*catalog.bounds, dtm_res) if output_dtm is not None else None
+    dtm = np.full(grid.shape, np.nan) if grid is not None else None
+    owner = None
+    if grid is not None:
+        from .lidar_products import _cell_owner
+
+        owner = _cell_owner(catalog, grid)
+    record = make_provenance("forestcarbon:normalizeheight", parameters or {"DTM_RESOLUTION": dtm_res},
+                             inputs=[t.path for t in catalog.tiles])
+    total = 0
+    with atomic_output(output) as tmp:
+        writer = None
+        try:
+            for i, tile in enumerate(catalog.tiles):
+                check_cancel(progress)
+                surface = ground_surface_for_tile(catalog, i)
+                las = _read_las(laspy, tile.path)
+                ground_z = surface(np.asarray(las.x), np.asarray(las.y))
+                if np.isnan(ground_z).any():
+                    bad = int(np.isnan(ground_z).sum())
+                    raise ForestCarbonError(
+                        f"{bad:,} points of '{Path(tile.path).name}' are more than {IDW_RMAX:g} m from any ground "
+                        "point and cannot be normalized: classify more ground (forestcarbon:classifyground) or "
+                        "clip the cloud.")
+                z = np.asarray(las.z, dtype=np.float64)
+                height = z - ground_z
+                height[np.isin(np.asarray(las.classification), GROUND_CLASSES)] = 0.0
+                if "Zref" not in las.point_format.dimension_names:
+                    las.add_extra_dim(laspy.ExtraBytesParams(name="Zref", type=np.float64,
+                                                             description="Z before normalization"))
+                las.Zref = z
+                las.z = height
+                if writer is None:
+                    header = las.header
+                    header.offsets = np.array([header.offsets[0], header.offsets[1], 0.0])
+                    header.generating_software = "forest_carbon_plugin"
+                    writer = laspy.open(tmp, mode="w", header=header, do_compress=str(output).lower().endswith(".laz"))
+                    writer_header = header
+                points = las.points
+                if points.point_format != writer_header.point_format:
+                    raise ForestCarbonError("The tiles' extra dimensions differ: normalize them one by one.")
+                writer.write_points(_rescaled(laspy, las, writer_header))
+                total += len(las.points)
+                if dtm is not None:
+                    mine = owner == i
+                    cx, cy = grid.centres()
+                    dtm[mine] = surface(cx[mine], cy[mine])
+                progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
+        finally:
+            if writer is not None:
+                writer.close()
+    if dtm is not None:
+        write_raster(output_dtm, np.where(np.isfinite(dtm), dtm, NODATA).astype(np.float32), grid.transform,
+                     catalog.crs, nodata=NODATA, descriptions=["elevation_m"], provenance=record)
+    return {"points": total, "tiles": len(catalog.tiles)}
+
+
+def _read_las(laspy, path):
+    try:
+        return laspy.read(path)
+    except Exception as exc:
+        raise ForestCarbonError(f"'{Path(path).name}' is truncated or corrupt ({type(exc).__name__}: {exc}).") from exc
+
+
+def _rescaled(laspy, las, header):
+    """The points of ``las`` expressed with the writer's scales and offsets."""
+    if np.allclose(las.header.scales, header.scales) and np.allclose(las.header.offsets, header.offsets):
+        return las.points
+    record = laspy.ScaleAwarePointRecord.zeros(len(las.points), header=header)
+    for name in las.point_format.dimension_names:
+        if name not in ("X", "Y", "Z"):
+            record[name] = las.points[name]
+    record.x, record.y, record.z = las.x, las.y, las.z
+    return record

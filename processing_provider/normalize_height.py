@@ -1,0 +1,72 @@
+"""forestcarbon:normalizeheight — Heights above ground (lidR's normalize_height with tin())."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+)
+
+from forest_carbon_plugin.core.normalize import normalize_height
+
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+
+
+class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
+    INPUT = "INPUT"
+    OUTPUT = "OUTPUT"
+    OUTPUT_DTM = "OUTPUT_DTM"
+    DTM_RESOLUTION = "DTM_RESOLUTION"
+    CRS = "CRS"
+
+    _name = "normalizeheight"
+    _display = "Normalize heights"
+    _group = "LiDAR"
+    _group_id = "lidar"
+    requirements = ("laspy", "lazrs")
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Subtracts the ground under each return, as lidR's normalize_height(las, tin()): the ground "
+            "(classes 2 and 9) is a Delaunay triangulation with linear interpolation, and outside its hull "
+            "the inverse-distance weighting of the 3 nearest ground returns (power 1, within 50 m). Ground "
+            "returns get height 0. The original Z is kept in the extra dimension Zref.\n\n"
+            "OUTPUT is one LAS/LAZ file (the tiles of a folder are written into it one after the other). "
+            "OUTPUT_DTM, optional, is the terrain model (m) at DTM_RESOLUTION (m) on a grid snapped to "
+            "multiples of it. Tiles are processed with a 30 m buffer of their neighbours' ground returns.\n\n"
+            "Needs ground returns: classify them first (forestcarbon:classifyground) when the cloud has none."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
+                                                extensions=("las", "laz")))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, self.tr("Normalized point cloud"), fileFilter="LAZ files (*.laz);;LAS files (*.las)"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_DTM, self.tr("Terrain model"), optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.DTM_RESOLUTION, self.tr("Terrain model resolution (m)"), QgsProcessingParameterNumber.Double,
+            defaultValue=1.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
+                                                    optional=True))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_requirements()
+        source = self.parameterAsFile(parameters, self.INPUT, context)
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not output.lower().endswith((".las", ".laz")):
+            raise QgsProcessingException(self.tr("OUTPUT must end in .laz or .las."))
+        dtm = self.parameterAsOutputLayer(parameters, self.OUTPUT_DTM, context) or None
+        res = self.parameterAsDouble(parameters, self.DTM_RESOLUTION, context)
+        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        record = {"INPUT": source, "DTM_RESOLUTION": res}
+        result = self.call_core(normalize_height, source, output, dtm, res, crs.toWkt() if crs.isValid() else None,
+                                FeedbackProgress(feedback), record)
+        feedback.pushInfo(f"{result['points']:,} points from {result['tiles']} file(s) normalized.")
+        outputs = {self.OUTPUT: output}
+        if dtm:
+            outputs[self.OUTPUT_DTM] = dtm
+        return outputs

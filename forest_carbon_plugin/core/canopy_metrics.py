@@ -151,16 +151,20 @@ def _finish_complete(pending, done, need_flat, out, bands, height_break, intensi
     if (~complete).any():
         pending.append({k: v[~complete] for k, v in merged.items()})
     if complete.any():
-        part = {k: v[complete] for k, v in merged.items()}
+        part = {k: v[complete] for k, v in merged.items() if k != "Z"}  # raw Z of different tiles do not compare
         cells, values = _metrics_for(part, bands, height_break, intensity, res)
         out[:, cells] = values
 
 
 def _metrics_for(points, bands, height_break, intensity, res):
     """Metrics of the cells present in ``points`` → (cell ids, (bands, cells) values)."""
-    cells, local = np.unique(points["cell"], return_inverse=True)
+    # compact cell ids without sorting: occupied cells, numbered in order
+    present = np.bincount(points["cell"])
+    cells = np.flatnonzero(present)
+    mapping = np.cumsum(present > 0) - 1
+    local = mapping[points["cell"]]
     k = len(cells)
-    m = stdmetrics_z(points["z"], local, k, th=height_break)
+    m = stdmetrics_z(points["z"], local, k, th=height_break, z_int=points.get("Z"))
     m.update(cover_and_density(points["z"], points["first"], local, k, res * res, height_break))
     if intensity:
         m.update(stdmetrics_i(points["intensity"], points["z"], points["classification"], local, k))
@@ -169,13 +173,14 @@ def _metrics_for(points, bands, height_break, intensity, res):
 
 def _tile_task(path, grid, rect, need_rect, bands, height_break, intensity, normalize):
     """Read one tile; finish the cells only it touches; return the others' points."""
-    fields = ["x", "y", "z", "return_number", "classification"] + (["intensity"] if intensity else [])
+    fields = ["x", "y", "z", "Z", "return_number", "classification"] + (["intensity"] if intensity else [])
     pts = read_tile(path, fields)
     z = pts["z"]
     if normalize != "never":
         _check_heights(Path(path).name, z, pts["classification"], normalize)
     cell = grid.cell_index(pts["x"], pts["y"])
-    points = {"cell": cell, "z": z, "first": pts["return_number"] == 1, "classification": pts["classification"]}
+    points = {"cell": cell, "z": z, "Z": pts["Z"], "first": pts["return_number"] == 1,
+              "classification": pts["classification"]}
     if intensity:
         points["intensity"] = pts["intensity"]
     r0, r1, c0, c1 = rect

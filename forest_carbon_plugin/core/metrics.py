@@ -29,12 +29,27 @@ def metric_names(intensity: bool = False) -> list[str]:
     return STDMETRICS_Z + EXTRA + (STDMETRICS_I if intensity else [])
 
 
+def _cell_value_order(values, cell, int_key=None):
+    """Order by (cell, value). With ``int_key`` (integers in the values' order, e.g. the raw
+    LAS Z), one argsort of a packed 64-bit key; otherwise a lexsort."""
+    if len(values) == 0:
+        return np.empty(0, dtype=np.int64)
+    if int_key is not None:
+        k = np.asarray(int_key, dtype=np.int64)
+        k = k - k.min()
+        bits = max(1, int(k.max()).bit_length())
+        if int(cell.max()).bit_length() + bits <= 62:
+            return np.argsort((cell << bits) | k)  # equal keys are equal values: order among them is free
+    return np.lexsort((values, cell))
+
+
 class _Sorted:
     """Points sorted by (cell, value) with per-cell segment bookkeeping."""
 
-    def __init__(self, values, cell, ncells):
-        self.order = np.lexsort((values, cell))
-        self.v = np.asarray(values, dtype=np.float64)[self.order]
+    def __init__(self, values, cell, ncells, int_key=None):
+        values = np.asarray(values, dtype=np.float64)
+        self.order = _cell_value_order(values, np.asarray(cell, dtype=np.int64), int_key)
+        self.v = values[self.order]
         self.c = np.asarray(cell, dtype=np.int64)[self.order]
         self.count = np.bincount(self.c, minlength=ncells)
         self.start = np.cumsum(self.count) - self.count
@@ -61,22 +76,15 @@ def _moments(s: _Sorted):
 
 
 def _r_mean(s: _Sorted) -> np.ndarray:
-    """R's mean(): a long-double sum, then a second pass that adds the mean residual.
+    """R's mean(): the sum over n, then a second pass that adds the mean residual.
 
-    It matters: with a plain sum, 30 copies of 5.55 average to 5.550000000000001, and the
-    skewness of a constant cell becomes −1 instead of R's NaN.
+    It matters: with the first pass alone, 30 copies of 5.55 average to 5.550000000000001,
+    and the skewness of a constant cell becomes −1 instead of R's NaN.
     """
-    has = s.count > 0
-    mean = np.full(s.ncells, np.nan)
-    if not has.any():
-        return mean
-    starts = s.start[has]
-    n = s.count[has].astype(np.longdouble)
-    v = s.v.astype(np.longdouble)
-    m = np.add.reduceat(v, starts) / n
-    cell_of = np.repeat(np.arange(len(starts)), s.count[has])
-    m = m + np.add.reduceat(v - m[cell_of], starts) / n
-    mean[has] = m.astype(np.float64)
+    n = s.count.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s.per_cell_sum(s.v) / n
+        mean = mean + s.per_cell_sum(s.v - mean[s.c]) / n
     return mean
 
 
@@ -118,9 +126,12 @@ def _r_seq_index(z, start, by, n_steps, cap):
     return k + 1  # number of breaks ≤ z (z ≥ start always here)
 
 
-def stdmetrics_z(z, cell, ncells, dz: float = 1.0, th: float = 2.0, zmin: float = 0.0) -> dict:
-    """lidR's ``stdmetrics_z(z, dz, th, zmin)`` for every cell: name → array (ncells,)."""
-    s = _Sorted(z, cell, ncells)
+def stdmetrics_z(z, cell, ncells, dz: float = 1.0, th: float = 2.0, zmin: float = 0.0, z_int=None) -> dict:
+    """lidR's ``stdmetrics_z(z, dz, th, zmin)`` for every cell: name → array (ncells,).
+
+    ``z_int``, optional, are integers in the order of ``z`` (the raw LAS Z) for a faster sort.
+    """
+    s = _Sorted(z, cell, ncells, z_int)
     n = s.count
     has = n > 0
     nf = n.astype(np.float64)

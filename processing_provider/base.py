@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterFile
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterFile,
+)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from forest_carbon_plugin.core.dependencies import missing_dependencies, missing_message
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.paths import ICON_SVG
+from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
 
 
 class FeedbackProgress:
@@ -33,6 +38,27 @@ class FeedbackProgress:
     def warning(self, message: str) -> None:
         if self.feedback is not None:
             self.feedback.reportError(message, fatalError=False)
+
+
+class StyleLoader(QgsProcessingLayerPostProcessorInterface):
+    """Applies a style of resources/styles/ to an output when QGIS loads it."""
+
+    _alive: list = []  # QGIS holds only a pointer: keep the Python objects alive
+
+    def __init__(self, qml_path):
+        super().__init__()
+        self.qml_path = str(qml_path)
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        layer.loadNamedStyle(self.qml_path)
+        layer.triggerRepaint()
+
+    @classmethod
+    def attach(cls, context, output, style_name: str) -> None:
+        if output and context.willLoadLayerOnCompletion(output):
+            loader = cls(RESOURCES_DIR / "styles" / f"{style_name}.qml")
+            cls._alive.append(loader)
+            context.layerToLoadOnCompletionDetails(output).setPostProcessor(loader)
 
 
 class FileOrFolderParameter(QgsProcessingParameterFile):

@@ -13,7 +13,7 @@ from qgis.core import (
 
 from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_model
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
 
 
 class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
@@ -79,4 +79,5 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
                               fill_empty=fill, crs=crs.toWkt() if crs.isValid() else None,
                               progress=FeedbackProgress(feedback), parameters=record)
         feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")
+        StyleLoader.attach(context, output, "canopy_height")
         return {self.OUTPUT: output}

@@ -15,7 +15,7 @@ from qgis.core import (
 
 from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES, canopy_metrics
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
 
 
 def default_workers() -> int:
@@ -107,4 +107,5 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
                                 parameters=record, **settings)
         feedback.pushInfo(f"{result.points:,} points; {result.grid.ncols} × {result.grid.nrows} cells of "
                           f"{res:g} m, {result.cells_with_data:,} with data; {len(result.bands)} bands.")
+        StyleLoader.attach(context, output, "canopy_metrics")
         return {self.OUTPUT: output}

@@ -21,7 +21,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.lidar_products import tree_tops
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
 
 
 class TreeTopsAlgorithm(ForestCarbonAlgorithm):
@@ -90,4 +90,5 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             feature.setAttributes([i, float(x), float(y), float(z)])
             sink.addFeature(feature, QgsFeatureSink.FastInsert)
         feedback.pushInfo(f"{len(tops):,} tree tops.")
+        StyleLoader.attach(context, dest, "tree_tops")
         return {self.OUTPUT: dest, "TREE_COUNT": len(tops)}

@@ -127,3 +127,23 @@ def test_bad_input(alg, tmp_path, forestcarbon_provider):
         processing.run(f"forestcarbon:{alg}", params)
     assert "bad.laz" in str(excinfo.value)
     assert not list(tmp_path.glob("out*"))
+
+
+def test_outputs_are_styled_when_loaded(tmp_path, forestcarbon_provider):
+    """Run as the toolbox does (outputs loaded on completion): the styles of resources/ apply."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    out = str(tmp_path / "chm.tif")
+    result = processing.runAndLoadResults("forestcarbon:canopyheightmodel", {
+        "INPUT": str(SAMPLE_LAZ), "RESOLUTION": 1, "OUTPUT": out}, feedback=QgsProcessingFeedback(),
+        context=context)
+    layers = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.source() == result["OUTPUT"]]
+    assert layers, "the output was not loaded"
+    renderer = layers[0].renderer()
+    assert renderer.type() == "singlebandpseudocolor"
+    items = renderer.shader().rasterShaderFunction().colorRampItemList()
+    assert [round(i.value) for i in items] == [0, 5, 10, 20, 30, 40]
+    QgsProject.instance().removeAllMapLayers()

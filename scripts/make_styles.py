@@ -1,0 +1,60 @@
+"""Make the QGIS layer styles of resources/styles/ with PyQGIS (run with /usr/bin/python3).
+
+    QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/make_styles.py
+"""
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsApplication,
+    QgsColorRampShader,
+    QgsMarkerSymbol,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+OUT = Path(__file__).resolve().parent.parent / "resources" / "styles"
+
+
+def ramp(stops):
+    shader = QgsColorRampShader()
+    shader.setColorRampType(QgsColorRampShader.Interpolated)
+    shader.setColorRampItemList([QgsColorRampShader.ColorRampItem(v, QColor(c), f"{v:g}") for v, c in stops])
+    raster_shader = QgsRasterShader()
+    raster_shader.setRasterShaderFunction(shader)
+    return raster_shader
+
+
+# canopy height, 0-40 m: bare ground light, tall canopy dark green (perceptually ordered)
+HEIGHT = [(0, "#f7fcf5"), (5, "#c7e9c0"), (10, "#74c476"), (20, "#31a354"), (30, "#006d2c"), (40, "#00441b")]
+
+
+def raster_style(name, band, stops):
+    layer = QgsRasterLayer("NotAFile", "x", "gdal")  # an invalid layer still saves a style
+    renderer = QgsSingleBandPseudoColorRenderer(None, band, ramp(stops))
+    renderer.setClassificationMin(stops[0][0])
+    renderer.setClassificationMax(stops[-1][0])
+    layer.setRenderer(renderer)
+    layer.saveNamedStyle(str(OUT / f"{name}.qml"))
+
+
+def main():
+    app = QgsApplication([], False)
+    app.initQgis()
+    OUT.mkdir(parents=True, exist_ok=True)
+    raster_style("canopy_height", 1, HEIGHT)
+    raster_style("canopy_metrics", 1, HEIGHT)  # band 1 = zmax
+    tops = QgsVectorLayer("PointZ?crs=EPSG:4326&field=height_m:double", "tops", "memory")
+    symbol = QgsMarkerSymbol.createSimple({"name": "triangle", "color": "#006d2c", "outline_color": "#ffffff",
+                                           "size": "2.2"})
+    tops.setRenderer(QgsSingleSymbolRenderer(symbol))
+    tops.saveNamedStyle(str(OUT / "tree_tops.qml"))
+    app.exitQgis()
+
+
+if __name__ == "__main__":
+    main()

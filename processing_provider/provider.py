@@ -9,6 +9,7 @@ from forest_carbon_plugin import __version__
 from forest_carbon_plugin.paths import ICON_SVG
 
 from .canopy_height_model import CanopyHeightModelAlgorithm
+from .classify_ground import ClassifyGroundAlgorithm
 from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
@@ -16,7 +17,7 @@ from .normalize_height import NormalizeHeightAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 
-ALGORITHMS = (LidarInfoAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
+ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
               ModelInfoAlgorithm, SimulateSceneAlgorithm)
 
 

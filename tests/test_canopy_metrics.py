@@ -161,7 +161,7 @@ def test_output_loads_in_qgis(tmp_path, forestcarbon_provider):
 
 @pytest.mark.parametrize("case, fragment", [
     ("truncated", "truncated"), ("not_las", "not a readable LAS/LAZ file"), ("resolution", "RESOLUTION"),
-    ("no_crs", "No CRS"), ("elevations", "normalize"), ("no_ground", "classifyground")])
+    ("no_crs", "No CRS"), ("no_ground", "classifyground")])
 def test_bad_input(case, fragment, tmp_path, forestcarbon_provider):
     params = {}
     if case == "truncated":
@@ -176,8 +176,6 @@ def test_bad_input(case, fragment, tmp_path, forestcarbon_provider):
         source, params = SAMPLE_LAZ, {"RESOLUTION": 0, "NORMALIZE": 2}
     elif case == "no_crs":
         source = shared_file("lidar", "simple.las")
-    elif case == "elevations":
-        source = SAMPLE_LAZ  # Z around 420 m with ground points
     else:
         source = shared_file("lidar", "fullwave.laz")  # elevations, no class 2
     out = tmp_path / "out.tif"
@@ -194,3 +192,19 @@ def test_crs_override(tmp_path, forestcarbon_provider):
     _run(shared_file("lidar", "simple.las"), out, CRS="EPSG:2992", NORMALIZE=2)
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == 2992
+
+
+def test_auto_normalization_equals_normalizeheight(tmp_path, forestcarbon_provider):
+    """NORMALIZE auto on elevations = canopymetrics on the output of forestcarbon:normalizeheight."""
+    import processing
+
+    processing.run("forestcarbon:normalizeheight", {"INPUT": str(SAMPLE_LAZ), "OUTPUT": str(tmp_path / "n.laz")})
+    _run(SAMPLE_LAZ, tmp_path / "auto.tif", RESOLUTION=10)
+    _run(tmp_path / "n.laz", tmp_path / "pre.tif", RESOLUTION=10, NORMALIZE=2)
+    with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "pre.tif") as b:
+        da, db = a.read(), b.read()
+        names = list(a.descriptions)
+    # heights agree to the 1 cm quantization of the written LAZ
+    zq95 = names.index("zq95")
+    assert np.abs(da[zq95] - db[zq95]).max() < 0.011
+    assert da[names.index("zmax")].max() < 40  # heights, not 420 m elevations

@@ -44,7 +44,11 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
                    crs: str | None = None, progress: Progress | None = None,
                    parameters: dict | None = None) -> MetricsResult:
     """Write one band per metric (lidR's ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``,
-    ``point_density``, ``pulse_density``, and with ``intensity`` lidR's ``stdmetrics_i``)."""
+    ``point_density``, ``pulse_density``, and with ``intensity`` lidR's ``stdmetrics_i``).
+
+    ``normalize``: "auto" subtracts the ground (lidR's tin()) from tiles whose Z are elevations,
+    "always" from every tile, "never" uses Z as heights.
+    """
     progress = progress or NullProgress()
     if not res > 0:
         raise ForestCarbonError(f"The resolution must be positive (got {res}).")
@@ -83,8 +87,8 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
     done = np.zeros(grid.size, dtype=np.int32)
     need_flat = need.ravel()
     pending: list = []
-    tasks = [(tile.path, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, height_break,
-              intensity, normalize) for tile, rect in zip(catalog.tiles, rects)]
+    tasks = [(catalog, i, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, height_break,
+              intensity, normalize) for i, rect in enumerate(rects)]
 
     def collect(i, result):
         exclusive_cells, exclusive_values, border = result
@@ -171,16 +175,20 @@ def _metrics_for(points, bands, height_break, intensity, res):
     return cells, np.vstack([m[b] for b in bands])
 
 
-def _tile_task(path, grid, rect, need_rect, bands, height_break, intensity, normalize):
+def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize):
     """Read one tile; finish the cells only it touches; return the others' points."""
+    path = catalog.tiles[i].path
     fields = ["x", "y", "z", "Z", "return_number", "classification"] + (["intensity"] if intensity else [])
     pts = read_tile(path, fields)
     z = pts["z"]
-    if normalize != "never":
-        _check_heights(Path(path).name, z, pts["classification"], normalize)
+    raw_z = pts["Z"]
+    if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):
+        z = _normalized(catalog, i, pts, Path(path).name)
+        raw_z = None  # heights are no longer ordered like the raw Z
     cell = grid.cell_index(pts["x"], pts["y"])
-    points = {"cell": cell, "z": z, "Z": pts["Z"], "first": pts["return_number"] == 1,
-              "classification": pts["classification"]}
+    points = {"cell": cell, "z": z, "first": pts["return_number"] == 1, "classification": pts["classification"]}
+    if raw_z is not None:
+        points["Z"] = raw_z
     if intensity:
         points["intensity"] = pts["intensity"]
     r0, r1, c0, c1 = rect
@@ -189,20 +197,28 @@ def _tile_task(path, grid, rect, need_rect, bands, height_break, intensity, norm
     ex = {k: v[exclusive] for k, v in points.items()}
     cells, values = _metrics_for(ex, bands, height_break, intensity, grid.res) if len(ex["cell"]) \
         else (np.empty(0, np.int64), np.empty((len(bands), 0)))
-    border = {k: v[~exclusive] for k, v in points.items()}
+    border = {k: v[~exclusive] for k, v in points.items() if k != "Z"}
     return cells, values, border
 
 
-def _check_heights(name, z, classification, normalize):
-    """Heights must be above ground; normalization of elevations is a separate algorithm."""
+def _looks_normalized(z, classification) -> bool:
+    """Heights above ground already? Ground returns at 0 ± 0.5 m, or Z starting near 0."""
     ground = classification == 2
-    looks_normalized = (np.mean(np.abs(z[ground]) <= 0.5) >= 0.9) if ground.any() \
-        else (z.min() >= -2 and np.mean(np.abs(z) <= 0.5) >= 0.05)
-    if normalize == "always" or not looks_normalized:
+    if ground.any():
+        return bool(np.mean(np.abs(z[ground]) <= 0.5) >= 0.9)
+    return bool(z.min() >= -2 and np.mean(np.abs(z) <= 0.5) >= 0.05)
+
+
+def _normalized(catalog, i, pts, name):
+    """Heights above the ground TIN (lidR's tin(), with a 30 m buffer of neighbours' ground)."""
+    from .normalize import GROUND_CLASSES, ground_surface_for_tile
+
+    surface = ground_surface_for_tile(catalog, i)
+    ground_z = surface(pts["x"], pts["y"])
+    if np.isnan(ground_z).any():
         raise ForestCarbonError(
-            f"'{name}' holds elevations, not heights above ground (Z {z.min():.1f} to {z.max():.1f} m): "
-            "normalize it first (forestcarbon:normalizeheight is not yet available in this version; lidR's "
-            "normalize_height() or PDAL's hag_delaunay filter write normalized LAZ), or set NORMALIZE to "
-            "'never' if the heights are already above ground."
-            + ("" if ground.any() else " The file has no ground points (class 2): classify them first "
-                                       "(forestcarbon:classifyground)."))
+            f"Some points of '{name}' are more than 50 m from any ground point: classify more ground "
+            "(forestcarbon:classifyground) or normalize with forestcarbon:normalizeheight first.")
+    height = pts["z"] - ground_z
+    height[np.isin(pts["classification"], GROUND_CLASSES)] = 0.0
+    return height

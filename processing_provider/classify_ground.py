@@ -1,0 +1,85 @@
+"""forestcarbon:classifyground — Ground classification (SMRF or CSF)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
+
+from forest_carbon_plugin.core.ground import CSF, SMRF, classify_ground
+
+from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+
+NUMBER = QgsProcessingParameterNumber
+
+
+class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
+    INPUT = "INPUT"
+    METHOD = "METHOD"
+    OUTPUT = "OUTPUT"
+    CRS = "CRS"
+    # SMRF (PDAL's names and defaults) and CSF (RCSF's)
+    SMRF_PARAMS = (("CELL", "SMRF cell size (m)", 1.0, "cell_m"), ("SLOPE", "SMRF slope (rise/run)", 0.15, "slope"),
+                   ("WINDOW", "SMRF maximum window (m)", 18.0, "window_m"),
+                   ("THRESHOLD", "SMRF elevation threshold (m)", 0.5, "threshold_m"),
+                   ("SCALAR", "SMRF slope scalar", 1.25, "scalar"))
+    CSF_PARAMS = (("CLOTH_RESOLUTION", "CSF cloth resolution (m)", 0.5, "cloth_resolution_m"),
+                  ("RIGIDNESS", "CSF rigidness (1-3)", 1, "rigidness"),
+                  ("ITERATIONS", "CSF iterations", 500, "iterations"),
+                  ("TIME_STEP", "CSF time step", 0.65, "time_step"),
+                  ("CLASS_THRESHOLD", "CSF class threshold (m)", 0.5, "class_threshold_m"))
+
+    _name = "classifyground"
+    _display = "Classify ground"
+    _group = "LiDAR"
+    _group_id = "lidar"
+    requirements = ("laspy", "lazrs")
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Classifies ground returns (class 2) in a cloud that lacks them, keeping every other attribute.\n"
+            "METHOD SMRF: the simple morphological filter (Pingel et al. 2013, ISPRS J. Photogramm. Remote "
+            "Sens. 77:21-30) with PDAL's defaults: CELL 1 m, SLOPE 0.15, WINDOW 18 m, THRESHOLD 0.5 m, "
+            "SCALAR 1.25.\n"
+            "METHOD CSF: cloth simulation (Zhang et al. 2016, Remote Sensing 8:501) with RCSF's defaults: "
+            "CLOTH_RESOLUTION 0.5 m, RIGIDNESS 1, ITERATIONS 500, TIME_STEP 0.65, CLASS_THRESHOLD 0.5 m. "
+            "CSF is weaker on steep slopes; prefer SMRF there.\n"
+            "Only last returns can be ground (lidR's default). OUTPUT is one LAS/LAZ file; tiles of a folder "
+            "are filtered with a buffer of their neighbours' points."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
+                                                extensions=("las", "laz")))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), options=["SMRF", "CSF"],
+                                                     defaultValue=0))
+        for name, label, default, _ in self.SMRF_PARAMS + self.CSF_PARAMS:
+            kind = NUMBER.Integer if isinstance(default, int) else NUMBER.Double
+            self.addParameter(NUMBER(name, self.tr(label), kind, defaultValue=default, minValue=0))
+        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
+                                                    optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, self.tr("Classified point cloud"), fileFilter="LAZ files (*.laz);;LAS files (*.las)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_requirements()
+        source = self.parameterAsFile(parameters, self.INPUT, context)
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not output.lower().endswith((".las", ".laz")):
+            raise QgsProcessingException(self.tr("OUTPUT must end in .laz or .las."))
+        method = ("smrf", "csf")[self.parameterAsEnum(parameters, self.METHOD, context)]
+        table, cls = (self.SMRF_PARAMS, SMRF) if method == "smrf" else (self.CSF_PARAMS, CSF)
+        values = {}
+        for name, _, default, field in table:
+            values[field] = (self.parameterAsInt if isinstance(default, int) else self.parameterAsDouble)(
+                parameters, name, context)
+        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        record = {"INPUT": source, "METHOD": method, **{k.upper(): v for k, v in values.items()}}
+        result = self.call_core(classify_ground, source, output, method, cls(**values),
+                                crs.toWkt() if crs.isValid() else None, FeedbackProgress(feedback), record)
+        feedback.pushInfo(f"{result['ground']:,} of {result['points']:,} points classified as ground.")
+        return {self.OUTPUT: output}

@@ -19,7 +19,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from forest_carbon_plugin.core.lidar_products import tree_tops
+from forest_carbon_plugin.core.lidar_products import tree_crowns, tree_tops
 
 from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
 
@@ -31,6 +31,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
     MIN_HEIGHT = "MIN_HEIGHT"
     CRS = "CRS"
     OUTPUT = "OUTPUT"
+    OUTPUT_CROWNS = "OUTPUT_CROWNS"
 
     _name = "treetops"
     _display = "Tree tops (local maximum filter)"
@@ -45,7 +46,10 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             "(or CHM cell) is a tree top when it is at least MIN_HEIGHT (m) high and nothing in the "
             "circular window around it is higher. The window diameter (m) is WS_INTERCEPT + WS_SLOPE × "
             "height (e.g. 3 + 0.07 × height).\n\n"
-            "Output: points (3D) with tree_id, x, y and height_m. Catalog tiles are read with a buffer of "
+            "Output: points (3D) with tree_id, x, y and height_m. OUTPUT_CROWNS, optional: crown polygons grown "
+            "from each top on the canopy height model (the input raster, or a p2r CHM of the cloud at 0.5 m) "
+            "by Dalponte & Coomes (2016) region growing with lidR's defaults (th_tree 2 m, th_seed 0.45, "
+            "th_cr 0.55, at most 10 m across), with tree_id, height_m, area_m2 and crown_diameter_m. Catalog tiles are read with a buffer of "
             "half the largest window, so tops near tile edges are found once, as in a merged file.\n\n"
             "Reference: Popescu & Wynne (2004), PE&RS 70(5):589-604."
         )
@@ -66,6 +70,9 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
                                                     optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Tree tops"),
                                                             QgsProcessing.TypeVectorPoint))
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.OUTPUT_CROWNS, self.tr("Tree crowns"), QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("TREE_COUNT", self.tr("Number of tree tops")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -91,4 +98,20 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             sink.addFeature(feature, QgsFeatureSink.FastInsert)
         feedback.pushInfo(f"{len(tops):,} tree tops.")
         StyleLoader.attach(context, dest, "tree_tops")
-        return {self.OUTPUT: dest, "TREE_COUNT": len(tops)}
+        results = {self.OUTPUT: dest, "TREE_COUNT": len(tops)}
+        crown_fields = QgsFields()
+        for name, kind in (("tree_id", QVariant.Int), ("height_m", QVariant.Double), ("area_m2", QVariant.Double),
+                           ("crown_diameter_m", QVariant.Double)):
+            crown_fields.append(QgsField(name, kind))
+        crown_sink, crown_dest = self.parameterAsSink(parameters, self.OUTPUT_CROWNS, context, crown_fields,
+                                                      QgsWkbTypes.MultiPolygon, out_crs)
+        if crown_sink is not None:
+            crowns = self.call_core(tree_crowns, source, tops, crs.toWkt() if crs.isValid() else None)
+            for k, polygon, area, diameter, height in crowns:
+                feature = QgsFeature(crown_fields)
+                feature.setGeometry(QgsGeometry.fromWkt(polygon.wkt))
+                feature.setAttributes([int(k), float(height), float(area), float(diameter)])
+                crown_sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            feedback.pushInfo(f"{len(crowns):,} crowns.")
+            results[self.OUTPUT_CROWNS] = crown_dest
+        return results

@@ -161,7 +161,7 @@ def test_output_loads_in_qgis(tmp_path, forestcarbon_provider):
 
 @pytest.mark.parametrize("case, fragment", [
     ("truncated", "truncated"), ("not_las", "not a readable LAS/LAZ file"), ("resolution", "RESOLUTION"),
-    ("no_crs", "No CRS"), ("no_ground", "classifyground")])
+    ("no_crs", "No CRS"), ("no_ground", "classifyground"), ("empty", "holds no points")])
 def test_bad_input(case, fragment, tmp_path, forestcarbon_provider):
     params = {}
     if case == "truncated":
@@ -176,6 +176,10 @@ def test_bad_input(case, fragment, tmp_path, forestcarbon_provider):
         source, params = SAMPLE_LAZ, {"RESOLUTION": 0, "NORMALIZE": 2}
     elif case == "no_crs":
         source = shared_file("lidar", "simple.las")
+    elif case == "empty":
+        source = tmp_path / "empty.las"
+        header = laspy.LasHeader(point_format=1, version="1.2")
+        laspy.LasData(header).write(source)
     else:
         source = shared_file("lidar", "fullwave.laz")  # elevations, no class 2
     out = tmp_path / "out.tif"

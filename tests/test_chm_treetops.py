@@ -147,3 +147,26 @@ def test_outputs_are_styled_when_loaded(tmp_path, forestcarbon_provider):
     items = renderer.shader().rasterShaderFunction().colorRampItemList()
     assert [round(i.value) for i in items] == [0, 5, 10, 20, 30, 40]
     QgsProject.instance().removeAllMapLayers()
+
+
+def test_crowns(tmp_path, forestcarbon_provider):
+    """Crowns grown from the tops: one per top at most, each holding its top, sizes plausible."""
+    import processing
+    from qgis.core import QgsVectorLayer
+
+    las = shared_file("lidar", "MixedConifer.laz")
+    result = processing.run("forestcarbon:treetops", {
+        "INPUT": str(las), "WS_INTERCEPT": 5, "OUTPUT": str(tmp_path / "tops.gpkg"),
+        "OUTPUT_CROWNS": str(tmp_path / "crowns.gpkg")})
+    crowns = QgsVectorLayer(result["OUTPUT_CROWNS"], "crowns", "ogr")
+    tops = QgsVectorLayer(result["OUTPUT"], "tops", "ogr")
+    assert crowns.isValid() and 0.9 * tops.featureCount() <= crowns.featureCount() <= tops.featureCount()
+    by_id = {f["tree_id"]: f for f in tops.getFeatures()}
+    diameters = []
+    for crown in crowns.getFeatures():
+        top = by_id[crown["tree_id"]]
+        assert crown.geometry().buffer(0.5, 4).contains(top.geometry())
+        assert crown["crown_diameter_m"] <= 10.0 * 1.2  # at most 10 m across (lidR's max_cr)
+        assert crown["height_m"] == pytest.approx(top["height_m"], rel=0.1)  # cells up to 1.05 × the seed cell
+        diameters.append(crown["crown_diameter_m"])
+    assert 2.0 < np.median(diameters) < 8.0  # conifer crowns of a 12-30 m stand

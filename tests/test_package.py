@@ -108,6 +108,19 @@ def test_qgis_process_runs_chm_and_treetops(qgis_config, tmp_path):
     assert results["TREE_COUNT"] > 50 and tops.is_file()
 
 
+def test_qgis_process_runs_ground_and_normalize(qgis_config, tmp_path):
+    ground, norm, dtm = tmp_path / "g.laz", tmp_path / "n.laz", tmp_path / "dtm.tif"
+    proc, results = qgis_env.run_algorithm("forestcarbon:classifyground", {"INPUT": SAMPLE_LAZ, "OUTPUT": ground},
+                                           qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc, results = qgis_env.run_algorithm("forestcarbon:normalizeheight", {
+        "INPUT": ground, "OUTPUT": norm, "OUTPUT_DTM": dtm, "DTM_RESOLUTION": 2}, qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert results["OUTPUT"] == str(norm) and results["OUTPUT_DTM"] == str(dtm)
+    heights = laspy.read(norm)
+    assert abs(float(heights.z.min())) < 2 and float(heights.z.max()) < 40
+
+
 def test_qgis_process_bad_input_is_a_clean_error(qgis_config, tmp_path):
     bad = tmp_path / "not_a_cloud.laz"
     bad.write_text("this is a text file\n")

@@ -150,3 +150,36 @@ def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: fl
         progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
     result = TreeTops(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "z", "index")))
     return result, catalog.crs
+
+
+def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5, params=None):
+    """Crown polygons grown from ``tops`` on the CHM (the input raster, or a p2r CHM of the
+    cloud at ``res`` with a 0.15 m subcircle, as lidR's examples). Returns a list of
+    (top index, polygon, area m², crown diameter m, height m)."""
+    from .crowns import Dalponte, crown_polygons, grow_crowns
+
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() not in (".las", ".laz"):
+        import rasterio
+
+        with rasterio.open(path) as src:
+            chm = src.read(1, masked=True).filled(np.nan).astype(np.float64)
+            transform = src.transform
+        cell = abs(transform.a)
+    else:
+        catalog = open_catalog(source, crs)
+        grid = Grid.covering(*catalog.bounds, res)
+        chm = np.full(grid.shape, np.nan)
+        for tile in catalog.tiles:
+            pts = read_tile(tile.path, ("x", "y", "z"))
+            chm = np.fmax(chm, p2r(pts["x"], pts["y"], pts["z"], grid, 0.15))
+        transform = grid.transform
+        cell = res
+    if params is None:
+        params = Dalponte(max_cr=max(3, int(round(10 / cell))))  # 10 m maximum crown diameter
+    rows = np.floor((transform.f - tops.y) / -transform.e).astype(np.int64)
+    cols = np.floor((tops.x - transform.c) / transform.a).astype(np.int64)
+    rows = np.clip(rows, 0, chm.shape[0] - 1)
+    cols = np.clip(cols, 0, chm.shape[1] - 1)
+    labels = grow_crowns(chm, rows, cols, params)
+    return crown_polygons(labels, transform, chm)

@@ -56,8 +56,10 @@ def test_pitfree_close_to_lidr(tmp_path, forestcarbon_provider):
     assert np.array_equal(np.isnan(ours), np.isnan(ref))  # the same 29 empty cells
     assert abs(np.nanmean(ours) - np.nanmean(ref)) < 0.1
     d = np.abs(ours - ref)[~np.isnan(ref)]
-    # measured: 54% of cells within 0.01 m, 67% within 0.1 m, 83% within 0.5 m (triangulations differ)
-    assert (d <= 0.5).mean() > 0.8
+    # measured: 98.3% of cells within 0.01 m, 99.0% within 0.1 m, 99.6% within 0.5 m; mean 12.0527 m
+    # against lidR's 12.0553 m (Delaunay triangulations differ in degenerate cases)
+    assert (d <= 0.01).mean() > 0.97 and (d <= 0.5).mean() > 0.99
+    assert abs(np.nanmean(ours) - np.nanmean(ref)) < 0.01
 
 
 def test_p2r_from_independent_numpy(tmp_path, forestcarbon_provider):
@@ -101,6 +103,19 @@ def test_catalog_equals_merged(tmp_path, forestcarbon_provider):
     a, _ = _read(tmp_path / "c.tif")
     b, _ = _read(tmp_path / "m.tif")
     assert np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+    # pit-free: the same except along the outer edge of the data, where the merged file's convex
+    # hull spans concavities that a buffered tile does not see (measured at 1 m: 530 of 202,221
+    # cells, median 1 m from the edge)
+    _chm(folder, tmp_path / "pc.tif", RESOLUTION=2, METHOD=1)
+    _chm(merged, tmp_path / "pm.tif", RESOLUTION=2, METHOD=1)
+    a, _ = _read(tmp_path / "pc.tif")
+    b, _ = _read(tmp_path / "pm.tif")
+    from scipy.ndimage import distance_transform_edt
+
+    differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    to_edge = distance_transform_edt(~np.isnan(b)) * 2  # metres
+    assert differ.mean() < 0.005
+    assert np.percentile(to_edge[differ], 90) <= 10 if differ.any() else True
     _, tops_catalog = _tops(folder)
     _, tops_merged = _tops(merged)
     assert len(tops_catalog) > 1000

@@ -64,7 +64,9 @@ def tin_layer(x, y, z, grid: Grid, max_edge: float = 0.0) -> np.ndarray:
     out = np.full(grid.size, np.nan)
     if len(x) < 3:
         return out.reshape(grid.shape)
-    pts = np.column_stack([x, y])
+    # triangulate in coordinates local to the grid origin: with map coordinates (10⁵-10⁶ m)
+    # Qhull's roundoff makes near-degenerate choices depend on the whole point set
+    pts = np.column_stack([x - grid.xmin, y - grid.ymax])
     try:
         tri = Delaunay(pts)
     except QhullError:
@@ -80,8 +82,8 @@ def tin_layer(x, y, z, grid: Grid, max_edge: float = 0.0) -> np.ndarray:
     c0, c1 = grid.cols([x0])[0], grid.cols([x1])[0]
     r0, r1 = grid.rows([y1])[0], grid.rows([y0])[0]
     cols, rows = np.meshgrid(np.arange(c0, c1 + 1), np.arange(r0, r1 + 1))
-    cx = grid.xmin + (cols.ravel() + 0.5) * grid.res
-    cy = grid.ymax - (rows.ravel() + 0.5) * grid.res
+    cx = (cols.ravel() + 0.5) * grid.res
+    cy = -(rows.ravel() + 0.5) * grid.res
     simplex = locate(tri, cx, cy)
     ok = simplex >= 0
     ok[ok] = keep[simplex[ok]]

@@ -212,3 +212,30 @@ def test_auto_normalization_equals_normalizeheight(tmp_path, forestcarbon_provid
     zq95 = names.index("zq95")
     assert np.abs(da[zq95] - db[zq95]).max() < 0.011
     assert da[names.index("zmax")].max() < 40  # heights, not 420 m elevations
+
+
+def test_cancel_stops_workers_and_writes_nothing(tmp_path, forestcarbon_provider):
+    import time
+
+    import processing
+    import psutil
+    from qgis.core import QgsProcessingFeedback
+
+    folder = shared_file("lidar", "bcts")
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda _p: feedback.cancel())  # cancel after the first tile
+    out = tmp_path / "cancelled.tif"
+    with pytest.raises(QgsProcessingException) as excinfo:
+        processing.run("forestcarbon:canopymetrics", {
+            "INPUT": str(folder), "RESOLUTION": 20, "NORMALIZE": 2, "MAX_WORKERS": 2, "OUTPUT": str(out)},
+            feedback=feedback)
+    assert "Cancelled" in str(excinfo.value)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    def workers():  # multiprocessing's resource tracker is a helper that lives on, not a worker
+        return [p for p in psutil.Process().children(recursive=True)
+                if "resource_tracker" not in " ".join(p.cmdline())]
+
+    deadline = time.time() + 10
+    while workers() and time.time() < deadline:
+        time.sleep(0.2)
+    assert workers() == []

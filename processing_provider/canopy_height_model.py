@@ -7,6 +7,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
@@ -23,6 +24,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
     SUBCIRCLE = "SUBCIRCLE"
     FILL_EMPTY = "FILL_EMPTY"
     CRS = "CRS"
+    EXTENT = "EXTENT"
     OUTPUT = "OUTPUT"
 
     _name = "canopyheightmodel"
@@ -61,6 +63,8 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
                                                         defaultValue=False))
         self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
                                                     optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (default: the whole cloud)"),
+                                                       optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy height model")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -70,6 +74,12 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         if res <= 0:
             raise QgsProcessingException(self.tr(f"RESOLUTION must be positive (got {res})."))
         crs = self.parameterAsCrs(parameters, self.CRS, context)
+        extent, extent_crs = None, None
+        if parameters.get(self.EXTENT):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
+            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+            ecrs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+            extent_crs = ecrs.toWkt() if ecrs.isValid() else None
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         method = CHM_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         subcircle = self.parameterAsDouble(parameters, self.SUBCIRCLE, context)
@@ -77,7 +87,8 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         record = {"INPUT": source, "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill}
         grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
                               fill_empty=fill, crs=crs.toWkt() if crs.isValid() else None,
-                              progress=FeedbackProgress(feedback), parameters=record)
+                              progress=FeedbackProgress(feedback), parameters=record, extent=extent,
+                              extent_crs=extent_crs)
         feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")
         StyleLoader.attach(context, output, "canopy_height")
         return {self.OUTPUT: output}

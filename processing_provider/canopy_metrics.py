@@ -9,6 +9,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
@@ -32,6 +33,7 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
     NORMALIZE = "NORMALIZE"
     MAX_WORKERS = "MAX_WORKERS"
     CRS = "CRS"
+    EXTENT = "EXTENT"
     OUTPUT = "OUTPUT"
 
     _name = "canopymetrics"
@@ -84,6 +86,8 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
             defaultValue=default_workers(), minValue=1, maxValue=64))
         self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
                                                     optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (default: the whole cloud)"),
+                                                       optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy metrics")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -93,6 +97,12 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         if res <= 0:
             raise QgsProcessingException(self.tr(f"RESOLUTION must be positive (got {res})."))
         crs = self.parameterAsCrs(parameters, self.CRS, context)
+        extent, extent_crs = None, None
+        if parameters.get(self.EXTENT):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
+            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+            ecrs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+            extent_crs = ecrs.toWkt() if ecrs.isValid() else None
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         settings = {
             "res": res,
@@ -106,7 +116,7 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         record = {k.upper(): v for k, v in settings.items() if k != "crs"}
         record["INPUT"] = source
         result = self.call_core(canopy_metrics, source, output, progress=FeedbackProgress(feedback),
-                                parameters=record, **settings)
+                                parameters=record, extent=extent, extent_crs=extent_crs, **settings)
         feedback.pushInfo(f"{result.points:,} points; {result.grid.ncols} × {result.grid.nrows} cells of "
                           f"{res:g} m, {result.cells_with_data:,} with data; {len(result.bands)} bands.")
         StyleLoader.attach(context, output, "canopy_metrics")

@@ -239,3 +239,25 @@ def test_cancel_stops_workers_and_writes_nothing(tmp_path, forestcarbon_provider
     while workers() and time.time() < deadline:
         time.sleep(0.2)
     assert workers() == []
+
+
+def test_extent(tmp_path, forestcarbon_provider):
+    import processing
+
+    las = shared_file("lidar", "MixedConifer.laz")
+    out = tmp_path / "part.tif"
+    # the 40 m x 40 m south-west block of the stand
+    processing.run("forestcarbon:canopymetrics", {"INPUT": str(las), "RESOLUTION": 20, "MIN_POINTS": 1,
+                                                  "EXTENT": "481260,481300,3812920,3812960 [EPSG:26912]",
+                                                  "OUTPUT": str(out)})
+    with rasterio.open(out) as src:
+        assert src.shape == (2, 2) and src.bounds.left == 481260 and src.bounds.bottom == 3812920
+    full = tmp_path / "full.tif"
+    _run(las, full)
+    for x, y in ((481270, 3812930), (481290, 3812950)):
+        assert _sample(out, x, y) == pytest.approx(_sample(full, x, y), nan_ok=True)
+    with pytest.raises(QgsProcessingException) as excinfo:
+        processing.run("forestcarbon:canopymetrics", {"INPUT": str(las), "EXTENT": "0,10,0,10 [EPSG:26912]",
+                                                      "OUTPUT": str(tmp_path / "none.tif")})
+    assert "outside the requested extent" in str(excinfo.value)
+    assert not (tmp_path / "none.tif").exists()

@@ -185,3 +185,15 @@ def test_crowns(tmp_path, forestcarbon_provider):
         assert crown["height_m"] == pytest.approx(top["height_m"], rel=0.1)  # cells up to 1.05 × the seed cell
         diameters.append(crown["crown_diameter_m"])
     assert 2.0 < np.median(diameters) < 8.0  # conifer crowns of a 12-30 m stand
+
+
+def test_chm_extent_is_a_window_of_the_full_chm(tmp_path, forestcarbon_provider):
+    las = shared_file("lidar", "MixedConifer.laz")
+    _chm(las, tmp_path / "full.tif")
+    _chm(las, tmp_path / "part.tif", EXTENT="481280,481300,3812950,3812970 [EPSG:26912]")
+    full, ft = _read(tmp_path / "full.tif")
+    part, pt = _read(tmp_path / "part.tif")
+    assert part.shape == (40, 40)
+    r0, c0 = int(round((ft.f - pt.f) / 0.5)), int(round((pt.c - ft.c) / 0.5))
+    window = full[r0:r0 + 40, c0:c0 + 40]
+    assert np.array_equal(np.isnan(window), np.isnan(part)) and np.array_equal(window[~np.isnan(window)], part[~np.isnan(part)])

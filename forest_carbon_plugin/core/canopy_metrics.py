@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, open_catalog, read_tile
+from .catalog import Catalog, open_catalog, read_tile, restrict
 from .dependencies import qgis_python_executable
 from .errors import Cancelled, ForestCarbonError
 from .grid import Grid
@@ -42,7 +42,7 @@ class MetricsResult:
 def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0, min_points: int = 4,
                    intensity: bool = False, normalize: str = "auto", max_workers: int = 1,
                    crs: str | None = None, progress: Progress | None = None,
-                   parameters: dict | None = None) -> MetricsResult:
+                   parameters: dict | None = None, extent=None, extent_crs: str | None = None) -> MetricsResult:
     """Write one band per metric (lidR's ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``,
     ``point_density``, ``pulse_density``, and with ``intensity`` lidR's ``stdmetrics_i``).
 
@@ -56,10 +56,12 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
         raise ForestCarbonError(f"MIN_POINTS must be at least 1 (got {min_points}).")
     if normalize not in NORMALIZE_MODES:
         raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
-    catalog = open_catalog(source, crs)
-    grid = Grid.covering(*catalog.bounds, res)
+    full = open_catalog(source, crs)
+    catalog, bounds = restrict(full, extent, extent_crs)
+    grid = Grid.covering(*bounds, res)
     bands = metric_names(intensity)
-    values = compute_metrics(catalog, grid, bands, height_break, intensity, normalize, max_workers, progress)
+    values = compute_metrics(catalog, grid, bands, height_break, intensity, normalize, max_workers, progress,
+                             full.bounds)
     n = values[bands.index("n")]
     sparse = ~(n >= min_points)
     values[:, sparse] = np.nan
@@ -70,12 +72,14 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
     check_cancel(progress)
     write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
                  provenance=record)
-    return MetricsResult(str(output), grid, bands, catalog.point_count, int((~sparse).sum()))
+    points = int(np.nansum(values[bands.index("n")]))
+    return MetricsResult(str(output), grid, bands, points, int((~sparse).sum()))
 
 
 def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity, normalize, max_workers,
-                    progress) -> np.ndarray:
+                    progress, data_bounds=None) -> np.ndarray:
     """(bands, cells) float64 array; NaN where a cell has no point."""
+    data_bounds = data_bounds or catalog.bounds
     need = np.zeros(grid.shape, dtype=np.int32)
     rects = []
     for tile in catalog.tiles:
@@ -88,7 +92,7 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
     need_flat = need.ravel()
     pending: list = []
     tasks = [(catalog, i, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, height_break,
-              intensity, normalize) for i, rect in enumerate(rects)]
+              intensity, normalize, data_bounds) for i, rect in enumerate(rects)]
 
     def collect(i, result):
         exclusive_cells, exclusive_values, border = result
@@ -141,9 +145,13 @@ def _spawn_context():
 
 
 def _terminate(pool):
-    for process in list(getattr(pool, "_processes", {}).values()):
+    """Stop the workers now (a cancelled run must not keep decoding) and reap them."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
         process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
 
 
 def _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, res):
@@ -175,11 +183,14 @@ def _metrics_for(points, bands, height_break, intensity, res):
     return cells, np.vstack([m[b] for b in bands])
 
 
-def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize):
+def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize, data_bounds):
     """Read one tile; finish the cells only it touches; return the others' points."""
     path = catalog.tiles[i].path
     fields = ["x", "y", "z", "Z", "return_number", "classification"] + (["intensity"] if intensity else [])
     pts = read_tile(path, fields)
+    inside = grid.holds(pts["x"], pts["y"], data_bounds)  # a requested extent can cut the tile
+    if not inside.all():
+        pts = {k: v[inside] for k, v in pts.items()}
     z = pts["z"]
     raw_z = pts["Z"]
     if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):

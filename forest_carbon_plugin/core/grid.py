@@ -81,3 +81,17 @@ class Grid:
         x = np.asarray(x)
         y = np.asarray(y)
         return (x >= self.xmin) & (x <= self.xmax) & (y >= self.ymin) & (y <= self.ymax)
+
+    def holds(self, x, y, data_bounds) -> np.ndarray:
+        """Points that belong to the grid's cells when the grid may cut the data.
+
+        Where the grid edge cuts the data (a requested extent), edges are half-open as in the
+        full lattice: a point on the cut line belongs to the cell east or south of it, outside.
+        On the data's own east/south edge lidR's rule keeps the points in the last column/row.
+        """
+        x = np.asarray(x)
+        y = np.asarray(y)
+        dx0, dy0, dx1, dy1 = data_bounds
+        east = x < self.xmax if self.xmax < dx1 else x <= self.xmax
+        south = y > self.ymin if self.ymin > dy0 else y >= self.ymin
+        return (x >= self.xmin) & east & south & (y <= self.ymax)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, open_catalog, read_tile
+from .catalog import Catalog, open_catalog, read_tile, restrict
 from .chm import p2r, pitfree
 from .errors import ForestCarbonError
 from .grid import Grid
@@ -45,7 +45,7 @@ def _buffered_points(catalog: Catalog, i: int, buffer: float, fields):
 
 def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", subcircle: float = 0.0,
                         fill_empty: bool = False, crs: str | None = None, progress: Progress | None = None,
-                        parameters: dict | None = None) -> Grid:
+                        parameters: dict | None = None, extent=None, extent_crs: str | None = None) -> Grid:
     progress = progress or NullProgress()
     if not res > 0:
         raise ForestCarbonError(f"The resolution must be positive (got {res}).")
@@ -53,14 +53,18 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
         raise ForestCarbonError(f"METHOD must be one of {CHM_METHODS} (got {method!r}).")
     if subcircle < 0:
         raise ForestCarbonError(f"SUBCIRCLE must be zero or positive (got {subcircle}).")
-    catalog = open_catalog(source, crs)
-    grid = Grid.covering(*catalog.bounds, res)
+    full = open_catalog(source, crs)
+    catalog, bounds = restrict(full, extent, extent_crs)
+    grid = Grid.covering(*bounds, res)
     chm = np.full(grid.shape, np.nan)
     tiles = catalog.tiles
     if method == "p2r":
         for i, tile in enumerate(tiles):
             check_cancel(progress)
             pts = read_tile(tile.path, ("x", "y", "z"))
+            if subcircle == 0:
+                keep = grid.holds(pts["x"], pts["y"], full.bounds)
+                pts = {k: v[keep] for k, v in pts.items()}
             chm = np.fmax(chm, p2r(pts["x"], pts["y"], pts["z"], grid, subcircle))
             progress.set_progress(90.0 * (i + 1) / len(tiles))
     else:

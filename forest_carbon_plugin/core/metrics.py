@@ -108,24 +108,6 @@ def _quantiles(s: _Sorted, probs):
     return out
 
 
-def _r_seq_index(z, start, by, n_steps, cap):
-    """findInterval(z, pmin(start + k·by, cap) for k = 0..n_steps) for each point (1-based)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.floor((z - start) / by)
-    k = np.where(np.isfinite(k), k, 0).astype(np.int64)
-    k = np.clip(k, 0, n_steps)
-
-    def brk(j):
-        return np.minimum(start + j * by, cap) if cap is not None else start + j * by
-
-    # one step of correction each way: floor((z − a)/by) is off by one at most
-    up = (k < n_steps) & (brk(k + 1) <= z)
-    k = k + up
-    down = (k > 0) & (brk(k) > z)
-    k = k - down
-    return k + 1  # number of breaks ≤ z (z ≥ start always here)
-
-
 def stdmetrics_z(z, cell, ncells, dz: float = 1.0, th: float = 2.0, zmin: float = 0.0, z_int=None) -> dict:
     """lidR's ``stdmetrics_z(z, dz, th, zmin)`` for every cell: name → array (ncells,).
 
@@ -156,52 +138,91 @@ def stdmetrics_z(z, cell, ncells, dz: float = 1.0, th: float = 2.0, zmin: float 
     return out
 
 
+def _count_below(s: _Sorted, thresholds, inclusive: bool = False) -> np.ndarray:
+    """Per cell, how many values are < (or ≤) each threshold: (ncells, m) thresholds → counts.
+
+    A binary search inside each cell's sorted segment, vectorised over cells and thresholds:
+    O(cells · m · log n) instead of a pass over the points per threshold.
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    lo = np.broadcast_to(s.start[:, None], t.shape).copy()
+    hi = lo + s.count[:, None]
+    last = max(len(s.v) - 1, 0)
+    while True:
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) // 2
+        v = s.v[np.minimum(mid, last)] if len(s.v) else np.zeros(mid.shape)
+        go_right = (v <= t) if inclusive else (v < t)
+        lo = np.where(active & go_right, mid + 1, lo)
+        hi = np.where(active & ~go_right, mid, hi)
+    return lo - s.start[:, None]
+
+
 def _entropy(s: _Sorted, zmax, zlow, dz):
-    """Normalised Shannon entropy of the height histogram (1 m bins from 0); lidR's entropy()."""
+    """Normalised Shannon entropy of the height histogram (dz bins from 0); lidR's entropy().
+
+    Bins are R's ``findInterval(z, seq(0, ceiling(zmax/dz)·dz, dz))`` counted with
+    ``fast_table(·, length(bk) − 1)``: values on the last break are dropped.
+    """
     ncells = s.ncells
     result = np.full(ncells, np.nan)
     valid_cell = (zmax >= 2 * dz) & (zlow >= 0)
     if not valid_cell.any():
         return result
-    nb = np.zeros(ncells, dtype=np.int64)
-    nb[valid_cell] = np.ceil(zmax[valid_cell] / dz).astype(np.int64)  # length(bk) − 1
-    pick = valid_cell[s.c]
-    z = s.v[pick]
-    c = s.c[pick]
-    idx = _r_seq_index(z, 0.0, dz, int(nb.max()), None)  # 1-based interval of seq(0, ceiling(zmax/dz)·dz, dz)
-    keep = idx <= nb[c]  # fast_table(hist, length(bk) − 1) drops z on the last break
-    z, c, idx = z[keep], c[keep], idx[keep]
-    width = int(nb.max())
-    counts = np.bincount(c * width + (idx - 1), minlength=ncells * width).reshape(ncells, width)
+    cells = np.flatnonzero(valid_cell)
+    nb = np.ceil(zmax[cells] / dz).astype(np.int64)  # length(bk) − 1
+    k = np.arange(int(nb.max()) + 1)
+    breaks = 0 + np.minimum(k[None, :], nb[:, None]) * dz  # R: from + (0:n)·by
+    sub = _Sub(s, cells)
+    below = _count_below(sub, breaks)  # count of z < b_k
+    counts = np.diff(below, axis=1).astype(np.float64)  # bins [b_{k−1}, b_k)
     total = counts.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = counts / total[:, None]
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0)
-        h = -plogp.sum(axis=1) / np.log(nb)
-    result[valid_cell] = h[valid_cell]
+        result[cells] = -plogp.sum(axis=1) / np.log(nb)
     return result
 
 
+class _Sub:
+    """A view of some cells of a _Sorted (for _count_below)."""
+
+    def __init__(self, s: _Sorted, cells):
+        self.v = s.v
+        self.start = s.start[cells]
+        self.count = s.count[cells]
+
+
 def _zpcum(s: _Sorted, zmax, zmin):
-    """Cumulative share of points per tenth of (zmin, zmax]; lidR's zpcum1..9."""
+    """Cumulative share of points per tenth of (zmin, zmax]; lidR's zpcum1..9.
+
+    Breaks are R's ``seq(zmin, zmax, (zmax − zmin)/10)`` = ``pmin(zmin + k·by, zmax)`` for
+    k ≤ n = floor(10 + 1e-10); only z > zmin count; interval 11 (z on zmax) is dropped.
+    """
     ncells = s.ncells
     out = np.full((9, ncells), np.nan)
     positive = zmax > zmin
     out[:, ~positive & np.isfinite(zmax)] = 0.0
     if not positive.any():
         return out
-    by = np.where(positive, (zmax - zmin) / 10, np.nan)
-    with np.errstate(invalid="ignore"):
-        steps = np.where(positive, np.floor((zmax - zmin) / by + 1e-10), 0).astype(np.int64)
-    pick = (s.v > zmin) & positive[s.c]
-    z, c = s.v[pick], s.c[pick]
-    idx = _r_seq_index(z, zmin, by[c], steps[c], zmax[c])
-    keep = idx <= 10  # fast_table(zcls, 10): the zmax points (interval 11) are dropped
-    counts = np.bincount(c[keep] * 10 + (idx[keep] - 1), minlength=ncells * 10).reshape(ncells, 10)
+    cells = np.flatnonzero(positive)
+    top = zmax[cells]
+    by = (top - zmin) / 10
+    steps = np.floor((top - zmin) / by + 1e-10).astype(np.int64)
+    k = np.arange(11)
+    breaks = np.minimum(zmin + k[None, :] * by[:, None], top[:, None])
+    breaks = np.where(k[None, :] <= steps[:, None], breaks, np.inf)
+    sub = _Sub(s, cells)
+    below = _count_below(sub, breaks[:, 1:])  # z < b_k, k = 1..10
+    at_or_below_min = _count_below(sub, np.full((len(cells), 1), zmin), inclusive=True)
+    edges = np.column_stack([at_or_below_min, below])
+    counts = np.diff(edges, axis=1).astype(np.float64)  # intervals 1..10
     total = counts.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cum = np.cumsum(counts / total[:, None], axis=1) * 100
-    out[:, positive] = cum[positive, :9].T
+    out[:, cells] = cum[:, :9].T
     return out
 
 

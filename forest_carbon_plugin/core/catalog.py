@@ -148,3 +148,28 @@ def read_tile(path, fields=("x", "y", "z"), chunk_points: int = CHUNK_POINTS) ->
             f"'{Path(path).name}' is truncated or corrupt: its header announces {expected:,} points but "
             f"only {seen:,} could be read. Re-download or re-export the file.")
     return {f: out.get(f, np.empty(0)) for f in fields}
+
+
+def restrict(catalog: Catalog, extent, extent_crs: str | None = None):
+    """The catalog's tiles that overlap ``extent`` (xmin, ymin, xmax, ymax), and the overlap.
+
+    ``extent_crs``, when given and different from the catalog's, is transformed first.
+    Raises when the cloud lies outside the extent.
+    """
+    if extent is None:
+        return catalog, catalog.bounds
+    x0, y0, x1, y1 = (float(v) for v in extent)
+    if extent_crs:
+        import pyproj
+
+        src, dst = pyproj.CRS.from_user_input(extent_crs), pyproj.CRS.from_user_input(catalog.crs)
+        if not src.equals(dst):
+            x0, y0, x1, y1 = pyproj.Transformer.from_crs(src, dst, always_xy=True).transform_bounds(x0, y0, x1, y1)
+    cx0, cy0, cx1, cy1 = catalog.bounds
+    ix0, iy0, ix1, iy1 = max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1)
+    if ix0 >= ix1 or iy0 >= iy1:
+        raise ForestCarbonError(
+            f"The point cloud ({cx0:.1f}, {cy0:.1f}) – ({cx1:.1f}, {cy1:.1f}) lies outside the requested extent "
+            f"({x0:.1f}, {y0:.1f}) – ({x1:.1f}, {y1:.1f}) in its CRS: choose an extent that overlaps it.")
+    tiles = [t for t in catalog.tiles if t.minx <= ix1 and t.maxx >= ix0 and t.miny <= iy1 and t.maxy >= iy0]
+    return Catalog(tiles, catalog.crs_wkt, catalog.epsg, catalog.warnings), (ix0, iy0, ix1, iy1)

@@ -20,8 +20,8 @@ from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
 
 
 def default_workers() -> int:
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 2 else min(4, cores - 1)
+    """One worker per core, at most 4 (each worker decodes single-threaded)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
@@ -59,8 +59,8 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
             "above ground; always subtracts it; never uses Z as it is. Normalizing needs ground returns "
             "(forestcarbon:classifyground).\n\n"
             "Catalogs: each tile is read once; cells across tile edges get the points of every tile, "
-            "so a catalog gives the same grid as one merged file. MAX_WORKERS tiles are read in "
-            "parallel worker processes.\n\n"
+            "so a catalog gives the same grid as one merged file. MAX_WORKERS bounds the cores used: "
+            "that many tiles are read in parallel worker processes, each decoding on one core.\n\n"
             "References: Roussel et al. (2020) lidR, Remote Sensing of Environment 251:112061; "
             "McGaughey (2021) FUSION/LDV manual (cover)."
         )

@@ -106,12 +106,14 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
         progress.set_progress(100.0 * (i + 1) / len(tasks))
 
     if max_workers <= 1 or len(tasks) == 1:
+        # MAX_WORKERS bounds the cores: one worker decodes single-threaded too
         for i, task in enumerate(tasks):
             check_cancel(progress)
-            collect(i, _tile_task(*task))
+            collect(i, _tile_task(*task, threads=max_workers > 1))
     else:
         with ProcessPoolExecutor(max_workers=max_workers, mp_context=_spawn_context()) as pool:
-            futures = [pool.submit(_tile_task, *task) for task in tasks]
+            # one worker per core, each decoding single-threaded
+            futures = [pool.submit(_tile_task, *task, threads=False) for task in tasks]
             try:
                 for i, future in enumerate(futures):
                     while True:
@@ -183,11 +185,12 @@ def _metrics_for(points, bands, height_break, intensity, res):
     return cells, np.vstack([m[b] for b in bands])
 
 
-def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize, data_bounds):
+def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize, data_bounds,
+               threads=True):
     """Read one tile; finish the cells only it touches; return the others' points."""
     path = catalog.tiles[i].path
     fields = ["x", "y", "z", "Z", "return_number", "classification"] + (["intensity"] if intensity else [])
-    pts = read_tile(path, fields)
+    pts = read_tile(path, fields, threads=threads)
     inside = grid.holds(pts["x"], pts["y"], data_bounds)  # a requested extent can cut the tile
     if not inside.all():
         pts = {k: v[inside] for k, v in pts.items()}

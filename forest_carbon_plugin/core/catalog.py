@@ -116,13 +116,18 @@ def open_catalog(source, crs: str | None = None) -> Catalog:
     return Catalog(tiles, tiles[0].crs_wkt, tiles[0].epsg)
 
 
-def read_tile(path, fields=("x", "y", "z"), chunk_points: int = CHUNK_POINTS) -> dict:
+def read_tile(path, fields=("x", "y", "z"), chunk_points: int = CHUNK_POINTS, threads: bool = True) -> dict:
     """All points of one file as numpy arrays (float64 coordinates), read in chunks into
-    arrays allocated once (no concatenation copies)."""
+    arrays allocated once (no concatenation copies).
+
+    ``threads``: lazrs decompresses LAZ on every core by default; worker processes that already
+    run one per core pass False to decode single-threaded and not oversubscribe the cores.
+    """
     laspy = require("laspy", "lazrs")[0] if str(path).lower().endswith(".laz") else require("laspy")
     out: dict = {}
+    backend = None if threads else laspy.LazBackend.Lazrs
     try:
-        with laspy.open(path) as reader:
+        with laspy.open(path, laz_backend=backend) as reader:
             expected = int(reader.header.point_count)
             seen = 0
             for chunk in reader.chunk_iterator(chunk_points):

@@ -3,8 +3,6 @@ chunked read of the same files (decompression floor), both in this run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import ROOT, measure
 
 CATALOG = ROOT.parent / "shared" / "data" / "lidar" / "bcts"

@@ -6,8 +6,6 @@ points (random coordinates, same tiling) to LAZ: the I/O floor of the LiDAR part
 
 from __future__ import annotations
 
-import tempfile
-
 from .common import measure
 
 SIMULATE = """

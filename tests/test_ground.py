@@ -65,3 +65,28 @@ def test_bad_parameters(tmp_path, forestcarbon_provider, unclassified):
         processing.run("forestcarbon:classifyground", {"INPUT": str(path), "CELL": 0, "OUTPUT": str(tmp_path / "o.laz")})
     assert "positive" in str(excinfo.value)
     assert not (tmp_path / "o.laz").exists()
+
+
+def test_normalize_keeps_heights_when_the_file_has_a_z_offset(tmp_path, forestcarbon_provider):
+    """Many producers write Z with an offset (here 300 m): heights must not depend on it."""
+    import processing
+
+    from .conftest import SAMPLE_LAZ
+
+    las = laspy.read(SAMPLE_LAZ)
+    shifted = laspy.LasData(laspy.LasHeader(point_format=las.header.point_format, version=las.header.version))
+    shifted.header.scales = las.header.scales
+    shifted.header.offsets = [las.header.offsets[0], las.header.offsets[1], 300.0]
+    shifted.header.vlrs = las.header.vlrs
+    shifted.points = laspy.ScaleAwarePointRecord.zeros(len(las.points), header=shifted.header)
+    for name in las.point_format.dimension_names:
+        if name not in ("X", "Y", "Z"):
+            shifted[name] = las[name]
+    shifted.x, shifted.y, shifted.z = las.x, las.y, las.z
+    shifted.write(tmp_path / "offset.laz")
+    processing.run("forestcarbon:normalizeheight", {"INPUT": str(tmp_path / "offset.laz"),
+                                                    "OUTPUT": str(tmp_path / "n1.laz")})
+    processing.run("forestcarbon:normalizeheight", {"INPUT": str(SAMPLE_LAZ), "OUTPUT": str(tmp_path / "n0.laz")})
+    a, b = laspy.read(tmp_path / "n0.laz"), laspy.read(tmp_path / "n1.laz")
+    assert np.abs(np.asarray(a.z) - np.asarray(b.z)).max() < 0.011
+    assert float(np.max(b.z)) < 40

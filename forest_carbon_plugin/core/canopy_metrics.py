@@ -216,11 +216,14 @@ def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity
 
 
 def _looks_normalized(z, classification) -> bool:
-    """Heights above ground already? Ground returns at 0 ± 0.5 m, or Z starting near 0."""
+    """Heights above ground already? The heuristic lidarinfo reports (lasinfo.looks_normalized)."""
+    from .lasinfo import looks_normalized
+
     ground = classification == 2
-    if ground.any():
-        return bool(np.mean(np.abs(z[ground]) <= 0.5) >= 0.9)
-    return bool(z.min() >= -2 and np.mean(np.abs(z) <= 0.5) >= 0.05)
+    near = np.abs(z) <= 0.5
+    flag, _ = looks_normalized(int(ground.sum()), int((near & ground).sum()), len(z), int(near.sum()),
+                               float(z.min()), float(z.max()))
+    return bool(flag)
 
 
 def _normalized(catalog, i, pts, name):

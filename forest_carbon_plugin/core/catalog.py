@@ -7,6 +7,7 @@ point formats 0-10, LAZ and COPC (read as plain LAZ) through laspy + lazrs.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from .dependencies import require
 from .errors import ForestCarbonError
+from .grid import Grid
 from .lasinfo import las_files
 
 CHUNK_POINTS = 2_000_000
@@ -178,3 +180,95 @@ def restrict(catalog: Catalog, extent, extent_crs: str | None = None):
             f"({x0:.1f}, {y0:.1f}) – ({x1:.1f}, {y1:.1f}) in its CRS: choose an extent that overlaps it.")
     tiles = [t for t in catalog.tiles if t.minx <= ix1 and t.maxx >= ix0 and t.miny <= iy1 and t.maxy >= iy0]
     return Catalog(tiles, catalog.crs_wkt, catalog.epsg, catalog.warnings), (ix0, iy0, ix1, iy1)
+
+
+def buffered_points(catalog: Catalog, i: int, buffer: float, fields):
+    """Points of tile ``i`` and of the other tiles within ``buffer`` of it; and a mask of tile i's own."""
+    tile = catalog.tiles[i]
+    own = read_tile(tile.path, fields)
+    parts = [own]
+    x0, y0, x1, y1 = tile.minx - buffer, tile.miny - buffer, tile.maxx + buffer, tile.maxy + buffer
+    for j, other in enumerate(catalog.tiles):
+        if j == i or other.maxx < x0 or other.minx > x1 or other.maxy < y0 or other.miny > y1:
+            continue
+        pts = read_tile(other.path, fields)
+        near = (pts["x"] >= x0) & (pts["x"] <= x1) & (pts["y"] >= y0) & (pts["y"] <= y1)
+        parts.append({k: v[near] for k, v in pts.items()})
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in fields}
+    mine = np.zeros(len(merged["x"]), dtype=bool)
+    mine[: len(own["x"])] = True
+    return merged, mine
+
+
+def cell_owner(catalog: Catalog, grid: Grid) -> np.ndarray:
+    """Which tile owns each cell: the first tile whose bounds hold the cell centre."""
+    owner = np.full(grid.shape, -1, dtype=np.int32)
+    cx, cy = grid.centres()
+    for i, t in reversed(list(enumerate(catalog.tiles))):
+        inside = (cx >= t.minx) & (cx <= t.maxx) & (cy >= t.miny) & (cy <= t.maxy)
+        owner[inside] = i
+    # cells whose centre falls in no tile (the grid's outer half-cells): nearest tile by bounds
+    missing = owner < 0
+    if missing.any():
+        centres = np.column_stack([cx[missing], cy[missing]])
+        dist = np.stack([np.hypot(np.clip(centres[:, 0], t.minx, t.maxx) - centres[:, 0],
+                                  np.clip(centres[:, 1], t.miny, t.maxy) - centres[:, 1]) for t in catalog.tiles])
+        owner[missing] = np.argmin(dist, axis=0)
+    return owner
+
+
+def read_las(path):
+    """The whole file as a ``laspy.LasData`` (every attribute), for algorithms that rewrite it."""
+    laspy = require("laspy", "lazrs")[0] if str(path).lower().endswith(".laz") else require("laspy")
+    try:
+        return laspy.read(path)
+    except Exception as exc:
+        raise ForestCarbonError(f"'{Path(path).name}' is truncated or corrupt ({type(exc).__name__}: {exc}).") from exc
+
+
+class LasWriter:
+    """Writes the tiles of a catalog, one after the other, into one LAS/LAZ file.
+
+    The first tile's header (copied, with ``z_offset`` when given) is the file's; every tile is
+    re-expressed with its scales and offsets, and must have the same point format.
+    """
+
+    def __init__(self, laspy, path, z_offset: float | None = None):
+        self.laspy = laspy
+        self.path = Path(path)
+        self.z_offset = z_offset
+        self.header = None
+        self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def write(self, las) -> None:
+        if self._writer is None:
+            self.header = copy.deepcopy(las.header)
+            if self.z_offset is not None:
+                self.header.offsets = np.array([self.header.offsets[0], self.header.offsets[1], self.z_offset])
+            self.header.generating_software = "forest_carbon_plugin"
+            self._writer = self.laspy.open(self.path, mode="w", header=self.header,
+                                           do_compress=self.path.suffix.lower() == ".laz")
+        if las.point_format != self.header.point_format:
+            raise ForestCarbonError("The tiles have different point formats or extra dimensions: "
+                                    "process them one by one, or convert them to one format first.")
+        self._writer.write_points(self._rescaled(las))
+
+    def _rescaled(self, las):
+        """The points of ``las`` expressed with the file's scales and offsets."""
+        h = self.header
+        if np.allclose(las.header.scales, h.scales) and np.allclose(las.header.offsets, h.offsets):
+            return las.points
+        record = self.laspy.ScaleAwarePointRecord.zeros(len(las.points), header=h)
+        for name in las.point_format.dimension_names:
+            if name not in ("X", "Y", "Z"):
+                record[name] = las.points[name]
+        record.x, record.y, record.z = las.x, las.y, las.z
+        return record
+
+    def __exit__(self, *exc):
+        if self._writer is not None:
+            self._writer.close()
+        return False

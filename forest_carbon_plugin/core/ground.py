@@ -158,13 +158,9 @@ def classify_ground(source, output, method: str = "smrf", params=None, crs: str 
     that are not ground become class 1. Tiles of a catalog are filtered with a buffer of
     their neighbours' points (the filter window plus 10 m), so edges match a merged file.
     """
-    from pathlib import Path
-
-    from .catalog import open_catalog
+    from .catalog import LasWriter, buffered_points, open_catalog, read_las
     from .dependencies import require
     from .errors import ForestCarbonError
-    from .lidar_products import _buffered_points
-    from .normalize import _read_las, _rescaled
     from .outputs import atomic_output
     from .progress import NullProgress, check_cancel
 
@@ -179,32 +175,21 @@ def classify_ground(source, output, method: str = "smrf", params=None, crs: str 
     catalog = open_catalog(source, crs)
     buffer = (params.window_m if method == "smrf" else 5.0) + 10.0
     total = ground_total = 0
-    with atomic_output(output) as tmp:
-        writer = header = None
-        try:
-            for i, tile in enumerate(catalog.tiles):
-                check_cancel(progress)
-                pts, mine = _buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number", "number_of_returns"))
-                ground = smrf_ground(pts["x"], pts["y"], pts["z"], params) if method == "smrf" \
-                    else csf_ground(pts["x"], pts["y"], pts["z"], params)
-                last = pts["return_number"] >= pts["number_of_returns"]
-                ground = (ground & last)[mine]
-                las = _read_las(laspy, tile.path)
-                cls = np.asarray(las.classification).copy()
-                cls[cls == 2] = 1
-                cls[ground] = 2
-                las.classification = cls
-                if writer is None:
-                    header = las.header
-                    header.generating_software = "forest_carbon_plugin"
-                    writer = laspy.open(tmp, mode="w", header=header, do_compress=str(output).lower().endswith(".laz"))
-                if las.point_format != header.point_format:
-                    raise ForestCarbonError(f"'{Path(tile.path).name}' has another point format than the first tile.")
-                writer.write_points(_rescaled(laspy, las, header))
-                total += len(cls)
-                ground_total += int(ground.sum())
-                progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
-        finally:
-            if writer is not None:
-                writer.close()
+    with atomic_output(output) as tmp, LasWriter(laspy, tmp) as writer:
+        for i, tile in enumerate(catalog.tiles):
+            check_cancel(progress)
+            pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number", "number_of_returns"))
+            ground = smrf_ground(pts["x"], pts["y"], pts["z"], params) if method == "smrf" \
+                else csf_ground(pts["x"], pts["y"], pts["z"], params)
+            last = pts["return_number"] >= pts["number_of_returns"]
+            ground = (ground & last)[mine]
+            las = read_las(tile.path)
+            cls = np.asarray(las.classification).copy()
+            cls[cls == 2] = 1
+            cls[ground] = 2
+            las.classification = cls
+            writer.write(las)
+            total += len(cls)
+            ground_total += int(ground.sum())
+            progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
     return {"points": total, "ground": ground_total, "tiles": len(catalog.tiles)}

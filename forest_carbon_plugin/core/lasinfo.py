@@ -149,7 +149,7 @@ def describe_las(path, progress: Progress | None = None, chunk_points: int = CHU
     if area <= 0:  # degenerate (a line of points): fall back to the header box
         area = float(max(maxs[0] - mins[0], 0) * max(maxs[1] - mins[1], 0))
     area *= metres_per_unit ** 2  # feet-based state-plane CRSs are common in the US
-    normalized, reason = _looks_normalized(ground, near_zero_ground, seen, near_zero_all,
+    normalized, reason = looks_normalized(ground, near_zero_ground, seen, near_zero_all,
                                            float(mins[2]), float(maxs[2]))
     std_dims = set(header.point_format.standard_dimension_names)
     extra = [d for d in header.point_format.dimension_names if d not in std_dims]
@@ -296,7 +296,7 @@ def _crs_of(header):
     return epsg, h_epsg, crs.name, crs.to_wkt(), note, metres
 
 
-def _looks_normalized(ground, near_zero_ground, total, near_zero_all, min_z, max_z):
+def looks_normalized(ground, near_zero_ground, total, near_zero_all, min_z, max_z):
     """Do heights look like heights above ground (normalized) rather than elevations?
 
     With ground points (class 2): normalized when 90% of them lie within ±0.5 m of 0.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, open_catalog, read_tile, restrict
+from .catalog import buffered_points, cell_owner, open_catalog, read_tile, restrict
 from .chm import p2r, pitfree
 from .errors import ForestCarbonError
 from .grid import Grid
@@ -23,24 +23,6 @@ from .treetops import TreeTops, local_maxima, raster_local_maxima
 
 NODATA = -9999.0
 CHM_METHODS = ("p2r", "pitfree")
-
-
-def _buffered_points(catalog: Catalog, i: int, buffer: float, fields):
-    """Points of tile ``i`` and of the other tiles within ``buffer`` of it; and a mask of tile i's own."""
-    tile = catalog.tiles[i]
-    own = read_tile(tile.path, fields)
-    parts = [own]
-    x0, y0, x1, y1 = tile.minx - buffer, tile.miny - buffer, tile.maxx + buffer, tile.maxy + buffer
-    for j, other in enumerate(catalog.tiles):
-        if j == i or other.maxx < x0 or other.minx > x1 or other.maxy < y0 or other.miny > y1:
-            continue
-        pts = read_tile(other.path, fields)
-        near = (pts["x"] >= x0) & (pts["x"] <= x1) & (pts["y"] >= y0) & (pts["y"] <= y1)
-        parts.append({k: v[near] for k, v in pts.items()})
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in fields}
-    mine = np.zeros(len(merged["x"]), dtype=bool)
-    mine[: len(own["x"])] = True
-    return merged, mine
 
 
 def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", subcircle: float = 0.0,
@@ -68,11 +50,11 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
             chm = np.fmax(chm, p2r(pts["x"], pts["y"], pts["z"], grid, subcircle))
             progress.set_progress(90.0 * (i + 1) / len(tiles))
     else:
-        owner = _cell_owner(catalog, grid)
+        owner = cell_owner(catalog, grid)
         buffer = max(5.0, 10 * res) + subcircle
         for i in range(len(tiles)):
             check_cancel(progress)
-            pts, _ = _buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number"))
+            pts, _ = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number"))
             layer = pitfree(pts["x"], pts["y"], pts["z"], pts["return_number"] == 1, grid, subcircle=subcircle)
             mine = owner == i
             chm[mine] = layer[mine]
@@ -88,23 +70,6 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
                  provenance=record)
     progress.set_progress(100.0)
     return grid
-
-
-def _cell_owner(catalog: Catalog, grid: Grid) -> np.ndarray:
-    """Which tile owns each cell: the first tile whose bounds hold the cell centre."""
-    owner = np.full(grid.shape, -1, dtype=np.int32)
-    cx, cy = grid.centres()
-    for i, t in reversed(list(enumerate(catalog.tiles))):
-        inside = (cx >= t.minx) & (cx <= t.maxx) & (cy >= t.miny) & (cy <= t.maxy)
-        owner[inside] = i
-    # cells whose centre falls in no tile (the grid's outer half-cells): nearest tile by bounds
-    missing = owner < 0
-    if missing.any():
-        centres = np.column_stack([cx[missing], cy[missing]])
-        dist = np.stack([np.hypot(np.clip(centres[:, 0], t.minx, t.maxx) - centres[:, 0],
-                                  np.clip(centres[:, 1], t.miny, t.maxy) - centres[:, 1]) for t in catalog.tiles])
-        owner[missing] = np.argmin(dist, axis=0)
-    return owner
 
 
 def fill_empty_cells(chm: np.ndarray, grid: Grid) -> np.ndarray:
@@ -148,7 +113,7 @@ def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: fl
     buffer = (ws_intercept + max(ws_slope, 0) * zmax) / 2 + 0.01
     for i in range(len(catalog.tiles)):
         check_cancel(progress)
-        pts, mine = _buffered_points(catalog, i, buffer, ("x", "y", "z"))
+        pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z"))
         tops = local_maxima(pts["x"], pts["y"], pts["z"], ws_intercept, ws_slope, hmin, candidates_mask=mine)
         parts.append(tops)
         progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, open_catalog, read_tile
+from .catalog import Catalog, LasWriter, buffered_points, cell_owner, open_catalog, read_las
 from .dependencies import require
 from .errors import ForestCarbonError
 from .grid import Grid
@@ -68,18 +68,10 @@ class GroundSurface:
 
 
 def _ground_near(catalog: Catalog, i: int, buffer: float):
-    """Ground points of tile i and of its neighbours within ``buffer``."""
-    tile = catalog.tiles[i]
-    x0, y0, x1, y1 = tile.minx - buffer, tile.miny - buffer, tile.maxx + buffer, tile.maxy + buffer
-    parts = []
-    for j, other in enumerate(catalog.tiles):
-        if other.maxx < x0 or other.minx > x1 or other.maxy < y0 or other.miny > y1:
-            continue
-        pts = read_tile(other.path, ("x", "y", "z", "classification"))
-        keep = np.isin(pts["classification"], GROUND_CLASSES) & (pts["x"] >= x0) & (pts["x"] <= x1) \
-            & (pts["y"] >= y0) & (pts["y"] <= y1)
-        parts.append(np.column_stack([pts["x"][keep], pts["y"][keep], pts["z"][keep]]))
-    g = np.concatenate(parts) if parts else np.empty((0, 3))
+    """Ground points (x, y, z) of tile i and of its neighbours within ``buffer``."""
+    pts, _ = buffered_points(catalog, i, buffer, ("x", "y", "z", "classification"))
+    keep = np.isin(pts["classification"], GROUND_CLASSES)
+    g = np.column_stack([pts["x"][keep], pts["y"][keep], pts["z"][keep]])
     # duplicates in (x, y) make the triangulation drop points: keep the lowest, like a ground filter
     order = np.lexsort((g[:, 2], g[:, 1], g[:, 0]))
     g = g[order]
@@ -112,75 +104,38 @@ def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs:
         raise ForestCarbonError(f"The tiles mix point formats {sorted(formats)}: convert them to one format first.")
     grid = Grid.covering(*catalog.bounds, dtm_res) if output_dtm is not None else None
     dtm = np.full(grid.shape, np.nan) if grid is not None else None
-    owner = None
-    if grid is not None:
-        from .lidar_products import _cell_owner
-
-        owner = _cell_owner(catalog, grid)
+    owner = cell_owner(catalog, grid) if grid is not None else None
     record = make_provenance("forestcarbon:normalizeheight", parameters or {"DTM_RESOLUTION": dtm_res},
                              inputs=[t.path for t in catalog.tiles])
     total = 0
-    with atomic_output(output) as tmp:
-        writer = None
-        try:
-            for i, tile in enumerate(catalog.tiles):
-                check_cancel(progress)
-                surface = ground_surface_for_tile(catalog, i)
-                las = _read_las(laspy, tile.path)
-                ground_z = surface(np.asarray(las.x), np.asarray(las.y))
-                if np.isnan(ground_z).any():
-                    bad = int(np.isnan(ground_z).sum())
-                    raise ForestCarbonError(
-                        f"{bad:,} points of '{Path(tile.path).name}' are more than {IDW_RMAX:g} m from any ground "
-                        "point and cannot be normalized: classify more ground (forestcarbon:classifyground) or "
-                        "clip the cloud.")
-                z = np.asarray(las.z, dtype=np.float64)
-                height = z - ground_z
-                height[np.isin(np.asarray(las.classification), GROUND_CLASSES)] = 0.0
-                if "Zref" not in las.point_format.dimension_names:
-                    las.add_extra_dim(laspy.ExtraBytesParams(name="Zref", type=np.float64,
-                                                             description="Z before normalization"))
-                las.Zref = z
-                las.z = height
-                if writer is None:
-                    header = las.header
-                    header.offsets = np.array([header.offsets[0], header.offsets[1], 0.0])
-                    header.generating_software = "forest_carbon_plugin"
-                    writer = laspy.open(tmp, mode="w", header=header, do_compress=str(output).lower().endswith(".laz"))
-                    writer_header = header
-                points = las.points
-                if points.point_format != writer_header.point_format:
-                    raise ForestCarbonError("The tiles' extra dimensions differ: normalize them one by one.")
-                writer.write_points(_rescaled(laspy, las, writer_header))
-                total += len(las.points)
-                if dtm is not None:
-                    mine = owner == i
-                    cx, cy = grid.centres()
-                    dtm[mine] = surface(cx[mine], cy[mine])
-                progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
-        finally:
-            if writer is not None:
-                writer.close()
+    with atomic_output(output) as tmp, LasWriter(laspy, tmp, z_offset=0.0) as writer:
+        for i, tile in enumerate(catalog.tiles):
+            check_cancel(progress)
+            surface = ground_surface_for_tile(catalog, i)
+            las = read_las(tile.path)
+            ground_z = surface(np.asarray(las.x), np.asarray(las.y))
+            if np.isnan(ground_z).any():
+                bad = int(np.isnan(ground_z).sum())
+                raise ForestCarbonError(
+                    f"{bad:,} points of '{Path(tile.path).name}' are more than {IDW_RMAX:g} m from any ground "
+                    "point and cannot be normalized: classify more ground (forestcarbon:classifyground) or "
+                    "clip the cloud.")
+            z = np.asarray(las.z, dtype=np.float64)
+            height = z - ground_z
+            height[np.isin(np.asarray(las.classification), GROUND_CLASSES)] = 0.0
+            if "Zref" not in las.point_format.dimension_names:
+                las.add_extra_dim(laspy.ExtraBytesParams(name="Zref", type=np.float64,
+                                                         description="Z before normalization"))
+            las.Zref = z
+            las.z = height
+            writer.write(las)
+            total += len(las.points)
+            if dtm is not None:
+                mine = owner == i
+                cx, cy = grid.centres()
+                dtm[mine] = surface(cx[mine], cy[mine])
+            progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
     if dtm is not None:
         write_raster(output_dtm, np.where(np.isfinite(dtm), dtm, NODATA).astype(np.float32), grid.transform,
                      catalog.crs, nodata=NODATA, descriptions=["elevation_m"], provenance=record)
     return {"points": total, "tiles": len(catalog.tiles)}
-
-
-def _read_las(laspy, path):
-    try:
-        return laspy.read(path)
-    except Exception as exc:
-        raise ForestCarbonError(f"'{Path(path).name}' is truncated or corrupt ({type(exc).__name__}: {exc}).") from exc
-
-
-def _rescaled(laspy, las, header):
-    """The points of ``las`` expressed with the writer's scales and offsets."""
-    if np.allclose(las.header.scales, header.scales) and np.allclose(las.header.offsets, header.offsets):
-        return las.points
-    record = laspy.ScaleAwarePointRecord.zeros(len(las.points), header=header)
-    for name in las.point_format.dimension_names:
-        if name not in ("X", "Y", "Z"):
-            record[name] = las.points[name]
-    record.x, record.y, record.z = las.x, las.y, las.z
-    return record

@@ -214,7 +214,6 @@ def write_sentinel2(config: SceneConfig, surface: SurfaceModel, out_dir: Path, p
 
 
 def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
-    band_ids = list(S2_BANDS) + []
     physical = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
     offsets = "\n".join(f'          <BOA_ADD_OFFSET band_id="{i}">{S2_BOA_ADD_OFFSET}</BOA_ADD_OFFSET>'
                         for i in range(len(physical)))

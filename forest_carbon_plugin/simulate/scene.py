@@ -187,7 +187,7 @@ def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
             "trees": "truth/trees.gpkg", "stands": "truth/stands.gpkg",
             "field_plots": "truth/field_plots_truth.csv",
             "tree_count": len(trees), "agb_total_mg": float(trees.agb_kg.sum() / 1000),
-            "stands": stand_records, "projects": projects, "plots": plots,
+            "stand_table": stand_records, "projects": projects, "plots": plots,
             "naip_gain": naip["gain"], "naip_offset": naip["offset"],
             "carbon_fraction": CARBON_FRACTION,
         },

@@ -132,6 +132,20 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         if missing:
             raise QgsProcessingException(missing_message(missing))
 
+    def crs_wkt(self, parameters, context, name: str = "CRS"):
+        """The optional CRS parameter as WKT for the core, or None when unset."""
+        crs = self.parameterAsCrs(parameters, name, context)
+        return crs.toWkt() if crs.isValid() else None
+
+    def extent_of(self, parameters, context, name: str = "EXTENT"):
+        """The optional extent as ((xmin, ymin, xmax, ymax), its CRS as WKT), or (None, None)."""
+        if not parameters.get(name):
+            return None, None
+        rect = self.parameterAsExtent(parameters, name, context)
+        crs = self.parameterAsExtentCrs(parameters, name, context)
+        return ((rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
+                crs.toWkt() if crs.isValid() else None)
+
     def call_core(self, function, *args, **kwargs):
         """Call a core function; its user-facing errors become ``QgsProcessingException``."""
         try:

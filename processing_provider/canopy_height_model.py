@@ -73,20 +73,15 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
         if res <= 0:
             raise QgsProcessingException(self.tr(f"RESOLUTION must be positive (got {res})."))
-        crs = self.parameterAsCrs(parameters, self.CRS, context)
-        extent, extent_crs = None, None
-        if parameters.get(self.EXTENT):
-            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
-            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-            ecrs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-            extent_crs = ecrs.toWkt() if ecrs.isValid() else None
+        crs = self.crs_wkt(parameters, context, self.CRS)
+        extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         method = CHM_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         subcircle = self.parameterAsDouble(parameters, self.SUBCIRCLE, context)
         fill = self.parameterAsBool(parameters, self.FILL_EMPTY, context)
         record = {"INPUT": source, "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill}
         grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
-                              fill_empty=fill, crs=crs.toWkt() if crs.isValid() else None,
+                              fill_empty=fill, crs=crs,
                               progress=FeedbackProgress(feedback), parameters=record, extent=extent,
                               extent_crs=extent_crs)
         feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")

@@ -96,13 +96,8 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
         if res <= 0:
             raise QgsProcessingException(self.tr(f"RESOLUTION must be positive (got {res})."))
-        crs = self.parameterAsCrs(parameters, self.CRS, context)
-        extent, extent_crs = None, None
-        if parameters.get(self.EXTENT):
-            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
-            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-            ecrs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-            extent_crs = ecrs.toWkt() if ecrs.isValid() else None
+        crs = self.crs_wkt(parameters, context, self.CRS)
+        extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         settings = {
             "res": res,
@@ -111,7 +106,7 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
             "intensity": self.parameterAsBool(parameters, self.INTENSITY, context),
             "normalize": NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)],
             "max_workers": self.parameterAsInt(parameters, self.MAX_WORKERS, context),
-            "crs": crs.toWkt() if crs.isValid() else None,
+            "crs": crs,
         }
         record = {k.upper(): v for k, v in settings.items() if k != "crs"}
         record["INPUT"] = source

@@ -77,9 +77,9 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
         for name, _, default, field in table:
             values[field] = (self.parameterAsInt if isinstance(default, int) else self.parameterAsDouble)(
                 parameters, name, context)
-        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        crs = self.crs_wkt(parameters, context, self.CRS)
         record = {"INPUT": source, "METHOD": method, **{k.upper(): v for k, v in values.items()}}
         result = self.call_core(classify_ground, source, output, method, cls(**values),
-                                crs.toWkt() if crs.isValid() else None, FeedbackProgress(feedback), record)
+                                crs, FeedbackProgress(feedback), record)
         feedback.pushInfo(f"{result['ground']:,} of {result['points']:,} points classified as ground.")
         return {self.OUTPUT: output}

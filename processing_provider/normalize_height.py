@@ -61,9 +61,9 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
             raise QgsProcessingException(self.tr("OUTPUT must end in .laz or .las."))
         dtm = self.parameterAsOutputLayer(parameters, self.OUTPUT_DTM, context) or None
         res = self.parameterAsDouble(parameters, self.DTM_RESOLUTION, context)
-        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        crs = self.crs_wkt(parameters, context, self.CRS)
         record = {"INPUT": source, "DTM_RESOLUTION": res}
-        result = self.call_core(normalize_height, source, output, dtm, res, crs.toWkt() if crs.isValid() else None,
+        result = self.call_core(normalize_height, source, output, dtm, res, crs,
                                 FeedbackProgress(feedback), record)
         feedback.pushInfo(f"{result['points']:,} points from {result['tiles']} file(s) normalized.")
         outputs = {self.OUTPUT: output}

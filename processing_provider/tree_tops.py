@@ -78,17 +78,17 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
         source = self.parameterAsFile(parameters, self.INPUT, context)
-        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        crs = self.crs_wkt(parameters, context, self.CRS)
         tops, crs_text = self.call_core(
             tree_tops, source, self.parameterAsDouble(parameters, self.WS_INTERCEPT, context),
             self.parameterAsDouble(parameters, self.WS_SLOPE, context),
             self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
-            crs.toWkt() if crs.isValid() else None, FeedbackProgress(feedback))
+            crs, FeedbackProgress(feedback))
         fields = QgsFields()
         for name, kind in (("tree_id", QVariant.Int), ("x", QVariant.Double), ("y", QVariant.Double),
                            ("height_m", QVariant.Double)):
             fields.append(QgsField(name, kind))
-        out_crs = crs if crs.isValid() else QgsCoordinateReferenceSystem(crs_text) if crs_text.startswith("EPSG:") \
+        out_crs = QgsCoordinateReferenceSystem(crs_text) if crs_text.startswith("EPSG:") \
             else QgsCoordinateReferenceSystem.fromWkt(crs_text)
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.PointZ, out_crs)
         for i, (x, y, z) in enumerate(zip(tops.x, tops.y, tops.z), start=1):
@@ -106,7 +106,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         crown_sink, crown_dest = self.parameterAsSink(parameters, self.OUTPUT_CROWNS, context, crown_fields,
                                                       QgsWkbTypes.MultiPolygon, out_crs)
         if crown_sink is not None:
-            crowns = self.call_core(tree_crowns, source, tops, crs.toWkt() if crs.isValid() else None)
+            crowns = self.call_core(tree_crowns, source, tops, crs)
             for k, polygon, area, diameter, height in crowns:
                 feature = QgsFeature(crown_fields)
                 feature.setGeometry(QgsGeometry.fromWkt(polygon.wkt))

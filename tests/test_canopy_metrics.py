@@ -261,3 +261,39 @@ def test_extent(tmp_path, forestcarbon_provider):
                                                       "OUTPUT": str(tmp_path / "none.tif")})
     assert "outside the requested extent" in str(excinfo.value)
     assert not (tmp_path / "none.tif").exists()
+
+
+def test_intensity_metrics_against_independent_numpy(tmp_path, forestcarbon_provider):
+    """lidR's stdmetrics_i, written here from its definitions (shared/notes/lidar_metrics.md)."""
+    rng = np.random.default_rng(11)
+    n = 600
+    header = laspy.LasHeader(point_format=1, version="1.2")
+    header.scales = [0.01, 0.01, 0.01]
+    header.offsets = [0, 0, 0]
+    las = laspy.LasData(header)
+    las.x = 100.5 + rng.random(n) * 18  # one 20 m cell: 100-120 x 180-200
+    las.y = 180.5 + rng.random(n) * 18
+    z = np.round(rng.gamma(2, 5, n), 2)
+    las.z = z
+    intensity = rng.integers(10, 3000, n)
+    las.intensity = intensity.astype(np.uint16)
+    cls = np.where(z < 0.5, 2, 1).astype(np.uint8)
+    las.classification = cls
+    las.return_number = np.ones(n, np.uint8)
+    las.number_of_returns = np.ones(n, np.uint8)
+    path = tmp_path / "i.las"
+    las.write(path)
+    out = tmp_path / "m.tif"
+    _run(path, out, CRS="EPSG:32633", NORMALIZE=2, INTENSITY=True)
+    ours = _sample(out, 110, 190)
+    i = intensity.astype(float)
+    assert ours["itot"] == pytest.approx(i.sum())
+    assert ours["imax"] == i.max()
+    assert ours["imean"] == pytest.approx(i.mean(), rel=1e-6)
+    assert ours["isd"] == pytest.approx(i.std(ddof=1), rel=1e-6)
+    assert ours["iskew"] == pytest.approx(stats.skew(i, bias=True), rel=1e-5)
+    assert ours["ikurt"] == pytest.approx(stats.kurtosis(i, fisher=False, bias=True), rel=1e-5)
+    assert ours["ipground"] == pytest.approx(100 * i[cls == 2].sum() / i.sum(), rel=1e-6)
+    for q in (10, 30, 50, 70, 90):
+        zq = np.percentile(z, q, method="linear")
+        assert ours[f"ipcumzq{q}"] == pytest.approx(100 * i[z <= zq].sum() / i.sum(), rel=1e-6), q

@@ -47,3 +47,18 @@ def forestcarbon_provider(qgis_processing):
     yield provider
     if registry.providerById("forestcarbon") is not None:
         registry.removeProvider(provider)
+
+
+@pytest.fixture(scope="session")
+def bcts_catalog(tmp_path_factory):
+    """The 4 BCTS tiles as a folder, and the same points merged into one LAZ file."""
+    import laspy
+
+    folder = shared_file("lidar", "bcts")
+    tiles = sorted(folder.glob("*.laz"))
+    merged = tmp_path_factory.mktemp("bcts") / "merged.laz"
+    first = laspy.read(tiles[0])
+    with laspy.open(merged, mode="w", header=first.header) as writer:
+        for t in tiles:
+            writer.write_points(laspy.read(t).points)
+    return folder, tiles, merged

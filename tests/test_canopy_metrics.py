@@ -129,14 +129,8 @@ def test_hand_made_cloud_against_independent_numpy(tmp_path, forestcarbon_provid
         assert ours["point_density"] == pytest.approx(len(z) / 400)
 
 
-def test_catalog_equals_merged_file(tmp_path, forestcarbon_provider):
-    folder = shared_file("lidar", "bcts")
-    tiles = sorted(folder.glob("*.laz"))
-    merged_path = tmp_path / "merged.laz"
-    first = laspy.read(tiles[0])
-    with laspy.open(merged_path, mode="w", header=first.header) as writer:
-        for t in tiles:
-            writer.write_points(laspy.read(t).points)
+def test_catalog_equals_merged_file(tmp_path, forestcarbon_provider, bcts_catalog):
+    folder, tiles, merged_path = bcts_catalog
     _run(folder, tmp_path / "catalog.tif", NORMALIZE=2, RESOLUTION=10)
     _run(merged_path, tmp_path / "merged.tif", NORMALIZE=2, RESOLUTION=10)
     _run(folder, tmp_path / "catalog2.tif", NORMALIZE=2, RESOLUTION=10, MAX_WORKERS=2)

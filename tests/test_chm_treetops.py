@@ -90,14 +90,8 @@ def test_treetops_equal_lidr(forestcarbon_provider):
     assert result["TREE_COUNT"] == 205  # lidR's test with lmf(function(x) x * 0.07 + 3)
 
 
-def test_catalog_equals_merged(tmp_path, forestcarbon_provider):
-    folder = shared_file("lidar", "bcts")
-    tiles = sorted(folder.glob("*.laz"))
-    merged = tmp_path / "merged.laz"
-    first = laspy.read(tiles[0])
-    with laspy.open(merged, mode="w", header=first.header) as writer:
-        for t in tiles:
-            writer.write_points(laspy.read(t).points)
+def test_catalog_equals_merged(tmp_path, forestcarbon_provider, bcts_catalog):
+    folder, _, merged = bcts_catalog
     _chm(folder, tmp_path / "c.tif", RESOLUTION=1)
     _chm(merged, tmp_path / "m.tif", RESOLUTION=1)
     a, _ = _read(tmp_path / "c.tif")

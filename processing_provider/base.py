@@ -8,6 +8,8 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -131,6 +133,13 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         missing = missing_dependencies(self.requirements)
         if missing:
             raise QgsProcessingException(missing_message(missing))
+
+    def add_crs_and_extent(self, extent: bool) -> None:
+        """The optional CRS override (for files without one) and, for raster outputs, EXTENT."""
+        self.addParameter(QgsProcessingParameterCrs("CRS", self.tr("CRS (when the files have none)"), optional=True))
+        if extent:
+            self.addParameter(QgsProcessingParameterExtent("EXTENT", self.tr("Extent (default: the whole cloud)"),
+                                                           optional=True))
 
     def crs_wkt(self, parameters, context, name: str = "CRS"):
         """The optional CRS parameter as WKT for the core, or None when unset."""

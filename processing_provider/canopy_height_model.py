@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessingException,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
@@ -61,18 +58,13 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
             minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.FILL_EMPTY, self.tr("Fill empty cells"),
                                                         defaultValue=False))
-        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
-                                                    optional=True))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (default: the whole cloud)"),
-                                                       optional=True))
+        self.add_crs_and_extent(extent=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy height model")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
         source = self.parameterAsFile(parameters, self.INPUT, context)
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
-        if res <= 0:
-            raise QgsProcessingException(self.tr(f"RESOLUTION must be positive (got {res})."))
         crs = self.crs_wkt(parameters, context, self.CRS)
         extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

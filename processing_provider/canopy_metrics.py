@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
-    QgsProcessingException,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
@@ -84,18 +81,13 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_WORKERS, self.tr("Worker processes"), QgsProcessingParameterNumber.Integer,
             defaultValue=default_workers(), minValue=1, maxValue=64))
-        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
-                                                    optional=True))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (default: the whole cloud)"),
-                                                       optional=True))
+        self.add_crs_and_extent(extent=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy metrics")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
         source = self.parameterAsFile(parameters, self.INPUT, context)
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
-        if res <= 0:
-            raise QgsProcessingException(self.tr(f"RESOLUTION must be positive (got {res})."))
         crs = self.crs_wkt(parameters, context, self.CRS)
         extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

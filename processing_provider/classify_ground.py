@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessingException,
-    QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -60,8 +59,7 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
         for name, label, default, _ in self.SMRF_PARAMS + self.CSF_PARAMS:
             kind = NUMBER.Integer if isinstance(default, int) else NUMBER.Double
             self.addParameter(NUMBER(name, self.tr(label), kind, defaultValue=default, minValue=0))
-        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
-                                                    optional=True))
+        self.add_crs_and_extent(extent=False)
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, self.tr("Classified point cloud"), fileFilter="LAZ files (*.laz);;LAS files (*.las)"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessingException,
-    QgsProcessingParameterCrs,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -50,8 +49,7 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.DTM_RESOLUTION, self.tr("Terrain model resolution (m)"), QgsProcessingParameterNumber.Double,
             defaultValue=1.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the files have none)"),
-                                                    optional=True))
+        self.add_crs_and_extent(extent=False)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()

@@ -51,7 +51,7 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
     """
     progress = progress or NullProgress()
     if not res > 0:
-        raise ForestCarbonError(f"The resolution must be positive (got {res}).")
+        raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
     if min_points < 1:
         raise ForestCarbonError(f"MIN_POINTS must be at least 1 (got {min_points}).")
     if normalize not in NORMALIZE_MODES:

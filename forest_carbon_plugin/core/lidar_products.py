@@ -30,7 +30,7 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
                         parameters: dict | None = None, extent=None, extent_crs: str | None = None) -> Grid:
     progress = progress or NullProgress()
     if not res > 0:
-        raise ForestCarbonError(f"The resolution must be positive (got {res}).")
+        raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
     if method not in CHM_METHODS:
         raise ForestCarbonError(f"METHOD must be one of {CHM_METHODS} (got {method!r}).")
     if subcircle < 0:

@@ -11,6 +11,8 @@ from qgis.core import (
     QgsProcessingParameterCrs,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -133,6 +135,25 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         missing = missing_dependencies(self.requirements)
         if missing:
             raise QgsProcessingException(missing_message(missing))
+
+    def add_cloud_input(self, label: str = "LAS/LAZ file or folder of tiles", extensions=("las", "laz")) -> None:
+        """INPUT: one point-cloud file or a folder of tiles (a catalog)."""
+        self.addParameter(FileOrFolderParameter("INPUT", self.tr(label), extensions=extensions))
+
+    def add_resolution(self, default: float, name: str = "RESOLUTION", label: str = "Resolution (m)") -> None:
+        self.addParameter(QgsProcessingParameterNumber(name, self.tr(label), QgsProcessingParameterNumber.Double,
+                                                       defaultValue=default, minValue=0.0))
+
+    def add_las_output(self, label: str) -> None:
+        """OUTPUT: one LAS/LAZ file (the tiles of a catalog are written into it in turn)."""
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT", self.tr(label), fileFilter="LAZ files (*.laz);;LAS files (*.las)"))
+
+    def las_output(self, parameters, context) -> str:
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not output.lower().endswith((".las", ".laz")):
+            raise QgsProcessingException(self.tr("OUTPUT must end in .laz or .las."))
+        return output
 
     def add_crs_and_extent(self, extent: bool) -> None:
         """The optional CRS override (for files without one) and, for raster outputs, EXTENT."""

@@ -11,7 +11,7 @@ from qgis.core import (
 
 from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_model
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
+from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 
 
 class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
@@ -46,11 +46,8 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
-                                                extensions=("las", "laz")))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (m)"), QgsProcessingParameterNumber.Double, defaultValue=0.5,
-            minValue=0.0))
+        self.add_cloud_input()
+        self.add_resolution(0.5)
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), options=["p2r", "pit-free"],
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(

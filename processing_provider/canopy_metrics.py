@@ -13,7 +13,7 @@ from qgis.core import (
 
 from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES, canopy_metrics
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
+from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 
 
 def default_workers() -> int:
@@ -63,11 +63,8 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
-                                                extensions=("las", "laz")))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (m)"), QgsProcessingParameterNumber.Double, defaultValue=20.0,
-            minValue=0.0))
+        self.add_cloud_input()
+        self.add_resolution(20.0)
         self.addParameter(QgsProcessingParameterNumber(
             self.HEIGHT_BREAK, self.tr("Height break for cover and pzabove (m)"),
             QgsProcessingParameterNumber.Double, defaultValue=2.0))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessingException,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
 )
 
 from forest_carbon_plugin.core.ground import CSF, SMRF, classify_ground
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+from .base import FeedbackProgress, ForestCarbonAlgorithm
 
 NUMBER = QgsProcessingParameterNumber
 
@@ -52,23 +50,19 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
-                                                extensions=("las", "laz")))
+        self.add_cloud_input()
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), options=["SMRF", "CSF"],
                                                      defaultValue=0))
         for name, label, default, _ in self.SMRF_PARAMS + self.CSF_PARAMS:
             kind = NUMBER.Integer if isinstance(default, int) else NUMBER.Double
             self.addParameter(NUMBER(name, self.tr(label), kind, defaultValue=default, minValue=0))
         self.add_crs_and_extent(extent=False)
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, self.tr("Classified point cloud"), fileFilter="LAZ files (*.laz);;LAS files (*.las)"))
+        self.add_las_output("Classified point cloud")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
         source = self.parameterAsFile(parameters, self.INPUT, context)
-        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        if not output.lower().endswith((".las", ".laz")):
-            raise QgsProcessingException(self.tr("OUTPUT must end in .laz or .las."))
+        output = self.las_output(parameters, context)
         method = ("smrf", "csf")[self.parameterAsEnum(parameters, self.METHOD, context)]
         table, cls = (self.SMRF_PARAMS, SMRF) if method == "smrf" else (self.CSF_PARAMS, CSF)
         values = {}

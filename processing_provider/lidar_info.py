@@ -25,7 +25,7 @@ from qgis.PyQt.QtCore import QVariant
 from forest_carbon_plugin.core import lasinfo
 from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+from .base import FeedbackProgress, ForestCarbonAlgorithm
 
 
 class LidarInfoAlgorithm(ForestCarbonAlgorithm):
@@ -56,8 +56,7 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(FileOrFolderParameter(
-            self.INPUT, self.tr("LAS/LAZ file or folder of tiles"), extensions=("las", "laz")))
+        self.add_cloud_input()
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_HTML, self.tr("Report (HTML)"), fileFilter="HTML files (*.html)"))
         self.addParameter(QgsProcessingParameterFileDestination(

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessingException,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
 
 from forest_carbon_plugin.core.normalize import normalize_height
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm
+from .base import FeedbackProgress, ForestCarbonAlgorithm
 
 
 class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
@@ -40,23 +37,17 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file or folder of tiles"),
-                                                extensions=("las", "laz")))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, self.tr("Normalized point cloud"), fileFilter="LAZ files (*.laz);;LAS files (*.las)"))
+        self.add_cloud_input()
+        self.add_las_output("Normalized point cloud")
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_DTM, self.tr("Terrain model"), optional=True, createByDefault=False))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.DTM_RESOLUTION, self.tr("Terrain model resolution (m)"), QgsProcessingParameterNumber.Double,
-            defaultValue=1.0, minValue=0.0))
+        self.add_resolution(1.0, self.DTM_RESOLUTION, "Terrain model resolution (m)")
         self.add_crs_and_extent(extent=False)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
         source = self.parameterAsFile(parameters, self.INPUT, context)
-        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        if not output.lower().endswith((".las", ".laz")):
-            raise QgsProcessingException(self.tr("OUTPUT must end in .laz or .las."))
+        output = self.las_output(parameters, context)
         dtm = self.parameterAsOutputLayer(parameters, self.OUTPUT_DTM, context) or None
         res = self.parameterAsDouble(parameters, self.DTM_RESOLUTION, context)
         crs = self.crs_wkt(parameters, context, self.CRS)

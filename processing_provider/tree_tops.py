@@ -21,7 +21,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.lidar_products import tree_crowns, tree_tops
 
-from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, StyleLoader
+from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 
 
 class TreeTopsAlgorithm(ForestCarbonAlgorithm):
@@ -55,8 +55,8 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(FileOrFolderParameter(self.INPUT, self.tr("LAS/LAZ file, folder of tiles, or CHM raster"),
-                                                extensions=("las", "laz", "tif", "tiff", "vrt", "img")))
+        self.add_cloud_input("LAS/LAZ file, folder of tiles, or CHM raster",
+                             extensions=("las", "laz", "tif", "tiff", "vrt", "img"))
         self.addParameter(QgsProcessingParameterNumber(
             self.WS_INTERCEPT, self.tr("Window diameter: intercept (m)"), QgsProcessingParameterNumber.Double,
             defaultValue=5.0, minValue=0.0))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,34 @@ def shared_file(*parts: str) -> Path:
         pytest.skip(f"{path} is absent: these tests read the real sample files of ../shared/data/ "
                     "(clone the project with its shared/ folder beside it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def plugin_zip():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "package"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.strip().endswith(".zip")]
+    path = ROOT / line.strip()
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def qgis_config(plugin_zip, tmp_path_factory):
+    config = tmp_path_factory.mktemp("qgis_config")
+    profile = config / "profiles" / "default"
+    plugins = profile / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(plugins)
+    from scripts import qgis_env
+
+    # enable it the way a user's `qgis_process plugins enable` does
+    proc = qgis_env.run(["plugins", "enable", "forest_carbon_plugin"], config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return config
 
 
 @pytest.fixture
@@ -62,3 +92,13 @@ def bcts_catalog(tmp_path_factory):
         for t in tiles:
             writer.write_points(laspy.read(t).points)
     return folder, tiles, merged
+
+
+@pytest.fixture(scope="session")
+def imagery_scene(tmp_path_factory):
+    """A 600 m simulated scene (with clouds) for the imagery tests: (folder, manifest)."""
+    from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
+
+    out = tmp_path_factory.mktemp("imagery_scene") / "scene"
+    manifest = simulate_scene(out, SceneConfig(size_m=600, seed=5, cloud_fraction=0.15))
+    return out, manifest

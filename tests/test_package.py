@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import zipfile
 
 import laspy
@@ -12,33 +10,7 @@ import pytest
 
 from scripts import qgis_env
 
-from .conftest import ROOT, SAMPLE_LAZ, SHARED_DATA
-
-
-@pytest.fixture(scope="module")
-def plugin_zip():
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    proc = subprocess.run(["make", "--no-print-directory", "package"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (line,) = [ln for ln in proc.stdout.splitlines() if ln.strip().endswith(".zip")]
-    path = ROOT / line.strip()
-    assert path.is_file()
-    return path
-
-
-@pytest.fixture(scope="module")
-def qgis_config(plugin_zip, tmp_path_factory):
-    config = tmp_path_factory.mktemp("qgis_config")
-    profile = config / "profiles" / "default"
-    plugins = profile / "python" / "plugins"
-    plugins.mkdir(parents=True)
-    with zipfile.ZipFile(plugin_zip) as archive:
-        archive.extractall(plugins)
-    # enable it the way a user's `qgis_process plugins enable` does
-    proc = qgis_env.run(["plugins", "enable", "forest_carbon_plugin"], config)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return config
+from .conftest import SAMPLE_LAZ, SHARED_DATA
 
 
 def test_zip_layout(plugin_zip):

@@ -1,0 +1,264 @@
+"""Block-wise raster processing: one path for every heavy raster algorithm.
+
+A :class:`RasterGrid` is (CRS, affine transform, width, height). :func:`process_blocks`
+cuts it into square windows, computes each window in a thread pool (rasterio, GDAL and
+numpy release the GIL, so threads use all cores without copying arrays between
+processes), writes them into a tiled GeoTIFF as they finish and turns that into a
+Cloud-Optimized GeoTIFF, atomically (:mod:`.outputs`). Memory is bounded by
+``block_size² × bands × (workers + queue)``, never by the raster size.
+
+Block functions open their inputs through :class:`Readers`, which keeps one rasterio
+handle per thread and file (handles are not thread-safe), and read windows of the
+*output* grid with :meth:`Readers.read` (reprojected/resampled through a ``WarpedVRT``
+when the source grid differs).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import ForestCarbonError
+from .outputs import PROVENANCE_KEY, atomic_output
+from .progress import Progress, check_cancel
+
+DEFAULT_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """A north-up raster grid: CRS (anything rasterio's ``CRS`` takes), transform, size."""
+
+    crs: object
+    transform: object  # affine.Affine
+    width: int
+    height: int
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        return t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f
+
+    @classmethod
+    def of(cls, dataset) -> "RasterGrid":
+        return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
+
+    @classmethod
+    def from_bounds(cls, crs, bounds, res_m: float, snap: bool = True) -> "RasterGrid":
+        """The grid of cell size ``res_m`` covering ``bounds``; edges snapped to multiples of
+        ``res_m`` so that separate runs line up (as HLS's and every tiling scheme's do)."""
+        from affine import Affine
+
+        if not res_m > 0:
+            raise ForestCarbonError(f"The resolution must be greater than 0 (got {res_m}).")
+        xmin, ymin, xmax, ymax = bounds
+        if snap:
+            xmin, ymin = math.floor(xmin / res_m + 1e-9) * res_m, math.floor(ymin / res_m + 1e-9) * res_m
+            xmax, ymax = math.ceil(xmax / res_m - 1e-9) * res_m, math.ceil(ymax / res_m - 1e-9) * res_m
+        width = max(1, int(round((xmax - xmin) / res_m)))
+        height = max(1, int(round((ymax - ymin) / res_m)))
+        return cls(crs, Affine(res_m, 0, xmin, 0, -res_m, ymax), width, height)
+
+    def windows(self, block_size: int = DEFAULT_BLOCK):
+        """Windows of ``block_size`` (aligned with the output tiles), row by row."""
+        from rasterio.windows import Window
+
+        for row in range(0, self.height, block_size):
+            for col in range(0, self.width, block_size):
+                yield Window(col, row, min(block_size, self.width - col), min(block_size, self.height - row))
+
+    def window_transform(self, window):
+        from rasterio.windows import transform
+
+        return transform(window, self.transform)
+
+
+class Readers:
+    """Per-thread rasterio handles, reading windows of an output grid from any source."""
+
+    def __init__(self, grid: RasterGrid):
+        self.grid = grid
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def _open(self, path, resampling, src_nodata):
+        import rasterio
+        from rasterio.vrt import WarpedVRT
+
+        cache = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = {}
+        key = (str(path), resampling, src_nodata)
+        if key not in cache:
+            src = rasterio.open(path)
+            handles = [src]
+            if not _same_grid(RasterGrid.of(src), self.grid):
+                options = {"crs": self.grid.crs, "transform": self.grid.transform, "width": self.grid.width,
+                           "height": self.grid.height, "resampling": resampling}
+                if src_nodata is not None:
+                    options["src_nodata"] = src_nodata
+                    options["nodata"] = src_nodata
+                src = WarpedVRT(src, **options)
+                handles.append(src)
+            cache[key] = src
+            with self._lock:
+                self._all.extend(handles)
+        return cache[key]
+
+    def read(self, path, window, band: int = 1, resampling=None, src_nodata=None, dtype=None) -> np.ndarray:
+        """Band ``band`` of ``path`` over ``window`` of the output grid (a masked array when the
+        source has nodata; pixels outside the source are masked too)."""
+        from rasterio.enums import Resampling
+
+        src = self._open(path, resampling if resampling is not None else Resampling.nearest, src_nodata)
+        return src.read(band, window=window, masked=True, out_dtype=dtype)
+
+    def profile(self, path) -> dict:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return dict(src.profile)
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in reversed(self._all):
+                try:
+                    handle.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+            self._all.clear()
+
+
+def _same_grid(a: RasterGrid, b: RasterGrid) -> bool:
+    from rasterio.crs import CRS
+
+    if (a.width, a.height) != (b.width, b.height):
+        return False
+    if not all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * max(a.res)) for x, y in zip(a.transform, b.transform)):
+        return False
+    return CRS.from_user_input(a.crs) == CRS.from_user_input(b.crs)
+
+
+def default_workers(max_workers: int | None = None) -> int:
+    if max_workers:
+        return max(1, int(max_workers))
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def process_blocks(grid: RasterGrid, compute: Callable, path, count: int, dtype="float32", nodata=None,
+                   descriptions: Sequence[str] | None = None, tags: dict | None = None, provenance: dict | None = None,
+                   band_tags: Sequence[dict] | None = None, progress: Progress | None = None,
+                   max_workers: int | None = None, block_size: int = DEFAULT_BLOCK, cog: bool = True,
+                   compress: str = "deflate") -> Path:
+    """Compute ``compute(window) -> array (count, rows, cols)`` over every block of ``grid`` and
+    write the result to ``path`` (a COG unless ``cog`` is False), atomically.
+
+    ``compute`` runs in ``max_workers`` threads; results are written by the calling thread in
+    completion order. Cancellation is checked between blocks: a cancelled or failed run
+    leaves nothing at ``path``.
+    """
+    import rasterio
+
+    windows = list(grid.windows(block_size))
+    workers = default_workers(max_workers)
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": count,
+               "dtype": np.dtype(dtype).name, "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
+               "tiled": True, "blockxsize": block_size, "blockysize": block_size, "BIGTIFF": "IF_SAFER"}
+    if grid.width < 16 or grid.height < 16 or block_size % 16:
+        profile.update(tiled=False)
+        profile.pop("blockxsize")
+        profile.pop("blockysize")
+    target = Path(path)
+    with atomic_output(target) as final_tmp:
+        stage = final_tmp.with_name(final_tmp.name + ".stage.tif") if cog else final_tmp
+        if not cog:
+            profile.update(compress=compress, predictor=3 if np.dtype(dtype).kind == "f" else 2)
+        try:
+            with rasterio.open(stage, "w", **profile) as dst:
+                _run(windows, compute, dst, dtype, progress, workers)
+                _describe(dst, descriptions, tags, provenance, band_tags)
+            if cog:
+                _to_cog(stage, final_tmp, compress, dtype, block_size, workers)
+        finally:
+            if cog and stage.exists():
+                stage.unlink()
+    return target
+
+
+def _run(windows, compute, dst, dtype, progress, workers):
+    total = len(windows)
+    done = 0
+    if workers == 1:
+        for window in windows:
+            check_cancel(progress)
+            dst.write(np.asarray(compute(window), dtype=dtype), window=window)
+            done += 1
+            if progress is not None:
+                progress.set_progress(100.0 * done / total)
+        return
+    pending = iter(windows)
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fc-block") as pool:
+        running = {}
+        try:
+            for window in _take(pending, 2 * workers):
+                running[pool.submit(compute, window)] = window
+            while running:
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    window = running.pop(future)
+                    dst.write(np.asarray(future.result(), dtype=dtype), window=window)
+                    done += 1
+                    if progress is not None:
+                        progress.set_progress(100.0 * done / total)
+                check_cancel(progress)
+                for window in _take(pending, len(finished)):
+                    running[pool.submit(compute, window)] = window
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+
+
+def _take(iterator, n):
+    for _ in range(n):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+
+
+def _describe(dst, descriptions, tags, provenance, band_tags):
+    for i, text in enumerate(descriptions or [], start=1):
+        dst.set_band_description(i, text)
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if provenance is not None:
+        all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
+    if all_tags:
+        dst.update_tags(**all_tags)
+    for i, btags in enumerate(band_tags or [], start=1):
+        if btags:
+            dst.update_tags(i, **{k: str(v) for k, v in btags.items()})
+
+
+def _to_cog(stage, out, compress, dtype, block_size, workers):
+    """GDAL's COG driver: tiles, overviews (averaged), band descriptions and tags carried over."""
+    from rasterio.shutil import copy
+
+    options = {"driver": "COG", "compress": compress.upper(), "blocksize": block_size if block_size % 16 == 0 else 512,
+               "overview_resampling": "AVERAGE", "num_threads": str(workers), "bigtiff": "IF_SAFER"}
+    if compress.lower() in ("deflate", "lzw", "zstd"):
+        options["predictor"] = "YES"
+    copy(str(stage), str(out), **options)

@@ -65,6 +65,35 @@ class StyleLoader(QgsProcessingLayerPostProcessorInterface):
             context.layerToLoadOnCompletionDetails(output).setPostProcessor(loader)
 
 
+class RgbStyler(QgsProcessingLayerPostProcessorInterface):
+    """Shows a reflectance output as true colour: the bands described red, green and blue,
+    stretched to their 2-98% cumulative range (QGIS's default for multiband imagery)."""
+
+    _alive: list = []
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsRasterMinMaxOrigin
+
+        provider = layer.dataProvider()
+        names = [layer.bandName(i).split(":")[-1].strip().lower() for i in range(1, layer.bandCount() + 1)]
+        try:
+            red, green, blue = (names.index(n) + 1 for n in ("red", "green", "blue"))
+        except ValueError:
+            return
+        renderer = QgsMultiBandColorRenderer(provider, red, green, blue)
+        layer.setRenderer(renderer)
+        layer.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum,
+                                     QgsRasterMinMaxOrigin.CumulativeCut)
+        layer.triggerRepaint()
+
+    @classmethod
+    def attach(cls, context, output) -> None:
+        if output and context.willLoadLayerOnCompletion(output):
+            styler = cls()
+            cls._alive.append(styler)
+            context.layerToLoadOnCompletionDetails(output).setPostProcessor(styler)
+
+
 class FileOrFolderParameter(QgsProcessingParameterFile):
     """A file with one of ``extensions``, or a folder (a catalog of tiles).
 

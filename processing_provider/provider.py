@@ -10,6 +10,7 @@ from forest_carbon_plugin.paths import ICON_SVG
 
 from .canopy_height_model import CanopyHeightModelAlgorithm
 from .classify_ground import ClassifyGroundAlgorithm
+from .harmonize_scene import HarmonizeSceneAlgorithm
 from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
@@ -18,7 +19,7 @@ from .simulate_scene import SimulateSceneAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
-              ModelInfoAlgorithm, SimulateSceneAlgorithm)
+              ModelInfoAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

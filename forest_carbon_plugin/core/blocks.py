@@ -106,8 +106,9 @@ class Readers:
             src = rasterio.open(path)
             handles = [src]
             if not _same_grid(RasterGrid.of(src), self.grid):
+                # float output: averaging integer DNs must not round them back to integers
                 options = {"crs": self.grid.crs, "transform": self.grid.transform, "width": self.grid.width,
-                           "height": self.grid.height, "resampling": resampling}
+                           "height": self.grid.height, "resampling": resampling, "dtype": "float32"}
                 if src_nodata is not None:
                     options["src_nodata"] = src_nodata
                     options["nodata"] = src_nodata
@@ -125,6 +126,20 @@ class Readers:
 
         src = self._open(path, resampling if resampling is not None else Resampling.nearest, src_nodata)
         return src.read(band, window=window, masked=True, out_dtype=dtype)
+
+    def dataset(self, path):
+        """This thread's handle of ``path`` on its own grid (for reads in source pixels)."""
+        import rasterio
+
+        cache = getattr(self._local, "native", None)
+        if cache is None:
+            cache = self._local.native = {}
+        key = str(path)
+        if key not in cache:
+            cache[key] = rasterio.open(path)
+            with self._lock:
+                self._all.append(cache[key])
+        return cache[key]
 
     def profile(self, path) -> dict:
         import rasterio

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from ..core import hls
+from ..core import hls, solar
 from ..core.raster import block_mean, write_raster
 from ..core.outputs import atomic_output
 from .world import EPSG, SceneConfig, rng_for
@@ -57,6 +57,17 @@ OLI_BANDS = {1: "coastal", 2: "blue", 3: "green", 4: "red", 5: "nir", 6: "swir1"
 S2_QUANTIFICATION = 10000
 S2_BOA_ADD_OFFSET = -1000
 L2_SR_MULT, L2_SR_ADD = 2.75e-5, -0.2
+
+
+def reference_sun_zenith(config: SceneConfig) -> float:
+    """Sun zenith of the geometry at which the spectra are defined (nadir view)."""
+    if config.reference_sun_zenith_deg is not None:
+        return float(config.reference_sun_zenith_deg)
+    from rasterio.warp import transform
+
+    xs, ys = transform(f"EPSG:{EPSG}", "EPSG:4326", [(config.xmin + config.xmax) / 2],
+                       [(config.ymin + config.ymax) / 2])
+    return solar.nbar_solar_zenith_deg(ys[0], _dt.date.fromisoformat(config.acquisition_date), xs[0])
 
 
 def cast_shadow(height: np.ndarray, base: np.ndarray, sun_zenith_deg: float, sun_azimuth_deg: float,
@@ -181,7 +192,7 @@ def write_sentinel2(config: SceneConfig, surface: SurfaceModel, out_dir: Path, p
     for band, (name, res) in S2_BANDS.items():
         factor = int(res)
         rho_ref = block_mean(surface.reflectance_1m(name, sza, saa, shadows), factor)
-        brdf = hls.brdf_model(name, sza, vza, vaa - saa) / hls.brdf_model(name, config.reference_sun_zenith_deg, 0, 0)
+        brdf = hls.brdf_model(name, sza, vza, vaa - saa) / hls.brdf_model(name, reference_sun_zenith(config), 0, 0)
         rho = rho_ref * brdf
         if band in hls.MSI_COMMON_NAMES:
             rho = hls.bandpass_oli_to_msi(rho, band, "S2A")
@@ -200,8 +211,9 @@ def write_sentinel2(config: SceneConfig, surface: SurfaceModel, out_dir: Path, p
     land = _land_class(surface, 20)
     # Flags are generous at the edges (any cloud or shadow contribution is flagged): "clear"
     # pixels are truly clear, so tests on them measure sensor differences, not haze.
-    scl = np.select([alpha > 0.6, alpha > 0.3, alpha > 0, shadow_alpha > 0.01, land == 2, land == 1],
-                    [9, 8, 7, 3, 6, 5], default=4).astype(np.uint8)
+    # (class 7, "unclassified", is left unused: users usually keep it, so it must not hide haze)
+    scl = np.select([alpha > 0.6, alpha > 0, shadow_alpha > 0.01, land == 2, land == 1],
+                    [9, 8, 3, 6, 5], default=4).astype(np.uint8)
     path = img / "R20m" / f"{tile}_{stamp}_SCL_20m.tif"
     write_raster(path, scl, _transform(config, 20), f"EPSG:{EPSG}", nodata=0, descriptions=["SCL"],
                  provenance=provenance)
@@ -266,6 +278,24 @@ def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
     views = "\n".join(
         f'          <Mean_Viewing_Incidence_Angle bandId="{i}"><ZENITH_ANGLE unit="deg">{vza}</ZENITH_ANGLE>'
         f'<AZIMUTH_ANGLE unit="deg">{vaa}</AZIMUTH_ANGLE></Mean_Viewing_Incidence_Angle>' for i in range(13))
+    n_nodes = int(math.ceil(config.size / 5000)) + 1  # the 5 km angle grids cover the tile
+
+    def grid(value):
+        row = " ".join(f"{value}" for _ in range(n_nodes))
+        return "\n".join(f"              <VALUES>{row}</VALUES>" for _ in range(n_nodes))
+
+    def angle_block(tag, zenith, azimuth, attrs=""):
+        return (f"        <{tag}{attrs}>\n"
+                f"          <Zenith><COL_STEP unit=\"m\">5000</COL_STEP><ROW_STEP unit=\"m\">5000</ROW_STEP>\n"
+                f"            <Values_List>\n{grid(zenith)}\n            </Values_List></Zenith>\n"
+                f"          <Azimuth><COL_STEP unit=\"m\">5000</COL_STEP><ROW_STEP unit=\"m\">5000</ROW_STEP>\n"
+                f"            <Values_List>\n{grid(azimuth)}\n            </Values_List></Azimuth>\n"
+                f"        </{tag}>")
+
+    # the simulated geometry is constant over the scene, and so are its grids
+    sun_grid = angle_block("Sun_Angles_Grid", sza, saa)
+    view_grids = "\n".join(angle_block("Viewing_Incidence_Angles_Grids", vza, vaa, f' bandId="{i}" detectorId="1"')
+                           for i in range(13))
     tile = f"""<?xml version="1.0" encoding="UTF-8"?>
 <n1:Level-2A_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-2A_Tile_Metadata.xsd">
   <n1:General_Info>
@@ -280,6 +310,7 @@ def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
 {positions}
     </Tile_Geocoding>
     <Tile_Angles>
+{sun_grid}
       <Mean_Sun_Angle>
         <ZENITH_ANGLE unit="deg">{sza}</ZENITH_ANGLE>
         <AZIMUTH_ANGLE unit="deg">{saa}</AZIMUTH_ANGLE>
@@ -287,6 +318,7 @@ def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
       <Mean_Viewing_Incidence_Angle_List>
 {views}
       </Mean_Viewing_Incidence_Angle_List>
+{view_grids}
     </Tile_Angles>
   </n1:Geometric_Info>
 </n1:Level-2A_Tile_ID>
@@ -310,7 +342,7 @@ def write_landsat(config: SceneConfig, surface: SurfaceModel, out_dir: Path, pro
     files = {}
     for number, band in OLI_BANDS.items():
         rho_ref = block_mean(surface.reflectance_1m(band, sza, saa, shadows), 30)
-        brdf = hls.brdf_model(band, sza, vza, vaa - saa) / hls.brdf_model(band, config.reference_sun_zenith_deg, 0, 0)
+        brdf = hls.brdf_model(band, sza, vza, vaa - saa) / hls.brdf_model(band, reference_sun_zenith(config), 0, 0)
         rho = _mix_clouds(rho_ref * brdf, alpha, shadow_alpha, band) + rng.normal(0, NOISE_SD, rho_ref.shape)
         dn = np.clip(np.round((rho - L2_SR_ADD) / L2_SR_MULT), 1, 65535).astype(np.uint16)
         path = folder / f"{name}_SR_B{number}.TIF"
@@ -333,12 +365,24 @@ def write_landsat(config: SceneConfig, surface: SurfaceModel, out_dir: Path, pro
     write_raster(path, qa.astype(np.uint16), _transform(config, 30), f"EPSG:{EPSG}", nodata=1,
                  descriptions=["QA_PIXEL"], provenance=provenance)
     files["QA_PIXEL"] = str(path)
+    # per-pixel angle bands as in Collection-2 bundles: int16 hundredths of a degree, azimuths
+    # in (−180°, 180°] as USGS stores them (330° would overflow int16)
+    for kind, value in (("SZA", sza), ("SAA", _signed_azimuth(saa)), ("VZA", vza), ("VAA", _signed_azimuth(vaa))):
+        path = folder / f"{name}_{kind}.TIF"
+        angle = np.full(qa.shape, int(round(value * 100)), dtype=np.int16)
+        write_raster(path, angle, _transform(config, 30), f"EPSG:{EPSG}", nodata=-32768, descriptions=[kind],
+                     provenance=provenance)
+        files[kind] = str(path)
     mtl = folder / f"{name}_MTL.txt"
     with atomic_output(mtl, "w") as handle:
         handle.write(_landsat_mtl(config, name, date, sza, saa))
     files["MTL"] = str(mtl)
     return {"product": str(folder), "files": files, "sun_zenith_deg": sza, "sun_azimuth_deg": saa,
             "view_zenith_deg": vza, "view_azimuth_deg": vaa}
+
+
+def _signed_azimuth(azimuth_deg: float) -> float:
+    return (azimuth_deg + 180.0) % 360.0 - 180.0 if azimuth_deg != 180.0 else 180.0
 
 
 def _landsat_mtl(config, name, date, sza, saa) -> str:

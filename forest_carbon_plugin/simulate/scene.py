@@ -200,6 +200,9 @@ def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
                     "files": {k: rel(v) for k, v in landsat["files"].items()}},
         "sentinel1": {**{k: v for k, v in s1.items() if k != "files"}, "files": {k: rel(v) for k, v in s1["files"].items()}},
         "naip": {"file": rel(naip["file"]), "bands": naip["bands"]},
+        # spectra are defined at a nadir view and this sun zenith: the reflectance truth that
+        # BRDF normalization to this zenith should return
+        "reference_sun_zenith_deg": optical.reference_sun_zenith(config),
         "field_plots": "field_plots.gpkg",
         "projects": "projects.gpkg",
         "provenance": prov,

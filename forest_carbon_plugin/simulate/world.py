@@ -85,7 +85,9 @@ class SceneConfig:
     landsat_sun_azimuth_deg: float = 145.0
     landsat_view_zenith_deg: float = 2.0
     landsat_view_azimuth_deg: float = 100.0
-    reference_sun_zenith_deg: float = 35.0  # geometry at which endmember spectra are defined (nadir view)
+    # geometry at which endmember spectra are defined (nadir view); None: HLS v2.0's NBAR solar
+    # zenith of the scene centre on the Sentinel-2 date, so harmonized reflectance is the truth
+    reference_sun_zenith_deg: float | None = None
     cloud_fraction: float = 0.08
     s1_looks: float = 4.4
     s1_incidence_deg: float = 38.0

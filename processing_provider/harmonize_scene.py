@@ -33,7 +33,7 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
     _display = "Harmonize scene (HLS v2.0)"
     _group = "Imagery"
     _group_id = "imagery"
-    requirements = ("rasterio",)
+    requirements = ("rasterio", "scipy")
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

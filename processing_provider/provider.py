@@ -10,16 +10,18 @@ from forest_carbon_plugin.paths import ICON_SVG
 
 from .canopy_height_model import CanopyHeightModelAlgorithm
 from .classify_ground import ClassifyGroundAlgorithm
+from .harmonize_highres import HarmonizeHighresAlgorithm
 from .harmonize_scene import HarmonizeSceneAlgorithm
 from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
 from .normalize_height import NormalizeHeightAlgorithm
+from .sar_features import SarFeaturesAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
-              ModelInfoAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm)
+              ModelInfoAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -123,9 +124,13 @@ class Readers:
         """Band ``band`` of ``path`` over ``window`` of the output grid (a masked array when the
         source has nodata; pixels outside the source are masked too)."""
         from rasterio.enums import Resampling
+        from rasterio.errors import NodataShadowWarning
 
         src = self._open(path, resampling if resampling is not None else Resampling.nearest, src_nodata)
-        return src.read(band, window=window, masked=True, out_dtype=dtype)
+        with warnings.catch_warnings():
+            # a warped view carries the source's nodata, which "shadows" its alpha band: intended
+            warnings.filterwarnings("ignore", category=NodataShadowWarning)
+            return src.read(band, window=window, masked=True, out_dtype=dtype)
 
     def dataset(self, path):
         """This thread's handle of ``path`` on its own grid (for reads in source pixels)."""

@@ -37,6 +37,8 @@ DEPENDENCIES: dict[str, Dependency] = {
         Dependency("lazrs", "lazrs>=0.6,<1", "LAZ compression for laspy"),
         Dependency("dask", "dask>=2024.1", "tiled parallel processing"),
         Dependency("distributed", "distributed>=2024.1", "the local and remote Dask cluster"),
+        Dependency("rasterio", "rasterio>=1.3", "block-wise raster reading and writing"),
+        Dependency("scipy", "scipy>=1.10", "filters, triangulations and robust statistics"),
     )
 }
 

@@ -60,8 +60,10 @@ def main(names=None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['workload']} | {r['seconds']:.1f} | {r['baseline']} | "
-                     f"{r['baseline_seconds']:.1f} | {r['seconds'] / r['baseline_seconds']:.2f} | "
+        ratio = f"{r['seconds'] / r['baseline_seconds']:.2f}" if r["baseline_seconds"] else "—"
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"| {r['name']} | {r['workload']}{note} | {r['seconds']:.1f} | {r['baseline']} | "
+                     f"{r['baseline_seconds']:.1f} | {ratio} | "
                      f"{r['peak_mib']:.0f} | {r.get('target', '')} | {r.get('ok', '')} |")
     lines += ["", "ratio = time / baseline time, both measured in this run.", ""]
     (HERE / "results.md").write_text("\n".join(lines))

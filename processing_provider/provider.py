@@ -10,6 +10,7 @@ from forest_carbon_plugin.paths import ICON_SVG
 
 from .canopy_height_model import CanopyHeightModelAlgorithm
 from .classify_ground import ClassifyGroundAlgorithm
+from .composite_scenes import CompositeScenesAlgorithm
 from .harmonize_highres import HarmonizeHighresAlgorithm
 from .harmonize_scene import HarmonizeSceneAlgorithm
 from .canopy_metrics import CanopyMetricsAlgorithm
@@ -18,10 +19,12 @@ from .model_info import ModelInfoAlgorithm
 from .normalize_height import NormalizeHeightAlgorithm
 from .sar_features import SarFeaturesAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
+from .spectral_indices import SpectralIndicesAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
-              ModelInfoAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm)
+              ModelInfoAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm,
+              SpectralIndicesAlgorithm, CompositeScenesAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

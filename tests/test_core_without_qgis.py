@@ -51,5 +51,8 @@ def test_every_core_module_imports_without_qgis():
                  "forest_carbon_plugin.core.outputs", "forest_carbon_plugin.core.dependencies",
                  "forest_carbon_plugin.paths", "forest_carbon_plugin.core.hls",
                  "forest_carbon_plugin.simulate.scene", "forest_carbon_plugin.simulate.lidar",
-                 "forest_carbon_plugin.simulate.optical", "forest_carbon_plugin.simulate.__main__"):
+                 "forest_carbon_plugin.simulate.optical", "forest_carbon_plugin.simulate.__main__",
+                 "forest_carbon_plugin.core.blocks", "forest_carbon_plugin.core.harmonize",
+                 "forest_carbon_plugin.core.highres", "forest_carbon_plugin.core.sar",
+                 "forest_carbon_plugin.core.indices", "forest_carbon_plugin.core.composite"):
         assert name in report["imported"]

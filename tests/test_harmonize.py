@@ -415,6 +415,12 @@ def test_processing_run(imagery_scene, tmp_path, forestcarbon_provider):
     assert result["OUTPUT"] == str(target)
     layer = QgsRasterLayer(str(target), "h")
     assert layer.isValid() and layer.bandCount() == 7
+    from processing_provider.base import RgbStyler
+
+    RgbStyler().postProcessLayer(layer, None, None)  # what QGIS runs when it loads the output
+    renderer = layer.renderer()
+    assert renderer.type() == "multibandcolor"
+    assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (4, 3, 2)  # coastal is band 1
     with pytest.raises(QgsProcessingException, match="No Landsat MTL or Sentinel-2"):
         processing.run("forestcarbon:harmonizescene", {"INPUT": str(tmp_path), "OUTPUT": str(tmp_path / "x.tif")})
     assert not (tmp_path / "x.tif").exists()

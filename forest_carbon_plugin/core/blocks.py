@@ -16,6 +16,7 @@ when the source grid differs).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import math
 import os
@@ -106,7 +107,7 @@ class Readers:
         if key not in cache:
             src = rasterio.open(path)
             handles = [src]
-            if not _same_grid(RasterGrid.of(src), self.grid):
+            if not same_grid(RasterGrid.of(src), self.grid):
                 # float output: averaging integer DNs must not round them back to integers
                 options = {"crs": self.grid.crs, "transform": self.grid.transform, "width": self.grid.width,
                            "height": self.grid.height, "resampling": resampling, "dtype": "float32"}
@@ -162,7 +163,7 @@ class Readers:
             self._all.clear()
 
 
-def _same_grid(a: RasterGrid, b: RasterGrid) -> bool:
+def same_grid(a: RasterGrid, b: RasterGrid) -> bool:
     from rasterio.crs import CRS
 
     if (a.width, a.height) != (b.width, b.height):
@@ -190,10 +191,23 @@ def process_blocks(grid: RasterGrid, compute: Callable, path, count: int, dtype=
     completion order. Cancellation is checked between blocks: a cancelled or failed run
     leaves nothing at ``path``.
     """
+    workers = default_workers(max_workers)
+    with raster_writer(grid, path, count, dtype, nodata, descriptions, tags, provenance, band_tags,
+                       block_size=block_size, cog=cog, compress=compress, workers=workers) as dst:
+        _run(list(grid.windows(block_size)), compute, dst, dtype, progress, workers)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def raster_writer(grid: RasterGrid, path, count: int, dtype="float32", nodata=None,
+                  descriptions: Sequence[str] | None = None, tags: dict | None = None,
+                  provenance: dict | None = None, band_tags: Sequence[dict] | None = None,
+                  block_size: int = DEFAULT_BLOCK, cog: bool = True, compress: str = "deflate",
+                  workers: int | None = None):
+    """An open rasterio dataset to write windows into; on a clean exit it gets its band
+    descriptions and tags, becomes a COG and is moved to ``path``; on an error nothing is left."""
     import rasterio
 
-    windows = list(grid.windows(block_size))
-    workers = default_workers(max_workers)
     profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": count,
                "dtype": np.dtype(dtype).name, "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
                "tiled": True, "blockxsize": block_size, "blockysize": block_size, "BIGTIFF": "IF_SAFER"}
@@ -201,21 +215,23 @@ def process_blocks(grid: RasterGrid, compute: Callable, path, count: int, dtype=
         profile.update(tiled=False)
         profile.pop("blockxsize")
         profile.pop("blockysize")
-    target = Path(path)
-    with atomic_output(target) as final_tmp:
+    with atomic_output(Path(path)) as final_tmp:
         stage = final_tmp.with_name(final_tmp.name + ".stage.tif") if cog else final_tmp
         if not cog:
             profile.update(compress=compress, predictor=3 if np.dtype(dtype).kind == "f" else 2)
         try:
-            with rasterio.open(stage, "w", **profile) as dst:
-                _run(windows, compute, dst, dtype, progress, workers)
+            try:
+                dst = rasterio.open(stage, "w", **profile)
+            except rasterio.errors.RasterioIOError as exc:
+                raise ForestCarbonError(f"Cannot write '{path}': {exc}. Choose a writable folder.") from exc
+            with dst:
+                yield dst
                 _describe(dst, descriptions, tags, provenance, band_tags)
             if cog:
-                _to_cog(stage, final_tmp, compress, dtype, block_size, workers)
+                _to_cog(stage, final_tmp, compress, dtype, block_size, default_workers(workers))
         finally:
             if cog and stage.exists():
                 stage.unlink()
-    return target
 
 
 def _run(windows, compute, dst, dtype, progress, workers):

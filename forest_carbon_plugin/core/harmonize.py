@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hls, solar
-from .blocks import Readers, RasterGrid, default_workers, process_blocks
+from .blocks import Readers, RasterGrid, same_grid, default_workers, process_blocks
 from .errors import ForestCarbonError
 from .masks import DEFAULT_MASK, MASKERS, parse_classes, radsat_mask
 from .outputs import provenance as make_provenance
@@ -183,10 +183,12 @@ class _Plan:
             return out
         if self.nbar_sza is not None:
             sza, vza, raa = self._angles(window, Resampling.bilinear)
+            k_vol, k_geo = hls.ross_thick(sza, vza, raa), hls.li_sparse(sza, vza, raa)
+            nbar_vol, nbar_geo = float(hls.ross_thick(self.nbar_sza, 0, 0)), float(hls.li_sparse(self.nbar_sza, 0, 0))
         for i, band in enumerate(self.bands):
             rho = values[i]
             if self.nbar_sza is not None:
-                rho = rho * hls.c_factor(band.name, sza, vza, raa, self.nbar_sza)
+                rho = rho * hls.c_factor_from_kernels(band.name, k_vol, k_geo, nbar_vol, nbar_geo)
             if self.bandpass and band.band_id in hls.BANDPASS_MSI_TO_OLI[self.product.platform]:
                 rho = hls.bandpass_msi_to_oli(rho, band.band_id, self.product.platform)
             out[i][valid] = rho[valid]
@@ -231,6 +233,9 @@ class _Plan:
         src = self.readers.dataset(path)
         dst_transform = self.grid.window_transform(window)
         rows, cols = int(window.height), int(window.width)
+        if same_grid(RasterGrid.of(src), self.grid):  # QA on the output grid: no projection needed
+            raw = src.read(1, window=window)
+            return classify(raw).astype(bool)
         left, top = dst_transform.c, dst_transform.f
         right, bottom = left + dst_transform.a * cols, top + dst_transform.e * rows
         sb = transform_bounds(self.grid.crs, src.crs, left, bottom, right, top)

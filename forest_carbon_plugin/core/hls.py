@@ -92,3 +92,10 @@ def c_factor(band: str, sza_deg, vza_deg, raa_deg, nbar_sza_deg):
     ``raa_deg`` is view azimuth − solar azimuth (0 = backscatter, the hot-spot side).
     """
     return brdf_model(band, nbar_sza_deg, 0.0, 0.0) / brdf_model(band, sza_deg, vza_deg, raa_deg)
+
+
+def c_factor_from_kernels(band: str, k_vol, k_geo, nbar_k_vol: float, nbar_k_geo: float):
+    """The c-factor from precomputed kernels: the kernels depend on the geometry only, so a
+    block computes them once for all its bands."""
+    f_iso, f_vol, f_geo = BRDF_COEFFICIENTS[band]
+    return (f_iso + f_vol * nbar_k_vol + f_geo * nbar_k_geo) / (f_iso + f_vol * k_vol + f_geo * k_geo)

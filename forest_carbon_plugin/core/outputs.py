@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
+from .errors import ForestCarbonError
 
 PROVENANCE_KEY = "FOREST_CARBON_PROVENANCE"
 
@@ -57,9 +58,13 @@ def atomic_output(path, mode: str | None = None):
     The temporary name keeps the suffix so that format drivers chosen by extension work.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}",
-                                    dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}",
+                                        dir=target.parent)
+    except OSError as exc:
+        raise ForestCarbonError(f"Cannot write '{target}' ({exc.strerror or exc}): choose a folder you can "
+                                "write to.") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blocks import DEFAULT_BLOCK, Readers, RasterGrid, _same_grid, default_workers, process_blocks
+from .blocks import DEFAULT_BLOCK, Readers, RasterGrid, same_grid, default_workers, process_blocks
 from .errors import ForestCarbonError
 from .outputs import provenance as make_provenance
 from .progress import NullProgress, Progress
@@ -362,7 +362,7 @@ def _check_pair(vv_path, vh_path) -> RasterGrid:
     vv = _open_grid(vv_path, "INPUT_VV")
     vh = _open_grid(vh_path, "INPUT_VH")
     if vv.crs is not None and vh.crs is not None:
-        if _same_grid(vv, vh):
+        if same_grid(vv, vh):
             return vv
     elif vv.crs is None and vh.crs is None and (vv.width, vv.height) == (vh.width, vh.height) \
             and vv.transform.almost_equals(vh.transform):

@@ -44,23 +44,50 @@ class FeedbackProgress:
             self.feedback.reportError(message, fatalError=False)
 
 
+def rescale_ramp(layer, low: float = 0.02, high: float = 0.98) -> None:
+    """Stretch a single-band pseudocolour ramp (stops given on 0-1) to the layer's cumulative
+    ``low``-``high`` range, keeping the stops' relative positions."""
+    from qgis.core import QgsColorRampShader
+
+    renderer = layer.renderer()
+    if renderer is None or renderer.type() != "singlebandpseudocolor":
+        return
+    vmin, vmax = layer.dataProvider().cumulativeCut(renderer.band(), low, high)
+    if not vmax > vmin:
+        vmax = vmin + 1.0
+    shader = renderer.shader().rasterShaderFunction()
+    items = shader.colorRampItemList()
+    old_min, old_max = items[0].value, items[-1].value
+    span = (old_max - old_min) or 1.0
+    shader.setColorRampItemList([QgsColorRampShader.ColorRampItem(
+        vmin + (i.value - old_min) / span * (vmax - vmin), i.color, f"{vmin + (i.value - old_min) / span * (vmax - vmin):.3g}")
+        for i in items])
+    shader.setMinimumValue(vmin)
+    shader.setMaximumValue(vmax)
+    renderer.setClassificationMin(vmin)
+    renderer.setClassificationMax(vmax)
+
+
 class StyleLoader(QgsProcessingLayerPostProcessorInterface):
     """Applies a style of resources/styles/ to an output when QGIS loads it."""
 
     _alive: list = []  # QGIS holds only a pointer: keep the Python objects alive
 
-    def __init__(self, qml_path):
+    def __init__(self, qml_path, rescale: bool = False):
         super().__init__()
         self.qml_path = str(qml_path)
+        self.rescale = rescale
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
         layer.loadNamedStyle(self.qml_path)
+        if self.rescale:
+            rescale_ramp(layer)
         layer.triggerRepaint()
 
     @classmethod
-    def attach(cls, context, output, style_name: str) -> None:
+    def attach(cls, context, output, style_name: str, rescale: bool = False) -> None:
         if output and context.willLoadLayerOnCompletion(output):
-            loader = cls(RESOURCES_DIR / "styles" / f"{style_name}.qml")
+            loader = cls(RESOURCES_DIR / "styles" / f"{style_name}.qml", rescale)
             cls._alive.append(loader)
             context.layerToLoadOnCompletionDetails(output).setPostProcessor(loader)
 

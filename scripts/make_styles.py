@@ -33,6 +33,13 @@ def ramp(stops):
 HEIGHT = [(0, "#f7fcf5"), (5, "#c7e9c0"), (10, "#74c476"), (20, "#31a354"), (30, "#006d2c"), (40, "#00441b")]
 
 
+# predictions: viridis (perceptually uniform, colour-blind safe); uncertainty: light → dark red
+# (more uncertain reads as "hotter"). Ranges are placeholders: the plugin rescales the ramp to the
+# layer's 2-98% cumulative range when it loads an output.
+PREDICTION = [(0.0, "#440154"), (0.25, "#3b528b"), (0.5, "#21918c"), (0.75, "#5ec962"), (1.0, "#fde725")]
+UNCERTAINTY = [(0.0, "#fff5eb"), (0.25, "#fdd0a2"), (0.5, "#fd8d3c"), (0.75, "#d94801"), (1.0, "#7f2704")]
+
+
 def raster_style(name, band, stops):
     layer = QgsRasterLayer("NotAFile", "x", "gdal")  # an invalid layer still saves a style
     renderer = QgsSingleBandPseudoColorRenderer(None, band, ramp(stops))
@@ -48,6 +55,8 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     raster_style("canopy_height", 1, HEIGHT)
     raster_style("canopy_metrics", 1, HEIGHT)  # band 1 = zmax
+    raster_style("prediction", 1, PREDICTION)
+    raster_style("uncertainty", 1, UNCERTAINTY)
     tops = QgsVectorLayer("PointZ?crs=EPSG:4326&field=height_m:double", "tops", "memory")
     symbol = QgsMarkerSymbol.createSimple({"name": "triangle", "color": "#006d2c", "outline_color": "#ffffff",
                                            "size": "2.2"})

@@ -1,0 +1,533 @@
+"""Apply an ONNX model to rasters: a prediction and its uncertainty for every pixel.
+
+:func:`predict_raster` stacks the bands of the input rasters (warped onto the first one's
+grid), applies the model card's preprocessing (:mod:`.modelcard`) and runs ONNX Runtime:
+
+* per-pixel models (``[N, F]``) on the valid pixels of strips of rows, in batches;
+* patch models (``[N, C, H, W]``) on overlapping tiles of a global lattice (a tile every
+  ``tile − overlap`` pixels), batched, blended with weights that are 0 on the outer quarter
+  of the overlap and rise with a raised cosine over its middle half: for a fully
+  convolutional model whose receptive-field radius is ≤ overlap/4 the result equals a
+  whole-image run away from the raster's own border.
+
+Rows are finished strip by strip (a tile row at a time), so memory follows
+``width × tile × outputs`` and the batch, never the raster's height. A reader thread
+prefetches the next strip and a writer thread writes the finished one while the model runs.
+
+Uncertainty (every output float32 COG on the input grid, nodata where any input is nodata):
+prediction = mean of the members' means (median for quantile models); std from the declared
+variance/log-variance/std outputs; for an ensemble the epistemic variance between members
+(``np.var``, ddof 0) is added to the mean aleatoric variance (Lang et al. 2023, Nature Ecology
+& Evolution 7:1778-1789); bounds at ``coverage`` are Gaussian (mean ± z·σ) or, for quantile
+models, the declared quantiles; a conformal factor (from calibration) scales the half-widths.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .blocks import Readers, RasterGrid, default_workers, raster_writer
+from .dependencies import require
+from .errors import ForestCarbonError
+from .modelcard import ModelCard, read_card
+from .outputs import provenance as make_provenance
+from .progress import NullProgress, Progress, check_cancel
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt", "directml", "coreml")
+PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+               "tensorrt": "TensorrtExecutionProvider", "directml": "DmlExecutionProvider",
+               "coreml": "CoreMLExecutionProvider"}
+AUTO_ORDER = ("cuda", "directml", "coreml")  # TensorRT builds engines for minutes: only on request
+DEFAULT_TILE = 256
+DEFAULT_PIXEL_BATCH = 262_144
+
+
+@dataclass
+class Prediction:
+    outputs: dict  # kind -> path
+    provider: str
+    card: ModelCard
+    tiles: int = 0
+    seconds: float = 0.0
+    warnings: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- sessions
+
+_SESSIONS: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def choose_providers(device: str, require_gpu: bool, progress: Progress) -> list:
+    """The ONNX Runtime providers for ``device``: the GPU provider (with CPU behind it) or CPU."""
+    ort = require("onnxruntime")
+    if device not in DEVICES:
+        raise ForestCarbonError(f"Unknown device '{device}': choose one of {', '.join(DEVICES)}.")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        if require_gpu:
+            raise ForestCarbonError("DEVICE is CPU but REQUIRE_GPU is set: choose a GPU device or clear it.")
+        return ["CPUExecutionProvider"]
+    wanted = [device] if device != "auto" else list(AUTO_ORDER)
+    for name in wanted:
+        if PROVIDER_OF[name] in available:
+            return [PROVIDER_OF[name], "CPUExecutionProvider"]
+    message = (f"{'No GPU execution provider' if device == 'auto' else PROVIDER_OF[device] + ' is not'} available "
+               f"in this onnxruntime ({', '.join(available)})")
+    if require_gpu:
+        raise ForestCarbonError(message + ": install onnxruntime-gpu (CUDA) or onnxruntime-directml, or clear "
+                                "REQUIRE_GPU to run on the CPU.")
+    if device != "auto":
+        progress.warning(message + ": running on the CPU instead.")
+    return ["CPUExecutionProvider"]
+
+
+def session_for(path: Path, providers: list, threads: int):
+    """A cached ONNX Runtime session (sessions are expensive to build; QGIS runs many jobs)."""
+    ort = require("onnxruntime")
+    key = (str(path), Path(path).stat().st_mtime_ns, tuple(providers), threads)
+    with _SESSIONS_LOCK:
+        if key in _SESSIONS:
+            _SESSIONS.move_to_end(key)
+            return _SESSIONS[key]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime has its own exception types
+        raise ForestCarbonError(f"ONNX Runtime cannot load '{Path(path).name}': {str(exc)[:300]}") from exc
+    with _SESSIONS_LOCK:
+        _SESSIONS[key] = session
+        while len(_SESSIONS) > 6:
+            _SESSIONS.popitem(last=False)
+    return session
+
+
+class _Runner:
+    """Runs one member on a batch; I/O binding on CUDA (inputs copied once, outputs fetched once)."""
+
+    def __init__(self, session, card: ModelCard):
+        self.session = session
+        self.card = card
+        self.names = sorted({o.name for o in card.outputs})
+        self.cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+
+    def __call__(self, batch: np.ndarray) -> dict:
+        if self.cuda:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.card.input_name, batch)
+            for name in self.names:
+                binding.bind_output(name)
+            self.session.run_with_iobinding(binding)
+            return dict(zip(self.names, binding.copy_outputs_to_cpu()))
+        return dict(zip(self.names, self.session.run(self.names, {self.card.input_name: batch})))
+
+
+# --------------------------------------------------------------------------- statistics
+
+def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> dict:
+    """Prediction, std, lower and upper from every member's named outputs (arrays of equal shape).
+
+    ``member_outputs``: one dict per member, output name → array (channels, pixels…), channel first.
+    Returns float64 arrays (pixels…).
+    """
+    from scipy.stats import norm
+
+    means, variances, quantiles = [], [], {}
+    for outputs in member_outputs:
+        mean = var = None
+        for spec in card.outputs:
+            value = np.asarray(outputs[spec.name], dtype=np.float64)[spec.channel]  # (channels, pixels…)
+            if spec.meaning == "mean":
+                mean = value
+            elif spec.meaning == "variance":
+                var = np.maximum(value, 0)
+            elif spec.meaning == "log_variance":
+                var = np.exp(value)
+            elif spec.meaning == "std":
+                var = np.square(value)
+            else:
+                quantiles.setdefault(spec.quantile, []).append(value)
+        if mean is None and 0.5 in quantiles:
+            mean = quantiles[0.5][-1]
+        if mean is None:
+            raise ForestCarbonError("The model declares no 'mean' (or 'quantile:0.5') output: nothing to predict.")
+        means.append(mean)
+        if var is not None:
+            variances.append(var)
+    factor = card.conformal_factor or 1.0
+    stack = np.stack(means)
+    prediction = stack.mean(axis=0)
+    z = norm.ppf(0.5 + coverage / 2)
+    result = {"prediction": prediction}
+    if quantiles and not variances:
+        levels = sorted(quantiles)
+        low_q, high_q = levels[0], levels[-1]
+        lower = np.mean(quantiles[low_q], axis=0)
+        upper = np.mean(quantiles[high_q], axis=0)
+        declared = high_q - low_q
+        if abs(declared - coverage) > 1e-6:
+            raise ForestCarbonError(f"The model's quantiles {low_q} and {high_q} make a {declared:.0%} interval, "
+                                    f"not the {coverage:.0%} asked for: set COVERAGE to {declared:g}.")
+        centre = prediction
+        lower = centre - factor * (centre - lower)
+        upper = centre + factor * (upper - centre)
+        result.update(lower=lower, upper=upper, std=(upper - lower) / (2 * z))  # Gaussian-equivalent σ
+        return result
+    total = np.zeros_like(prediction)
+    has_spread = False
+    if variances:
+        total = total + np.mean(np.stack(variances), axis=0)
+        has_spread = True
+    if len(means) > 1:
+        total = total + stack.var(axis=0)
+        has_spread = True
+    if has_spread:
+        std = np.sqrt(total) * factor
+        result.update(std=std, lower=prediction - z * std, upper=prediction + z * std)
+    return result
+
+
+def blend_weights(size: int, overlap: int, taper_low: bool, taper_high: bool) -> np.ndarray:
+    """1-D blending weight of a tile: 0 on the outer quarter of the overlap, a raised cosine over
+    its middle half, 1 inside; untapered on a side where the tile meets the raster's border."""
+    d = np.arange(size, dtype=np.float64)
+    w = np.ones(size)
+    if overlap <= 0:
+        return w
+    quarter, half = overlap / 4.0, overlap / 2.0
+
+    def rise(distance):
+        t = np.clip((distance - quarter + 0.5) / half, 0.0, 1.0)
+        return 0.5 - 0.5 * np.cos(np.pi * t)
+
+    if taper_low:
+        w = w * rise(d)
+    if taper_high:
+        w = w * rise(size - 1 - d)
+    return w
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_upper=None, bands=None,
+                   device: str = "auto", require_gpu: bool = False, tile_size: int | None = None,
+                   overlap: int | None = None, batch_size: int | None = None, coverage: float = 0.9,
+                   progress: Progress | None = None, max_workers: int | None = None) -> Prediction:
+    """Run ``model`` (an .onnx file or a model card) over ``inputs`` (raster paths); see the module doc."""
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    if not inputs:
+        raise ForestCarbonError("Give at least one input raster.")
+    if not 0 < coverage < 1:
+        raise ForestCarbonError(f"COVERAGE must be between 0 and 1 (got {coverage}).")
+    card = read_card(model)
+    stack = _stack(inputs, card, bands, progress)
+    grid = stack.grid
+    if card.resolution_m and abs(grid.res[0] - card.resolution_m) > 0.25 * card.resolution_m:
+        progress.warning(f"The model was made for {card.resolution_m:g} m pixels; the input has {grid.res[0]:g} m. "
+                         "The outputs stay on the input grid, but the predictions may be off.")
+    providers = choose_providers(device, require_gpu, progress)
+    threads = default_workers(max_workers)
+    sessions = [session_for(m, providers, threads) for m in card.members]
+    used = sessions[0].get_providers()[0]
+    if device not in ("auto", "cpu") and used == "CPUExecutionProvider" and providers[0] != used:
+        if require_gpu:
+            raise ForestCarbonError(f"{providers[0]} failed to start (drivers?): clear REQUIRE_GPU to use the CPU.")
+        progress.warning(f"{providers[0]} failed to start: running on the CPU instead.")
+    progress.info(f"Execution provider: {used}; {len(card.members)} member(s); {card.kind} model; "
+                  f"model card from {card.source}")
+    runners = [_Runner(s, card) for s in sessions]
+
+    if card.kind == "patch":
+        tile = int(card.patch_size or tile_size or DEFAULT_TILE)
+        if card.patch_size and tile_size and tile_size != card.patch_size:
+            progress.warning(f"The model takes {card.patch_size}-pixel patches: TILE_SIZE {tile_size} is ignored.")
+        ov = int(overlap if overlap is not None else (card.overlap if card.overlap is not None else tile // 8))
+        if not 0 <= ov < tile:
+            raise ForestCarbonError(f"OVERLAP must be between 0 and the tile size {tile} (got {ov}).")
+        fixed_batch = sessions[0].get_inputs()[0].shape[0]
+        batch = 1 if isinstance(fixed_batch, int) else int(batch_size or max(1, 4 * 256 * 256 // (tile * tile)))
+    else:
+        tile = int(tile_size or DEFAULT_TILE)
+        ov = 0
+        batch = int(batch_size or DEFAULT_PIXEL_BATCH)
+    if tile <= 0 or batch <= 0:
+        raise ForestCarbonError("TILE_SIZE and BATCH_SIZE must be positive.")
+
+    kinds = ["prediction"]
+    has_spread = any(o.meaning != "mean" for o in card.outputs) or len(card.members) > 1
+    requested = {"prediction": out_path, "std": out_std, "lower": out_lower, "upper": out_upper}
+    for kind in ("std", "lower", "upper"):
+        if requested[kind] and not has_spread:
+            progress.warning(f"The model gives no uncertainty (one member, a mean output only): "
+                             f"no {kind} output is written.")
+        elif requested[kind]:
+            kinds.append(kind)
+    record = make_provenance(
+        "forestcarbon:predictraster",
+        {"bands": bands, "device": device, "require_gpu": require_gpu, "tile_size": tile, "overlap": ov,
+         "batch_size": batch, "coverage": coverage},
+        inputs=[str(p) for p in inputs], model_id=card.model_id, execution_provider=used,
+        model=str(model), members=[str(m) for m in card.members], model_card_source=card.source,
+        conformal_factor=card.conformal_factor, target=card.target, unit=card.unit)
+    pipeline = _Pipeline(stack, card, runners, tile, ov, batch, coverage, kinds, progress)
+    with contextlib.ExitStack() as outputs:
+        writers = {}
+        for kind in kinds:
+            description = card.target if kind == "prediction" else f"{card.target}_{kind}"
+            writers[kind] = outputs.enter_context(raster_writer(
+                grid, requested[kind], 1, "float32", float("nan"), descriptions=[description],
+                tags={"OUTPUT_KIND": kind, "UNIT": card.unit, "COVERAGE": coverage if kind in ("lower", "upper") else "",
+                      "MODEL_ID": card.model_id, "EXECUTION_PROVIDER": used},
+                provenance=record, workers=threads))
+        pipeline.run(writers)
+    stack.readers.close()
+    seconds = time.perf_counter() - started
+    progress.info(f"{pipeline.tiles} tiles in {seconds:.1f} s")
+    return Prediction({k: Path(requested[k]) for k in kinds}, used, card, pipeline.tiles, seconds)
+
+
+@dataclass
+class _Stack:
+    grid: RasterGrid
+    sources: list  # (path, band index 1-based, nodata)
+    readers: Readers
+    names: list
+
+
+def _stack(inputs, card: ModelCard, bands, progress) -> _Stack:
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    sources, names = [], []
+    grid = None
+    for path in inputs:
+        try:
+            with rasterio.open(path) as src:
+                if grid is None:
+                    if src.crs is None:
+                        raise ForestCarbonError(f"'{path.name}' has no CRS: georeference it first.")
+                    grid = RasterGrid.of(src)
+                for i in range(1, src.count + 1):
+                    sources.append((path, i, src.nodatavals[i - 1]))
+                    names.append((src.descriptions[i - 1] or "").strip())
+        except RasterioIOError as exc:
+            raise ForestCarbonError(f"Cannot read the input raster '{path}': {exc}.") from exc
+    if bands:
+        picks = [int(b) for b in (str(bands).replace(" ", "").split(",") if isinstance(bands, str) else bands)]
+        if any(p < 1 or p > len(sources) for p in picks):
+            raise ForestCarbonError(f"BANDS {picks} asks for bands outside 1-{len(sources)} (the stacked inputs).")
+        sources = [sources[p - 1] for p in picks]
+        names = [names[p - 1] for p in picks]
+    elif card.bands:
+        lower = [n.lower() for n in names]
+        if all(b.lower() in lower for b in card.bands):
+            order = [lower.index(b.lower()) for b in card.bands]
+            sources = [sources[i] for i in order]
+            names = [names[i] for i in order]
+        elif len(sources) == len(card.bands):
+            progress.warning(f"The input band names ({', '.join(n or '?' for n in names)}) are not the model's "
+                             f"({', '.join(card.bands)}): bands are used in order.")
+    expected = card.n_inputs or (len(card.bands) if card.bands else None)
+    if expected is not None and len(sources) != expected:
+        wanted = f" ({', '.join(card.bands)})" if card.bands else ""
+        raise ForestCarbonError(
+            f"The model takes {expected} bands{wanted} but {len(sources)} were given "
+            f"({', '.join(n or '?' for n in names)}): add the missing rasters to INPUT or pick bands with BANDS.")
+    return _Stack(grid, sources, Readers(grid), names)
+
+
+class _Pipeline:
+    """Strips of rows: read ahead, run, blend, write behind."""
+
+    def __init__(self, stack, card, runners, tile, overlap, batch, coverage, kinds, progress):
+        self.stack, self.card, self.runners = stack, card, runners
+        self.tile, self.overlap, self.batch, self.coverage = tile, overlap, batch, coverage
+        self.kinds, self.progress = kinds, progress
+        self.grid = stack.grid
+        self.step = tile - overlap
+        self.tiles = 0
+
+    # rows of the strip that starts a tile row at ``y0``: [y0, y0 + tile)
+    def _read(self, y0: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        width = self.grid.width
+        window = Window(0, y0, width, height)
+        data = np.empty((len(self.stack.sources), height, width), dtype=np.float32)
+        valid = np.ones((height, width), dtype=bool)
+        for k, (path, band, nodata) in enumerate(self.stack.sources):
+            values = self.stack.readers.read(path, window, band=band, resampling=Resampling.bilinear,
+                                             src_nodata=nodata, dtype="float32")
+            raw = np.ma.getdata(values)
+            valid &= ~np.ma.getmaskarray(values) & np.isfinite(raw)
+            if self.card.nodata is not None:
+                valid &= raw != self.card.nodata
+            data[k] = raw
+        return data, valid
+
+    def _strips(self):
+        height = self.grid.height
+        if self.card.kind == "pixel":
+            return [(y, min(self.tile, height - y)) for y in range(0, height, self.tile)]
+        starts = list(range(0, max(height - self.tile, 0) + 1, self.step))
+        if starts[-1] + self.tile < height:
+            starts.append(height - self.tile)
+        return [(y, min(self.tile, height)) for y in starts]
+
+    def run(self, writers) -> None:
+        strips = self._strips()
+        total = len(strips)
+        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-read") as reader, \
+                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-write") as writer:
+            pending_read = reader.submit(self._read, *strips[0])
+            pending_write = None
+            acc = None
+            for i, (y0, h) in enumerate(strips):
+                data, valid = pending_read.result()
+                if i + 1 < total:
+                    pending_read = reader.submit(self._read, *strips[i + 1])
+                check_cancel(self.progress)
+                if self.card.kind == "pixel":
+                    finished = (y0, self._predict_pixels(data, valid))
+                    flush_to = y0 + h
+                else:
+                    acc = self._predict_patches(data, valid, y0, h, acc)
+                    flush_to = strips[i + 1][0] if i + 1 < total else self.grid.height
+                    finished = acc.take_until(flush_to)
+                if pending_write is not None:
+                    pending_write.result()
+                pending_write = writer.submit(self._write, writers, *finished)
+                self.progress.set_progress(100.0 * (i + 1) / total)
+            if pending_write is not None:
+                pending_write.result()
+
+    def _write(self, writers, y0: int, arrays: dict) -> None:
+        from rasterio.windows import Window
+
+        for kind, dst in writers.items():
+            block = arrays[kind]
+            if block.shape[0]:
+                dst.write(block[None].astype(np.float32), window=Window(0, y0, block.shape[1], block.shape[0]))
+
+    def _predict_pixels(self, data, valid) -> dict:
+        c, h, w = data.shape
+        features = self.card.preprocess(data.reshape(c, -1).T[valid.ravel()], axis=1)
+        out = {k: np.full(h * w, np.nan, dtype=np.float32) for k in self.kinds}
+        idx = np.flatnonzero(valid.ravel())
+        for start in range(0, features.shape[0], self.batch):
+            chunk = np.ascontiguousarray(features[start:start + self.batch])
+            members = [{k: np.asarray(v).reshape(len(chunk), -1).T for k, v in r(chunk).items()}  # (C, N)
+                       for r in self.runners]
+            stats = combine_members(self.card, members, self.coverage)
+            for kind in self.kinds:
+                out[kind][idx[start:start + len(chunk)]] = stats[kind]
+            self.tiles += 1
+        return {k: v.reshape(h, w) for k, v in out.items()}
+
+    def _predict_patches(self, data, valid, y0, h, acc):
+        grid_w, grid_h = self.grid.width, self.grid.height
+        tile = self.tile
+        if acc is None:
+            acc = _Accumulator(self.kinds, grid_w, tile)
+        xs = list(range(0, max(grid_w - tile, 0) + 1, self.step))
+        if xs[-1] + tile < grid_w:
+            xs.append(grid_w - tile)
+        wy = blend_weights(tile, self.overlap, y0 > 0, y0 + tile < grid_h)[:h]
+        prepared = self.card.preprocess(data, axis=0)
+        prepared[:, ~valid] = 0.0  # nodata: the standardized mean, and no NaN into the network
+        patches, places = [], []
+        for x0 in xs:
+            patch = prepared[:, :, x0:x0 + tile]
+            if patch.shape[1] < tile or patch.shape[2] < tile:  # raster smaller than a tile
+                pad = ((0, 0), (0, tile - patch.shape[1]), (0, tile - patch.shape[2]))
+                patch = np.pad(patch, pad, mode="reflect" if min(patch.shape[1:]) > 1 else "edge")
+            patches.append(patch)
+            places.append(x0)
+            if len(patches) == self.batch:
+                self._run_batch(patches, places, y0, h, wy, acc, grid_w)
+                patches, places = [], []
+        if patches:
+            self._run_batch(patches, places, y0, h, wy, acc, grid_w)
+        acc.mark_invalid(y0, valid)
+        return acc
+
+    def _run_batch(self, patches, places, y0, h, wy, acc, grid_w):
+        batch = np.ascontiguousarray(np.stack(patches))
+        members = [r(batch) for r in self.runners]
+        tile = self.tile
+        for j, x0 in enumerate(places):
+            per_member = [{name: np.asarray(out[name][j], dtype=np.float64).reshape(-1, tile, tile)  # (C, T, T)
+                           for name in out} for out in members]
+            stats = combine_members(self.card, per_member, self.coverage)
+            w = min(tile, grid_w - x0)
+            wx = blend_weights(tile, self.overlap, x0 > 0, x0 + tile < grid_w)[:w]
+            weight = wy[:, None] * wx[None, :]
+            acc.add(y0, x0, {k: stats[k][:h, :w] for k in self.kinds}, weight)
+            self.tiles += 1
+
+
+class _Accumulator:
+    """Weighted sums of the rows still open (a strip of ``tile`` rows plus what is unfinished)."""
+
+    def __init__(self, kinds, width, tile):
+        self.kinds = kinds
+        self.width = width
+        self.top = 0  # grid row of the first held row
+        self.sums = {k: np.zeros((0, width)) for k in kinds}
+        self.weights = np.zeros((0, width))
+        self.invalid = np.zeros((0, width), dtype=bool)
+
+    def _grow(self, bottom):
+        extra = bottom - (self.top + self.weights.shape[0])
+        if extra > 0:
+            for k in self.kinds:
+                self.sums[k] = np.vstack([self.sums[k], np.zeros((extra, self.width))])
+            self.weights = np.vstack([self.weights, np.zeros((extra, self.width))])
+            self.invalid = np.vstack([self.invalid, np.zeros((extra, self.width), dtype=bool)])
+
+    def add(self, y0, x0, values: dict, weight: np.ndarray):
+        h, w = weight.shape
+        self._grow(y0 + h)
+        r = y0 - self.top
+        for k in self.kinds:
+            self.sums[k][r:r + h, x0:x0 + w] += values[k] * weight
+        self.weights[r:r + h, x0:x0 + w] += weight
+
+    def mark_invalid(self, y0, valid):
+        self._grow(y0 + valid.shape[0])
+        r = y0 - self.top
+        self.invalid[r:r + valid.shape[0]] |= ~valid
+
+    def take_until(self, row: int):
+        n = max(0, row - self.top)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {k: np.where(self.invalid[:n] | (self.weights[:n] <= 0), np.nan, self.sums[k][:n] / self.weights[:n])
+                   for k in self.kinds}
+        start = self.top
+        for k in self.kinds:
+            self.sums[k] = self.sums[k][n:]
+        self.weights = self.weights[n:]
+        self.invalid = self.invalid[n:]
+        self.top += n
+        return start, out
+
+
+__all__ = ["predict_raster", "combine_members", "blend_weights", "choose_providers", "DEVICES"]

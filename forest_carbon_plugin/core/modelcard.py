@@ -1,0 +1,288 @@
+"""Model cards: what a model expects and what its outputs mean (docs/model-card.md).
+
+One :class:`ModelCard` is read from whichever of these the model has, in this order:
+
+1. a sidecar card (``.json``) following the STAC Machine Learning Model extension
+   (``mlm:input``, ``mlm:output``, model assets), with this plugin's ``forest_carbon:``
+   fields for output meanings, calibration and nodata; it may list several ``.onnx`` members
+   (a deep ensemble);
+2. the ONNX ``metadata_props`` key ``model_card``: the same document as JSON;
+3. Deepness's keys (``model_type``, ``standardization_mean``/``_std``, ``resolution`` in cm/px,
+   ``tiles_size``/``tile_size``, ``tiles_overlap`` in %): inputs divided by 255, then
+   standardized, as Deepness does;
+4. nothing: the graph alone (inputs used as they are, the first output is the prediction).
+
+The graph decides the kind of model: a rank-2 input ``[N, F]`` is per-pixel (features in the
+last axis, e.g. tree ensembles exported by skl2onnx); a rank-4 input ``[N, C, H, W]`` is a patch
+model (convolutional). The card is checked against the graph: band counts, output names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .dependencies import require
+from .errors import ForestCarbonError
+
+CARD_KEY = "model_card"
+MEANINGS = ("mean", "variance", "log_variance", "std")
+
+
+@dataclass
+class OutputSpec:
+    name: str  # graph output name
+    meaning: str  # mean | variance | log_variance | std | quantile:<q>
+    channel: int = 0  # channel of a multi-channel output tensor
+
+    @property
+    def quantile(self) -> float | None:
+        return float(self.meaning.split(":", 1)[1]) if self.meaning.startswith("quantile:") else None
+
+
+@dataclass
+class ModelCard:
+    members: list  # Paths of the .onnx files (several: a deep ensemble)
+    kind: str  # "pixel" or "patch"
+    input_name: str
+    n_inputs: int  # features (pixel) or channels (patch)
+    bands: list | None = None  # input band names, in order
+    scale: np.ndarray | None = None  # x' = (x·scale + offset − mean)/std, per band
+    offset: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    nodata: float | None = None
+    patch_size: int | None = None
+    overlap: int | None = None
+    outputs: list = field(default_factory=list)  # OutputSpec
+    target: str = "prediction"
+    unit: str = ""
+    resolution_m: float | None = None
+    conformal_factor: float | None = None
+    coverage: float | None = None
+    source: str = "graph"  # which kind of card was read
+    deepness: bool = False
+    model_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def preprocess(self, x: np.ndarray, axis: int) -> np.ndarray:
+        """Scale/offset, then standardization, per band along ``axis`` (float32)."""
+        x = x.astype(np.float32, copy=False)
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        if self.scale is not None:
+            x = x * self.scale.reshape(shape).astype(np.float32)
+        if self.offset is not None:
+            x = x + self.offset.reshape(shape).astype(np.float32)
+        if self.mean is not None:
+            x = x - self.mean.reshape(shape).astype(np.float32)
+        if self.std is not None:
+            x = x / self.std.reshape(shape).astype(np.float32)
+        return x
+
+
+def file_digest(paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def check_model(path: Path) -> None:
+    """``onnx.checker`` on the file (external data must sit beside it); never unpickles anything."""
+    onnx = require("onnx")
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types
+        raise ForestCarbonError(f"'{path.name}' is not a valid ONNX model: {str(exc).splitlines()[0][:300]}. "
+                                "Export it again and check it with onnx.checker.") from exc
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (path.parent / location).resolve()
+            if path.parent.resolve() not in target.parents or not target.is_file():
+                raise ForestCarbonError(f"'{path.name}' keeps weights in '{location}', which is not a file beside "
+                                        "the model: external data must sit in the model's folder.")
+
+
+def read_card(model_path) -> ModelCard:
+    """The card of an ``.onnx`` file or of a sidecar ``.json`` (see the module doc)."""
+    ort = require("onnxruntime")
+    path = Path(model_path)
+    if not path.is_file():
+        raise ForestCarbonError(f"'{path}' is not a file: choose an .onnx model or its model card (.json).")
+    document, members = None, [path]
+    if path.suffix.lower() == ".json":
+        try:
+            document = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ForestCarbonError(f"The model card '{path.name}' is not valid JSON ({exc}).") from exc
+        members = _members(document, path)
+    elif path.with_suffix(".json").is_file():
+        document = json.loads(path.with_suffix(".json").read_text())
+    for member in members:
+        check_model(member)
+    try:
+        session = ort.InferenceSession(str(members[0]), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        raise ForestCarbonError(f"ONNX Runtime cannot load '{members[0].name}': {str(exc)[:300]}") from exc
+    metadata = dict(session.get_modelmeta().custom_metadata_map or {})
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ForestCarbonError(f"'{members[0].name}' has {len(inputs)} inputs: the plugin runs models with "
+                                "one input tensor (features or image channels).")
+    shape = inputs[0].shape
+    if len(shape) == 2:
+        kind, n_inputs = "pixel", shape[1]
+    elif len(shape) == 4:
+        kind, n_inputs = "patch", shape[1]
+    else:
+        raise ForestCarbonError(f"'{members[0].name}' takes a rank-{len(shape)} input {shape}: expected [N, F] "
+                                "(per-pixel features) or [N, C, H, W] (image patches).")
+    if not isinstance(n_inputs, int):
+        n_inputs = None
+    graph_outputs = [o.name for o in session.get_outputs()]
+    card = ModelCard(members=members, kind=kind, input_name=inputs[0].name, n_inputs=n_inputs,
+                     model_id=file_digest(members))
+    if kind == "patch" and isinstance(shape[2], int) and isinstance(shape[3], int):
+        card.patch_size = int(shape[2])
+        if shape[2] != shape[3]:
+            raise ForestCarbonError(f"'{members[0].name}' wants {shape[2]}×{shape[3]} patches: only square "
+                                    "patches are supported.")
+    if document is None and CARD_KEY in metadata:
+        try:
+            document = json.loads(metadata[CARD_KEY])
+        except ValueError as exc:
+            raise ForestCarbonError(f"The '{CARD_KEY}' metadata of '{members[0].name}' is not JSON ({exc}).") \
+                from exc
+    if document is not None:
+        _apply_card(card, document)
+        card.source = "card" if path.suffix.lower() == ".json" or path.with_suffix(".json").is_file() else "metadata"
+    elif "model_type" in metadata:
+        _apply_deepness(card, metadata)
+    if not card.outputs:
+        card.outputs = [OutputSpec(graph_outputs[0], "mean")]
+    _check_against_graph(card, graph_outputs, members[0].name)
+    return card
+
+
+def _members(document: dict, card_path: Path) -> list:
+    hrefs = []
+    for asset in (document.get("assets") or {}).values():
+        roles = asset.get("roles") or []
+        if "mlm:model" in roles or str(asset.get("href", "")).endswith(".onnx"):
+            hrefs.append(asset["href"])
+    hrefs += [m for m in document.get("forest_carbon:members", []) if m not in hrefs]
+    if not hrefs:
+        raise ForestCarbonError(f"The model card '{card_path.name}' names no model file: add an asset with role "
+                                "'mlm:model' whose href is the .onnx file.")
+    members = []
+    for href in hrefs:
+        member = (card_path.parent / href).resolve()
+        if card_path.parent.resolve() not in member.parents:
+            raise ForestCarbonError(f"The model card points outside its folder ('{href}'): keep the .onnx files "
+                                    "beside the card.")
+        if not member.is_file():
+            raise ForestCarbonError(f"The model card names '{href}', which is not beside it.")
+        members.append(member)
+    return members
+
+
+def _apply_card(card: ModelCard, doc: dict) -> None:
+    inputs = doc.get("mlm:input") or []
+    spec = inputs[0] if inputs else {}
+    bands = spec.get("bands") or doc.get("forest_carbon:bands")
+    if bands:
+        card.bands = [b["name"] if isinstance(b, dict) else str(b) for b in bands]
+    n = len(card.bands) if card.bands else card.n_inputs
+    scaling = spec.get("value_scaling") or []
+    if scaling:
+        card.scale = np.array([float(s.get("scale", 1.0)) for s in scaling])
+        card.offset = np.array([float(s.get("offset", 0.0)) for s in scaling])
+    stats = spec.get("statistics") or []
+    if stats and spec.get("norm_type", "z-score") in ("z-score", None):
+        card.mean = np.array([float(s.get("mean", 0.0)) for s in stats])
+        card.std = np.array([float(s.get("stddev", 1.0)) for s in stats])
+    for name in ("scale", "offset", "mean", "std"):
+        value = getattr(card, name)
+        if value is not None and n is not None and value.size == 1 and n > 1:
+            setattr(card, name, np.repeat(value, n))
+    if spec.get("nodata") is not None or doc.get("forest_carbon:nodata") is not None:
+        card.nodata = float(spec.get("nodata", doc.get("forest_carbon:nodata")))
+    input_shape = (spec.get("input") or {}).get("shape") or []
+    if card.kind == "patch" and len(input_shape) == 4 and isinstance(input_shape[-1], int) and input_shape[-1] > 0:
+        card.patch_size = card.patch_size or int(input_shape[-1])
+    card.overlap = doc.get("forest_carbon:overlap")
+    outputs = []
+    for out in doc.get("mlm:output") or []:
+        meaning = out.get("forest_carbon:meaning", "mean")
+        outputs.append(OutputSpec(out["name"], meaning, int(out.get("forest_carbon:channel", 0))))
+    card.outputs = outputs
+    card.target = doc.get("forest_carbon:target", card.target)
+    card.unit = doc.get("forest_carbon:unit", "")
+    card.resolution_m = doc.get("forest_carbon:resolution_m") or doc.get("gsd")
+    calibration = doc.get("forest_carbon:calibration") or {}
+    card.conformal_factor = calibration.get("conformal_factor")
+    card.coverage = calibration.get("coverage")
+    card.extra = {k: v for k, v in doc.items() if k.startswith("forest_carbon:training")}
+
+
+def _apply_deepness(card: ModelCard, metadata: dict) -> None:
+    def value(key, default=None):
+        raw = metadata.get(key)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    card.deepness = True
+    card.source = "deepness"
+    card.scale = np.full(card.n_inputs or 3, 1 / 255.0)  # Deepness divides every input by 255 first
+    mean, std = value("standardization_mean"), value("standardization_std")
+    if mean is not None:
+        card.mean = np.atleast_1d(np.asarray(mean, dtype=float))
+    if std is not None:
+        card.std = np.atleast_1d(np.asarray(std, dtype=float))
+    resolution_cm = value("resolution")
+    if resolution_cm:
+        card.resolution_m = float(resolution_cm) / 100.0
+    tile = value("tiles_size", value("tile_size"))
+    if tile and not card.patch_size:
+        card.patch_size = int(tile)
+    overlap_pct = value("tiles_overlap")
+    if overlap_pct and card.patch_size:
+        card.overlap = int(round(card.patch_size * float(overlap_pct) / 100))
+    card.extra = {"deepness_model_type": value("model_type")}
+    for key in ("reg_output_scaling",):
+        if key in metadata:
+            card.extra[key] = value(key)
+
+
+def _check_against_graph(card: ModelCard, graph_outputs: list, name: str) -> None:
+    for spec in card.outputs:
+        if spec.name not in graph_outputs:
+            raise ForestCarbonError(f"The model card names output '{spec.name}', but '{name}' has outputs "
+                                    f"{', '.join(graph_outputs)}: the card does not describe this graph.")
+        if spec.meaning not in MEANINGS and spec.quantile is None:
+            raise ForestCarbonError(f"Output '{spec.name}' has meaning '{spec.meaning}': use mean, variance, "
+                                    "log_variance, std or quantile:<q>.")
+    if card.bands and card.n_inputs and len(card.bands) != card.n_inputs:
+        raise ForestCarbonError(f"The model card lists {len(card.bands)} bands ({', '.join(card.bands)}) but "
+                                f"'{name}' takes {card.n_inputs} inputs: the card does not describe this graph.")
+    for attr in ("scale", "offset", "mean", "std"):
+        value = getattr(card, attr)
+        if value is not None and card.n_inputs and value.size not in (1, card.n_inputs):
+            raise ForestCarbonError(f"The model's {attr} has {value.size} values for {card.n_inputs} inputs.")
+        if value is not None and card.n_inputs and value.size == 1:
+            setattr(card, attr, np.repeat(value, card.n_inputs))
+    if card.std is not None and np.any(card.std == 0):
+        raise ForestCarbonError("The model card's standard deviations include 0: check its statistics.")

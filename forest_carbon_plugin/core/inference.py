@@ -473,13 +473,18 @@ class _Pipeline:
         batch = np.ascontiguousarray(np.stack(patches))
         members = [r(batch) for r in self.runners]
         tile = self.tile
+        plain = len(members) == 1 and [o.meaning for o in self.card.outputs] == ["mean"]
         for j, x0 in enumerate(places):
-            per_member = [{name: np.asarray(out[name][j], dtype=np.float64).reshape(-1, tile, tile)  # (C, T, T)
-                           for name in out} for out in members]
-            stats = combine_members(self.card, per_member, self.coverage)
+            if plain:  # one member, a mean only: no statistics to combine
+                spec = self.card.outputs[0]
+                stats = {"prediction": np.asarray(members[0][spec.name][j]).reshape(-1, tile, tile)[spec.channel]}
+            else:
+                per_member = [{name: np.asarray(out[name][j], dtype=np.float64).reshape(-1, tile, tile)  # (C, T, T)
+                               for name in out} for out in members]
+                stats = combine_members(self.card, per_member, self.coverage)
             w = min(tile, grid_w - x0)
             wx = blend_weights(tile, self.overlap, x0 > 0, x0 + tile < grid_w)[:w]
-            weight = wy[:, None] * wx[None, :]
+            weight = (wy[:, None] * wx[None, :]).astype(np.float32)
             acc.add(y0, x0, {k: stats[k][:h, :w] for k in self.kinds}, weight)
             self.tiles += 1
 
@@ -491,16 +496,16 @@ class _Accumulator:
         self.kinds = kinds
         self.width = width
         self.top = 0  # grid row of the first held row
-        self.sums = {k: np.zeros((0, width)) for k in kinds}
-        self.weights = np.zeros((0, width))
+        self.sums = {k: np.zeros((0, width), dtype=np.float32) for k in kinds}
+        self.weights = np.zeros((0, width), dtype=np.float32)
         self.invalid = np.zeros((0, width), dtype=bool)
 
     def _grow(self, bottom):
         extra = bottom - (self.top + self.weights.shape[0])
         if extra > 0:
             for k in self.kinds:
-                self.sums[k] = np.vstack([self.sums[k], np.zeros((extra, self.width))])
-            self.weights = np.vstack([self.weights, np.zeros((extra, self.width))])
+                self.sums[k] = np.vstack([self.sums[k], np.zeros((extra, self.width), dtype=np.float32)])
+            self.weights = np.vstack([self.weights, np.zeros((extra, self.width), dtype=np.float32)])
             self.invalid = np.vstack([self.invalid, np.zeros((extra, self.width), dtype=bool)])
 
     def add(self, y0, x0, values: dict, weight: np.ndarray):

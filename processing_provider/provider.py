@@ -22,10 +22,11 @@ from .sar_features import SarFeaturesAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
 from .spectral_indices import SpectralIndicesAlgorithm
 from .tree_tops import TreeTopsAlgorithm
+from .validate_predictions import ValidatePredictionsAlgorithm
 
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
               ModelInfoAlgorithm, PredictRasterAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm,
-              SpectralIndicesAlgorithm, CompositeScenesAlgorithm)
+              SpectralIndicesAlgorithm, CompositeScenesAlgorithm, ValidatePredictionsAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

@@ -39,6 +39,7 @@ DEPENDENCIES: dict[str, Dependency] = {
         Dependency("distributed", "distributed>=2024.1", "the local and remote Dask cluster"),
         Dependency("rasterio", "rasterio>=1.3", "block-wise raster reading and writing"),
         Dependency("scipy", "scipy>=1.10", "filters, triangulations and robust statistics"),
+        Dependency("matplotlib", "matplotlib>=3.5", "the plots of validation and training reports"),
     )
 }
 

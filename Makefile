@@ -4,7 +4,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-geopandas python3-scipy \
+DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-geopandas python3-scipy python3-sklearn \
 	python3-h5py python3-matplotlib python3-venv python3-pip gdal-bin proj-data xvfb zip unzip
 
 export QT_QPA_PLATFORM := offscreen

@@ -40,6 +40,8 @@ DEPENDENCIES: dict[str, Dependency] = {
         Dependency("rasterio", "rasterio>=1.3", "block-wise raster reading and writing"),
         Dependency("scipy", "scipy>=1.10", "filters, triangulations and robust statistics"),
         Dependency("matplotlib", "matplotlib>=3.5", "the plots of validation and training reports"),
+        Dependency("sklearn", "scikit-learn>=1.2", "training forest-structure models"),
+        Dependency("skl2onnx", "skl2onnx>=1.17", "exporting trained models to ONNX"),
     )
 }
 

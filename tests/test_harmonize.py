@@ -405,7 +405,9 @@ def test_cancel_leaves_nothing(imagery_scene, tmp_path):
 
 def test_processing_run(imagery_scene, tmp_path, forestcarbon_provider):
     import processing
-    from qgis.core import QgsProcessingException, QgsRasterLayer
+    from qgis.core import QgsRasterLayer
+
+    from processing_provider.base import RgbStyler
 
     out, manifest = imagery_scene
     target = tmp_path / "qgis.tif"
@@ -415,12 +417,19 @@ def test_processing_run(imagery_scene, tmp_path, forestcarbon_provider):
     assert result["OUTPUT"] == str(target)
     layer = QgsRasterLayer(str(target), "h")
     assert layer.isValid() and layer.bandCount() == 7
-    from processing_provider.base import RgbStyler
-
     RgbStyler().postProcessLayer(layer, None, None)  # what QGIS runs when it loads the output
     renderer = layer.renderer()
-    assert renderer.type() == "multibandcolor"
-    assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (4, 3, 2)  # coastal is band 1
+    bands = (renderer.redBand(), renderer.greenBand(), renderer.blueBand())
+    kind = renderer.type()
+    del renderer, layer  # no QGIS object may outlive the application (a crash at exit otherwise)
+    assert kind == "multibandcolor"
+    assert bands == (4, 3, 2)  # coastal is band 1
+
+
+def test_processing_run_bad_input(tmp_path, forestcarbon_provider):
+    import processing
+    from qgis.core import QgsProcessingException
+
     with pytest.raises(QgsProcessingException, match="No Landsat MTL or Sentinel-2"):
         processing.run("forestcarbon:harmonizescene", {"INPUT": str(tmp_path), "OUTPUT": str(tmp_path / "x.tif")})
     assert not (tmp_path / "x.tif").exists()

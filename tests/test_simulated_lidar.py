@@ -23,8 +23,10 @@ def chain(tmp_path_factory, qgis_processing):
     from processing_provider.provider import ForestCarbonProvider
 
     registry = QgsApplication.processingRegistry()
+    provider = None
     if registry.providerById("forestcarbon") is None:
-        registry.addProvider(ForestCarbonProvider())
+        provider = ForestCarbonProvider()  # held until the runs are done, then removed: the registry
+        registry.addProvider(provider)  # does not own the Python object
     root = tmp_path_factory.mktemp("simchain")
     scene = root / "scene"
     simulate_scene(scene, SceneConfig(size_m=240, seed=13, tile_m=120))
@@ -37,6 +39,8 @@ def chain(tmp_path_factory, qgis_processing):
     tops = processing.run("forestcarbon:treetops", {
         "INPUT": str(root / "norm.laz"), "WS_INTERCEPT": 3, "WS_SLOPE": 0.07, "MIN_HEIGHT": 5,
         "OUTPUT": str(root / "tops.gpkg")})
+    if provider is not None:
+        registry.removeProvider(provider)
     return root, scene, manifest, tops
 
 

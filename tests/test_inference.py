@@ -275,9 +275,12 @@ def test_bad_inputs_are_clear_errors(tmp_path, features):
         predict_raster([path], fake, target)
     four = pixel_model(tmp_path / "four.onnx", [1, 1, 1, 1], 0.0,
                        metadata={"model_card": _card(bands=["blue", "green", "red", "nir"])})
-    with pytest.raises(ForestCarbonError, match=r"takes 4 bands \(blue, green, red, nir\) but 3 were given "
-                                                r"\(red, nir, swir1\)"):
+    with pytest.raises(ForestCarbonError, match=r"needs the bands blue, green, red, nir; the inputs lack blue, "
+                                                r"green \(they have red, nir, swir1\)"):
         predict_raster([path], four, target)
+    unnamed = _write(tmp_path / "unnamed.tif", np.zeros((3, 4, 4)))
+    with pytest.raises(ForestCarbonError, match=r"takes 4 bands \(blue, green, red, nir\) but 3 were given"):
+        predict_raster([unnamed], four, target)
     wrong = pixel_model(tmp_path / "wrong.onnx", [1, 1, 1], 0.0,
                         metadata={"model_card": _card(outputs=[{"name": "agb", "forest_carbon:meaning": "mean"}])})
     with pytest.raises(ForestCarbonError, match="names output 'agb'.*does not describe this graph"):

@@ -337,13 +337,21 @@ def _stack(inputs, card: ModelCard, bands, progress) -> _Stack:
         names = [names[p - 1] for p in picks]
     elif card.bands:
         lower = [n.lower() for n in names]
-        if all(b.lower() in lower for b in card.bands):
+        missing = [b for b in card.bands if b.lower() not in lower]
+        unnamed = all(not n or n.lower().startswith("band ") for n in names)
+        if not missing:  # picked by name, whatever their order in the inputs
             order = [lower.index(b.lower()) for b in card.bands]
             sources = [sources[i] for i in order]
             names = [names[i] for i in order]
-        elif len(sources) == len(card.bands):
-            progress.warning(f"The input band names ({', '.join(n or '?' for n in names)}) are not the model's "
-                             f"({', '.join(card.bands)}): bands are used in order.")
+        elif unnamed:  # nothing to match: used in order (the count is checked below)
+            if len(sources) == len(card.bands):
+                progress.warning(f"The input bands carry no names: they are used in order as the model's "
+                                 f"{', '.join(card.bands)}.")
+        else:
+            raise ForestCarbonError(
+                f"The model needs the bands {', '.join(card.bands)}; the inputs lack {', '.join(missing)} "
+                f"(they have {', '.join(n or '?' for n in names)}). Add a raster with those bands to INPUT, or "
+                "pick bands by number with BANDS.")
     expected = card.n_inputs or (len(card.bands) if card.bands else None)
     if expected is not None and len(sources) != expected:
         wanted = f" ({', '.join(card.bands)})" if card.bands else ""

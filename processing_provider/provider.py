@@ -17,6 +17,7 @@ from .canopy_metrics import CanopyMetricsAlgorithm
 from .lidar_info import LidarInfoAlgorithm
 from .model_info import ModelInfoAlgorithm
 from .normalize_height import NormalizeHeightAlgorithm
+from .plot_metrics import PlotMetricsAlgorithm
 from .predict_raster import PredictRasterAlgorithm
 from .sar_features import SarFeaturesAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
@@ -24,7 +25,7 @@ from .spectral_indices import SpectralIndicesAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 from .validate_predictions import ValidatePredictionsAlgorithm
 
-ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm,
+ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm, PlotMetricsAlgorithm,
               ModelInfoAlgorithm, PredictRasterAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm,
               SpectralIndicesAlgorithm, CompositeScenesAlgorithm, ValidatePredictionsAlgorithm)
 

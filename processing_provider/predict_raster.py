@@ -39,7 +39,7 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
     _display = "Predict raster (ONNX model)"
     _group = "Models"
     _group_id = "models"
-    requirements = ("onnxruntime", "rasterio", "scipy")
+    requirements = ("onnxruntime", "onnx", "rasterio", "scipy")
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

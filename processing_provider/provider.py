@@ -23,11 +23,13 @@ from .sar_features import SarFeaturesAlgorithm
 from .simulate_scene import SimulateSceneAlgorithm
 from .spectral_indices import SpectralIndicesAlgorithm
 from .tree_tops import TreeTopsAlgorithm
+from .train_model import TrainModelAlgorithm
 from .validate_predictions import ValidatePredictionsAlgorithm
 
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm, PlotMetricsAlgorithm,
               ModelInfoAlgorithm, PredictRasterAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm,
-              SpectralIndicesAlgorithm, CompositeScenesAlgorithm, ValidatePredictionsAlgorithm)
+              SpectralIndicesAlgorithm, CompositeScenesAlgorithm, ValidatePredictionsAlgorithm,
+              TrainModelAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

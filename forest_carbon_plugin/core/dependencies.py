@@ -42,6 +42,7 @@ DEPENDENCIES: dict[str, Dependency] = {
         Dependency("matplotlib", "matplotlib>=3.5", "the plots of validation and training reports"),
         Dependency("sklearn", "scikit-learn>=1.2", "training forest-structure models"),
         Dependency("skl2onnx", "skl2onnx>=1.17", "exporting trained models to ONNX"),
+        Dependency("onnx", "onnx>=1.14", "checking and building ONNX models"),
     )
 }
 

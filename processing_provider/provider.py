@@ -9,6 +9,7 @@ from forest_carbon_plugin import __version__
 from forest_carbon_plugin.paths import ICON_SVG
 
 from .canopy_height_model import CanopyHeightModelAlgorithm
+from .carbon_stock import CarbonStockAlgorithm
 from .classify_ground import ClassifyGroundAlgorithm
 from .composite_scenes import CompositeScenesAlgorithm
 from .harmonize_highres import HarmonizeHighresAlgorithm
@@ -29,7 +30,7 @@ from .validate_predictions import ValidatePredictionsAlgorithm
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm, PlotMetricsAlgorithm,
               ModelInfoAlgorithm, PredictRasterAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm,
               SpectralIndicesAlgorithm, CompositeScenesAlgorithm, ValidatePredictionsAlgorithm,
-              TrainModelAlgorithm)
+              TrainModelAlgorithm, CarbonStockAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

@@ -43,6 +43,8 @@ DEPENDENCIES: dict[str, Dependency] = {
         Dependency("sklearn", "scikit-learn>=1.2", "training forest-structure models"),
         Dependency("skl2onnx", "skl2onnx>=1.17", "exporting trained models to ONNX"),
         Dependency("onnx", "onnx>=1.14", "checking and building ONNX models"),
+        Dependency("shapely", "shapely>=1.8", "polygon geometry for carbon totals"),
+        Dependency("pyproj", "pyproj>=3.3", "coordinate transformations and geodesic areas"),
     )
 }
 

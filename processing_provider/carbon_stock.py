@@ -1,0 +1,242 @@
+"""forestcarbon:carbonstock — carbon stock of project areas with a Monte Carlo confidence interval."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from forest_carbon_plugin.core.carbon import (
+    ALLOMETRIES,
+    CARBON_FRACTION_CITATION,
+    DEDUCTION_CITATION,
+    ECOZONE_CITATION,
+    ECOZONES,
+    OUTPUT_FIELDS,
+    carbon_stock,
+)
+
+from .base import FeedbackProgress, ForestCarbonAlgorithm
+
+ALLOMETRY_KEYS = list(ALLOMETRIES)
+ECOZONE_KEYS = [None, *ECOZONES]
+
+
+class CarbonStockAlgorithm(ForestCarbonAlgorithm):
+    AGB = "AGB"
+    AGB_STD = "AGB_STD"
+    AGB_LOWER = "AGB_LOWER"
+    AGB_UPPER = "AGB_UPPER"
+    COVERAGE = "COVERAGE"
+    HEIGHT = "HEIGHT"
+    ALLOMETRY = "ALLOMETRY"
+    ALLOMETRY_A = "ALLOMETRY_A"
+    ALLOMETRY_B = "ALLOMETRY_B"
+    ALLOMETRY_A_SE = "ALLOMETRY_A_SE"
+    ALLOMETRY_B_SE = "ALLOMETRY_B_SE"
+    ALLOMETRY_BA = "ALLOMETRY_BA"
+    ALLOMETRY_WD = "ALLOMETRY_WD"
+    PROJECTS = "PROJECTS"
+    ROOT_SHOOT = "ROOT_SHOOT"
+    ECOZONE = "ECOZONE"
+    CARBON_FRACTION = "CARBON_FRACTION"
+    CONFIDENCE = "CONFIDENCE"
+    CORRELATION_RANGE = "CORRELATION_RANGE"
+    SIMULATIONS = "SIMULATIONS"
+    SEED = "SEED"
+    ALLOWED_UNCERTAINTY = "ALLOWED_UNCERTAINTY"
+    OUTPUT = "OUTPUT"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    OUTPUT_JSON = "OUTPUT_JSON"
+
+    _name = "carbonstock"
+    _display = "Project carbon stock"
+    _group = "Carbon"
+    _group_id = "carbon"
+    requirements = ("rasterio", "scipy", "matplotlib", "shapely", "pyproj")
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        allometries = "; ".join(f"{i}: {a.label} — {a.citation}" for i, a in enumerate(ALLOMETRIES.values()))
+        return self.tr(
+            "Carbon stock of each polygon of PROJECTS (any polygon layer) with a Monte Carlo confidence interval and "
+            "the uncertainty deduction of carbon standards. Writes the polygons with the input's fields plus area_ha, "
+            "agb_mean_mg_ha, agb_total_mg, biomass_total_mg (with roots), carbon_total_t, co2e_total_t, co2e_ci_low_t, "
+            "co2e_ci_high_t, uncertainty_pct, deduction_pct, co2e_creditable_t; an HTML report (map, histograms of "
+            "the simulated totals) with a JSON of every number beside it.\n\n"
+            "Biomass: AGB, a raster in Mg/ha; or HEIGHT (canopy height, m) with ALLOMETRY AGB = a·H^b. Allometries: "
+            f"{allometries}. Every coefficient can be overridden with the custom entry.\n"
+            "Areas: area_ha is the ellipsoidal area (pyproj Geod) whatever the CRS. Each pixel counts with the exact "
+            "share of its area inside the polygon (not by centroid); totals cover the part of the polygon with valid "
+            "pixels only (a warning gives the share when it is below 100%; no extrapolation). Polygons in another CRS "
+            "are reprojected to the raster's, with a message. Negative AGB (or height) pixels are set to 0 with a "
+            "warning giving how much this adds.\n"
+            "Conversions: biomass = AGB·(1 + R), R = ROOT_SHOOT, or when it is empty the IPCC default of ECOZONE at "
+            f"the polygon's mean AGB ({ECOZONE_CITATION}); carbon = biomass·CARBON_FRACTION (default "
+            f"{CARBON_FRACTION_CITATION}); CO2e = carbon·44/12.\n"
+            "Uncertainty: per-pixel Gaussian errors with σ from AGB_STD (Mg/ha), or σ = (AGB_UPPER − AGB_LOWER) / "
+            "(2·z(COVERAGE)); in HEIGHT mode these describe the AGB derived from the heights (e.g. the allometry's "
+            "residual error). Errors are spatially correlated as exp(−3d/CORRELATION_RANGE) (the practical range "
+            "that validatepredictions' semivariogram reports; 0 = independent pixels; a range much larger than the "
+            "project = fully correlated). SIMULATIONS realizations of the error field (circulant-embedding FFT on the "
+            "polygon's window; windows over 128 pixels a side are simulated on coarser cells rescaled to the exact "
+            "variance), plus independent normal draws of the allometry's a and b with ALLOMETRY_A_SE and "
+            "ALLOMETRY_B_SE, give the CONFIDENCE interval (percentiles); SEED makes it reproducible. The report "
+            "also gives the two analytic bounds of the half-width (independent pixels z·√Σ(wσa)², fully correlated "
+            "z·Σwσa). Without AGB_STD or AGB_LOWER/AGB_UPPER the interval, uncertainty, deduction and creditable "
+            "fields are NULL and the log says why. The uncertainty of R and of CARBON_FRACTION is not included.\n"
+            f"Deduction: {DEDUCTION_CITATION}"
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        Num = QgsProcessingParameterNumber
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AGB, self.tr("Above-ground biomass raster (Mg/ha)"),
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AGB_STD, self.tr("AGB standard deviation raster"),
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AGB_LOWER, self.tr("AGB lower bound raster"),
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AGB_UPPER, self.tr("AGB upper bound raster"),
+                                                            optional=True))
+        self.addParameter(Num(self.COVERAGE, self.tr("Nominal coverage of AGB_LOWER/AGB_UPPER"), Num.Double,
+                              defaultValue=0.9, minValue=0.01, maxValue=0.999))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.HEIGHT, self.tr("Canopy height raster (instead of AGB)"),
+                                                            optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.ALLOMETRY, self.tr("Height allometry"),
+                                                     options=[a.label for a in ALLOMETRIES.values()], defaultValue=0))
+        for name, label in ((self.ALLOMETRY_A, "Allometry a (custom)"), (self.ALLOMETRY_B, "Allometry b (custom)")):
+            self.addParameter(Num(name, self.tr(label), Num.Double, optional=True))
+        for name, label in ((self.ALLOMETRY_A_SE, "Standard error of a"), (self.ALLOMETRY_B_SE, "Standard error of b")):
+            self.addParameter(Num(name, self.tr(label), Num.Double, defaultValue=0.0, minValue=0.0))
+        self.addParameter(Num(self.ALLOMETRY_BA, self.tr("Basal area (m²/ha; Asner & Mascaro)"), Num.Double,
+                              optional=True, minValue=0.0))
+        self.addParameter(Num(self.ALLOMETRY_WD, self.tr("Wood density (g/cm³; Asner & Mascaro)"), Num.Double,
+                              optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.PROJECTS, self.tr("Project polygons"),
+                                                              [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(Num(self.ROOT_SHOOT, self.tr("Root-to-shoot ratio (empty: ECOZONE default)"), Num.Double,
+                              optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.ECOZONE, self.tr("Ecological zone for the IPCC root-to-shoot default"),
+            options=["(none: use ROOT_SHOOT)"] + [label for label, _ in ECOZONES.values()], defaultValue=0))
+        self.addParameter(Num(self.CARBON_FRACTION, self.tr("Carbon fraction of dry biomass"), Num.Double,
+                              defaultValue=0.47, minValue=0.01, maxValue=1.0))
+        self.addParameter(Num(self.CONFIDENCE, self.tr("Confidence level"), Num.Double, defaultValue=0.9,
+                              minValue=0.5, maxValue=0.999))
+        self.addParameter(Num(self.CORRELATION_RANGE, self.tr("Error correlation range (m; 0 = independent)"),
+                              Num.Double, defaultValue=0.0, minValue=0.0))
+        self.addParameter(Num(self.SIMULATIONS, self.tr("Monte Carlo simulations"), Num.Integer, defaultValue=1000,
+                              minValue=10, maxValue=1_000_000))
+        self.addParameter(Num(self.SEED, self.tr("Random seed"), Num.Integer, defaultValue=0, minValue=0))
+        self.addParameter(Num(self.ALLOWED_UNCERTAINTY, self.tr("Allowed uncertainty (%) before a deduction"),
+                              Num.Double, defaultValue=10.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Project carbon"),
+                                                            QgsProcessing.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Carbon report"),
+                                                                fileFilter="HTML files (*.html)"))
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_JSON, self.tr("Carbon numbers (JSON)")))
+
+    def _raster(self, parameters, name, context):
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            if parameters.get(name):
+                raise QgsProcessingException(self.tr(f"{name}: '{parameters.get(name)}' cannot be loaded as a raster."))
+            return None
+        return layer.source()
+
+    def _optional_number(self, parameters, name, context):
+        value = parameters.get(name)
+        if value is None or value == "":
+            return None
+        return self.parameterAsDouble(parameters, name, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_requirements()
+        agb = self._raster(parameters, self.AGB, context)
+        height = self._raster(parameters, self.HEIGHT, context)
+        std = self._raster(parameters, self.AGB_STD, context)
+        lower = self._raster(parameters, self.AGB_LOWER, context)
+        upper = self._raster(parameters, self.AGB_UPPER, context)
+        source = self.parameterAsSource(parameters, self.PROJECTS, context)
+        if source is None:
+            raise QgsProcessingException(self.tr("PROJECTS cannot be loaded as a polygon layer."))
+        crs = source.sourceCrs()
+        features, geoms = [], []
+        from shapely import wkb
+
+        for feature in source.getFeatures():
+            if feedback.isCanceled():
+                break
+            features.append(feature)
+            g = feature.geometry()
+            geoms.append(None if g is None or g.isEmpty() else wkb.loads(bytes(g.asWkb())))
+        ecozone_index = self.parameterAsEnum(parameters, self.ECOZONE, context)
+        kwargs = dict(
+            agb=agb, agb_std=std, agb_lower=lower, agb_upper=upper,
+            coverage=self.parameterAsDouble(parameters, self.COVERAGE, context), height=height,
+            allometry=ALLOMETRY_KEYS[self.parameterAsEnum(parameters, self.ALLOMETRY, context)],
+            allometry_a=self._optional_number(parameters, self.ALLOMETRY_A, context),
+            allometry_b=self._optional_number(parameters, self.ALLOMETRY_B, context),
+            allometry_a_se=self.parameterAsDouble(parameters, self.ALLOMETRY_A_SE, context),
+            allometry_b_se=self.parameterAsDouble(parameters, self.ALLOMETRY_B_SE, context),
+            basal_area=self._optional_number(parameters, self.ALLOMETRY_BA, context),
+            wood_density=self._optional_number(parameters, self.ALLOMETRY_WD, context),
+            root_shoot=self._optional_number(parameters, self.ROOT_SHOOT, context),
+            ecozone=ECOZONE_KEYS[ecozone_index] if 0 <= ecozone_index < len(ECOZONE_KEYS) else None,
+            carbon_fraction=self.parameterAsDouble(parameters, self.CARBON_FRACTION, context),
+            confidence=self.parameterAsDouble(parameters, self.CONFIDENCE, context),
+            correlation_range=self.parameterAsDouble(parameters, self.CORRELATION_RANGE, context),
+            simulations=self.parameterAsInt(parameters, self.SIMULATIONS, context),
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+            allowed_uncertainty=self.parameterAsDouble(parameters, self.ALLOWED_UNCERTAINTY, context),
+        )
+        out_html = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        record = {k.upper(): v for k, v in kwargs.items()}
+        record["PROJECTS"] = parameters.get(self.PROJECTS)
+        doc = self.call_core(carbon_stock, geoms, out_html,
+                             projects_crs=crs.toWkt() if crs.isValid() else None,
+                             progress=FeedbackProgress(feedback), parameters=record, **kwargs)
+        if feedback.isCanceled():
+            return {}
+
+        fields = QgsFields(source.fields())
+        existing = {f.name().lower() for f in fields}
+        clash = [n for n in OUTPUT_FIELDS if n in existing]
+        if clash:
+            raise QgsProcessingException(self.tr(
+                f"PROJECTS already has the field(s) {', '.join(clash)}; rename them, or drop the results of an earlier "
+                "run, before computing again."))
+        for name in OUTPUT_FIELDS:
+            fields.append(QgsField(name, QVariant.Double))
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(),
+                                             crs if crs.isValid() else QgsCoordinateReferenceSystem())
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        for feature, rec in zip(features, doc["records"]):
+            out = QgsFeature(fields)
+            out.setGeometry(feature.geometry())
+            out.setAttributes(list(feature.attributes()) + [None if rec[name] is None else float(rec[name])
+                                                          for name in OUTPUT_FIELDS])
+            if not sink.addFeature(out, QgsFeatureSink.FastInsert):
+                raise QgsProcessingException(self.writeFeatureError(sink, parameters, self.OUTPUT))
+        for rec, det in zip(doc["records"], doc["details"]):
+            if rec["co2e_total_t"] is not None:
+                iv = ("" if rec["co2e_ci_low_t"] is None else
+                      f", {100 * doc['settings']['confidence']:.0f}% CI [{rec['co2e_ci_low_t']:.6g}, "
+                      f"{rec['co2e_ci_high_t']:.6g}], U = {rec['uncertainty_pct']:.3g}%, deduction "
+                      f"{rec['deduction_pct']:.3g}%")
+                feedback.pushInfo(f"Feature {det['feature']}: {rec['area_ha']:.4g} ha, CO2e {rec['co2e_total_t']:.6g} t{iv}")
+        return {self.OUTPUT: dest_id, self.OUTPUT_REPORT: out_html, self.OUTPUT_JSON: doc["outputs"]["json"]}

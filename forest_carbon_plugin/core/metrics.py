@@ -48,12 +48,41 @@ class _Sorted:
 
     def __init__(self, values, cell, ncells, int_key=None):
         values = np.asarray(values, dtype=np.float64)
-        self.order = _cell_value_order(values, np.asarray(cell, dtype=np.int64), int_key)
-        self.v = values[self.order]
-        self.c = np.asarray(cell, dtype=np.int64)[self.order]
+        cell = np.asarray(cell, dtype=np.int64)
+        self.order = None
+        if not self._sort_keys(values, cell, int_key):
+            self.order = _cell_value_order(values, cell, int_key)
+            self.v = values[self.order]
+            self.c = cell[self.order]
         self.count = np.bincount(self.c, minlength=ncells)
         self.start = np.cumsum(self.count) - self.count
         self.ncells = ncells
+
+    def _sort_keys(self, values, cell, int_key) -> bool:
+        """With integer keys in the values' order (the raw LAS Z) and a modest range: sort the
+        packed (cell, key) integers themselves — faster than an argsort and a gather — and read
+        the values back from a key → value table (equal keys are equal values)."""
+        if int_key is None or len(values) == 0:
+            return False
+        k = np.asarray(int_key, dtype=np.int64)
+        kmin = int(k.min())
+        k = k - kmin
+        span = int(k.max()) + 1
+        bits = max(1, (span - 1).bit_length())
+        if span > 1 << 24 or int(cell.max()).bit_length() + bits > 62:
+            return False
+        table = np.empty(span, dtype=np.float64)
+        table[k] = values
+        ncell = int(cell.max()) + 1
+        if ncell * span <= max(4 * len(k), 1 << 20) and ncell << bits <= 1 << 28:
+            # a counting sort: O(n + cells·span) instead of O(n log n)
+            counts = np.bincount((cell << bits) | k, minlength=ncell << bits)
+            packed = np.repeat(np.arange(ncell << bits, dtype=np.int64), counts)
+        else:
+            packed = np.sort((cell << bits) | k)
+        self.c = packed >> bits
+        self.v = table[packed & ((1 << bits) - 1)]
+        return True
 
     def per_cell_sum(self, weights):
         return np.bincount(self.c, weights=weights, minlength=self.ncells)

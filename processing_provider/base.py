@@ -200,6 +200,15 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(name, self.tr(label), QgsProcessingParameterNumber.Double,
                                                        defaultValue=default, minValue=0.0))
 
+    def add_max_workers(self) -> None:
+        """MAX_WORKERS: catalog tiles run in this many worker processes (1 = in QGIS's process)."""
+        import os
+
+        self.addParameter(QgsProcessingParameterNumber(
+            "MAX_WORKERS", self.tr("Worker processes (tiles of a catalog in parallel)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=max(1, min(4, os.cpu_count() or 1)), minValue=1,
+            maxValue=64))
+
     def add_las_output(self, label: str) -> None:
         """OUTPUT: one LAS/LAZ file (the tiles of a catalog are written into it in turn)."""
         self.addParameter(QgsProcessingParameterFileDestination(

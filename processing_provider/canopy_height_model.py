@@ -56,6 +56,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(self.FILL_EMPTY, self.tr("Fill empty cells"),
                                                         defaultValue=False))
         self.add_crs_and_extent(extent=True)
+        self.add_max_workers()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy height model")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -72,7 +73,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
                               fill_empty=fill, crs=crs,
                               progress=FeedbackProgress(feedback), parameters=record, extent=extent,
-                              extent_crs=extent_crs)
+                              extent_crs=extent_crs, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")
         StyleLoader.attach(context, output, "canopy_height")
         return {self.OUTPUT: output}

@@ -57,6 +57,7 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
             kind = NUMBER.Integer if isinstance(default, int) else NUMBER.Double
             self.addParameter(NUMBER(name, self.tr(label), kind, defaultValue=default, minValue=0))
         self.add_crs_and_extent(extent=False)
+        self.add_max_workers()
         self.add_las_output("Classified point cloud")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -72,6 +73,6 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
         crs = self.crs_wkt(parameters, context, self.CRS)
         record = {"INPUT": source, "METHOD": method, **{k.upper(): v for k, v in values.items()}}
         result = self.call_core(classify_ground, source, output, method, cls(**values),
-                                crs, FeedbackProgress(feedback), record)
+                                crs, FeedbackProgress(feedback), record, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         feedback.pushInfo(f"{result['ground']:,} of {result['points']:,} points classified as ground.")
         return {self.OUTPUT: output}

@@ -43,6 +43,7 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
             self.OUTPUT_DTM, self.tr("Terrain model"), optional=True, createByDefault=False))
         self.add_resolution(1.0, self.DTM_RESOLUTION, "Terrain model resolution (m)")
         self.add_crs_and_extent(extent=False)
+        self.add_max_workers()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
@@ -53,7 +54,7 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
         crs = self.crs_wkt(parameters, context, self.CRS)
         record = {"INPUT": source, "DTM_RESOLUTION": res}
         result = self.call_core(normalize_height, source, output, dtm, res, crs,
-                                FeedbackProgress(feedback), record)
+                                FeedbackProgress(feedback), record, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         feedback.pushInfo(f"{result['points']:,} points from {result['tiles']} file(s) normalized.")
         outputs = {self.OUTPUT: output}
         if dtm:

@@ -68,6 +68,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             defaultValue=2.0))
         self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the input has none)"),
                                                     optional=True))
+        self.add_max_workers()
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Tree tops"),
                                                             QgsProcessing.TypeVectorPoint))
         self.addParameter(QgsProcessingParameterFeatureSink(
@@ -83,7 +84,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             tree_tops, source, self.parameterAsDouble(parameters, self.WS_INTERCEPT, context),
             self.parameterAsDouble(parameters, self.WS_SLOPE, context),
             self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
-            crs, FeedbackProgress(feedback))
+            crs, FeedbackProgress(feedback), max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         fields = QgsFields()
         for name, kind in (("tree_id", QVariant.Int), ("x", QVariant.Double), ("y", QVariant.Double),
                            ("height_m", QVariant.Double)):

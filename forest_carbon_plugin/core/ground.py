@@ -150,19 +150,31 @@ def csf_ground(x, y, z, params: CSF = CSF()) -> np.ndarray:
     return np.abs(inverted - cloth) <= params.class_threshold_m
 
 
+def _ground_task(catalog, i, buffer, method, params):
+    """Ground flags of tile ``i``'s own points, filtered with its neighbours' points around it."""
+    from .catalog import buffered_points
+
+    pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number", "number_of_returns"))
+    ground = smrf_ground(pts["x"], pts["y"], pts["z"], params) if method == "smrf" \
+        else csf_ground(pts["x"], pts["y"], pts["z"], params)
+    last = pts["return_number"] >= pts["number_of_returns"]
+    return (ground & last)[mine]
+
+
 def classify_ground(source, output, method: str = "smrf", params=None, crs: str | None = None,
-                    progress=None, parameters: dict | None = None) -> dict:
+                    progress=None, parameters: dict | None = None, max_workers: int = 1) -> dict:
     """Write ``output`` (LAS/LAZ) with ground returns in class 2; every other attribute is kept.
 
     Only last returns can be ground (lidR's ``last_returns = TRUE``). Former class-2 points
     that are not ground become class 1. Tiles of a catalog are filtered with a buffer of
     their neighbours' points (the filter window plus 10 m), so edges match a merged file.
     """
-    from .catalog import LasWriter, buffered_points, open_catalog, read_las
+    from .catalog import LasWriter, open_catalog, read_las
     from .dependencies import require
     from .errors import ForestCarbonError
     from .outputs import atomic_output
-    from .progress import NullProgress, check_cancel
+    from .progress import NullProgress
+    from .tilemap import map_tiles
 
     laspy = require("laspy", "lazrs")[0]
     progress = progress or NullProgress()
@@ -175,14 +187,10 @@ def classify_ground(source, output, method: str = "smrf", params=None, crs: str 
     catalog = open_catalog(source, crs)
     buffer = (params.window_m if method == "smrf" else 5.0) + 10.0
     total = ground_total = 0
+    args = [(catalog, i, buffer, method, params) for i in range(len(catalog.tiles))]
     with atomic_output(output) as tmp, LasWriter(laspy, tmp) as writer:
-        for i, tile in enumerate(catalog.tiles):
-            check_cancel(progress)
-            pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number", "number_of_returns"))
-            ground = smrf_ground(pts["x"], pts["y"], pts["z"], params) if method == "smrf" \
-                else csf_ground(pts["x"], pts["y"], pts["z"], params)
-            last = pts["return_number"] >= pts["number_of_returns"]
-            ground = (ground & last)[mine]
+        for i, ground in enumerate(map_tiles(_ground_task, args, max_workers, progress, share=100.0)):
+            tile = catalog.tiles[i]
             las = read_las(tile.path)
             cls = np.asarray(las.classification).copy()
             cls[cls == 2] = 1
@@ -191,5 +199,4 @@ def classify_ground(source, output, method: str = "smrf", params=None, crs: str 
             writer.write(las)
             total += len(cls)
             ground_total += int(ground.sum())
-            progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
     return {"points": total, "ground": ground_total, "tiles": len(catalog.tiles)}

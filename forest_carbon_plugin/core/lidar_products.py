@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import buffered_points, cell_owner, open_catalog, read_tile, restrict
+from .tilemap import map_tiles
 from .chm import p2r, pitfree
 from .errors import ForestCarbonError
 from .grid import Grid
@@ -25,9 +26,33 @@ NODATA = -9999.0
 CHM_METHODS = ("p2r", "pitfree")
 
 
+def _window_of(layer: np.ndarray):
+    """The bounding window of a layer's finite cells and that part of it (what a worker sends back)."""
+    rows = np.flatnonzero(np.isfinite(layer).any(axis=1))
+    cols = np.flatnonzero(np.isfinite(layer).any(axis=0))
+    if not len(rows):
+        return 0, 0, 0, 0, np.empty((0, 0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return r0, r1, c0, c1, layer[r0:r1, c0:c1]
+
+
+def _p2r_task(path, grid, subcircle, data_bounds):
+    pts = read_tile(path, ("x", "y", "z"))
+    if subcircle == 0:
+        keep = grid.holds(pts["x"], pts["y"], data_bounds)
+        pts = {k: v[keep] for k, v in pts.items()}
+    return _window_of(p2r(pts["x"], pts["y"], pts["z"], grid, subcircle))
+
+
+def _pitfree_task(catalog, i, grid, subcircle, buffer):
+    pts, _ = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number"))
+    return _window_of(pitfree(pts["x"], pts["y"], pts["z"], pts["return_number"] == 1, grid, subcircle=subcircle))
+
+
 def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", subcircle: float = 0.0,
                         fill_empty: bool = False, crs: str | None = None, progress: Progress | None = None,
-                        parameters: dict | None = None, extent=None, extent_crs: str | None = None) -> Grid:
+                        parameters: dict | None = None, extent=None, extent_crs: str | None = None,
+                        max_workers: int = 1) -> Grid:
     progress = progress or NullProgress()
     if not res > 0:
         raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
@@ -41,24 +66,16 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
     chm = np.full(grid.shape, np.nan)
     tiles = catalog.tiles
     if method == "p2r":
-        for i, tile in enumerate(tiles):
-            check_cancel(progress)
-            pts = read_tile(tile.path, ("x", "y", "z"))
-            if subcircle == 0:
-                keep = grid.holds(pts["x"], pts["y"], full.bounds)
-                pts = {k: v[keep] for k, v in pts.items()}
-            chm = np.fmax(chm, p2r(pts["x"], pts["y"], pts["z"], grid, subcircle))
-            progress.set_progress(90.0 * (i + 1) / len(tiles))
+        args = [(tile.path, grid, subcircle, full.bounds) for tile in tiles]
+        for r0, r1, c0, c1, part in map_tiles(_p2r_task, args, max_workers, progress):
+            chm[r0:r1, c0:c1] = np.fmax(chm[r0:r1, c0:c1], part)
     else:
         owner = cell_owner(catalog, grid)
         buffer = max(5.0, 10 * res) + subcircle
-        for i in range(len(tiles)):
-            check_cancel(progress)
-            pts, _ = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number"))
-            layer = pitfree(pts["x"], pts["y"], pts["z"], pts["return_number"] == 1, grid, subcircle=subcircle)
-            mine = owner == i
-            chm[mine] = layer[mine]
-            progress.set_progress(90.0 * (i + 1) / len(tiles))
+        args = [(catalog, i, grid, subcircle, buffer) for i in range(len(tiles))]
+        for i, (r0, r1, c0, c1, part) in enumerate(map_tiles(_pitfree_task, args, max_workers, progress)):
+            mine = owner[r0:r1, c0:c1] == i
+            chm[r0:r1, c0:c1][mine] = part[mine]
     if fill_empty:
         chm = fill_empty_cells(chm, grid)
     check_cancel(progress)
@@ -84,8 +101,13 @@ def fill_empty_cells(chm: np.ndarray, grid: Grid) -> np.ndarray:
     return np.where(valid, chm, filled)
 
 
+def _tops_task(catalog, i, buffer, ws_intercept, ws_slope, hmin):
+    pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z"))
+    return local_maxima(pts["x"], pts["y"], pts["z"], ws_intercept, ws_slope, hmin, candidates_mask=mine)
+
+
 def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: float = 2.0,
-              crs: str | None = None, progress: Progress | None = None):
+              crs: str | None = None, progress: Progress | None = None, max_workers: int = 1):
     """Tree tops from a LAS/LAZ file or catalog, or from a CHM raster (.tif and other GDAL rasters).
 
     Returns ``(TreeTops, crs string)``.
@@ -108,15 +130,10 @@ def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: fl
             raise ForestCarbonError(f"'{path.name}' has no CRS: set the CRS parameter.")
         return raster_local_maxima(chm, transform, ws_intercept, ws_slope, hmin), out_crs
     catalog = open_catalog(source, crs)
-    parts = []
     zmax = 80.0  # window radius bound for the buffer (heights above 80 m do not occur)
     buffer = (ws_intercept + max(ws_slope, 0) * zmax) / 2 + 0.01
-    for i in range(len(catalog.tiles)):
-        check_cancel(progress)
-        pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z"))
-        tops = local_maxima(pts["x"], pts["y"], pts["z"], ws_intercept, ws_slope, hmin, candidates_mask=mine)
-        parts.append(tops)
-        progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
+    args = [(catalog, i, buffer, ws_intercept, ws_slope, hmin) for i in range(len(catalog.tiles))]
+    parts = list(map_tiles(_tops_task, args, max_workers, progress, share=100.0))
     result = TreeTops(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "z", "index")))
     return result, catalog.crs
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, LasWriter, buffered_points, cell_owner, open_catalog, read_las
+from .tilemap import map_tiles
 from .dependencies import require
 from .errors import ForestCarbonError
 from .grid import Grid
 from .outputs import atomic_output, provenance as make_provenance
-from .progress import NullProgress, Progress, check_cancel
+from .progress import NullProgress, Progress
 from .raster import write_raster
 from .tin import interpolate, locate
 
@@ -88,8 +89,14 @@ def ground_surface_for_tile(catalog: Catalog, i: int, buffer: float = BUFFER_M) 
     return GroundSurface(g[:, 0], g[:, 1], g[:, 2])
 
 
+def _surface_task(catalog, i):
+    """The ground TIN of tile ``i`` (with its neighbours' ground within the buffer)."""
+    return ground_surface_for_tile(catalog, i)
+
+
 def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs: str | None = None,
-                     progress: Progress | None = None, parameters: dict | None = None) -> dict:
+                     progress: Progress | None = None, parameters: dict | None = None,
+                     max_workers: int = 1) -> dict:
     """Write a LAZ with heights above ground (and the original Z in the extra dimension ``Zref``)."""
     laspy = require("laspy", "lazrs")[0]
     progress = progress or NullProgress()
@@ -109,9 +116,9 @@ def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs:
                              inputs=[t.path for t in catalog.tiles])
     total = 0
     with atomic_output(output) as tmp, LasWriter(laspy, tmp, z_offset=0.0) as writer:
-        for i, tile in enumerate(catalog.tiles):
-            check_cancel(progress)
-            surface = ground_surface_for_tile(catalog, i)
+        args = [(catalog, i) for i in range(len(catalog.tiles))]
+        for i, surface in enumerate(map_tiles(_surface_task, args, max_workers, progress, share=100.0)):
+            tile = catalog.tiles[i]
             las = read_las(tile.path)
             ground_z = surface(np.asarray(las.x), np.asarray(las.y))
             if np.isnan(ground_z).any():
@@ -134,7 +141,6 @@ def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs:
                 mine = owner == i
                 cx, cy = grid.centres()
                 dtm[mine] = surface(cx[mine], cy[mine])
-            progress.set_progress(100.0 * (i + 1) / len(catalog.tiles))
     if dtm is not None:
         write_raster(output_dtm, np.where(np.isfinite(dtm), dtm, NODATA).astype(np.float32), grid.transform,
                      catalog.crs, nodata=NODATA, descriptions=["elevation_m"], provenance=record)

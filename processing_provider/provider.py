@@ -26,11 +26,13 @@ from .spectral_indices import SpectralIndicesAlgorithm
 from .tree_tops import TreeTopsAlgorithm
 from .train_model import TrainModelAlgorithm
 from .validate_predictions import ValidatePredictionsAlgorithm
+from .aggregate_to_grid import AggregateToGridAlgorithm
+from .import_gedi import ImportGediAlgorithm
 
 ALGORITHMS = (LidarInfoAlgorithm, ClassifyGroundAlgorithm, NormalizeHeightAlgorithm, CanopyMetricsAlgorithm, CanopyHeightModelAlgorithm, TreeTopsAlgorithm, PlotMetricsAlgorithm,
               ModelInfoAlgorithm, PredictRasterAlgorithm, SimulateSceneAlgorithm, HarmonizeSceneAlgorithm, HarmonizeHighresAlgorithm, SarFeaturesAlgorithm,
               SpectralIndicesAlgorithm, CompositeScenesAlgorithm, ValidatePredictionsAlgorithm,
-              TrainModelAlgorithm, CarbonStockAlgorithm)
+              TrainModelAlgorithm, CarbonStockAlgorithm, AggregateToGridAlgorithm, ImportGediAlgorithm)
 
 
 class ForestCarbonProvider(QgsProcessingProvider):

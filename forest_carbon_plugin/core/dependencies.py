@@ -45,6 +45,7 @@ DEPENDENCIES: dict[str, Dependency] = {
         Dependency("onnx", "onnx>=1.14", "checking and building ONNX models"),
         Dependency("shapely", "shapely>=1.8", "polygon geometry for carbon totals"),
         Dependency("pyproj", "pyproj>=3.3", "coordinate transformations and geodesic areas"),
+        Dependency("h5py", "h5py>=3.7", "reading GEDI HDF5 granules"),
     )
 }
 

@@ -25,6 +25,7 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
     FEATURES = "FEATURES"
     TARGET = "TARGET"
     TARGET_FIELD = "TARGET_FIELD"
+    FEATURE_FIELDS = "FEATURE_FIELDS"
     MODEL_TYPE = "MODEL_TYPE"
     BLOCK_SIZE = "BLOCK_SIZE"
     FOLDS = "FOLDS"
@@ -47,7 +48,15 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
             "validates it with spatial-block and random K-fold cross-validation, calibrates its intervals and "
             "exports one ONNX file that Predict raster runs as it is.\n\n"
             "FEATURES: rasters whose band descriptions name the features; bands are stacked in order and warped "
-            "onto the first raster's grid (bilinear), as Predict raster does.\n"
+            "onto the first raster's grid (bilinear), as Predict raster does. Or one vector layer of field plots "
+            "(the area-based approach, e.g. the output of 'Plot metrics (field plots)'): its numeric fields are the "
+            "features and TARGET_FIELD (the plot measurement, e.g. AGB) the response; TARGET stays empty. "
+            "FEATURE_FIELDS (comma-separated) names the feature fields; by default every numeric field named like a "
+            "'Canopy metrics (grid)' band (zmax, zmean, …, zq95, zpcum1…9, cover, point_density, pulse_density, and "
+            "the intensity metrics), less 'n' (a point count depends on the plot's area) and the target. Plots "
+            "without a target value, or with a missing feature (plots without points), are skipped and counted in "
+            "the log. The model card names the fields, so Predict raster applied to a 'Canopy metrics (grid)' "
+            "raster picks its bands by description, whatever their order, and refuses a raster lacking one.\n"
             "TARGET: a raster on any grid (read onto the feature grid; area average when finer, e.g. a 1 m CHM "
             "onto 30 m features), or a point/polygon layer with a numeric TARGET_FIELD (points: the pixel they fall "
             "in; polygons: the area-weighted mean of the features over the polygon, placed at its centroid).\n"
@@ -55,7 +64,13 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
             "deciles.\n"
             "Cross-validation: BLOCK_SIZE m square blocks dealt to FOLDS folds at random (SEED); 0 = automatic: "
             "10 pixels, halved (to 2 pixels at least) until there are 2×FOLDS blocks. Random K-fold is shown beside "
-            "it: it over-states accuracy where pixels are autocorrelated.\n"
+            "it: it over-states accuracy where pixels are autocorrelated. Plot data: plots closer than BLOCK_SIZE m "
+            "to each other (single linkage) form a spatial group; 0 = automatic: plots are grouped only when they "
+            "cluster (Clark–Evans index R < 0.7), at 1.5 × their median nearest-neighbour distance. With fewer than "
+            "30 groups the validation is leave-one-group-out, otherwise the groups are dealt to FOLDS folds; the "
+            "random CV beside it is leave-one-out (fewer than 30 plots) or FOLDS-fold on plots. MAX_SAMPLES does "
+            "not apply to plots; on plots MODEL_TYPE 0 uses shallow trees (3 leaves, at least 5 plots per leaf, "
+            "200 iterations at a learning rate of 0.05).\n"
             "MODEL_TYPE 0: gradient-boosted trees with quantile losses at (1−COVERAGE)/2, 0.5 and (1+COVERAGE)/2 "
             "(outputs lower/median/upper). 1: a random forest for the mean plus a forest fitted on its squared "
             "out-of-bag residuals (outputs mean/variance; intervals mean ± z·σ).\n"
@@ -69,11 +84,16 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
             "model's name.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterMultipleLayers(self.FEATURES, self.tr("Feature rasters"),
-                                                               QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterMapLayer(self.TARGET, self.tr("Target (raster, points or polygons)")))
-        self.addParameter(QgsProcessingParameterString(self.TARGET_FIELD, self.tr("Target field (vector targets)"),
-                                                       optional=True))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.FEATURES, self.tr("Feature rasters, or one layer of plots with metric fields"),
+            QgsProcessing.TypeMapLayer))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            self.TARGET, self.tr("Target (raster, points or polygons; empty for plot features)"), optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.TARGET_FIELD, self.tr("Target field (vector targets, plot features)"), optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.FEATURE_FIELDS, self.tr("Feature fields of plot features (comma-separated; empty = metric names)"),
+            optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.MODEL_TYPE, self.tr("Model type"),
             options=[self.tr("Quantile gradient boosting"), self.tr("Random forest (mean + residual variance)")],
@@ -105,14 +125,31 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         self.check_requirements()
         layers = self.parameterAsLayerList(parameters, self.FEATURES, context)
         if not layers:
-            raise QgsProcessingException(self.tr("Give at least one feature raster."))
-        features = [layer.source() for layer in layers]
-        target_layer = self.parameterAsLayer(parameters, self.TARGET, context)
-        if target_layer is None:
-            raise QgsProcessingException(self.tr(f"TARGET '{parameters.get(self.TARGET)}' cannot be loaded as a layer."))
-        if target_layer.type() not in (QgsMapLayerType.RasterLayer, QgsMapLayerType.VectorLayer):
-            raise QgsProcessingException(self.tr("TARGET must be a raster or a point/polygon layer."))
-        target = target_layer.source()
+            raise QgsProcessingException(self.tr("Give at least one feature raster, or one layer of plots."))
+        vectors = [layer for layer in layers if layer.type() == QgsMapLayerType.VectorLayer]
+        if vectors and len(layers) > 1:
+            raise QgsProcessingException(self.tr("FEATURES: give rasters, or one vector layer of plots, not both "
+                                                 "or several layers of plots."))
+        if vectors:
+            features = [self._ogr_source(vectors[0], context, feedback)]
+            target = None
+            if parameters.get(self.TARGET):
+                target_layer = self.parameterAsLayer(parameters, self.TARGET, context)
+                if target_layer is not None and target_layer.source() != vectors[0].source():
+                    raise QgsProcessingException(self.tr(
+                        "FEATURES is a layer of plots: its TARGET_FIELD is the target; leave TARGET empty."))
+        else:
+            features = [layer.source() for layer in layers]
+            target_layer = self.parameterAsLayer(parameters, self.TARGET, context) \
+                if parameters.get(self.TARGET) else None
+            if target_layer is None:
+                raise QgsProcessingException(self.tr(
+                    f"TARGET '{parameters.get(self.TARGET) or ''}' cannot be loaded as a layer: feature rasters need a "
+                    "TARGET raster or point/polygon layer."))
+            if target_layer.type() not in (QgsMapLayerType.RasterLayer, QgsMapLayerType.VectorLayer):
+                raise QgsProcessingException(self.tr("TARGET must be a raster or a point/polygon layer."))
+            target = target_layer.source()
+        feature_fields = self.parameterAsString(parameters, self.FEATURE_FIELDS, context).strip() or None
         target_field = self.parameterAsString(parameters, self.TARGET_FIELD, context).strip() or None
         model_type = self.parameterAsEnum(parameters, self.MODEL_TYPE, context)
         block = self.parameterAsDouble(parameters, self.BLOCK_SIZE, context)
@@ -122,14 +159,36 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         seed = self.parameterAsInt(parameters, self.SEED, context)
         out_model = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         out_report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
-        record = {"FEATURES": features, "TARGET": target, "TARGET_FIELD": target_field, "MODEL_TYPE": model_type,
+        record = {"FEATURES": features, "TARGET": target, "TARGET_FIELD": target_field,
+                  "FEATURE_FIELDS": feature_fields, "MODEL_TYPE": model_type,
                   "BLOCK_SIZE": block, "FOLDS": folds, "COVERAGE": coverage, "MAX_SAMPLES": max_samples, "SEED": seed}
         doc = self.call_core(train_model, features, target, out_model, out_report, target_field=target_field,
                              model_type=model_type, block_size_m=block or None, folds=folds, coverage=coverage,
                              max_samples=max_samples, seed=seed, progress=FeedbackProgress(feedback),
-                             parameters=record)
+                             parameters=record, feature_fields=feature_fields)
         spatial, random_ = doc["cv"]["spatial"], doc["cv"]["random"]
         return {self.OUTPUT_MODEL: out_model, self.OUTPUT_REPORT: out_report, self.OUTPUT_JSON: doc["outputs"]["json"],
                 "N_SAMPLES": doc["n_samples"], "RMSE_SPATIAL": spatial["rmse"], "RMSE_RANDOM": random_["rmse"],
                 "CONFORMAL_FACTOR": doc["conformal_factor"],
                 "COVERAGE_UNCALIBRATED": spatial["coverage_uncalibrated"]}
+
+    @staticmethod
+    def _ogr_source(layer, context, feedback) -> str:
+        """A source GDAL can open: the layer's own file, or (memory and other non-file layers, e.g. a model's
+        intermediate output) a copy written to a GeoPackage in the processing temporary folder."""
+        import os
+        import uuid
+
+        from qgis.core import QgsProcessingUtils, QgsVectorFileWriter
+
+        if layer.providerType() == "ogr":
+            return layer.source()
+        path = os.path.join(QgsProcessingUtils.tempFolder(), f"plots_{uuid.uuid4().hex}.gpkg")
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        error = QgsVectorFileWriter.writeAsVectorFormatV2(layer, path, context.transformContext(), options)
+        if error[0] != QgsVectorFileWriter.NoError:
+            raise QgsProcessingException(f"Cannot copy the plots layer to '{path}': {error[1]}")
+        if feedback is not None:
+            feedback.pushInfo(f"The plots layer was copied to {path} for reading.")
+        return path

@@ -30,6 +30,15 @@ The recipe of ``forestcarbon:trainmodel`` as plain functions (no QGIS):
   (``quantile:<q>``) or ``mean``/``variance``; the model card (docs/model-card.md) is stored in the
   metadata key ``model_card``. Tree thresholds are first rounded down to float32, so the float32
   ONNX graph takes the same branches as sklearn on float32 inputs.
+* Plot data (the area-based approach): FEATURES may be one vector layer of plots (e.g. ``plotmetrics``'
+  output); :func:`sample_plot_data` takes its numeric fields named like ``canopymetrics`` bands (or
+  ``feature_fields``) as features and ``target_field`` as the response, skipping plots without a target (or
+  with a missing feature) with a count in the log. Validation: plots closer than ``block_size_m`` (0 = auto,
+  :func:`auto_group_distance`: grouped only when they cluster) form groups (:func:`plot_groups`); with fewer
+  than 30 groups leave-one-group-out, otherwise the groups are dealt to FOLDS folds (:func:`group_folds`);
+  random CV is leave-one-out (< 30 plots) or K-fold on plots. The conformal factor comes from the grouped folds.
+  The model card names the fields as the bands, so ``predictraster`` picks a ``canopymetrics`` raster's bands
+  by description.
 * :func:`train_model` — all of it, and an HTML report (+ JSON, PNGs) through :mod:`.report`.
 """
 
@@ -53,7 +62,8 @@ AUTO_BLOCK_PIXELS = 10  # BLOCK_SIZE 0: 10 pixels, halved (down to 2 pixels) unt
 WINDOW = 512
 STRATA = 10
 
-__all__ = ["TrainingData", "sample_training_data", "spatial_folds", "random_folds", "fit_quantile_gbm",
+__all__ = ["TrainingData", "sample_training_data", "sample_plot_data", "plot_groups", "group_folds",
+           "auto_group_distance", "is_vector_features", "default_feature_fields", "spatial_folds", "random_folds", "fit_quantile_gbm",
            "fit_forest_ensemble", "predict_intervals", "cross_validate", "conformal_factor", "conformal_scores",
            "export_onnx", "train_model", "MODEL_TYPES"]
 
@@ -71,8 +81,11 @@ class TrainingData:
     target_name: str = "prediction"
     unit: str = ""
     n_candidates: int = 0  # valid samples before the cap
-    kind: str = "raster"  # raster | point | polygon
+    kind: str = "raster"  # raster | point | polygon | plot
     notes: list = field(default_factory=list)
+    crs: object = None  # plot data (no grid): the layer's CRS as WKT
+    plot_area_m2: float | None = None
+    skipped: dict = field(default_factory=dict)
 
 
 def _feature_sources(features):
@@ -321,6 +334,194 @@ def _sample_vector_target(grid, sources, target, target_field, max_samples, seed
                      "(weights = share of each pixel inside it) and placed at their centroid for the spatial blocks.")
     return TrainingData(X[keep], y[keep], np.asarray(xs_)[keep], np.asarray(yc_)[keep], [], grid, field_name, "",
                         y.size, "polygon" if "polygon" in kinds else "point", notes)
+
+
+# ----------------------------------------------------------------------------- plot data (area-based approach)
+
+MIN_PLOTS = 10
+LOO_BELOW = 30  # fewer spatial groups than this: leave-one-group-out instead of FOLDS folds
+PLOT_GBM_PARAMS = {"n_estimators": 200, "learning_rate": 0.05, "max_leaf_nodes": 3, "min_samples_leaf": 5}
+CLUSTERED_R = 0.7  # Clark-Evans aggregation index below which plots are taken as clustered (BLOCK_SIZE 0)
+
+
+def is_vector_features(features) -> bool:
+    """True when FEATURES is one vector layer (plot data) rather than rasters."""
+    paths = [features] if isinstance(features, (str, Path)) else list(features or [])
+    return len(paths) == 1 and not _is_raster(paths[0])
+
+
+def default_feature_fields(numeric_fields, target_field: str) -> list:
+    """The numeric fields named like ``canopymetrics`` bands (:func:`.metrics.metric_names`, intensity metrics
+    included), in the layer's order, less the target and ``n`` (a point count depends on the plot's area, which
+    differs from a grid cell's)."""
+    from .metrics import metric_names
+
+    bands = {b.lower() for b in metric_names(intensity=True)} - {"n"}
+    return [f for f in numeric_fields if f.lower() in bands and f != target_field]
+
+
+def sample_plot_data(features, target_field: str | None, feature_fields=None,
+                     progress: Progress | None = None) -> TrainingData:
+    """Features and target of each plot of a vector layer (e.g. ``plotmetrics``' output): the numeric
+    ``feature_fields`` (default :func:`default_feature_fields`) and ``target_field``. Plots without a target value
+    or with a missing feature are left out (counted in the notes); plots are located at their point or centroid."""
+    from osgeo import ogr
+
+    from .validation import _open_vector, _numeric_field
+
+    progress = progress or NullProgress()
+    source = features if isinstance(features, (str, Path)) else list(features)[0]
+    ds, layer = _open_vector(source, "FEATURES")
+    defn = layer.GetLayerDefn()
+    types = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetType() for i in range(defn.GetFieldCount())}
+    numeric = [f for f, t in types.items() if t in (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)]
+    if not target_field:
+        raise ForestCarbonError("FEATURES is a vector layer (plots): set TARGET_FIELD to its numeric field with the "
+                                f"plot measurement (numeric fields: {', '.join(numeric) or 'none'}).")
+    target_field = _numeric_field(layer, target_field, "FEATURES", "TARGET_FIELD")
+    if isinstance(feature_fields, str):
+        feature_fields = [f.strip() for f in feature_fields.split(",") if f.strip()]
+    if feature_fields:
+        missing = [f for f in feature_fields if f not in types]
+        if missing:
+            raise ForestCarbonError(f"FEATURE_FIELDS names field(s) FEATURES lacks: {', '.join(missing)}. "
+                                    f"Numeric fields: {', '.join(numeric) or 'none'}.")
+        text = [f for f in feature_fields if f not in numeric]
+        if text:
+            raise ForestCarbonError(f"FEATURE_FIELDS: {', '.join(text)} not numeric. Numeric fields: "
+                                    f"{', '.join(numeric)}.")
+        if target_field in feature_fields:
+            raise ForestCarbonError(f"The target '{target_field}' is also in FEATURE_FIELDS: leave it out.")
+        names = list(feature_fields)
+    else:
+        names = default_feature_fields(numeric, target_field)
+        if not names:
+            raise ForestCarbonError(
+                "FEATURES has no numeric field named like a 'canopymetrics' band (zmax, zmean, zq95, cover, …): "
+                "compute them with forestcarbon:plotmetrics, or name the fields with FEATURE_FIELDS "
+                f"(numeric fields: {', '.join(numeric) or 'none'}).")
+    srs = layer.GetSpatialRef()
+    crs_wkt = srs.ExportToWkt() if srs is not None else None
+    rows, ys, xs, yc = [], [], [], []
+    no_target = no_geometry = incomplete = 0
+    areas = []
+    layer.ResetReading()
+    for feature in layer:
+        check_cancel(progress)
+        value = feature.GetField(target_field)
+        if value is None or not math.isfinite(float(value)):
+            no_target += 1
+            continue
+        geom = feature.GetGeometryRef()
+        if geom is None or geom.IsEmpty():
+            no_geometry += 1
+            continue
+        vals = [feature.GetField(f) for f in names]
+        if any(v is None or not math.isfinite(float(v)) for v in vals):
+            incomplete += 1
+            continue
+        flat = ogr.GT_Flatten(geom.GetGeometryType())
+        if flat in (ogr.wkbPoint, ogr.wkbMultiPoint):
+            pt = geom if geom.GetGeometryCount() == 0 else geom.GetGeometryRef(0)
+            px, py = pt.GetX(), pt.GetY()
+        else:
+            centroid = geom.Centroid()
+            px, py = centroid.GetX(), centroid.GetY()
+            if geom.GetArea() > 0:
+                areas.append(geom.GetArea())
+        rows.append([float(v) for v in vals])
+        ys.append(float(value))
+        xs.append(px)
+        yc.append(py)
+    del ds
+    notes = []
+    if no_target:
+        notes.append(f"{no_target} plot(s) without a value in '{target_field}' were skipped.")
+    if no_geometry:
+        notes.append(f"{no_geometry} plot(s) without a geometry were skipped.")
+    if incomplete:
+        notes.append(f"{incomplete} plot(s) with a missing feature value (e.g. plots without LiDAR points, n = 0) "
+                     "were skipped.")
+    if not ys:
+        raise ForestCarbonError(f"No plot of FEATURES has both a value in '{target_field}' and every feature "
+                                f"({', '.join(names)}).")
+    x, yy = np.asarray(xs, float), np.asarray(yc, float)
+    if srs is not None and srs.IsGeographic():  # metres for the spatial groups: a local equirectangular projection
+        lat0 = math.radians(float(np.mean(yy)))
+        x, yy = np.radians(x) * 6_371_008.8 * math.cos(lat0), np.radians(yy) * 6_371_008.8
+        notes.append("Plot coordinates are geographic: distances for the spatial groups use a local "
+                     "equirectangular projection.")
+    data = TrainingData(np.asarray(rows, dtype=np.float32), np.asarray(ys, dtype=np.float64), x, yy, names, None,
+                        target_field, "", len(ys), "plot", notes)
+    data.crs = crs_wkt
+    data.plot_area_m2 = float(np.median(areas)) if areas else None
+    data.skipped = {"no_target": no_target, "no_geometry": no_geometry, "incomplete": incomplete}
+    return data
+
+
+def plot_groups(x, y, distance_m: float) -> np.ndarray:
+    """Group id of each plot: plots closer than ``distance_m`` to another plot of the group (single linkage)."""
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    points = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    if not distance_m > 0 or len(points) < 2:
+        return np.arange(len(points))
+    pairs = cKDTree(points).query_pairs(distance_m, output_type="ndarray")
+    from scipy.sparse import coo_matrix
+
+    n = len(points)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])) if len(pairs) else ([], ([], [])),
+                       shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels
+
+
+def auto_group_distance(x, y) -> tuple[float, str]:
+    """BLOCK_SIZE 0 for plots: the Clark–Evans aggregation index R (mean nearest-neighbour distance over its
+    expectation 0.5/√density for a random pattern, density over the plots' convex hull); when R < 0.7 the plots
+    are clustered and are grouped at 1.5 × the median nearest-neighbour distance, otherwise each plot is its own
+    group."""
+    from scipy.spatial import ConvexHull, cKDTree
+
+    points = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    n = len(points)
+    if n < 4:
+        return 0.0, "Too few plots to test for clustering: each plot is its own group."
+    d, _ = cKDTree(points).query(points, k=2)
+    nn = d[:, 1]
+    try:
+        area = ConvexHull(points).volume
+    except Exception:  # noqa: BLE001 - collinear plots
+        area = 0.0
+    if not area > 0:
+        return 0.0, "The plots lie on a line: each plot is its own group."
+    r = float(nn.mean() / (0.5 / math.sqrt(n / area)))
+    if r < CLUSTERED_R:
+        dist = 1.5 * float(np.median(nn))
+        return dist, (f"The plots cluster (Clark–Evans R = {r:.2f} < {CLUSTERED_R}): plots within {dist:.4g} m of "
+                      "each other are one group in cross-validation.")
+    return 0.0, (f"The plots do not cluster (Clark–Evans R = {r:.2f}): each plot is its own group in "
+                 "cross-validation (set BLOCK_SIZE to group plots closer than that many metres).")
+
+
+def group_folds(groups, folds: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Fold of each plot: leave-one-group-out when there are fewer than 30 groups (or no more than ``folds``),
+    otherwise the groups shuffled (seeded) and dealt to ``folds`` folds. Returns (fold ids, number of folds)."""
+    groups = np.asarray(groups)
+    labels, inverse = np.unique(groups, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    g = len(labels)
+    if g < 2:
+        raise ForestCarbonError("All plots fall in one spatial group: use a smaller BLOCK_SIZE.")
+    rng = np.random.default_rng(seed)
+    if g < LOO_BELOW or g <= folds:
+        order = rng.permutation(g)
+        return order[inverse], g
+    order = rng.permutation(g)
+    fold_of_group = np.empty(g, dtype=np.int64)
+    fold_of_group[order] = np.arange(g) % folds
+    return fold_of_group[inverse], folds
 
 
 # ----------------------------------------------------------------------------- folds
@@ -648,10 +849,19 @@ def _check_target(y: np.ndarray, folds: int) -> None:
                                 "Check TARGET / TARGET_FIELD.")
 
 
+def _check_plots(y: np.ndarray) -> None:
+    if y.size < MIN_PLOTS:
+        raise ForestCarbonError(f"Only {y.size} plot(s) with a target value and every feature: at least {MIN_PLOTS} "
+                                "are needed to train and cross-validate a model.")
+    if np.nanmax(y) - np.nanmin(y) <= 1e-12 * max(1.0, abs(float(np.nanmax(y)))):
+        raise ForestCarbonError(f"The target is constant (every plot has {y[0]:g}): there is nothing to learn.")
+
+
 def train_model(features, target, out_model, out_report, target_field: str | None = None,
                 model_type: int | str = 0, block_size_m: float | None = None, folds: int = 5,
                 coverage: float = 0.9, max_samples: int = 50_000, seed: int = 0, params: dict | None = None,
-                unit: str | None = None, progress: Progress | None = None, parameters: dict | None = None) -> dict:
+                unit: str | None = None, progress: Progress | None = None, parameters: dict | None = None,
+                feature_fields=None) -> dict:
     """Sample, cross-validate (spatial blocks and random K-fold), calibrate, fit on all samples, export the
     ONNX model and write the report. Returns the report's document (every number)."""
     from .outputs import provenance
@@ -676,57 +886,113 @@ def train_model(features, target, out_model, out_report, target_field: str | Non
     require("sklearn", "skl2onnx", "onnx")
     params = dict(params or {})
 
-    data = sample_training_data(features, target, target_field, max_samples, seed, progress)
-    for note in data.notes:
-        progress.info(note)
-    _check_target(data.y, folds)
-    res = float(data.grid.res[0])
-    if block_size_m:
-        block = float(block_size_m)
+    plots = is_vector_features(features)
+    validation = {}
+    if plots:
+        if target is not None and str(target).strip() and str(target) != str(
+                features if isinstance(features, (str, Path)) else list(features)[0]):
+            raise ForestCarbonError("FEATURES is a vector layer (plots): the target is its TARGET_FIELD; leave "
+                                    "TARGET empty (or give the same layer).")
+        data = sample_plot_data(features, target_field, feature_fields, progress)
+        for note in data.notes:
+            progress.info(note)
+        _check_plots(data.y)
+        if block_size_m:
+            block = float(block_size_m)
+            progress.info(f"Plots within {block:g} m of each other are one group in cross-validation.")
+        else:
+            block, note = auto_group_distance(data.x, data.yc)
+            progress.info(note)
+            data.notes.append(note)
+        groups = plot_groups(data.x, data.yc, block)
+        spatial, n_spatial = group_folds(groups, folds, seed)
+        n_groups = int(len(np.unique(groups)))
+        if data.y.size < LOO_BELOW:
+            rand, n_random = np.random.default_rng(seed).permutation(data.y.size), int(data.y.size)
+        else:
+            rand, n_random = random_folds(data.y.size, folds, seed), folds
+        scheme = "leave-one-group-out" if n_spatial == n_groups else f"{n_spatial}-fold over groups"
+        validation = {"sample_unit": "plot", "n_groups": n_groups, "group_distance_m": block,
+                      "spatial_scheme": scheme, "spatial_folds": int(n_spatial),
+                      "random_scheme": "leave-one-out" if n_random == data.y.size else f"{n_random}-fold",
+                      "skipped": data.skipped}
+        progress.info(f"{data.y.size} plots, {len(data.bands)} features ({', '.join(data.bands)}); {n_groups} "
+                      f"spatial group(s), {scheme} cross-validation")
+        res = None
+        if kind == "quantile_gbm":  # a few dozen plots: shallow, slow-learning trees (params override)
+            params = {**PLOT_GBM_PARAMS, **params}
     else:
-        block, note = _auto_block(data.x, data.yc, res, folds)
-        progress.info(note)
-    spatial = spatial_folds(data.x, data.yc, block, folds, seed)
-    for k in range(folds):
-        if (spatial == k).sum() < 1:
-            raise ForestCarbonError(f"Spatial fold {k + 1} holds no sample: use a smaller BLOCK_SIZE or fewer FOLDS.")
-    rand = random_folds(data.y.size, folds, seed)
-    progress.info(f"{data.y.size:,} samples, {len(data.bands)} features ({', '.join(data.bands)}); "
-                  f"{folds}-fold CV, {block:g} m blocks")
+        data = sample_training_data(features, target, target_field, max_samples, seed, progress)
+        for note in data.notes:
+            progress.info(note)
+        _check_target(data.y, folds)
+        res = float(data.grid.res[0])
+        if block_size_m:
+            block = float(block_size_m)
+        else:
+            block, note = _auto_block(data.x, data.yc, res, folds)
+            progress.info(note)
+        spatial = spatial_folds(data.x, data.yc, block, folds, seed)
+        for k in range(folds):
+            if (spatial == k).sum() < 1:
+                raise ForestCarbonError(f"Spatial fold {k + 1} holds no sample: use a smaller BLOCK_SIZE or fewer "
+                                        "FOLDS.")
+        rand = random_folds(data.y.size, folds, seed)
+        progress.info(f"{data.y.size:,} samples, {len(data.bands)} features ({', '.join(data.bands)}); "
+                      f"{folds}-fold CV, {block:g} m blocks")
 
-    cv_spatial = cross_validate(kind, data.X, data.y, spatial, coverage, seed, params, progress, (20, 55))
-    cv_random = cross_validate(kind, data.X, data.y, rand, coverage, seed, params, progress, (55, 80))
-    factor = cv_spatial["factor"]
-    check_cancel(progress)
-    final = _fit(kind, data.X, data.y, coverage, seed, params)
+    import contextlib
+
+    limits = contextlib.nullcontext()
+    if plots:  # a few dozen rows: one thread is fastest, and OpenMP spin-waits crawl on a busy machine
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limits = threadpool_limits(limits=1)
+        except ImportError:  # pragma: no cover - sklearn depends on threadpoolctl
+            pass
+    with limits:
+        cv_spatial = cross_validate(kind, data.X, data.y, spatial, coverage, seed, params, progress, (20, 55))
+        cv_random = cross_validate(kind, data.X, data.y, rand, coverage, seed, params, progress, (55, 80))
+        factor = cv_spatial["factor"]
+        check_cancel(progress)
+        final = _fit(kind, data.X, data.y, coverage, seed, params)
     progress.set_progress(90)
 
     from rasterio.crs import CRS
 
-    crs = CRS.from_user_input(data.grid.crs)
-    epsg = crs.to_epsg()
-    extent = [float(data.x.min() - res / 2), float(data.yc.min() - res / 2), float(data.x.max() + res / 2),
-              float(data.yc.max() + res / 2)]
+    crs = CRS.from_user_input(data.grid.crs if data.grid is not None else data.crs) \
+        if (data.grid is not None or data.crs) else None
+    epsg = crs.to_epsg() if crs is not None else None
+    half = (res or 0.0) / 2
+    extent = [float(data.x.min() - half), float(data.yc.min() - half), float(data.x.max() + half),
+              float(data.yc.max() + half)]
     cv_doc = {"spatial": cv_spatial["metrics"], "random": cv_random["metrics"]}
     training = {
-        "extent": extent, "crs": f"EPSG:{epsg}" if epsg else crs.to_wkt(),
+        "extent": extent, "crs": (f"EPSG:{epsg}" if epsg else crs.to_wkt()) if crs is not None else None,
         "date": _dt.date.today().isoformat(), "n_samples": int(data.y.size), "n_candidates": int(data.n_candidates),
         "target_kind": data.kind, "model_type": kind, "folds": folds, "block_size_m": block, "seed": seed,
         "coverage": coverage, "uncalibrated_coverage_spatial_cv": cv_spatial["metrics"]["coverage_uncalibrated"],
-        "cv": cv_doc, "params": params,
+        "cv": cv_doc, "params": params, **validation,
     }
+    if plots:
+        training["extent_note"] = "plot locations (centres or centroids) in the plots' CRS"
+        if data.plot_area_m2:
+            training["plot_area_m2"] = data.plot_area_m2
     unit = unit if unit is not None else data.unit
     card = model_card(final, data.bands, data.target_name, unit, res, factor, training, out_model.name)
     importances = _importances(final, data, seed)
 
     record = provenance("forestcarbon:trainmodel", parameters or {
         "model_type": kind, "block_size_m": block, "folds": folds, "coverage": coverage, "max_samples": max_samples,
-        "seed": seed}, inputs=[str(p) for p in ([features] if isinstance(features, (str, Path)) else features)]
-        + [str(target)])
+        "seed": seed, "feature_fields": feature_fields},
+        inputs=[str(p) for p in ([features] if isinstance(features, (str, Path)) else features)]
+        + ([str(target)] if target is not None and str(target).strip() and not plots else []))
     doc = {"provenance": record, "model": str(out_model), "model_type": kind, "target": data.target_name,
            "unit": unit, "bands": data.bands, "n_samples": int(data.y.size), "n_candidates": int(data.n_candidates),
            "block_size_m": block, "folds": folds, "coverage": coverage, "conformal_factor": factor,
-           "cv": cv_doc, "importances": importances, "notes": data.notes, "model_card": card}
+           "cv": cv_doc, "importances": importances, "notes": data.notes, "model_card": card,
+           "validation": validation}
     check_cancel(progress)
     export_onnx(final, out_model, card, len(data.bands))
     sidecar = out_model.with_suffix(".json")
@@ -773,15 +1039,22 @@ def _build_report(doc, data: TrainingData, cv_spatial, cv_random):
     rep.paragraph(f"Model: {doc['model_type']} predicting {doc['target']} {('(' + doc['unit'] + ')') if doc['unit'] else ''} "
                   f"from {len(data.bands)} features; {doc['n_samples']:,} samples ({data.kind} target); "
                   f"{doc['folds']}-fold cross-validation.")
+    v = doc.get("validation") or {}
+    if v:
+        rep.paragraph(f"Plot data: {v['n_groups']} spatial group(s) of plots (plots within "
+                      f"{v['group_distance_m']:g} m of each other are one group); spatial CV: {v['spatial_scheme']}; "
+                      f"random CV: {v['random_scheme']} on plots.")
     rep.heading("Cross-validation: spatial blocks against random K-fold")
     rows = []
-    for label, key in (("spatial blocks", "spatial"), ("random K-fold", "random")):
+    for label, key in ((("spatial groups" if v else "spatial blocks"), "spatial"), ("random K-fold", "random")):
         m = doc["cv"][key]
         rows.append([label, m["n"], m["rmse"], m["mae"], m["bias"], m["r2"], m["coverage_uncalibrated"],
                      m["coverage_calibrated"], m["conformal_factor"]])
     rep.table(["scheme", "n", "RMSE", "MAE", "bias", "R²", "coverage (uncalibrated)", "coverage (calibrated)",
                "conformal factor"], rows,
-              caption=f"Spatial blocks of {doc['block_size_m']:g} m are dealt to folds at random; random K-fold "
+              caption=(f"Spatial groups of plots (closer than {doc['block_size_m']:g} m) are held out together; "
+                       if v else f"Spatial blocks of {doc['block_size_m']:g} m are dealt to folds at random; ") +
+                      "random K-fold "
                       "lets neighbouring, autocorrelated pixels sit on both sides of a split and so over-states "
                       "accuracy (Ploton et al. 2020). Calibrated coverage: each fold's intervals scaled by the "
                       "conformal factor of the other folds.")

@@ -134,3 +134,18 @@ def test_graphical_model_runs_in_qgis_process(qgis_config, tmp_path, qgis_proces
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((tmp_path / "model_report.json").read_text())
     assert doc["summary"]["point_count"] == laspy.open(SAMPLE_LAZ).header.point_count
+
+
+def test_qgis_process_runs_catalog_tiles_in_workers(qgis_config, tmp_path):
+    """Worker processes spawned from qgis_process (MAX_WORKERS 2 on a 4-tile catalog)."""
+    folder = SHARED_DATA / "lidar" / "bcts"
+    if not folder.exists():
+        pytest.skip(f"{folder} is absent (../shared/data not beside the checkout)")
+    out = tmp_path / "chm.tif"
+    proc, _ = qgis_env.run_algorithm("forestcarbon:canopyheightmodel", {
+        "INPUT": folder, "RESOLUTION": 2, "MAX_WORKERS": 2, "OUTPUT": out}, qgis_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import rasterio
+
+    with rasterio.open(out) as src:
+        assert src.width > 100 and (src.read(1) != src.nodata).mean() > 0.9

@@ -74,7 +74,17 @@ def qgis_python_executable() -> str:
     if exe.name.lower().startswith("python"):
         return str(exe)
     major, minor = sys.version_info[:2]
-    candidates = [
+    # the interpreter whose standard library this process runs (os.py sits in <prefix>/lib/pythonX.Y):
+    # sys.exec_prefix of an embedded Python can point at another installation found on PATH
+    stdlib_prefix = Path(os.__file__).resolve().parents[2]
+    candidates = []
+    qgis_module = sys.modules.get("qgis")
+    if qgis_module is not None and str(getattr(qgis_module, "__file__", "")).startswith("/usr/lib/python3/"):
+        # a distribution's QGIS (Debian, Ubuntu, Fedora) runs the distribution's Python, whatever
+        # else PATH offers (pyenv, conda) to the embedded interpreter's path search
+        candidates.append(Path("/usr/bin") / f"python{major}.{minor}")
+    candidates += [
+        stdlib_prefix / "bin" / f"python{major}.{minor}",
         Path(sys.exec_prefix) / "python.exe",  # OSGeo4W / standalone Windows installer
         Path(sys.exec_prefix) / "bin" / f"python{major}.{minor}",  # Linux, macOS bundle
         Path(sys.exec_prefix) / "bin" / f"python{major}",

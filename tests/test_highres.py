@@ -59,6 +59,7 @@ def test_recovers_the_simulated_naip_gains_and_offsets(imagery_scene, reference,
     table = tmp_path / "fits.csv"
     result = harmonize_highres(naip, reference, tmp_path / "naip.tif", table, progress=progress)
     truth = dict(zip(manifest["naip"]["bands"], zip(manifest["truth"]["naip_gain"], manifest["truth"]["naip_offset"])))
+    assert [f.band for f in result.fits] == ["red", "green", "blue", "nir"]  # every band checked below
     for fit in result.fits:
         gain, offset = truth[fit.band]
         assert 1 / fit.gain == pytest.approx(gain, rel=0.02), fit
@@ -81,6 +82,7 @@ def test_irmad_and_theil_sen_options(imagery_scene, reference, tmp_path):
     result = harmonize_highres(out / manifest["naip"]["file"], reference, tmp_path / "n.tif",
                                pif_method="irmad", regression="theil-sen", progress=progress)
     truth = manifest["truth"]["naip_gain"]
+    assert len(result.fits) == len(truth) == 4  # zip below must not stop short
     for fit, gain in zip(result.fits, truth):
         assert 1 / fit.gain == pytest.approx(gain, rel=0.05), fit
 

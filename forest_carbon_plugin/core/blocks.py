@@ -163,6 +163,28 @@ class Readers:
             self._all.clear()
 
 
+def stack_bands(paths, what: str = "input raster"):
+    """The bands of several rasters stacked in order, on the first one's grid:
+    ``(grid, [(path, band 1-based, nodata)], [description or ""])``."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    sources, names, grid = [], [], None
+    for path in (Path(p) for p in paths):
+        try:
+            with rasterio.open(path) as src:
+                if grid is None:
+                    if src.crs is None:
+                        raise ForestCarbonError(f"The {what} '{path.name}' has no CRS: georeference it first.")
+                    grid = RasterGrid.of(src)
+                for i in range(1, src.count + 1):
+                    sources.append((path, i, src.nodatavals[i - 1]))
+                    names.append((src.descriptions[i - 1] or "").strip())
+        except RasterioIOError as exc:
+            raise ForestCarbonError(f"Cannot read the {what} '{path}': {exc}.") from exc
+    return grid, sources, names
+
+
 def same_grid(a: RasterGrid, b: RasterGrid) -> bool:
     from rasterio.crs import CRS
 

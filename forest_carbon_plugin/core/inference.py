@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blocks import Readers, RasterGrid, default_workers, raster_writer
+from .blocks import Readers, RasterGrid, default_workers, raster_writer, stack_bands
 from .dependencies import require
 from .errors import ForestCarbonError
 from .modelcard import ModelCard, read_card
@@ -312,23 +312,7 @@ class _Stack:
 
 
 def _stack(inputs, card: ModelCard, bands, progress) -> _Stack:
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    sources, names = [], []
-    grid = None
-    for path in inputs:
-        try:
-            with rasterio.open(path) as src:
-                if grid is None:
-                    if src.crs is None:
-                        raise ForestCarbonError(f"'{path.name}' has no CRS: georeference it first.")
-                    grid = RasterGrid.of(src)
-                for i in range(1, src.count + 1):
-                    sources.append((path, i, src.nodatavals[i - 1]))
-                    names.append((src.descriptions[i - 1] or "").strip())
-        except RasterioIOError as exc:
-            raise ForestCarbonError(f"Cannot read the input raster '{path}': {exc}.") from exc
+    grid, sources, names = stack_bands(inputs)
     if bands:
         picks = [int(b) for b in (str(bands).replace(" ", "").split(",") if isinstance(bands, str) else bands)]
         if any(p < 1 or p > len(sources) for p in picks):

@@ -89,27 +89,13 @@ class TrainingData:
 
 
 def _feature_sources(features):
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    from .blocks import RasterGrid
+    from .blocks import stack_bands
 
     paths = [Path(p) for p in ([features] if isinstance(features, (str, Path)) else features)]
     if not paths:
         raise ForestCarbonError("Give at least one FEATURES raster.")
-    sources, names, grid = [], [], None
-    for path in paths:
-        try:
-            with rasterio.open(path) as src:
-                if grid is None:
-                    if src.crs is None:
-                        raise ForestCarbonError(f"The feature raster '{path.name}' has no CRS: georeference it first.")
-                    grid = RasterGrid.of(src)
-                for i in range(1, src.count + 1):
-                    sources.append((path, i, src.nodatavals[i - 1]))
-                    names.append((src.descriptions[i - 1] or "").strip() or f"{path.stem}_b{i}")
-        except RasterioIOError as exc:
-            raise ForestCarbonError(f"Cannot read the feature raster '{path}': {exc}.") from exc
+    grid, sources, names = stack_bands(paths, "feature raster")
+    names = [name or f"{path.stem}_b{band}" for name, (path, band, _) in zip(names, sources)]
     seen: dict = {}
     notes = []
     unique = []

@@ -51,6 +51,9 @@ class ForestCarbonPlugin:
         self.initProcessing()
         self._add_action("Describe LAS/LAZ files…", "forestcarbon:lidarinfo")
         self._add_action("Describe an ONNX model…", "forestcarbon:modelinfo")
+        from .gui.docks import DockManager
+
+        self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks
         if self.dependency_message:
             self.iface.messageBar().pushMessage(
                 "Forest Carbon", self.dependency_message, level=Qgis.Warning, duration=0)
@@ -70,6 +73,9 @@ class ForestCarbonPlugin:
         processing.execAlgorithmDialog(algorithm_id)
 
     def unload(self):
+        if getattr(self, "docks", None) is not None:
+            self.docks.unload()  # docks, their map tool and signal connections
+            self.docks = None
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             action.setParent(None)  # no longer a child of the main window

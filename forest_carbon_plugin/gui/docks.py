@@ -1,0 +1,67 @@
+"""The plugin's docks: menu actions that show them, and their clean removal at unload."""
+
+from __future__ import annotations
+
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from ..paths import ICON_SVG
+
+
+class DockManager:
+    """Adds *Uncertainty explorer…* and *Jobs…* to ``menu``; each dock is made the first time it is
+    shown. :meth:`unload` removes the actions and the docks, and the docks' map tool and connections."""
+
+    def __init__(self, iface, menu: str):
+        self.iface = iface
+        self.menu = menu
+        self.uncertainty_dock = None
+        self.jobs_dock = None
+        self.actions = [self._action("Uncertainty explorer…", "forestcarbon_show_uncertainty_dock",
+                                     self.show_uncertainty_dock),
+                        self._action("Jobs…", "forestcarbon_show_jobs_dock", self.show_jobs_dock)]
+
+    def _action(self, text: str, name: str, slot) -> QAction:
+        action = QAction(QIcon(str(ICON_SVG)), text, self.iface.mainWindow())
+        action.setObjectName(name)
+        action.triggered.connect(lambda _checked=False: slot())
+        self.iface.addPluginToMenu(self.menu, action)
+        return action
+
+    def show_uncertainty_dock(self):
+        from .uncertainty_dock import UncertaintyDock
+
+        if self.uncertainty_dock is None:
+            self.uncertainty_dock = UncertaintyDock(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.uncertainty_dock)
+        self._raise(self.uncertainty_dock)
+        return self.uncertainty_dock
+
+    def show_jobs_dock(self):
+        from .jobs_dock import JobsDock
+
+        if self.jobs_dock is None:
+            self.jobs_dock = JobsDock(self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.jobs_dock)
+        self._raise(self.jobs_dock)
+        return self.jobs_dock
+
+    @staticmethod
+    def _raise(dock) -> None:
+        dock.show()
+        dock.raise_()
+
+    def unload(self) -> None:
+        for dock in (self.uncertainty_dock, self.jobs_dock):
+            if dock is not None:
+                dock.teardown()
+                self.iface.removeDockWidget(dock)
+                dock.setParent(None)
+                dock.deleteLater()
+        self.uncertainty_dock = self.jobs_dock = None
+        for action in self.actions:
+            self.iface.removePluginMenu(self.menu, action)
+            action.setParent(None)
+            action.deleteLater()
+        self.actions = []

@@ -1,0 +1,514 @@
+"""The uncertainty explorer: a prediction, its uncertainty layers, and what they say about the map.
+
+- The uncertainty layers (std, lower, upper) of the chosen prediction come from its provenance
+  (the ``outputs`` record ``predictraster`` writes), or are picked by hand.
+- *Style map* applies the prediction's perceptual (viridis) ramp, adds the uncertainty layer(s), and
+  makes the **value-by-alpha** layer: a derived GeoTIFF (band 1 the prediction, band 2 an opacity that
+  falls with relative uncertainty, :func:`stats.write_value_by_alpha`) written atomically in the
+  user's temporary folder (``forest_carbon_cache/``, reused while the inputs and threshold are
+  unchanged) by a background job, shown with ``value_by_alpha.qml`` (viridis with alpha band 2):
+  uncertain pixels fade. The derivation is a real layer QGIS renders, prints and exports.
+- Statistics of the current map extent (histograms of the prediction and of the relative uncertainty,
+  their means, the share above a threshold) are recomputed in a QgsTask each time the extent stops
+  changing, read at most at the canvas's size (:func:`stats.window_stats`).
+- *Identify pixel* is a map tool reporting a pixel's value, interval, relative uncertainty and model.
+- *Total of selection* gives the selected polygons' area-weighted total and its interval from the
+  carbon core (:func:`core.carbon.carbon_stock`, AGB only: root-to-shoot 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+)
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt, QTimer, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QDockWidget,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .connections import Connections
+from .jobs import register_task
+from .map_tools import PixelInfoTool
+from .stats import Sources, read_output_info, window_stats, write_value_by_alpha
+from .styling import apply_style
+from .tasks import FunctionTask
+
+STATS_DELAY_MS = 250  #: wait for the extent to stop changing before recomputing
+HISTOGRAM_BINS = 40
+POLYGON_CONFIDENCE = 0.9
+POLYGON_SIMULATIONS = 1000
+CACHE_DIR = Path(tempfile.gettempdir()) / "forest_carbon_cache"  #: value-by-alpha rasters
+
+
+def raster_path(layer) -> str | None:
+    """The file behind a GDAL raster layer, or None."""
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return None
+    path = layer.source().split("|")[0]
+    return path if Path(path).is_file() else None
+
+
+def cache_path(sources: Sources, threshold: float) -> Path:
+    """Where the value-by-alpha raster of ``sources`` at ``threshold`` is cached."""
+    key = hashlib.sha1()
+    for path in (sources.prediction, sources.std, sources.lower, sources.upper):
+        if path:
+            key.update(f"{Path(path).resolve()}:{Path(path).stat().st_mtime_ns}".encode())
+    key.update(f"{threshold:.6g}:{sources.coverage}".encode())
+    name = f"{Path(sources.prediction).stem}_vba_{key.hexdigest()[:12]}.tif"
+    return CACHE_DIR / name
+
+
+def _cancel(task) -> None:
+    if not sip.isdeleted(task):  # QGIS deletes a task soon after it ends
+        task.cancel()
+
+
+class UncertaintyDock(QDockWidget):
+    """The uncertainty explorer dock (see the module doc)."""
+
+    statsUpdated = pyqtSignal(object)  # noqa: N815 - WindowStats, or None when nothing to show
+    pixelReported = pyqtSignal(object)  # noqa: N815 - the map tool's dict
+    polygonTotal = pyqtSignal(object)  # noqa: N815 - the carbon core's record, or None
+    valueByAlphaReady = pyqtSignal(object)  # noqa: N815 - the value-by-alpha layer
+
+    def __init__(self, iface, parent=None):
+        super().__init__("Forest Carbon uncertainty explorer", parent)
+        self.setObjectName("forestcarbon_uncertainty_dock")
+        self.iface = iface
+        self.canvas = iface.mapCanvas()
+        self.info = None
+        self.last_stats = None
+        self.last_pixel = None
+        self.polygon_result = None
+        self.tool: PixelInfoTool | None = None
+        self._stats_task: FunctionTask | None = None
+        self._tasks: set = set()  # Python halves of running tasks, kept alive until they end
+        self.connections = Connections()
+        self._build()
+        self.stats_timer = QTimer(self)
+        self.stats_timer.setSingleShot(True)
+        self.stats_timer.setInterval(STATS_DELAY_MS)
+        self.stats_timer.timeout.connect(self.update_stats)
+        self.connections.connect(self.canvas.extentsChanged, self.schedule_stats)
+        self.connections.connect(self.canvas.mapToolSet, self._map_tool_set)
+        self.set_prediction(self.prediction_combo.currentLayer())
+
+    # ------------------------------------------------------------------------- widgets
+    def _build(self) -> None:
+        self.prediction_combo = QgsMapLayerComboBox()
+        self.prediction_combo.setObjectName("prediction_combo")
+        self.prediction_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.prediction_combo.setAllowEmptyLayer(True)
+        self.prediction_combo.layerChanged.connect(self.set_prediction)
+        self.file_widgets = {}
+        for kind in ("std", "lower", "upper"):
+            widget = QgsFileWidget()
+            widget.setObjectName(f"{kind}_file")
+            widget.setFilter("Rasters (*.tif *.tiff *.vrt);;All files (*)")
+            widget.fileChanged.connect(lambda _path: self.schedule_stats())
+            self.file_widgets[kind] = widget
+        self.coverage_spin = QDoubleSpinBox(decimals=3, minimum=0.01, maximum=0.999, singleStep=0.05, value=0.9)
+        self.coverage_spin.valueChanged.connect(lambda _v: self.schedule_stats())
+        self.info_label = QLabel()
+        self.info_label.setWordWrap(True)
+        layers = QFormLayout()
+        layers.addRow("Prediction", self.prediction_combo)
+        layers.addRow("Std", self.file_widgets["std"])
+        layers.addRow("Lower", self.file_widgets["lower"])
+        layers.addRow("Upper", self.file_widgets["upper"])
+        layers.addRow("Interval coverage", self.coverage_spin)
+        layers.addRow(self.info_label)
+
+        self.style_button = QPushButton("Style map")
+        self.style_button.setToolTip("Viridis prediction, the uncertainty layer, and a value-by-alpha layer in "
+                                     "which uncertain pixels fade")
+        self.style_button.clicked.connect(self.style_map)
+        self.identify_button = QPushButton("Identify pixel")
+        self.identify_button.setCheckable(True)
+        self.identify_button.toggled.connect(self.set_identify)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.style_button)
+        buttons.addWidget(self.identify_button)
+        self.pixel_label = QLabel("Click a pixel with Identify pixel.")
+        self.pixel_label.setObjectName("pixel_label")
+        self.pixel_label.setWordWrap(True)
+
+        self.threshold_spin = QDoubleSpinBox(decimals=1, minimum=0.1, maximum=1000.0, singleStep=5.0, value=20.0,
+                                             suffix=" %")
+        self.threshold_spin.setObjectName("threshold_spin")
+        self.threshold_spin.valueChanged.connect(lambda _v: self.schedule_stats())
+        self.pixels_label, self.mean_label, self.rel_mean_label, self.share_label = (QLabel("–") for _ in range(4))
+        for name, label in (("pixels", self.pixels_label), ("mean", self.mean_label),
+                            ("rel_mean", self.rel_mean_label), ("share", self.share_label)):
+            label.setObjectName(f"{name}_label")
+            label.setWordWrap(True)
+        self.status_label = QLabel()
+        stats_form = QFormLayout()
+        stats_form.addRow("Relative uncertainty above", self.threshold_spin)
+        stats_form.addRow("Pixels read", self.pixels_label)
+        stats_form.addRow("Mean prediction", self.mean_label)
+        stats_form.addRow("Mean relative uncertainty", self.rel_mean_label)
+        stats_form.addRow("Share above the threshold", self.share_label)
+        stats_form.addRow(self.status_label)
+        self._build_plots()
+        self.export_button = QPushButton("Export plots (PNG)…")
+        self.export_button.clicked.connect(self._export_clicked)
+
+        self.polygon_combo = QgsMapLayerComboBox()
+        self.polygon_combo.setObjectName("polygon_combo")
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygon_button = QPushButton("Total of the selected polygons")
+        self.polygon_button.clicked.connect(self.total_of_selection)
+        self.polygon_label = QLabel()
+        self.polygon_label.setObjectName("polygon_label")
+        self.polygon_label.setWordWrap(True)
+
+        body = QVBoxLayout()
+        for title, parts in (("Layers", [layers, buttons, self.pixel_label]),
+                             ("Current map extent", [stats_form, self.plot_canvas, self.export_button]),
+                             ("Polygon total", [self.polygon_combo, self.polygon_button, self.polygon_label])):
+            box = QGroupBox(title)
+            inner = QVBoxLayout(box)
+            for part in parts:
+                (inner.addLayout if not isinstance(part, QWidget) else inner.addWidget)(part)
+            body.addWidget(box)
+        body.addStretch(1)
+        container = QWidget()
+        container.setLayout(body)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # labels wrap to the dock's width
+        scroll.setWidget(container)
+        self.setWidget(scroll)
+
+    def _build_plots(self) -> None:
+        from matplotlib.backends.backend_qt5agg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 4.2), dpi=80, layout="constrained")
+        self.pred_axes, self.rel_axes = self.figure.subplots(2, 1)
+        self.pred_axes.set_title("Prediction", fontsize=9)
+        self.rel_axes.set_title("Relative uncertainty (σ / prediction)", fontsize=9)
+        self.rel_axes.set_xlabel("%", fontsize=8)
+        # artists made once and updated: clearing axes costs the UI thread tens of ms per redraw
+        self.pred_steps = self.pred_axes.stairs([0], [0, 1], fill=True, color="#21918c")
+        self.rel_steps = self.rel_axes.stairs([0], [0, 1], fill=True, color="#d94801")
+        self.threshold_line = self.rel_axes.axvline(0, color="black", linestyle="--", linewidth=1)
+        for axes in (self.pred_axes, self.rel_axes):
+            axes.tick_params(labelsize=7)
+            axes.set_ylabel("pixels", fontsize=8)
+        self.plot_canvas = FigureCanvasQTAgg(self.figure)
+        self.plot_canvas.setMinimumHeight(300)
+
+    # ------------------------------------------------------------------------- layers
+    @property
+    def prediction_layer(self):
+        return self.prediction_combo.currentLayer()
+
+    @property
+    def sources(self) -> Sources | None:
+        """The prediction and the uncertainty layers now chosen (None without a file-based prediction)."""
+        path = raster_path(self.prediction_layer)
+        if path is None:
+            return None
+        chosen = {k: (w.filePath() or None) for k, w in self.file_widgets.items()}
+        chosen = {k: (p if p and Path(p).is_file() else None) for k, p in chosen.items()}
+        return Sources(path, chosen["std"], chosen["lower"], chosen["upper"], coverage=self.coverage_spin.value())
+
+    def set_prediction(self, layer) -> None:
+        """Take ``layer`` as the prediction and fill in its uncertainty layers from its provenance."""
+        path = raster_path(layer)
+        self.info = read_output_info(path) if path else None
+        for kind, widget in self.file_widgets.items():
+            widget.blockSignals(True)
+            widget.setFilePath((self.info.siblings.get(kind) if self.info else "") or "")
+            widget.blockSignals(False)
+        if self.info and self.info.coverage:
+            self.coverage_spin.blockSignals(True)
+            self.coverage_spin.setValue(self.info.coverage)
+            self.coverage_spin.blockSignals(False)
+        self.info_label.setText(self._describe_info())
+        if self.tool is not None:
+            self.identify_button.setChecked(False)
+        self.schedule_stats()
+
+    def _describe_info(self) -> str:
+        if self.prediction_layer is None:
+            return "Choose a prediction layer."
+        if self.info is None:
+            return "Not a file-based raster: statistics need a GeoTIFF (or any GDAL file)."
+        if not self.info.kind:
+            return "No Forest Carbon provenance: choose the uncertainty layers by hand."
+        found = ", ".join(k for k in ("std", "lower", "upper") if k in self.info.siblings) or "none"
+        return (f"Model {self.info.model_id or '?'} ({self.info.execution_provider or '?'}); unit "
+                f"{self.info.unit or '?'}; uncertainty layers found from provenance: {found}.")
+
+    # ------------------------------------------------------------------------- styling
+    def style_map(self) -> None:
+        """One click: style the prediction, add its uncertainty layer(s), start the value-by-alpha layer."""
+        layer, sources = self.prediction_layer, self.sources
+        if sources is None:
+            return
+        apply_style(layer, "prediction")
+        present = {lyr.source().split("|")[0] for lyr in QgsProject.instance().mapLayers().values()}
+        kinds = ["std"] if sources.std else [k for k in ("lower", "upper") if getattr(sources, k)]
+        for kind in kinds:
+            path = getattr(sources, kind)
+            if path not in present:
+                extra = QgsRasterLayer(path, f"{layer.name()} {kind}")
+                apply_style(extra, "uncertainty" if kind == "std" else "prediction")
+                QgsProject.instance().addMapLayer(extra)
+        if sources.has_uncertainty:
+            self.start_value_by_alpha(sources)
+
+    def start_value_by_alpha(self, sources: Sources):
+        """Make (or reuse) the value-by-alpha raster in a listed background job; the layer is added
+        and ``valueByAlphaReady`` emitted when it is there. Returns the job, or None when cached."""
+        threshold = self.threshold_spin.value() / 100.0
+        target = cache_path(sources, threshold)
+        name = f"{self.prediction_layer.name()} value by alpha"
+        if target.is_file():
+            self._add_value_by_alpha(target, name)
+            return None
+
+        def derive(task):
+            return write_value_by_alpha(sources, target, threshold, is_canceled=task.isCanceled,
+                                        set_progress=task.setProgress)
+
+        task = FunctionTask(f"Value by alpha of {Path(sources.prediction).name}", derive)
+        self.connections.connect(task.done, lambda _t, result, _e: result and self._add_value_by_alpha(result, name))
+        self._keep_until_done(task)
+        return register_task(task, f"Value-by-alpha layer: {Path(sources.prediction).name}", outputs=[target])
+
+    def _add_value_by_alpha(self, path, name: str) -> None:
+        layer = QgsRasterLayer(str(path), name)
+        apply_style(layer, "value_by_alpha")
+        QgsProject.instance().addMapLayer(layer)
+        self.valueByAlphaReady.emit(layer)
+
+    # ------------------------------------------------------------------------- statistics
+    def schedule_stats(self) -> None:
+        """Recompute the statistics once the extent (or a setting) has stopped changing."""
+        self.stats_timer.start()
+
+    def update_stats(self) -> FunctionTask | None:
+        """Start the statistics of the current extent in a background task (cancelling one running)."""
+        if self._stats_task is not None:
+            _cancel(self._stats_task)
+            self._stats_task = None
+        sources = self.sources
+        if sources is None:
+            self._show_stats(None)
+            return None
+        layer_crs = self.prediction_layer.crs()
+        extent = self.canvas.extent()
+        canvas_crs = self.canvas.mapSettings().destinationCrs()
+        if canvas_crs.isValid() and layer_crs.isValid() and canvas_crs != layer_crs:
+            extent = QgsCoordinateTransform(canvas_crs, layer_crs, QgsProject.instance()).transformBoundingBox(extent)
+        bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        size = self.canvas.mapSettings().outputSize()
+        max_shape = (max(1, size.height()), max(1, size.width()))
+        threshold = self.threshold_spin.value() / 100.0
+
+        def compute(task):
+            return window_stats(sources, bounds, max_shape, HISTOGRAM_BINS, threshold, is_canceled=task.isCanceled)
+
+        task = FunctionTask("Forest Carbon: statistics of the map extent", compute)
+        self.connections.connect(task.done, self._stats_done)
+        self._keep_until_done(task)
+        self._stats_task = task
+        self.status_label.setText("Computing…")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    @property
+    def stats_running(self) -> bool:
+        return self._stats_task is not None or self.stats_timer.isActive()
+
+    def _stats_done(self, task, result, error) -> None:
+        if task is not self._stats_task:
+            return  # an older extent's, cancelled
+        self._stats_task = None
+        self.status_label.setText(f"Error: {error}" if error else "")
+        self._show_stats(result)
+
+    def _show_stats(self, stats) -> None:
+        self.last_stats = stats
+        unit = (self.info.unit if self.info else "") or ""
+        if stats is None or stats.pixels == 0:
+            for label in (self.pixels_label, self.mean_label, self.rel_mean_label, self.share_label):
+                label.setText("–")
+        else:
+            self.pixels_label.setText(f"{stats.pixels:,} of {stats.shape[0]}×{stats.shape[1]} read "
+                                      f"(window {stats.window[2]}×{stats.window[3]})")
+            self.mean_label.setText(f"{stats.mean:.4g} {unit}".strip())
+            self.rel_mean_label.setText("–" if stats.rel_mean is None else f"{100 * stats.rel_mean:.1f} %")
+            self.share_label.setText("–" if stats.share_above is None else
+                                     f"{100 * stats.share_above:.1f} % of {stats.rel_pixels:,} pixels")
+        self._draw(stats, unit)
+        self.statsUpdated.emit(stats)
+
+    def _draw(self, stats, unit: str) -> None:
+        has_pred = stats is not None and stats.pixels > 0
+        has_rel = has_pred and stats.rel_counts is not None
+        if has_pred:
+            self.pred_steps.set_data(stats.pred_counts, stats.pred_edges)
+            self.pred_axes.set_xlabel(unit or "value", fontsize=8)
+        if has_rel:
+            self.rel_steps.set_data(stats.rel_counts, 100 * stats.rel_edges)
+            self.threshold_line.set_xdata([100 * stats.threshold] * 2)
+        for axes, steps, shown in ((self.pred_axes, self.pred_steps, has_pred),
+                                   (self.rel_axes, self.rel_steps, has_rel)):
+            steps.set_visible(shown)
+            if shown:
+                axes.relim()
+                axes.autoscale_view()
+        self.threshold_line.set_visible(has_rel)
+        self.plot_canvas.draw_idle()
+
+    def export_plots(self, path) -> Path:
+        """Save the histograms as a PNG."""
+        self.figure.savefig(str(path), dpi=150, format="png")
+        return Path(path)
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export plots", "uncertainty_plots.png", "PNG (*.png)")
+        if path:
+            self.export_plots(path)
+
+    # ------------------------------------------------------------------------- pixel tool
+    def set_identify(self, on: bool) -> None:
+        """Make the pixel tool the canvas's tool (or give the canvas back its previous one)."""
+        if on:
+            sources = self.sources
+            if sources is None:
+                self.identify_button.setChecked(False)
+                return
+            self.tool = PixelInfoTool(self.canvas, sources, self.prediction_layer.crs())
+            self.tool.pixelReported.connect(self.show_pixel)
+            self.canvas.setMapTool(self.tool)
+        else:
+            self._drop_tool()
+
+    def _drop_tool(self) -> None:
+        tool, self.tool = self.tool, None
+        if tool is not None:
+            if self.canvas.mapTool() is tool:
+                self.canvas.unsetMapTool(tool)
+            tool.deleteLater()
+
+    def _map_tool_set(self, new, _old) -> None:
+        if self.tool is not None and new is not self.tool:
+            self.identify_button.setChecked(False)
+
+    def show_pixel(self, report) -> None:
+        self.last_pixel = report
+        if report is None:
+            self.pixel_label.setText("Outside the prediction.")
+        else:
+            self.pixel_label.setText(self._describe_pixel(report))
+        self.pixelReported.emit(report)
+
+    def _describe_pixel(self, r: dict) -> str:
+        unit = (self.info.unit if self.info else "") or ""
+
+        def fmt(v):
+            return "nodata" if v is None else f"{v:.4g}"
+
+        lines = [f"Row {r['row']}, column {r['col']}: <b>{fmt(r['prediction'])}</b> {unit}"]
+        if r.get("lower") is not None or r.get("upper") is not None:
+            lines.append(f"interval [{fmt(r.get('lower'))}, {fmt(r.get('upper'))}] at "
+                         f"{100 * (self.sources.coverage or 0):.0f} %")
+        if r.get("std") is not None:
+            lines.append(f"std {fmt(r['std'])}")
+        if r.get("relative") is not None:
+            lines.append(f"relative uncertainty {100 * r['relative']:.1f} %")
+        if self.info and self.info.kind:
+            lines.append(f"model {self.info.model_id or '?'} ({self.info.model or 'unknown file'}, "
+                         f"{self.info.execution_provider or '?'})")
+        return "<br>".join(lines)
+
+    # ------------------------------------------------------------------------- polygon total
+    def total_of_selection(self) -> FunctionTask | None:
+        """Area-weighted total of the selected polygons (as one area) and its interval, from the carbon
+        core, in a background task; the result arrives through ``polygonTotal``."""
+        from shapely import wkb
+
+        from ..core.carbon import carbon_stock
+
+        layer, sources = self.polygon_combo.currentLayer(), self.sources
+        if layer is None or sources is None:
+            self.polygon_label.setText("Choose a prediction and a polygon layer.")
+            return None
+        geometries = [f.geometry() for f in layer.selectedFeatures()]
+        if not geometries:
+            self.polygon_label.setText("Select one or more polygons first.")
+            return None
+        shape = wkb.loads(bytes(QgsGeometry.unaryUnion(geometries).asWkb()))
+        crs = layer.crs().toWkt()
+        errors = ({"agb_std": sources.std} if sources.std else
+                  {"agb_lower": sources.lower, "agb_upper": sources.upper} if sources.lower and sources.upper else {})
+
+        def compute(_task):
+            return carbon_stock([shape], agb=sources.prediction, coverage=sources.coverage or 0.9,
+                                root_shoot=0.0, confidence=POLYGON_CONFIDENCE, simulations=POLYGON_SIMULATIONS,
+                                seed=0, projects_crs=crs, **errors)["records"][0]
+
+        task = FunctionTask("Forest Carbon: total of the selected polygons", compute)
+        self.connections.connect(task.done, self._polygon_done)
+        self._keep_until_done(task)
+        self.polygon_label.setText("Computing…")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _polygon_done(self, _task, record, error) -> None:
+        self.polygon_result = record
+        if error is not None or record is None:
+            self.polygon_label.setText(f"Error: {error}" if error else "Cancelled.")
+        elif record.get("agb_total_mg") is None:
+            self.polygon_label.setText(f"Area {record['area_ha']:.4g} ha: no valid pixel inside.")
+        else:
+            text = (f"Area {record['area_ha']:.4g} ha; total {record['agb_total_mg']:.5g} (map unit × ha, Mg for "
+                    f"AGB in Mg/ha); mean {record['agb_mean_mg_ha']:.4g}")
+            if record.get("co2e_ci_low_t") is not None and record["co2e_total_t"]:
+                per = record["agb_total_mg"] / record["co2e_total_t"]  # the core's CO2e interval, in map units
+                text += (f"; {100 * POLYGON_CONFIDENCE:.0f} % interval [{record['co2e_ci_low_t'] * per:.5g}, "
+                         f"{record['co2e_ci_high_t'] * per:.5g}] (± {record['uncertainty_pct']:.1f} %)")
+            self.polygon_label.setText(text)
+        self.polygonTotal.emit(record)
+
+    # ------------------------------------------------------------------------- life cycle
+    def _keep_until_done(self, task) -> None:
+        self._tasks.add(task)
+        task.done.connect(lambda t, *_: self._tasks.discard(t))
+
+    def teardown(self) -> None:
+        """Before deletion: stop tasks and timers, give the canvas its tool back, disconnect everything."""
+        self.stats_timer.stop()
+        for task in list(self._tasks):
+            _cancel(task)
+        self._stats_task = None
+        self._drop_tool()
+        self.connections.disconnect_all()

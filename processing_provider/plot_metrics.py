@@ -22,7 +22,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES
 from forest_carbon_plugin.core.catalog import open_catalog
-from forest_carbon_plugin.core.plot_metrics import Plot, plot_metrics
+from forest_carbon_plugin.core.plot_metrics import AREA_FIELD, Plot, plot_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 
@@ -54,7 +54,9 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
             "'Canopy metrics (grid)': lidR's stdmetrics_z (zmax, zmean, zsd, zskew, zkurt, zentropy, "
             "pzabovezmean, pzabove2, zq5…zq95, zpcum1…zpcum9), cover (% of first returns above HEIGHT_BREAK m, "
             "FUSION), n, point_density and pulse_density (per m² of plot). Plots without points get n = 0 and "
-            "empty metrics, with a warning. NORMALIZE as in 'Canopy metrics (grid)'."
+            "empty metrics, with a warning; plot_area_m2 is the plot's area (π·RADIUS² or the outline's), which "
+            "trainmodel keeps in the model card so that predictraster can warn when the map's cells have "
+            "another area than the plots. NORMALIZE as in 'Canopy metrics (grid)'."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -115,12 +117,20 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
                 raise QgsProcessingException(self.tr(f"The plot layer already has a field '{name}': rename it, "
                                                      "the metric fields use that name."))
             fields.append(QgsField(name, QVariant.Double))
+        # the plot's area travels with the metrics: trainmodel writes it in the model card, and predictraster
+        # warns when the cells it maps differ from the support the intervals were calibrated on
+        add_area = AREA_FIELD not in taken
+        if add_area:
+            fields.append(QgsField(AREA_FIELD, QVariant.Double))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, plots.wkbType(), plots.sourceCrs())
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        for feature, values in zip(features, result.values):
+        for feature, shape, values in zip(features, shapes, result.values):
             out = QgsFeature(fields)
             out.setGeometry(feature.geometry())
-            out.setAttributes(list(feature.attributes()) + [None if not np.isfinite(v) else float(v) for v in values])
+            extra = [None if not np.isfinite(v) else float(v) for v in values]
+            if add_area:
+                extra.append(float(shape.area_m2) if shape is not None else None)
+            out.setAttributes(list(feature.attributes()) + extra)
             sink.addFeature(out, QgsFeatureSink.FastInsert)
         return {self.OUTPUT: dest}

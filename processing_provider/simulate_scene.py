@@ -20,6 +20,7 @@ class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
     SIZE = "SIZE"
     SEED = "SEED"
     PULSE_DENSITY = "PULSE_DENSITY"
+    PLOT_RADIUS = "PLOT_RADIUS"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     _name = "simulatescene"
@@ -42,7 +43,9 @@ class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
             "the 10 m and 30 m grids, the tree list and the stands; scene.json lists every file "
             "and the true carbon of each project.\n\n"
             "SIZE is the side in metres (rounded up to a multiple of 60 m so all grids align); "
-            "PULSE_DENSITY is in pulses per m². The same SEED always gives the same bytes. "
+            "PULSE_DENSITY is in pulses per m². PLOT_RADIUS is the radius of the circular field plots in "
+            "metres (12.62 m = 500 m²; 16.93 m = 900 m², the area of a 30 m cell: an area-based model's "
+            "intervals are calibrated at the support of its plots). The same SEED always gives the same bytes. "
             "OUTPUT_FOLDER must be new or empty. See the README section 'The scene simulator' "
             "for the model's assumptions."
         )
@@ -57,6 +60,9 @@ class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.PULSE_DENSITY, self.tr("LiDAR pulse density (pulses/m²)"), QgsProcessingParameterNumber.Double,
             defaultValue=10.0, minValue=0.1, maxValue=100.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.PLOT_RADIUS, self.tr("Field plot radius (m)"), QgsProcessingParameterNumber.Double,
+            defaultValue=12.62, minValue=1.0, maxValue=60.0))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputFile("MANIFEST", self.tr("Scene manifest (scene.json)")))
@@ -70,6 +76,7 @@ class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
             size_m=self.parameterAsDouble(parameters, self.SIZE, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             pulse_density=self.parameterAsDouble(parameters, self.PULSE_DENSITY, context),
+            plot_radius_m=self.parameterAsDouble(parameters, self.PLOT_RADIUS, context),
         )
         manifest = self.call_core(simulate_scene, folder, config, FeedbackProgress(feedback))
         truth = manifest["truth"]

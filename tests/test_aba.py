@@ -21,6 +21,11 @@ SCENE_SIZE_M = 1200  # the simulator makes size²/30,000 field plots: 48
 SCENE_PULSES = 1.0  # pulses/m²: keeps plotmetrics + canopymetrics of 1.44 km² at ~20 s each
 # the standard few-metric ABA model: height percentiles, mean, spread, cover
 ABA_FIELDS = "zq95,zq50,zmean,zsd,cover,pzabove2"
+# Plots of 900 m², the area of the 30 m cells mapped: the conformal intervals are calibrated at the support
+# of the plots, so the plots must have the cells' area (lidR's advice for the ABA). With the simulator's
+# default 500 m² plots the 90 % intervals covered 97.8 % of the 30 m truth cells (smaller plots scatter
+# more around the model than bigger cells do).
+PLOT_RADIUS_M = 16.93
 
 
 def _register_provider():
@@ -43,11 +48,11 @@ def aba_products(tmp_path_factory, qgis_processing):
     from qgis.core import QgsApplication
 
     from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
-    from forest_carbon_plugin.simulate.scene import PLOT_RADIUS_M
 
     root = tmp_path_factory.mktemp("aba")
     scene = root / "scene"
-    manifest = simulate_scene(scene, SceneConfig(size_m=SCENE_SIZE_M, seed=5, pulse_density=SCENE_PULSES))
+    manifest = simulate_scene(scene, SceneConfig(size_m=SCENE_SIZE_M, seed=5, pulse_density=SCENE_PULSES,
+                                                       plot_radius_m=PLOT_RADIUS_M))
     added = _register_provider()
     try:
         plots = processing.run("forestcarbon:plotmetrics", {
@@ -171,16 +176,14 @@ def test_area_based_agb_against_the_simulated_truth(aba_products, tmp_path, fore
                            tmp_path / "agb_upper.tif")
     print("ABA", stats, {k: v for k, v in result.items() if not k.startswith("OUTPUT")})
     assert stats["cells"] >= 0.95 * stats["of"]  # wall-to-wall
-    # measured (seed 5): RMSE 122 Mg/ha against a mean truth of 345 Mg/ha (35 %), bias −1 Mg/ha; the plots'
-    # spatial-CV RMSE is 156 Mg/ha (500 m² plots with a 10 % measurement error are noisier than 900 m² cells)
+    # measured (seed 5, 48 plots of 900 m²): RMSE 125 Mg/ha against a mean truth of 345 Mg/ha (36 %), bias +4 Mg/ha;
+    # the plots' spatial-CV RMSE is 143 Mg/ha (the plot measurements carry a 10 % error the cells do not)
     assert stats["rmse"] < 135
     assert abs(stats["bias"]) < 25
     assert result["N_SAMPLES"] == 48 and result["CONFORMAL_FACTOR"] > 1
-    # The 90 % intervals cover 97.8 % of the true 30 m cells, not the 85–95 % of the issue: they are calibrated
-    # (conformal, on held-out plots) to cover 90 % of *plot measurements*, whose scatter around the model is
-    # larger than that of 30 m cell truth (smaller area, measurement error), so they over-cover the cells.
-    # Checked here as measured; see the report to issue 12.
-    assert 0.85 <= stats["coverage"] <= 0.99
+    # the issue's target: 90 % intervals cover 85-95 % of the true 30 m cells (measured: 87.7 %; the quantile
+    # model alone covered 64.6 % of held-out plots, so the conformal factor, 3.1, does the work)
+    assert 0.85 <= stats["coverage"] <= 0.95
 
 
 # ----------------------------------------------------------------------------- acceptance 5: qgis_process, .model3
@@ -221,8 +224,6 @@ def test_qgis_process_trainmodel_and_the_model3(aba_products, tmp_path, qgis_con
         if int(x) <= 500540 and int(y) >= 5599340:
             (cloud / tile.name).symlink_to(tile)
     assert len(list(cloud.glob("*.laz"))) == 9
-    from forest_carbon_plugin.simulate.scene import PLOT_RADIUS_M
-
     out = {k: tmp_path / f"m_{k}.tif" for k in ("prediction", "std", "lower", "upper")}
     proc = qgis_env.run(["run", str(MODEL3), "--", f"cloud={cloud}",
                          f"plots={aba_products['scene'] / 'field_plots.gpkg'}", "target_field=agb_mg_ha",
@@ -243,3 +244,74 @@ def test_qgis_process_trainmodel_and_the_model3(aba_products, tmp_path, qgis_con
     ok = ~np.ma.getmaskarray(pred)
     assert np.all(lower.data[ok] <= pred.data[ok] + 1e-3) and np.all(upper.data[ok] >= pred.data[ok] - 1e-3)
     assert np.all(std.data[ok] >= 0)
+
+
+# ----------------------------------------------------------------------------- acceptance 4: bad input, support
+
+def test_plots_without_a_target_are_skipped_and_counted(aba_products, tmp_path, forestcarbon_provider):
+    """Three plots with a NULL measurement: trained on the other 45, and the log counts the three."""
+    from osgeo import ogr
+
+    src = ogr.Open(str(aba_products["plots"]))
+    ogr.GetDriverByName("GPKG").CopyDataSource(src, str(tmp_path / "plots_nulls.gpkg"))
+    del src
+    ds = ogr.Open(str(tmp_path / "plots_nulls.gpkg"), 1)
+    layer = ds.GetLayer(0)
+    blanked = 0
+    for feature in layer:
+        if blanked < 3:
+            feature.SetFieldNull("agb_mg_ha")
+            layer.SetFeature(feature)
+            blanked += 1
+    del layer, ds
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    class Log(QgsProcessingFeedback):
+        lines: list = []
+
+        def pushInfo(self, info):  # noqa: N802
+            self.lines.append(info)
+
+        def reportError(self, error, fatalError=False):  # noqa: N802
+            self.lines.append(error)
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.lines.append(warning)
+
+    import processing
+
+    feedback = Log()
+    result = processing.run("forestcarbon:trainmodel", {
+        "FEATURES": [str(tmp_path / "plots_nulls.gpkg")], "TARGET_FIELD": "agb_mg_ha", "FEATURE_FIELDS": ABA_FIELDS,
+        "OUTPUT_MODEL": str(tmp_path / "n.onnx"), "OUTPUT_REPORT": str(tmp_path / "n_report.html")},
+        context=QgsProcessingContext(), feedback=feedback)
+    assert result["N_SAMPLES"] == 45
+    assert any("3 plot(s) without a value in 'agb_mg_ha' were skipped" in line for line in feedback.lines), \
+        feedback.lines
+    from forest_carbon_plugin.core.modelcard import read_card
+
+    assert read_card(tmp_path / "n.onnx").extra["forest_carbon:training"]["skipped"]["no_target"] == 3
+
+
+def test_plot_area_travels_to_the_card_and_predictraster_warns_on_other_cells(aba_products, tmp_path,
+                                                                             forestcarbon_provider):
+    """plotmetrics writes plot_area_m2 (π r²), trainmodel keeps it, predictraster compares it with the cells."""
+    import math
+
+    from qgis.core import QgsVectorLayer
+
+    from forest_carbon_plugin.core.inference import support_warning
+    from forest_carbon_plugin.core.modelcard import read_card
+
+    layer = QgsVectorLayer(str(aba_products["plots"]), "plots")
+    areas = [f["plot_area_m2"] for f in layer.getFeatures()]
+    del layer
+    assert len(areas) == 48 and areas == [pytest.approx(math.pi * PLOT_RADIUS_M ** 2)] * 48
+    _train(aba_products["plots"], tmp_path)
+    card = read_card(tmp_path / "aba.onnx")
+    plot_area = card.extra["forest_carbon:training"]["plot_area_m2"]
+    assert plot_area == pytest.approx(math.pi * PLOT_RADIUS_M ** 2)  # 900.46 m²
+    assert support_warning(plot_area, 30 * 30) is None  # the 30 m cells of the test above
+    assert "over-cover" in support_warning(plot_area, 100 * 100) and "30.0 m resolution" in support_warning(
+        plot_area, 100 * 100)
+    assert "under-cover" in support_warning(plot_area, 10 * 10)

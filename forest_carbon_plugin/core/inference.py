@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -183,7 +184,8 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
         if abs(declared - coverage) > 1e-6:
             raise ForestCarbonError(f"The model's quantiles {low_q} and {high_q} make a {declared:.0%} interval, "
                                     f"not the {coverage:.0%} asked for: set COVERAGE to {declared:g}.")
-        centre = prediction
+        lower, centre, upper = quantile_interval(lower, prediction, upper)
+        result["prediction"] = centre
         lower = centre - factor * (centre - lower)
         upper = centre + factor * (upper - centre)
         result.update(lower=lower, upper=upper, std=(upper - lower) / (2 * z))  # Gaussian-equivalent σ
@@ -200,6 +202,19 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
         std = np.sqrt(total) * factor
         result.update(std=std, lower=prediction - z * std, upper=prediction + z * std)
     return result
+
+
+def quantile_interval(lower, median, upper):
+    """Lower, median and upper quantile predictions made consistent: sorted per pixel (quantile models fitted
+    one per level can cross; sorting is the rearrangement of Chernozhukov, Fernández-Val & Galichon 2010,
+    Econometrica 78:1093, which never makes an estimate worse), and a side of zero width given the other
+    side's width, so that a conformal factor scales both (a collapsed side would stay collapsed at any
+    factor). Returns float64 ``(lower, median, upper)``."""
+    q = np.sort(np.stack([np.asarray(a, dtype=np.float64) for a in (lower, median, upper)]), axis=0)
+    lo, m, up = q[0], q[1], q[2]
+    below, above = m - lo, up - m
+    below, above = np.where(below > 0, below, above), np.where(above > 0, above, below)
+    return m - below, m, m + above
 
 
 def blend_weights(size: int, overlap: int, taper_low: bool, taper_high: bool) -> np.ndarray:
@@ -224,6 +239,23 @@ def blend_weights(size: int, overlap: int, taper_low: bool, taper_high: bool) ->
 
 # --------------------------------------------------------------------------- the algorithm
 
+def support_warning(plot_area_m2, cell_area_m2: float, tolerance: float = 0.25) -> str | None:
+    """A warning when a plot-trained model maps cells of another area than its plots, else None.
+
+    The intervals of an area-based model are calibrated on plot measurements: their spread is that of
+    plots of that area. Biomass density over a bigger cell varies less (the variance of a mean over an
+    area falls roughly as 1/area for weakly correlated stems), so the intervals over-cover bigger cells
+    and under-cover smaller ones. lidR's advice: a cell area equal to the plot area.
+    """
+    if not plot_area_m2 or not cell_area_m2 or abs(cell_area_m2 / plot_area_m2 - 1) <= tolerance:
+        return None
+    side = math.sqrt(plot_area_m2)
+    way = "wider than needed (they over-cover)" if cell_area_m2 > plot_area_m2 else "too narrow (they under-cover)"
+    return (f"The model was calibrated on plots of {plot_area_m2:.0f} m²; the cells here are {cell_area_m2:.0f} m². "
+            f"For cells of this size its intervals are likely {way}: map at a {side:.1f} m resolution "
+            f"(cells of the plots' area), or train on plots of the cells' area.")
+
+
 def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_upper=None, bands=None,
                    device: str = "auto", require_gpu: bool = False, tile_size: int | None = None,
                    overlap: int | None = None, batch_size: int | None = None, coverage: float = 0.9,
@@ -242,6 +274,10 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
     if card.resolution_m and abs(grid.res[0] - card.resolution_m) > 0.25 * card.resolution_m:
         progress.warning(f"The model was made for {card.resolution_m:g} m pixels; the input has {grid.res[0]:g} m. "
                          "The outputs stay on the input grid, but the predictions may be off.")
+    plot_area = (card.extra.get("forest_carbon:training") or {}).get("plot_area_m2")
+    note = support_warning(plot_area, abs(grid.transform.a * grid.transform.e))
+    if note:
+        progress.warning(note)
     providers = choose_providers(device, require_gpu, progress)
     threads = default_workers(max_workers)
     sessions = [session_for(m, providers, threads) for m in card.members]
@@ -285,7 +321,9 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
          "batch_size": batch, "coverage": coverage},
         inputs=[str(p) for p in inputs], model_id=card.model_id, execution_provider=used,
         model=str(model), members=[str(m) for m in card.members], model_card_source=card.source,
-        conformal_factor=card.conformal_factor, target=card.target, unit=card.unit)
+        conformal_factor=card.conformal_factor, target=card.target, unit=card.unit,
+        # the sibling outputs of this run, so that a viewer finds a prediction's uncertainty layers
+        outputs={k: str(Path(requested[k]).resolve()) for k in kinds})
     pipeline = _Pipeline(stack, card, runners, tile, ov, batch, coverage, kinds, progress)
     with contextlib.ExitStack() as outputs:
         writers = {}

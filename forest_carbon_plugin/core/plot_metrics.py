@@ -22,6 +22,9 @@ from .errors import ForestCarbonError
 from .metrics import cover_and_density, metric_names, stdmetrics_z
 from .progress import NullProgress, Progress, check_cancel
 
+# the field with each plot's area (m², in the cloud's CRS) that plotmetrics adds beside the metrics
+AREA_FIELD = "plot_area_m2"
+
 
 @dataclass
 class Plot:

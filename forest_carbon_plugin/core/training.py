@@ -391,6 +391,9 @@ def sample_plot_data(features, target_field: str | None, feature_fields=None,
     rows, ys, xs, yc = [], [], [], []
     no_target = no_geometry = incomplete = 0
     areas = []
+    from .plot_metrics import AREA_FIELD
+
+    area_field = AREA_FIELD if AREA_FIELD in numeric and AREA_FIELD not in names else None
     layer.ResetReading()
     for feature in layer:
         check_cancel(progress)
@@ -413,8 +416,10 @@ def sample_plot_data(features, target_field: str | None, feature_fields=None,
         else:
             centroid = geom.Centroid()
             px, py = centroid.GetX(), centroid.GetY()
-            if geom.GetArea() > 0:
+            if geom.GetArea() > 0 and area_field is None and not (srs is not None and srs.IsGeographic()):
                 areas.append(geom.GetArea())
+        if area_field is not None and feature.GetField(area_field) is not None:
+            areas.append(float(feature.GetField(area_field)))
         rows.append([float(v) for v in vals])
         ys.append(float(value))
         xs.append(px)
@@ -635,9 +640,10 @@ def predict_intervals(model: FittedModel, X) -> dict:
     X = np.asarray(X, dtype=np.float32)
     if model.kind == "quantile_gbm":
         raw = {k: m.predict(X) for k, m in model.models.items()}
-        median = raw["median"]
-        return {"prediction": median, "lower": np.minimum(raw["lower"], median),
-                "upper": np.maximum(raw["upper"], median)}
+        from .inference import quantile_interval
+
+        lower, median, upper = quantile_interval(raw["lower"], raw["median"], raw["upper"])
+        return {"prediction": median, "lower": lower, "upper": upper}
     from .validation import z_score
 
     mean = model.models["mean"].predict(X)

@@ -26,7 +26,7 @@ from .world import EPSG, SceneConfig, Trees, canopy_at, make_stands, make_terrai
 
 FIXED_DATE = "2023-07-15T00:00:00Z"  # GeoPackage timestamps: same seed, same bytes
 CARBON_FRACTION = 0.47  # IPCC 2006 default (shared/notes/models_uncertainty_carbon.md)
-PLOT_RADIUS_M = 12.62  # 500 m² circular plots
+PLOT_RADIUS_M = 12.62  # the default radius of the field plots (SceneConfig.plot_radius_m): 500 m²
 
 
 def simulate_scene(out_dir, config: SceneConfig | None = None, progress: Progress | None = None) -> dict:
@@ -300,6 +300,7 @@ def write_plots(config: SceneConfig, trees: Trees, stands, path: Path, truth_csv
     import geopandas as gpd
 
     rng = rng_for(config, 800)
+    radius = config.plot_radius_m
     size = config.size
     n_plots = int(min(200, max(8, size * size / 30_000)))
     forest_ids = [i for i, t in enumerate(stands.types) if t.forest]
@@ -307,18 +308,18 @@ def write_plots(config: SceneConfig, trees: Trees, stands, path: Path, truth_csv
     attempts = 0
     while len(records) < n_plots and attempts < 100 * n_plots:
         attempts += 1
-        x, y = rng.uniform(PLOT_RADIUS_M, size - PLOT_RADIUS_M, 2)
+        x, y = rng.uniform(radius, size - radius, 2)
         sid = int(stands.ids_1m[min(int(size - y), stands.ids_1m.shape[0] - 1), int(x)])
         if sid not in forest_ids and rng.random() > 0.15:
             continue  # mostly forest plots, a few in non-forest
-        inside = (trees.x - x) ** 2 + (trees.y - y) ** 2 <= PLOT_RADIUS_M ** 2
-        area_ha = math.pi * PLOT_RADIUS_M ** 2 / 10_000
+        inside = (trees.x - x) ** 2 + (trees.y - y) ** 2 <= radius ** 2
+        area_ha = math.pi * radius ** 2 / 10_000
         true_agb = float(trees.agb_kg[inside].sum() / 1000 / area_ha)
         true_h = float(trees.height_m[inside].mean()) if inside.any() else 0.0
         measured_agb = true_agb * math.exp(rng.normal(-0.1 ** 2 / 2, 0.1))
         measured_h = max(0.0, true_h + rng.normal(0, 0.5)) if inside.any() else 0.0
         pid = f"P{len(records) + 1:03d}"
-        records.append({"plot_id": pid, "radius_m": PLOT_RADIUS_M, "agb_mg_ha": round(measured_agb, 2),
+        records.append({"plot_id": pid, "radius_m": radius, "agb_mg_ha": round(measured_agb, 2),
                         "mean_height_m": round(measured_h, 2), "n_trees": int(inside.sum()),
                         "stand_type": stands.types[sid].name, "x": config.xmin + x, "y": config.ymin + y})
         truth.append({"plot_id": pid, "true_agb_mg_ha": true_agb, "true_mean_height_m": true_h})

@@ -92,6 +92,8 @@ class SceneConfig:
     s1_looks: float = 4.4
     s1_incidence_deg: float = 38.0
     workers: int = 2
+    # field plots are circles of this radius: 12.62 m = 500 m²; 16.93 m = 900 m², the area of a 30 m cell
+    plot_radius_m: float = 12.62
 
     @property
     def size(self) -> float:
@@ -113,6 +115,8 @@ class SceneConfig:
                 f"Pulse density {self.pulse_density} pulses/m² is out of range: choose 0.1 to 100.")
         if self.tile_m < 30:
             raise ForestCarbonError("LiDAR tiles must be at least 30 m wide.")
+        if not (1 <= self.plot_radius_m <= 60):
+            raise ForestCarbonError(f"Plot radius {self.plot_radius_m} m is out of range: choose 1 to 60 m.")
 
 
 def rng_for(config: SceneConfig, *stream: int) -> np.random.Generator:

@@ -3,6 +3,8 @@ SHELL := /bin/bash
 SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
+WORKER_VENV := .venv-worker
+CORE_SOURCES := $(shell find forest_carbon_plugin -name '*.py' -not -path '*/gui/*' 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-geopandas python3-scipy python3-sklearn \
 	python3-h5py python3-matplotlib python3-venv python3-pip gdal-bin proj-data xvfb zip unzip
@@ -13,7 +15,7 @@ export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .PHONY: setup system-packages test demo package deploy bench clean
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed $(WORKER_VENV)/.installed
 
 # Debian's QGIS 3.22 and the geospatial stack; apt runs only when something is missing.
 system-packages:
@@ -32,6 +34,20 @@ $(VENV)/.installed: requirements.txt Makefile
 	$(SYSTEM_PYTHON) -c 'import numpy; print("numpy==" + numpy.__version__)' > $(VENV)/constraints.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -r requirements.txt
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	touch $@
+
+# A Dask worker's environment: no QGIS, no PyQt, no system site-packages; only `pip install .[worker]`
+# with the main venv's versions (constraints-worker.txt), so tiles computed there have the same bits.
+# The package is installed from a copy of the sources (setuptools would write into build/, which
+# `make package` uses); it is reinstalled when the core changes. tests/test_remote.py runs its workers.
+$(WORKER_VENV)/.installed: pyproject.toml constraints-worker.txt $(CORE_SOURCES)
+	@test -x $(WORKER_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(WORKER_VENV)
+	@src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	  cp -r pyproject.toml README.md LICENSE forest_carbon_plugin "$$src"/ && rm -rf "$$src"/forest_carbon_plugin/gui && \
+	  find "$$src" -name __pycache__ -type d -prune -exec rm -rf {} + && \
+	  $(WORKER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-worker.txt \
+	    --force-reinstall --no-deps "$$src" && \
+	  $(WORKER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-worker.txt "$$src[worker]"
 	touch $@
 
 test: setup

@@ -51,6 +51,9 @@ class ForestCarbonPlugin:
         self.initProcessing()
         self._add_action("Describe LAS/LAZ files…", "forestcarbon:lidarinfo")
         self._add_action("Describe an ONNX model…", "forestcarbon:modelinfo")
+        from .gui.cluster_settings import add_menu_action
+
+        add_menu_action(self)  # "Cluster settings…" (remote jobs); removed with self.actions in unload()
         from .gui.docks import DockManager
 
         self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks

@@ -12,6 +12,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .execution import add_execution_parameters, execution
 
 
 class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
@@ -57,6 +58,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
                                                         defaultValue=False))
         self.add_crs_and_extent(extent=True)
         self.add_max_workers()
+        add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy height model")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -70,10 +72,11 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         subcircle = self.parameterAsDouble(parameters, self.SUBCIRCLE, context)
         fill = self.parameterAsBool(parameters, self.FILL_EMPTY, context)
         record = {"INPUT": source, "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill}
-        grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
-                              fill_empty=fill, crs=crs,
-                              progress=FeedbackProgress(feedback), parameters=record, extent=extent,
-                              extent_crs=extent_crs, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
+        with execution(self, parameters, context, feedback):
+            grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
+                                  fill_empty=fill, crs=crs,
+                                  progress=FeedbackProgress(feedback), parameters=record, extent=extent,
+                                  extent_crs=extent_crs, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")
         StyleLoader.attach(context, output, "canopy_height")
         return {self.OUTPUT: output}

@@ -14,6 +14,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES, canopy_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .execution import add_execution_parameters, execution
 
 
 def default_workers() -> int:
@@ -79,6 +80,7 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
             self.MAX_WORKERS, self.tr("Worker processes"), QgsProcessingParameterNumber.Integer,
             defaultValue=default_workers(), minValue=1, maxValue=64))
         self.add_crs_and_extent(extent=True)
+        add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Canopy metrics")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -99,8 +101,9 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         }
         record = {k.upper(): v for k, v in settings.items() if k != "crs"}
         record["INPUT"] = source
-        result = self.call_core(canopy_metrics, source, output, progress=FeedbackProgress(feedback),
-                                parameters=record, extent=extent, extent_crs=extent_crs, **settings)
+        with execution(self, parameters, context, feedback):
+            result = self.call_core(canopy_metrics, source, output, progress=FeedbackProgress(feedback),
+                                    parameters=record, extent=extent, extent_crs=extent_crs, **settings)
         feedback.pushInfo(f"{result.points:,} points; {result.grid.ncols} × {result.grid.nrows} cells of "
                           f"{res:g} m, {result.cells_with_data:,} with data; {len(result.bands)} bands.")
         StyleLoader.attach(context, output, "canopy_metrics")

@@ -15,6 +15,7 @@ from forest_carbon_plugin.core.harmonize import harmonize_scene
 from forest_carbon_plugin.core.masks import DEFAULT_MASK, MASK_CLASSES
 
 from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, RgbStyler
+from .execution import add_execution_parameters, execution
 
 
 class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
@@ -80,6 +81,7 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), QgsProcessingParameterNumber.Integer,
             defaultValue=0, minValue=0))
+        add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Harmonized reflectance")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -88,7 +90,16 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
         crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
         reference = self.parameterAsRasterLayer(parameters, self.REFERENCE_GRID, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        result = self.call_core(
+        with execution(self, parameters, context, feedback):
+            result = self._harmonize(parameters, context, feedback, source, crs, reference, output)
+        feedback.pushInfo(self.tr(f"{result.product.sensor} {result.product.platform} {result.product.level}, "
+                                  f"bands {', '.join(result.bands)}; {100 * result.valid_fraction:.1f}% of pixels valid"
+                                  + (f"; NBAR solar zenith {result.nbar_sza_deg:.2f}°" if result.nbar_sza_deg else "")))
+        RgbStyler.attach(context, output)
+        return {self.OUTPUT: output}
+
+    def _harmonize(self, parameters, context, feedback, source, crs, reference, output):
+        return self.call_core(
             harmonize_scene, source, output,
             target_crs=crs.toWkt() if crs.isValid() else None,
             resolution_m=self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context),
@@ -99,8 +110,3 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
             bandpass=self.parameterAsBoolean(parameters, self.BANDPASS, context),
             max_workers=self.parameterAsInt(parameters, self.MAX_WORKERS, context) or None,
             progress=FeedbackProgress(feedback))
-        feedback.pushInfo(self.tr(f"{result.product.sensor} {result.product.platform} {result.product.level}, "
-                                  f"bands {', '.join(result.bands)}; {100 * result.valid_fraction:.1f}% of pixels valid"
-                                  + (f"; NBAR solar zenith {result.nbar_sza_deg:.2f}°" if result.nbar_sza_deg else "")))
-        RgbStyler.attach(context, output)
-        return {self.OUTPUT: output}

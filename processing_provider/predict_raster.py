@@ -18,6 +18,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.inference import DEVICES, predict_raster
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .execution import add_execution_parameters, execution
 
 
 class PredictRasterAlgorithm(ForestCarbonAlgorithm):
@@ -88,6 +89,7 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.COVERAGE, self.tr("Interval coverage"),
                                                        QgsProcessingParameterNumber.Double, defaultValue=0.9,
                                                        minValue=0.01, maxValue=0.999))
+        add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Prediction")))
         for name, label in ((self.OUTPUT_STD, "Standard deviation"), (self.OUTPUT_LOWER, "Lower bound"),
                             (self.OUTPUT_UPPER, "Upper bound")):
@@ -103,7 +105,21 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
         outputs = {name: self.parameterAsOutputLayer(parameters, name, context) or None
                    for name in (self.OUTPUT, self.OUTPUT_STD, self.OUTPUT_LOWER, self.OUTPUT_UPPER)}
         overlap = parameters.get(self.OVERLAP)
-        result = self.call_core(
+        with execution(self, parameters, context, feedback):
+            result = self._predict(parameters, context, feedback, layers, outputs, overlap)
+        results = {}
+        kinds = {self.OUTPUT: "prediction", self.OUTPUT_STD: "std", self.OUTPUT_LOWER: "lower",
+                 self.OUTPUT_UPPER: "upper"}
+        for name, kind in kinds.items():
+            if kind in result.outputs:
+                results[name] = str(result.outputs[kind])
+                StyleLoader.attach(context, results[name], "uncertainty" if kind == "std" else "prediction",
+                                   rescale=True)
+        results["EXECUTION_PROVIDER"] = result.provider
+        return results
+
+    def _predict(self, parameters, context, feedback, layers, outputs, overlap):
+        return self.call_core(
             predict_raster, [layer.source() for layer in layers],
             self.parameterAsFile(parameters, self.MODEL, context), outputs[self.OUTPUT],
             out_std=outputs[self.OUTPUT_STD], out_lower=outputs[self.OUTPUT_LOWER],
@@ -116,13 +132,3 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context) or None,
             coverage=self.parameterAsDouble(parameters, self.COVERAGE, context),
             progress=FeedbackProgress(feedback))
-        results = {}
-        kinds = {self.OUTPUT: "prediction", self.OUTPUT_STD: "std", self.OUTPUT_LOWER: "lower",
-                 self.OUTPUT_UPPER: "upper"}
-        for name, kind in kinds.items():
-            if kind in result.outputs:
-                results[name] = str(result.outputs[kind])
-                StyleLoader.attach(context, results[name], "uncertainty" if kind == "std" else "prediction",
-                                   rescale=True)
-        results["EXECUTION_PROVIDER"] = result.provider
-        return results

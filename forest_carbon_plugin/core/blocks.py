@@ -195,6 +195,12 @@ def same_grid(a: RasterGrid, b: RasterGrid) -> bool:
     return CRS.from_user_input(a.crs) == CRS.from_user_input(b.crs)
 
 
+# ZSTD level 1 with the floating-point predictor: as small as DEFLATE level 1 on float rasters and twice as
+# fast to write (6000² float32 COG with overviews on 2 cores: 0.96 s vs 2.16 s, both 131 MiB). GDAL reads it
+# since 2.3; every QGIS 3 build we know of has it.
+COMPRESS = "zstd"
+
+
 def default_workers(max_workers: int | None = None) -> int:
     if max_workers:
         return max(1, int(max_workers))
@@ -205,7 +211,7 @@ def process_blocks(grid: RasterGrid, compute: Callable, path, count: int, dtype=
                    descriptions: Sequence[str] | None = None, tags: dict | None = None, provenance: dict | None = None,
                    band_tags: Sequence[dict] | None = None, progress: Progress | None = None,
                    max_workers: int | None = None, block_size: int = DEFAULT_BLOCK, cog: bool = True,
-                   compress: str = "deflate") -> Path:
+                   compress: str = COMPRESS) -> Path:
     """Compute ``compute(window) -> array (count, rows, cols)`` over every block of ``grid`` and
     write the result to ``path`` (a COG unless ``cog`` is False), atomically.
 
@@ -224,7 +230,7 @@ def process_blocks(grid: RasterGrid, compute: Callable, path, count: int, dtype=
 def raster_writer(grid: RasterGrid, path, count: int, dtype="float32", nodata=None,
                   descriptions: Sequence[str] | None = None, tags: dict | None = None,
                   provenance: dict | None = None, band_tags: Sequence[dict] | None = None,
-                  block_size: int = DEFAULT_BLOCK, cog: bool = True, compress: str = "deflate",
+                  block_size: int = DEFAULT_BLOCK, cog: bool = True, compress: str = COMPRESS,
                   workers: int | None = None):
     """An open rasterio dataset to write windows into; on a clean exit it gets its band
     descriptions and tags, becomes a COG and is moved to ``path``; on an error nothing is left."""

@@ -25,6 +25,7 @@ from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
 from .outputs import provenance as make_provenance
 from .progress import NullProgress, Progress, check_cancel
 from .raster import write_raster
+from .tilemap import current_executor
 
 NODATA = -9999.0
 NORMALIZE_MODES = ("auto", "always", "never")
@@ -68,7 +69,8 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
     data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
     record = make_provenance("forestcarbon:canopymetrics", parameters or {
         "RESOLUTION": res, "HEIGHT_BREAK": height_break, "MIN_POINTS": min_points, "INTENSITY": intensity,
-        "NORMALIZE": normalize}, inputs=[t.path for t in catalog.tiles])
+        "NORMALIZE": normalize}, inputs=[t.path for t in catalog.tiles],
+        **(current_executor().describe() if current_executor() is not None else {}))
     check_cancel(progress)
     write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
                  provenance=record)
@@ -105,7 +107,11 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
         _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, grid.res)
         progress.set_progress(100.0 * (i + 1) / len(tasks))
 
-    if max_workers <= 1 or len(tasks) == 1:
+    executor = current_executor()
+    if executor is not None:  # a Dask cluster: the same tile tasks, collected in tile order
+        for i, result in enumerate(executor.map(_tile_task, tasks, progress, 100.0, kwargs={"threads": False})):
+            collect(i, result)
+    elif max_workers <= 1 or len(tasks) == 1:
         # MAX_WORKERS bounds the cores: one worker decodes single-threaded too
         for i, task in enumerate(tasks):
             check_cancel(progress)

@@ -33,7 +33,8 @@ from .errors import ForestCarbonError
 from .masks import DEFAULT_MASK, MASKERS, parse_classes, radsat_mask
 from .outputs import provenance as make_provenance
 from .products import OUTPUT_ORDER, Product, open_product
-from .progress import NullProgress, Progress
+from .progress import NullProgress, Progress, check_cancel
+from .tilemap import current_executor
 
 COEFFICIENTS_VERSION = "HLS v2.0 (bandpass: hls_libs/L8like S2A/S2B/S2C; BRDF: Roy et al. 2016/2017)"
 HIGH_LATITUDE_DEG = 81.3
@@ -128,10 +129,17 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
     if nbar_sza is not None:
         tags["NBAR_SOLAR_ZENITH"] = f"{nbar_sza:.4f}"
     band_tags = [{"SOURCE_BAND": b.band_id, "SCALE": repr(b.scale), "OFFSET": repr(b.offset)} for b in bands]
+    executor = current_executor()
     try:
-        process_blocks(grid, plan.compute, out_path, len(bands), "float32", float("nan"),
-                       descriptions=[b.name for b in bands], tags=tags, provenance=record, band_tags=band_tags,
-                       progress=progress, max_workers=default_workers(max_workers), block_size=block_size)
+        if executor is not None:  # a Dask cluster: row bands of the same blocks on the workers
+            record.update(executor.describe())
+            plan.valid = _harmonize_remote(executor, (product, grid, bands, classes, int(mask_dilation), nbar_sza,
+                                                      do_bandpass), out_path, tags, record, band_tags, progress,
+                                           block_size)
+        else:
+            process_blocks(grid, plan.compute, out_path, len(bands), "float32", float("nan"),
+                           descriptions=[b.name for b in bands], tags=tags, provenance=record, band_tags=band_tags,
+                           progress=progress, max_workers=default_workers(max_workers), block_size=block_size)
     finally:
         plan.readers.close()
     total = grid.width * grid.height
@@ -141,6 +149,51 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
                          "all no-data.")
     return HarmonizeResult(Path(out_path), [b.name for b in bands], product, nbar_sza, valid_fraction,
                            list(product.warnings))
+
+
+def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, progress, block_size) -> int:
+    """Row bands of whole blocks on the workers (:func:`harmonize_rows`), then one COG; returns the valid pixels."""
+    from .cluster import TaskProgress, assemble_raster, bands_for, job_folder
+
+    product, grid, bands = plan_args[:3]
+    sources = [b.path for b in bands] + [p for p in (product.qa_path, product.radsat_path) if p is not None]
+    executor.check_visible(sorted({str(p) for p in sources}))
+    rows = bands_for(grid.height, grid.width * len(bands), block_size, executor.workers,
+                     tasks_per_thread=getattr(executor, "tasks_per_thread", 8))
+    progress.info(f"{len(rows)} row bands on the Dask cluster at {executor.address}")
+    with job_folder(out_path, executor.job_dir) as folder:
+        event = executor.new_event()
+        args = [(plan_args, r0, r1, block_size, str(folder)) for r0, r1 in rows]
+        paths, valid = {}, 0
+        for i, (path, n) in executor.as_completed(harmonize_rows, args, progress, 95.0, label="row band",
+                                                  event_name=event, kwargs={"progress": TaskProgress(event)}):
+            paths[i] = path
+            valid += n
+        check_cancel(progress)
+        assemble_raster(grid, [(r0, r1, paths[i]) for i, (r0, r1) in enumerate(rows)], out_path, len(bands),
+                        "float32", float("nan"), descriptions=[b.name for b in bands], tags=tags, provenance=record,
+                        band_tags=band_tags, folder=folder)
+    progress.set_progress(100.0)
+    return valid
+
+
+def harmonize_rows(plan_args, row0: int, row1: int, block_size: int, folder: str, progress=None):
+    """(a tile task, run on a Dask worker) the blocks of rows ``row0``-``row1`` computed as the local path
+    computes them, written into ``folder``. Returns (tile path, valid pixels)."""
+    from .cluster import write_tile
+
+    plan = _Plan(*plan_args)
+    grid = plan.grid
+    out = np.full((len(plan.bands), row1 - row0, grid.width), np.nan, dtype=np.float32)
+    try:
+        for window in grid.windows(block_size):
+            if row0 <= window.row_off < row1:
+                check_cancel(progress)
+                r, c = int(window.row_off) - row0, int(window.col_off)
+                out[:, r:r + int(window.height), c:c + int(window.width)] = plan.compute(window)
+    finally:
+        plan.readers.close()
+    return write_tile(folder, f"harmonized_{row0:09d}", out, grid, row0, float("nan")), plan.valid
 
 
 def _check_overlap(product: Product, grid: RasterGrid) -> None:

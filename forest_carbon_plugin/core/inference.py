@@ -41,6 +41,7 @@ from .errors import ForestCarbonError
 from .modelcard import ModelCard, read_card
 from .outputs import provenance as make_provenance
 from .progress import NullProgress, Progress, check_cancel
+from .tilemap import current_executor
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "directml", "coreml")
 PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -324,21 +325,106 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
         conformal_factor=card.conformal_factor, target=card.target, unit=card.unit,
         # the sibling outputs of this run, so that a viewer finds a prediction's uncertainty layers
         outputs={k: str(Path(requested[k]).resolve()) for k in kinds})
+    executor = current_executor()
+
+    def tags(kind):
+        return {"OUTPUT_KIND": kind, "UNIT": card.unit, "COVERAGE": coverage if kind in ("lower", "upper") else "",
+                "MODEL_ID": card.model_id, "EXECUTION_PROVIDER": used}
+
+    def description(kind):
+        return card.target if kind == "prediction" else f"{card.target}_{kind}"
+
+    if executor is not None:  # a Dask cluster: row bands of the same pipeline on the workers
+        stack.readers.close()
+        record.update(executor.describe())
+        spec = {"grid": grid, "sources": stack.sources, "names": stack.names, "card": card, "device": device,
+                "require_gpu": require_gpu, "tile": tile, "overlap": ov, "batch": batch, "coverage": coverage,
+                "kinds": kinds, "threads": threads}
+        count = _predict_remote(executor, spec, requested, tags, description, record, progress)
+        seconds = time.perf_counter() - started
+        progress.info(f"{count} tiles in {seconds:.1f} s on the Dask cluster at {executor.address}")
+        return Prediction({k: Path(requested[k]) for k in kinds}, used, card, count, seconds)
     pipeline = _Pipeline(stack, card, runners, tile, ov, batch, coverage, kinds, progress)
     with contextlib.ExitStack() as outputs:
         writers = {}
         for kind in kinds:
-            description = card.target if kind == "prediction" else f"{card.target}_{kind}"
             writers[kind] = outputs.enter_context(raster_writer(
-                grid, requested[kind], 1, "float32", float("nan"), descriptions=[description],
-                tags={"OUTPUT_KIND": kind, "UNIT": card.unit, "COVERAGE": coverage if kind in ("lower", "upper") else "",
-                      "MODEL_ID": card.model_id, "EXECUTION_PROVIDER": used},
-                provenance=record, workers=threads))
+                grid, requested[kind], 1, "float32", float("nan"), descriptions=[description(kind)],
+                tags=tags(kind), provenance=record, workers=threads))
         pipeline.run(writers)
     stack.readers.close()
     seconds = time.perf_counter() - started
     progress.info(f"{pipeline.tiles} tiles in {seconds:.1f} s")
     return Prediction({k: Path(requested[k]) for k in kinds}, used, card, pipeline.tiles, seconds)
+
+
+def _predict_remote(executor, spec, requested, tags, description, record, progress) -> int:
+    """Row bands of the output on the cluster's workers (:func:`predict_rows`), each written into the job folder,
+    then one COG per output. Band edges fall on the local path's strip edges, so that every pixel gets the same
+    model tiles, batches and blending sums in the same order as the local run: the same bits."""
+    from .cluster import TaskProgress, assemble_raster, bands_for, job_folder
+
+    grid, card, kinds = spec["grid"], spec["card"], spec["kinds"]
+    executor.check_visible(sorted({str(path) for path, _, _ in spec["sources"]}))
+    members = [executor.send_file(m) for m in card.members]  # the workers may not see a local model file
+    patch = card.kind == "patch"
+    unit = spec["tile"] - spec["overlap"] if patch else spec["tile"]
+    bands = bands_for(grid.height, grid.width, unit, executor.workers, 2 if patch and spec["overlap"] else 1,
+                      tasks_per_thread=getattr(executor, "tasks_per_thread", 8))
+    progress.info(f"{len(bands)} row bands on the Dask cluster at {executor.address} "
+                  f"({executor.workers} worker threads)")
+    with job_folder(requested["prediction"], executor.job_dir) as folder:
+        event = executor.new_event()
+        args = [(spec, members, r0, r1, str(folder)) for r0, r1 in bands]
+        paths, count = {}, 0
+        for i, (written, tiles) in executor.as_completed(predict_rows, args, progress, 95.0, label="row band",
+                                                         event_name=event, kwargs={"progress": TaskProgress(event)}):
+            paths[i] = written
+            count += tiles
+        for kind in kinds:
+            check_cancel(progress)
+            assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind], 1,
+                            "float32", float("nan"), descriptions=[description(kind)], tags=tags(kind),
+                            provenance=record, folder=folder)
+    progress.set_progress(100.0)
+    return count
+
+
+class _ArrayWriter:
+    """Collects the rows a pipeline writes (grid windows) into an array of rows ``row0…``."""
+
+    def __init__(self, array, row0):
+        self.array, self.row0 = array, row0
+
+    def write(self, data, window=None):
+        r = int(window.row_off) - self.row0
+        self.array[r:r + int(window.height), int(window.col_off):int(window.col_off) + int(window.width)] = data[0]
+
+
+def predict_rows(spec: dict, members: list, row0: int, row1: int, folder: str, progress=None):
+    """(a tile task, run on a Dask worker) rows ``row0``-``row1`` of every output, written into ``folder``;
+    ``members`` are the model files' bytes sent with the job. Returns ({kind: tile path}, model tiles run)."""
+    from dataclasses import replace
+
+    from .cluster import materialize, write_tile
+
+    progress = progress or NullProgress()
+    card = replace(spec["card"], members=[materialize(data) for data in members])
+    providers = choose_providers(spec["device"], spec["require_gpu"], NullProgress())
+    # as many ONNX Runtime threads as the run here would use: tree ensembles sum their trees per thread, so the
+    # thread count is part of "the same computation" (bit-identical results)
+    runners = [_Runner(session_for(m, providers, spec["threads"]), card) for m in card.members]
+    grid = spec["grid"]
+    stack = _Stack(grid, spec["sources"], Readers(grid), spec["names"])
+    try:
+        pipeline = _Pipeline(stack, card, runners, spec["tile"], spec["overlap"], spec["batch"], spec["coverage"],
+                             spec["kinds"], progress)
+        arrays = {k: np.full((row1 - row0, grid.width), np.nan, dtype=np.float32) for k in spec["kinds"]}
+        pipeline.run({k: _ArrayWriter(a, row0) for k, a in arrays.items()}, rows=(row0, row1))
+    finally:
+        stack.readers.close()
+    written = {k: write_tile(folder, f"{k}_{row0:09d}", a, grid, row0, float("nan")) for k, a in arrays.items()}
+    return written, pipeline.tiles
 
 
 @dataclass
@@ -422,8 +508,11 @@ class _Pipeline:
             starts.append(height - self.tile)
         return [(y, min(self.tile, height)) for y in starts]
 
-    def run(self, writers) -> None:
-        strips = self._strips()
+    def run(self, writers, rows=None) -> None:
+        """Predict and write rows ``rows = (row0, row1)`` (default: all): the strips that touch them, in order,
+        so that each of those rows gets every model tile's contribution in the same order as a whole run."""
+        row0, row1 = rows or (0, self.grid.height)
+        strips = [s for s in self._strips() if s[0] < row1 and s[0] + s[1] > row0]
         total = len(strips)
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-read") as reader, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-write") as writer:
@@ -440,8 +529,10 @@ class _Pipeline:
                     flush_to = y0 + h
                 else:
                     acc = self._predict_patches(data, valid, y0, h, acc)
-                    flush_to = strips[i + 1][0] if i + 1 < total else self.grid.height
+                    flush_to = strips[i + 1][0] if i + 1 < total else min(row1, self.grid.height)
                     finished = acc.take_until(flush_to)
+                if finished[0] < row0 or finished[0] + _rows_of(finished[1]) > row1:
+                    finished = _clip_rows(*finished, row0, row1)
                 if pending_write is not None:
                     pending_write.result()
                 pending_write = writer.submit(self._write, writers, *finished)
@@ -476,7 +567,7 @@ class _Pipeline:
         grid_w, grid_h = self.grid.width, self.grid.height
         tile = self.tile
         if acc is None:
-            acc = _Accumulator(self.kinds, grid_w, tile)
+            acc = _Accumulator(self.kinds, grid_w, tile, top=y0)
         xs = list(range(0, max(grid_w - tile, 0) + 1, self.step))
         if xs[-1] + tile < grid_w:
             xs.append(grid_w - tile)
@@ -519,13 +610,24 @@ class _Pipeline:
             self.tiles += 1
 
 
+def _rows_of(arrays: dict) -> int:
+    return next(iter(arrays.values())).shape[0] if arrays else 0
+
+
+def _clip_rows(y0: int, arrays: dict, row0: int, row1: int):
+    """Finished rows cut to ``[row0, row1)`` (a row band's own rows; the others lack some contributions)."""
+    lo, hi = max(y0, row0), min(y0 + _rows_of(arrays), row1)
+    hi = max(hi, lo)
+    return lo, {k: v[lo - y0:hi - y0] for k, v in arrays.items()}
+
+
 class _Accumulator:
     """Weighted sums of the rows still open (a strip of ``tile`` rows plus what is unfinished)."""
 
-    def __init__(self, kinds, width, tile):
+    def __init__(self, kinds, width, tile, top: int = 0):
         self.kinds = kinds
         self.width = width
-        self.top = 0  # grid row of the first held row
+        self.top = top  # grid row of the first held row
         self.sums = {k: np.zeros((0, width), dtype=np.float32) for k in kinds}
         self.weights = np.zeros((0, width), dtype=np.float32)
         self.invalid = np.zeros((0, width), dtype=bool)

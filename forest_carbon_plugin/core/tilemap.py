@@ -8,6 +8,8 @@ cancellation terminates them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from concurrent.futures import ProcessPoolExecutor, TimeoutError
 from concurrent.futures.process import BrokenProcessPool
 
@@ -15,10 +17,35 @@ from .errors import Cancelled, ForestCarbonError
 from .progress import Progress, check_cancel
 
 
+_EXECUTOR: contextvars.ContextVar = contextvars.ContextVar("forest_carbon_executor", default=None)
+
+
+@contextlib.contextmanager
+def executor_scope(executor):
+    """Run the core functions called inside on ``executor`` (a :class:`.cluster.DaskExecutor`; None: here)."""
+    token = _EXECUTOR.set(executor)
+    try:
+        yield executor
+    finally:
+        _EXECUTOR.reset(token)
+
+
+def current_executor():
+    """The remote executor of the enclosing :func:`executor_scope`, or None (run here)."""
+    return _EXECUTOR.get()
+
+
 def map_tiles(task, args_list: list, max_workers: int = 1, progress: Progress | None = None, share: float = 90.0):
-    """Yield ``task(*args)`` for each ``args`` of ``args_list``, in order; progress up to ``share`` %."""
+    """Yield ``task(*args)`` for each ``args`` of ``args_list``, in order; progress up to ``share`` %.
+
+    Inside :func:`executor_scope` the same tasks run on that executor (a Dask cluster), results still in order.
+    """
     from .canopy_metrics import _spawn_context, _terminate
 
+    executor = current_executor()
+    if executor is not None:
+        yield from executor.map(task, list(args_list), progress, share)
+        return
     total = len(args_list)
     if max_workers <= 1 or total <= 1:
         for i, args in enumerate(args_list):

@@ -1,12 +1,25 @@
 """Build the graphical models (.model3) of resources/models/ with the modeler API.
 
     python scripts/make_models.py            # (re)writes resources/models/*.model3
+    python scripts/make_models.py forest_carbon_chain   # only that one
 
 ``area_based_approach.model3`` — the area-based approach in one model (issue 12): a LAS/LAZ file or a
 folder of tiles (catalog) and field plots → ``plotmetrics`` → ``trainmodel`` (the plot fields as features,
 the plot measurement as target) → ``canopymetrics`` on the wall-to-wall grid → ``predictraster`` with the
 standard deviation and the lower/upper bounds of the interval. Run it from the Processing toolbox (Models),
 or ``qgis_process run resources/models/area_based_approach.model3 -- cloud=… plots=… target_field=…``.
+
+``forest_carbon_chain.model3`` — the main job (issue 11), from raw files to project carbon: the LiDAR catalog is
+normalized (``normalizeheight``), gives a canopy height model (``canopyheightmodel``) and grid metrics
+(``canopymetrics``); the CHM is aggregated onto the 30 m imagery grid (``aggregatetogrid``: mean, p95, std, cover2);
+Sentinel-2 and Landsat are harmonized (``harmonizescene``, Landsat onto the Sentinel-2 grid), composited
+(``compositescenes``) and turned into indices (``spectralindices``); Sentinel-1 gives radar features
+(``sarfeatures``). ``trainmodel`` learns the plots' AGB from all of these layers (conformal intervals, spatial CV),
+Grid cells whose CHM has no canopy above 2 m join the plots as zero-AGB samples (every ``zero_every``-th such
+cell: plots are laid out in forest, and a model that never sees open land predicts biomass there).
+``predictraster`` maps AGB with its standard deviation and 90 % bounds, ``validatepredictions`` checks the map
+against independent validation plots, and ``carbonstock`` sums it over the project polygons with a Monte Carlo
+interval. ``make demo`` runs it with ``qgis_process``.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "resources" / "models"
 ABA = "area_based_approach"
+CHAIN = "forest_carbon_chain"
 
 
 def area_based_approach():
@@ -126,13 +140,221 @@ def area_based_approach():
     return model
 
 
-def write_models(folder=MODELS_DIR) -> list:
+def _output(child, name, child_output, label):
+    from qgis.core import QgsProcessingModelOutput
+
+    out = QgsProcessingModelOutput(name, label)
+    out.setChildOutputName(child_output)
+    out.setChildId(child.childId())
+    return out
+
+
+#: the chain's children and their model outputs: child id → [(model output name, child output, label)]
+CHAIN_OUTPUTS = {
+    "canopyheightmodel": [("chm", "OUTPUT", "Canopy height model (LiDAR)")],
+    "canopymetrics": [("metrics", "OUTPUT", "Canopy metrics (LiDAR grid)")],
+    "aggregatetogrid": [("chm_grid", "OUTPUT", "Canopy height on the imagery grid")],
+    "harmonize_s2": [("sentinel2", "OUTPUT", "Harmonized Sentinel-2")],
+    "harmonize_landsat": [("landsat", "OUTPUT", "Harmonized Landsat")],
+    "compositescenes": [("composite", "OUTPUT", "Composite")],
+    "spectralindices": [("indices", "OUTPUT", "Spectral indices")],
+    "sarfeatures": [("sar", "OUTPUT", "SAR features")],
+    "mergeplots": [("training_samples", "OUTPUT", "Training samples (plots + zero-AGB pixels)")],
+    "trainmodel": [("model", "OUTPUT_MODEL", "AGB model (ONNX)"), ("report", "OUTPUT_REPORT", "Training report")],
+    "predictraster": [("agb", "OUTPUT", "AGB (Mg/ha)"), ("std", "OUTPUT_STD", "AGB standard deviation"),
+                      ("lower", "OUTPUT_LOWER", "AGB lower bound"), ("upper", "OUTPUT_UPPER", "AGB upper bound")],
+    "validatepredictions": [("report", "OUTPUT_REPORT", "Validation report")],
+    "carbonstock": [("carbon", "OUTPUT", "Project carbon"), ("report", "OUTPUT_REPORT", "Carbon report")],
+}
+
+
+def forest_carbon_chain():
+    """The main job, raw LiDAR + imagery + plots → AGB map with uncertainty → project carbon, as a model."""
+    from qgis.core import (
+        QgsProcessing,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource as Source,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterEnum,
+        QgsProcessingParameterFeatureSource,
+        QgsProcessingParameterField,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterNumber,
+        QgsProcessingParameterRasterLayer,
+        QgsProcessingParameterVectorLayer,
+    )
+    from qgis.PyQt.QtCore import QPointF
+
+    Num = QgsProcessingParameterNumber
+    model = QgsProcessingModelAlgorithm("Forest carbon chain (LiDAR + imagery + plots → project carbon)",
+                                        "Forest Carbon")
+    model.setHelpContent({
+        "ALG_DESC": "The main job of Forest Carbon in one model. LiDAR: Normalize heights → Canopy height model "
+                    "and Canopy metrics; the CHM is aggregated onto the imagery grid (mean, p95, std, cover2). "
+                    "Imagery: Sentinel-2 and Landsat are harmonized (HLS v2.0) onto one grid, composited (median) "
+                    "and turned into spectral indices; Sentinel-1 gives filtered backscatter. Grid cells without "
+                    "canopy above 2 m (every zero_every-th) join the plots as zero-AGB samples. Train model learns the "
+                    "plots' measurement (AGB, Mg/ha) from every layer (spatial CV, conformal intervals); Predict "
+                    "raster maps it with its standard deviation and bounds; Validate predictions compares the map "
+                    "with independent validation plots; Carbon stock totals the map over the project polygons with "
+                    "a Monte Carlo interval (spatially correlated pixel errors, CORRELATION_RANGE).",
+        "cloud": "A folder of LAS/LAZ tiles (a catalog), or the path of one LAS/LAZ file typed in.",
+        "sentinel2": "A Sentinel-2 L2A/L1C product folder (.SAFE).",
+        "landsat": "A Landsat Collection 2 scene folder (with its MTL).",
+        "s1_vv": "Sentinel-1 gamma0 VV (linear power).",
+        "s1_vh": "Sentinel-1 gamma0 VH (linear power).",
+        "plots": "Training plots (points) with the measurement field.",
+        "validation_plots": "Independent validation plots (points) with the same field, not used in training.",
+        "target_field": "The plot measurement to map: AGB in Mg/ha (carbonstock reads the map as AGB).",
+        "projects": "Project polygons.",
+        "resolution": "Cell size (m) of the imagery grid, the LiDAR metrics and the map: about the plots' area.",
+        "chm_resolution": "Cell size (m) of the canopy height model.",
+        "coverage": "Nominal coverage of the pixel intervals and confidence level of the project intervals.",
+        "correlation_range": "Practical range (m) of the spatial correlation of the map's errors, for the project "
+                             "intervals (0 = independent pixel errors, which understates the uncertainty of a "
+                             "total); the validation report's residual semivariogram estimates it.",
+        "root_shoot": "Root-to-shoot ratio (0: above-ground carbon only).",
+        "model_type": "Random forest (default): σ from a forest of the out-of-bag squared residuals, conformally "
+                      "calibrated, the size of the map's errors, which Carbon stock sums. The quantile model's "
+                      "Gaussian-equivalent σ (from its interval) overstated the errors about fourfold in the demo.",
+        "zero_every": "Field plots are usually laid out in forest, so the model rarely sees land without trees and "
+                      "predicts biomass there. Every n-th cell of the imagery grid whose LiDAR CHM has no pixel above "
+                      "2 m (cover2 = 0) joins the training plots with AGB 0 (n ≈ grid cells per field plot samples "
+                      "open land as densely as the plots sample the forest). 0: plots only.",
+    })
+    params = [
+        QgsProcessingParameterFile("cloud", "LiDAR: folder of LAS/LAZ tiles (or a LAS/LAZ file)",
+                                   QgsProcessingParameterFile.Folder),
+        QgsProcessingParameterFile("sentinel2", "Sentinel-2 product folder (.SAFE)", QgsProcessingParameterFile.Folder),
+        QgsProcessingParameterFile("landsat", "Landsat scene folder", QgsProcessingParameterFile.Folder),
+        QgsProcessingParameterRasterLayer("s1_vv", "Sentinel-1 gamma0 VV (linear)"),
+        QgsProcessingParameterRasterLayer("s1_vh", "Sentinel-1 gamma0 VH (linear)"),
+        QgsProcessingParameterFeatureSource("plots", "Training plots", [QgsProcessing.TypeVectorPoint]),
+        QgsProcessingParameterField("target_field", "Plot measurement field (AGB, Mg/ha)",
+                                    defaultValue="agb_mg_ha", parentLayerParameterName="plots",
+                                    type=QgsProcessingParameterField.Numeric),
+        QgsProcessingParameterVectorLayer("validation_plots", "Validation plots", [QgsProcessing.TypeVectorPoint]),
+        QgsProcessingParameterFeatureSource("projects", "Project polygons", [QgsProcessing.TypeVectorPolygon]),
+        Num("resolution", "Map resolution (m)", Num.Double, defaultValue=30.0, minValue=0.0),
+        Num("chm_resolution", "CHM resolution (m)", Num.Double, defaultValue=1.0, minValue=0.0),
+        QgsProcessingParameterEnum("model_type", "Model type",
+                                   options=["Quantile gradient boosting", "Random forest (mean + residual variance)"],
+                                   defaultValue=1),
+        Num("folds", "Cross-validation folds", Num.Integer, defaultValue=5, minValue=2, maxValue=50),
+        Num("coverage", "Interval coverage / confidence level", Num.Double, defaultValue=0.9, minValue=0.5,
+            maxValue=0.995),
+        Num("zero_every", "Zero-AGB samples: every n-th grid cell without canopy (0 = none)", Num.Integer,
+            defaultValue=30, minValue=0),
+        Num("correlation_range", "Error correlation range (m)", Num.Double, defaultValue=300.0, minValue=0.0),
+        Num("root_shoot", "Root-to-shoot ratio", Num.Double, defaultValue=0.0, minValue=0.0),
+        Num("simulations", "Monte Carlo simulations", Num.Integer, defaultValue=1000, minValue=10),
+        Num("seed", "Random seed", Num.Integer, defaultValue=0, minValue=0),
+    ]
+    for param in params:
+        model.addModelParameter(param, QgsProcessingModelParameter(param.name()))
+
+    def child(algorithm, child_id, description, sources, static=None):
+        alg = QgsProcessingModelChildAlgorithm(algorithm)
+        alg.setChildId(child_id)
+        alg.setDescription(description)
+        for name, source in sources.items():
+            alg.addParameterSources(name, source if isinstance(source, list) else [source])
+        for name, value in (static or {}).items():
+            alg.addParameterSources(name, [Source.fromStaticValue(value)])
+        alg.setModelOutputs({name: _output(alg, name, out, label)
+                             for name, out, label in CHAIN_OUTPUTS.get(child_id, [])})
+        return alg
+
+    P, C = Source.fromModelParameter, Source.fromChildOutput
+    # spawned worker processes fail to import numpy inside qgis_process (issue 12): one process per LiDAR step
+    children = [
+        child("forestcarbon:normalizeheight", "normalizeheight", "Normalize heights",
+              {"INPUT": P("cloud")}, {"MAX_WORKERS": 1}),
+        child("forestcarbon:canopyheightmodel", "canopyheightmodel", "Canopy height model",
+              {"INPUT": C("normalizeheight", "OUTPUT"), "RESOLUTION": P("chm_resolution")},
+              {"METHOD": 0, "MAX_WORKERS": 1}),
+        child("forestcarbon:canopymetrics", "canopymetrics", "Canopy metrics (grid)",
+              {"INPUT": C("normalizeheight", "OUTPUT"), "RESOLUTION": P("resolution")},
+              {"NORMALIZE": 2, "MAX_WORKERS": 1}),
+        child("forestcarbon:harmonizescene", "harmonize_s2", "Harmonize Sentinel-2",
+              {"INPUT": P("sentinel2"), "TARGET_RESOLUTION": P("resolution")}),
+        child("forestcarbon:harmonizescene", "harmonize_landsat", "Harmonize Landsat (onto the Sentinel-2 grid)",
+              {"INPUT": P("landsat"), "REFERENCE_GRID": C("harmonize_s2", "OUTPUT"),
+               "TARGET_RESOLUTION": P("resolution")}),
+        child("forestcarbon:compositescenes", "compositescenes", "Composite scenes (median)",
+              {"INPUTS": [C("harmonize_s2", "OUTPUT"), C("harmonize_landsat", "OUTPUT")]}, {"METHOD": 0}),
+        child("forestcarbon:spectralindices", "spectralindices", "Spectral indices",
+              {"INPUT": C("compositescenes", "OUTPUT")}),
+        child("forestcarbon:sarfeatures", "sarfeatures", "SAR features",
+              {"INPUT_VV": P("s1_vv"), "INPUT_VH": P("s1_vh")}),
+        child("forestcarbon:aggregatetogrid", "aggregatetogrid", "Aggregate the CHM to the imagery grid",
+              {"INPUT": C("canopyheightmodel", "OUTPUT"), "REFERENCE_GRID": C("compositescenes", "OUTPUT")},
+              {"STATISTICS": "mean,p95,std,cover2"}),
+    ]
+    E = Source.fromExpression
+    children += [
+        # zero-AGB samples where the LiDAR sees no canopy: cover2 (band 4 of the aggregated CHM) = 0, every n-th cell
+        child("native:pixelstopoints", "pixelstopoints", "Grid cells as points (LiDAR cover above 2 m)",
+              {"INPUT_RASTER": C("aggregatetogrid", "OUTPUT")}, {"RASTER_BAND": 4, "FIELD_NAME": "cover2"}),
+        child("native:extractbyexpression", "zerocells", "Every n-th cell without canopy",
+              {"INPUT": C("pixelstopoints", "OUTPUT"),
+               # evaluated once by the model into the filter, e.g. "cover2" = 0 AND $id % 30 = 0
+               "EXPRESSION": E("if(@zero_every > 0, '\"cover2\" = 0 AND $id % ' || to_string(@zero_every) || ' = 0', "
+                               "'false')")}),
+        child("native:renametablefield", "zeroplots", "Zero-AGB samples (cover2 = 0 as the plot field)",
+              {"INPUT": C("zerocells", "OUTPUT"), "NEW_NAME": P("target_field")}, {"FIELD": "cover2"}),
+        child("native:mergevectorlayers", "mergeplots", "Training plots + zero-AGB samples",
+              {"LAYERS": [P("plots"), C("zeroplots", "OUTPUT")]}),
+    ]
+    # canopymetrics stays a product, not a feature: its zskew/zkurt are NaN where every return has one height
+    # (bare ground, water, grass), and a NaN feature would leave the AGB map empty there
+    features = [C("compositescenes", "OUTPUT"), C("spectralindices", "OUTPUT"), C("sarfeatures", "OUTPUT"),
+                C("aggregatetogrid", "OUTPUT")]
+    children += [
+        child("forestcarbon:trainmodel", "trainmodel", "Train the AGB model on the plots",
+              {"FEATURES": features, "TARGET": C("mergeplots", "OUTPUT"), "TARGET_FIELD": P("target_field"),
+               "MODEL_TYPE": P("model_type"), "FOLDS": P("folds"), "COVERAGE": P("coverage"), "SEED": P("seed")}),
+        child("forestcarbon:predictraster", "predictraster", "Predict AGB with uncertainty",
+              {"INPUT": features, "MODEL": C("trainmodel", "OUTPUT_MODEL"), "COVERAGE": P("coverage")}),
+        child("forestcarbon:validatepredictions", "validatepredictions", "Validate against the validation plots",
+              {"PREDICTION": C("predictraster", "OUTPUT"), "STD": C("predictraster", "OUTPUT_STD"),
+               "LOWER": C("predictraster", "OUTPUT_LOWER"), "UPPER": C("predictraster", "OUTPUT_UPPER"),
+               "COVERAGE": P("coverage"), "REFERENCE": P("validation_plots"),
+               "REFERENCE_FIELD": P("target_field")}),
+        child("forestcarbon:carbonstock", "carbonstock", "Carbon stock of the projects",
+              {"AGB": C("predictraster", "OUTPUT"), "AGB_STD": C("predictraster", "OUTPUT_STD"),
+               "PROJECTS": P("projects"), "ROOT_SHOOT": P("root_shoot"), "CONFIDENCE": P("coverage"),
+               "CORRELATION_RANGE": P("correlation_range"), "SIMULATIONS": P("simulations"), "SEED": P("seed")}),
+    ]
+    layout = {"normalizeheight": (0, 0), "canopyheightmodel": (1, 0), "canopymetrics": (1, 1),
+              "harmonize_s2": (0, 3), "harmonize_landsat": (1, 3), "compositescenes": (2, 3),
+              "spectralindices": (3, 3), "sarfeatures": (2, 4), "aggregatetogrid": (2, 0), "pixelstopoints": (3, 0),
+              "zerocells": (3, 1), "zeroplots": (4, 0), "mergeplots": (5, 0), "trainmodel": (4, 1),
+              "predictraster": (5, 2), "validatepredictions": (6, 1), "carbonstock": (6, 3)}
+    for alg in children:
+        col, row = layout[alg.childId()]
+        alg.setPosition(QPointF(120 + 260 * col, 120 + 140 * row))
+        model.addChildAlgorithm(alg)
+    return model
+
+
+MODELS = {ABA: area_based_approach, CHAIN: forest_carbon_chain}
+
+
+def write_models(folder=MODELS_DIR, names=None) -> list:
+    """Write the models named (all by default). Qt writes XML attributes in a per-process random order, so a
+    rewrite changes the bytes of an unchanged model: name the one you changed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{ABA}.model3"
-    if not area_based_approach().toFile(str(path)):
-        raise RuntimeError(f"Could not write {path}")
-    return [path]
+    paths = []
+    for name in names or MODELS:
+        build = MODELS[name]
+        path = folder / f"{name}.model3"
+        if not build().toFile(str(path)):
+            raise RuntimeError(f"Could not write {path}")
+        paths.append(path)
+    return paths
 
 
 def main() -> int:
@@ -144,7 +366,7 @@ def main() -> int:
     app = QgsApplication([], False)
     app.initQgis()
     try:
-        for path in write_models():
+        for path in write_models(names=sys.argv[1:] or None):
             print(path)
     finally:
         app.exitQgis()

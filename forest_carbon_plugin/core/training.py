@@ -761,9 +761,15 @@ def build_onnx(model: FittedModel, n_features: int):
         initializers.extend(part.graph.initializer)
         raw[name] = part.graph.output[0].name
     if model.kind == "quantile_gbm":
-        nodes += [helper.make_node("Min", [raw["lower"], raw["median"]], ["lower"], name="no_crossing_lower"),
-                  helper.make_node("Identity", [raw["median"]], ["median"], name="median_out"),
-                  helper.make_node("Max", [raw["upper"], raw["median"]], ["upper"], name="no_crossing_upper")]
+        # the three quantiles sorted per sample (the rearrangement of inference.quantile_interval, so that any
+        # ONNX consumer gets non-crossing quantiles): min, median of three = max(min(a, b), min(max(a, b), c)), max
+        a, b, c = raw["lower"], raw["median"], raw["upper"]
+        nodes += [helper.make_node("Min", [a, b], ["q_min_ab"], name="q_min_ab"),
+                  helper.make_node("Max", [a, b], ["q_max_ab"], name="q_max_ab"),
+                  helper.make_node("Min", ["q_min_ab", c], ["lower"], name="no_crossing_lower"),
+                  helper.make_node("Min", ["q_max_ab", c], ["q_mid"], name="q_mid"),
+                  helper.make_node("Max", ["q_min_ab", "q_mid"], ["median"], name="no_crossing_median"),
+                  helper.make_node("Max", ["q_max_ab", c], ["upper"], name="no_crossing_upper")]
         names = ["lower", "median", "upper"]
     else:
         nodes += [helper.make_node("Identity", [raw["mean"]], ["mean"], name="mean_out"),

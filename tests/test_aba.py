@@ -181,8 +181,9 @@ def test_area_based_agb_against_the_simulated_truth(aba_products, tmp_path, fore
     assert stats["rmse"] < 135
     assert abs(stats["bias"]) < 25
     assert result["N_SAMPLES"] == 48 and result["CONFORMAL_FACTOR"] > 1
-    # the target: 90 % intervals cover 85-95 % of the true 30 m cells (measured: 86.9 %; seeds 6 and 8 gave 94.6 % and 96.1 %: with 48 plots the conformal factor is itself uncertain; the quantile
-    # model alone covered 64.6 % of held-out plots, so the conformal factor, 3.1, does the work)
+    # the target: 90 % intervals cover 85-95 % of the true 30 m cells (measured: 86.9 %; seeds 6 and 8
+    # gave 94.6 % and 96.1 %: with 48 plots the conformal factor is itself uncertain). The quantile model alone
+    # covered 64.6 % of held-out plots, so the conformal factor, 3.1, does the work.
     assert 0.85 <= stats["coverage"] <= 0.95
 
 

@@ -116,8 +116,6 @@ def area_based_approach():
     grid.setDescription("Canopy metrics (grid)")
     grid.addParameterSources("INPUT", [Source.fromModelParameter("cloud")])
     grid.addParameterSources("RESOLUTION", [Source.fromModelParameter("resolution")])
-    # one process: canopymetrics' spawned workers fail to import numpy inside qgis_process (reported in issue 12)
-    grid.addParameterSources("MAX_WORKERS", [Source.fromStaticValue(1)])
     grid.setModelOutputs({"metrics": output(grid, "metrics", "OUTPUT", "Canopy metrics")})
 
     predict = QgsProcessingModelChildAlgorithm("forestcarbon:predictraster")
@@ -267,16 +265,15 @@ def forest_carbon_chain():
         return alg
 
     P, C = Source.fromModelParameter, Source.fromChildOutput
-    # spawned worker processes fail to import numpy inside qgis_process (issue 12): one process per LiDAR step
     children = [
         child("forestcarbon:normalizeheight", "normalizeheight", "Normalize heights",
-              {"INPUT": P("cloud")}, {"MAX_WORKERS": 1}),
+              {"INPUT": P("cloud")}),
         child("forestcarbon:canopyheightmodel", "canopyheightmodel", "Canopy height model",
               {"INPUT": C("normalizeheight", "OUTPUT"), "RESOLUTION": P("chm_resolution")},
-              {"METHOD": 0, "MAX_WORKERS": 1}),
+              {"METHOD": 0}),
         child("forestcarbon:canopymetrics", "canopymetrics", "Canopy metrics (grid)",
               {"INPUT": C("normalizeheight", "OUTPUT"), "RESOLUTION": P("resolution")},
-              {"NORMALIZE": 2, "MAX_WORKERS": 1}),
+              {"NORMALIZE": 2}),
         child("forestcarbon:harmonizescene", "harmonize_s2", "Harmonize Sentinel-2",
               {"INPUT": P("sentinel2"), "TARGET_RESOLUTION": P("resolution")}),
         child("forestcarbon:harmonizescene", "harmonize_landsat", "Harmonize Landsat (onto the Sentinel-2 grid)",

@@ -276,9 +276,13 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
         progress.warning(f"The model was made for {card.resolution_m:g} m pixels; the input has {grid.res[0]:g} m. "
                          "The outputs stay on the input grid, but the predictions may be off.")
     plot_area = (card.extra.get("forest_carbon:training") or {}).get("plot_area_m2")
-    note = support_warning(plot_area, abs(grid.transform.a * grid.transform.e))
-    if note:
-        progress.warning(note)
+    if plot_area:
+        from rasterio.crs import CRS
+
+        if CRS.from_user_input(grid.crs).is_projected:  # cell areas in degrees² say nothing
+            note = support_warning(plot_area, abs(grid.transform.a * grid.transform.e))
+            if note:
+                progress.warning(note)
     providers = choose_providers(device, require_gpu, progress)
     threads = default_workers(max_workers)
     sessions = [session_for(m, providers, threads) for m in card.members]

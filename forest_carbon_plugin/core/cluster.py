@@ -382,10 +382,15 @@ class DaskExecutor:
                 yield buffered.pop(following)
                 following += 1
 
-    def as_completed(self, func, args_list, progress: Progress | None = None, share: float = 90.0, kwargs=None,
-                     label: str = "tile", event_name: str | None = None):
-        yield from run_tiles(self.client, func, args_list, progress, self.retries, share, kwargs=kwargs, label=label,
-                             event_name=event_name)
+    def row_bands(self, func, args_list, progress: Progress | None = None, share: float = 95.0) -> list:
+        """``func(*args, progress=…)`` for each row band's ``args``, results in band order. Each task gets a
+        :class:`TaskProgress` on a fresh cancel event, so that cancelling the job stops tasks already running."""
+        event = self.new_event()
+        results = [None] * len(args_list)
+        for i, result in run_tiles(self.client, func, args_list, progress, self.retries, share,
+                                   kwargs={"progress": TaskProgress(event)}, label="row band", event_name=event):
+            results[i] = result
+        return results
 
     def send_file(self, path) -> object:
         """A file the workers may not see (a local model), sent with the job: a future of its bytes,

@@ -153,7 +153,7 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
 
 def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, progress, block_size) -> int:
     """Row bands of whole blocks on the workers (:func:`harmonize_rows`), then one COG; returns the valid pixels."""
-    from .cluster import TaskProgress, assemble_raster, bands_for, job_folder
+    from .cluster import assemble_raster, bands_for, job_folder
 
     product, grid, bands = plan_args[:3]
     sources = [b.path for b in bands] + [p for p in (product.qa_path, product.radsat_path) if p is not None]
@@ -162,15 +162,11 @@ def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, pr
                      tasks_per_thread=getattr(executor, "tasks_per_thread", 8))
     progress.info(f"{len(rows)} row bands on the Dask cluster at {executor.address}")
     with job_folder(out_path, executor.job_dir) as folder:
-        event = executor.new_event()
-        args = [(plan_args, r0, r1, block_size, str(folder)) for r0, r1 in rows]
-        paths, valid = {}, 0
-        for i, (path, n) in executor.as_completed(harmonize_rows, args, progress, 95.0, label="row band",
-                                                  event_name=event, kwargs={"progress": TaskProgress(event)}):
-            paths[i] = path
-            valid += n
+        done = executor.row_bands(harmonize_rows, [(plan_args, r0, r1, block_size, str(folder)) for r0, r1 in rows],
+                                  progress)
+        valid = sum(n for _, n in done)
         check_cancel(progress)
-        assemble_raster(grid, [(r0, r1, paths[i]) for i, (r0, r1) in enumerate(rows)], out_path, len(bands),
+        assemble_raster(grid, [(r0, r1, done[i][0]) for i, (r0, r1) in enumerate(rows)], out_path, len(bands),
                         "float32", float("nan"), descriptions=[b.name for b in bands], tags=tags, provenance=record,
                         band_tags=band_tags, folder=folder)
     progress.set_progress(100.0)

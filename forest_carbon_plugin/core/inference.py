@@ -366,7 +366,7 @@ def _predict_remote(executor, spec, requested, tags, description, record, progre
     """Row bands of the output on the cluster's workers (:func:`predict_rows`), each written into the job folder,
     then one COG per output. Band edges fall on the local path's strip edges, so that every pixel gets the same
     model tiles, batches and blending sums in the same order as the local run: the same bits."""
-    from .cluster import TaskProgress, assemble_raster, bands_for, job_folder
+    from .cluster import assemble_raster, bands_for, job_folder
 
     grid, card, kinds = spec["grid"], spec["card"], spec["kinds"]
     executor.check_visible(sorted({str(path) for path, _, _ in spec["sources"]}))
@@ -378,13 +378,9 @@ def _predict_remote(executor, spec, requested, tags, description, record, progre
     progress.info(f"{len(bands)} row bands on the Dask cluster at {executor.address} "
                   f"({executor.workers} worker threads)")
     with job_folder(requested["prediction"], executor.job_dir) as folder:
-        event = executor.new_event()
-        args = [(spec, members, r0, r1, str(folder)) for r0, r1 in bands]
-        paths, count = {}, 0
-        for i, (written, tiles) in executor.as_completed(predict_rows, args, progress, 95.0, label="row band",
-                                                         event_name=event, kwargs={"progress": TaskProgress(event)}):
-            paths[i] = written
-            count += tiles
+        done = executor.row_bands(predict_rows, [(spec, members, r0, r1, str(folder)) for r0, r1 in bands], progress)
+        paths = [written for written, _ in done]
+        count = sum(tiles for _, tiles in done)
         for kind in kinds:
             check_cancel(progress)
             assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind], 1,

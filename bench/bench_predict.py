@@ -3,7 +3,8 @@
 overlap) and a tree ensemble, against two baselines measured in the same run:
 
 * the compute floor: the same tiles (or pixels) run by onnxruntime from memory, batched,
-  with the same session options;
+  with the same session options (for the CNN, the faster of intra-op threads and one
+  single-threaded run per core);
 * a Deepness-style loop: one tile at a time, batch 1, read → run → write in sequence.
 """
 
@@ -30,6 +31,8 @@ with rasterio.open({image!r}, "w", **profile) as dst:
     for row in range(0, n, 512):
         h = min(512, n - row)
         dst.write(rng.uniform(0, 1, (3, h, n)).astype("float32"), window=((row, row + h), (0, n)))
+with rasterio.open({small!r}, "w", **dict(profile, width=512, height=512)) as dst:
+    dst.write(rng.uniform(0, 1, (3, 512, 512)).astype("float32"))
 conv_model({cnn!r}, channels=3, hidden=32, seed=0)
 tree_model({trees!r}, n_features=3, n_trees=100, depth=6, seed=0)
 RESULT = n
@@ -47,17 +50,23 @@ from processing_provider.provider import ForestCarbonProvider
 provider = ForestCarbonProvider()  # keep a reference: the registry does not own the Python object
 QgsApplication.processingRegistry().addProvider(provider)
 import processing
+# a first run on a small raster loads the Python modules and ONNX Runtime's session for the model, as any
+# earlier run does in a QGIS session; the floor does not count them either (the cold run is reported)
+start = time.perf_counter()
+processing.run("forestcarbon:predictraster", {{"INPUT": [{small!r}], "MODEL": {model!r}, "TILE_SIZE": 256,
+               "OVERLAP": 32, "BATCH_SIZE": {batch}, "OUTPUT": {warm_out!r}}})
+cold = time.perf_counter() - start
 start = time.perf_counter()
 processing.run("forestcarbon:predictraster", {{"INPUT": [{image!r}], "MODEL": {model!r}, "TILE_SIZE": 256,
                "OVERLAP": 32, "BATCH_SIZE": {batch}, "OUTPUT": {out!r}}})
-RESULT = time.perf_counter() - start
+RESULT = [time.perf_counter() - start, cold]
 """
 
 FLOOR_PATCH = """
-import time, numpy as np, rasterio
+import time, numpy as np, rasterio, concurrent.futures as cf
 from forest_carbon_plugin.core.inference import session_for
 from forest_carbon_plugin.core.blocks import default_workers
-session = session_for({model!r}, ["CPUExecutionProvider"], default_workers(None))
+cores = default_workers(None)
 with rasterio.open({image!r}) as src:
     data = src.read()
 n, tile, step = data.shape[1], 256, 224
@@ -65,11 +74,23 @@ starts = list(range(0, n - tile + 1, step))
 if starts[-1] + tile < n:
     starts.append(n - tile)
 tiles = [(y, x) for y in starts for x in starts]
+batches = [np.stack([data[:, y:y + tile, x:x + tile] for y, x in tiles[i:i + {batch}]])
+           for i in range(0, len(tiles), {batch})]
+del data
+# both ways to use the cores, the faster one is the floor: every core on each batch (intra-op threads),
+# or one single-threaded run per core on its own batch (what predictraster does with a patch model)
+times = []
+session = session_for({model!r}, ["CPUExecutionProvider"], cores)
 start = time.perf_counter()
-for i in range(0, len(tiles), {batch}):
-    batch = np.stack([data[:, y:y + tile, x:x + tile] for y, x in tiles[i:i + {batch}]])
+for batch in batches:
     session.run(None, {{"x": batch}})
-RESULT = time.perf_counter() - start
+times.append(time.perf_counter() - start)
+session = session_for({model!r}, ["CPUExecutionProvider"], 1)
+start = time.perf_counter()
+with cf.ThreadPoolExecutor(cores) as pool:
+    list(pool.map(lambda batch: session.run(None, {{"x": batch}}), batches))
+times.append(time.perf_counter() - start)
+RESULT = min(times)
 """
 
 FLOOR_PIXEL = """
@@ -126,21 +147,31 @@ RESULT = time.perf_counter() - start
 """
 
 
+def _seconds(runs) -> str:
+    return ", ".join(f"{r['extra']:.2f}" for r in runs)
+
+
 def run():
     rows = []
     work = Path(tempfile.mkdtemp(prefix="fc_bench_predict_"))
     try:
-        image, cnn, trees = work / "image.tif", work / "cnn.onnx", work / "trees.onnx"
-        measure(MAKE.format(tests=str(ROOT / "tests"), size=SIZE, image=str(image), cnn=str(cnn), trees=str(trees)))
+        image, small, cnn, trees = work / "image.tif", work / "small.tif", work / "cnn.onnx", work / "trees.onnx"
+        measure(MAKE.format(tests=str(ROOT / "tests"), size=SIZE, image=str(image), small=str(small), cnn=str(cnn),
+                            trees=str(trees)))
         for label, model, batch, floor_code, deepness_code in (
                 ("CNN 3→32→32→1", cnn, 4, FLOOR_PATCH, DEEPNESS_PATCH),
                 ("tree ensemble (100 trees, depth 6)", trees, 262144, FLOOR_PIXEL, DEEPNESS_PIXEL)):
-            # the CNN runs are short: each is measured twice, interleaved, and the faster kept
-            repeats = 2 if batch < 1000 else 1
+            # the CNN runs are short and this machine's speed drifts by 10 % from minute to minute: each is
+            # measured three times, interleaved, and the fastest of each kept (noise only ever adds time)
+            repeats = 3 if batch < 1000 else 1
             runs = {"ours": [], "floor": [], "loop": []}
             for _ in range(repeats):
-                runs["ours"].append(measure(IN_QGIS.format(image=str(image), model=str(model), batch=batch,
-                                                           out=str(work / "ours.tif"))))
+                for f in work.glob("*.tif"):  # every run writes a new file (replacing one costs ext4 a flush)
+                    if f not in (image, small):
+                        f.unlink()
+                result = measure(IN_QGIS.format(image=str(image), small=str(small), model=str(model), batch=batch,
+                                                out=str(work / "ours.tif"), warm_out=str(work / "warm.tif")))
+                runs["ours"].append(dict(result, extra=result["extra"][0], cold=result["extra"][1]))
                 runs["floor"].append(measure(floor_code.format(model=str(model), image=str(image), batch=batch)))
                 runs["loop"].append(measure(deepness_code.format(model=str(model), image=str(image),
                                                                  out=str(work / "loop.tif"))))
@@ -150,14 +181,16 @@ def run():
             mpx = SIZE * SIZE / 1e6
             rows.append({
                 "name": f"predictraster {label}", "workload": f"{SIZE}² × 3 bands ({mpx / seconds:.1f} Mpx/s), "
-                f"in QGIS; Deepness-style loop {loop['extra']:.1f} s ({loop['extra'] / seconds:.2f}× ours)",
+                f"in QGIS after a 512² warm-up run ({ours['cold']:.1f} s: imports, ONNX Runtime session); "
+                f"Deepness-style loop {loop['extra']:.1f} s ({loop['extra'] / seconds:.2f}× ours); "
+                f"runs: ours {_seconds(runs['ours'])}, floor {_seconds(runs['floor'])}",
                 "seconds": seconds, "peak_mib": ours["peak_mib"],
                 "baseline": "onnxruntime on the same tiles from memory, batched (compute floor)",
                 "baseline_seconds": floor["extra"], "target": "≤ 1.15× the floor, QGIS process < 1536 MiB",
                 "ok": seconds <= 1.15 * floor["extra"] and ours["peak_mib"] < 1536,
             })
             for f in work.glob("*.tif"):
-                if f != image:
+                if f not in (image, small):
                     f.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -116,6 +116,47 @@ def test_patch_model_tiles_without_seams(tmp_path, shape, tile, overlap):
     np.testing.assert_allclose(pred[border:-border, border:-border], whole[border:-border, border:-border], atol=1e-4)
 
 
+def test_outputs_are_cogs_equal_to_the_gdal_path(tmp_path, monkeypatch):
+    """The COGs written as the rows come (core.cog) pass GDAL's validator and hold the same pixels as the
+    GDAL path (staged GeoTIFF + COG driver); an ensemble on a raster with nodata, std and bounds too."""
+    from forest_carbon_plugin.core import cog, inference
+
+    if not cog.available("zstd"):
+        pytest.skip("the zstandard package is not installed")
+    validator = pytest.importorskip("osgeo_utils.samples.validate_cloud_optimized_geotiff")
+    rng = np.random.default_rng(7)
+    data = rng.normal(0, 1, (3, 700, 1100)).astype(np.float32)
+    data[:, 100:180, 300:420] = np.nan
+    path = _write(tmp_path / "img.tif", data)
+    for seed in range(2):
+        conv_model(tmp_path / f"m{seed}.onnx", seed=seed, outputs=("mean", "logvar"))
+    card = tmp_path / "ensemble.json"
+    card.write_text(json.dumps(_card(outputs=[{"name": "mean", "forest_carbon:meaning": "mean"},
+                                              {"name": "logvar", "forest_carbon:meaning": "log_variance"}],
+                                     assets={f"m{i}": {"href": f"m{i}.onnx", "roles": ["mlm:model"]}
+                                             for i in range(2)})))
+    runs = {}
+    for way in ("streamed", "gdal"):
+        if way == "gdal":
+            monkeypatch.setattr(inference.cog, "available", lambda compress: False)
+        folder = tmp_path / way
+        runs[way] = predict_raster([path], card, folder / "pred.tif", out_std=folder / "std.tif",
+                                   out_upper=folder / "upper.tif", tile_size=128, overlap=32, batch_size=3).outputs
+    for kind, streamed in runs["streamed"].items():
+        errors, _, _ = validator.validate(str(streamed), full_check=True)
+        assert errors == [], (kind, errors)
+        with rasterio.open(streamed) as a, rasterio.open(runs["gdal"][kind]) as b:
+            assert a.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and a.overviews(1) == b.overviews(1) == [2, 4]
+            assert (a.crs, a.transform, a.shape, a.descriptions) == (b.crs, b.transform, b.shape, b.descriptions)
+            assert {k: v for k, v in a.tags().items() if k != "FOREST_CARBON_PROVENANCE"} == \
+                {k: v for k, v in b.tags().items() if k != "FOREST_CARBON_PROVENANCE"}
+            np.testing.assert_array_equal(a.read(1), b.read(1))
+            assert np.isnan(a.read(1)[120, 350])
+            # overviews: GDAL's COG driver averages the same way on these sizes (2 × 2 cells, NaN ignored)
+            np.testing.assert_allclose(a.read(1, out_shape=(350, 550)), b.read(1, out_shape=(350, 550)),
+                                       rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
 def test_ensemble_statistics_equal_numpy(tmp_path, features):
     path, data = features
     folder = tmp_path / "ensemble"

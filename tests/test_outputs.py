@@ -1,6 +1,8 @@
 """Atomic writes and provenance (core.outputs)."""
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -42,3 +44,11 @@ def tmp_path_like():
     from pathlib import PurePosixPath
 
     return PurePosixPath("/data/p")
+
+
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path):
+    # mkstemp's private 0600 would hide outputs from the other users of a shared project folder
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_json(tmp_path / "report.json", {"run": 1})
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o666 & ~umask

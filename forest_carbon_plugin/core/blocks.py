@@ -90,8 +90,12 @@ class RasterGrid:
 class Readers:
     """Per-thread rasterio handles, reading windows of an output grid from any source."""
 
-    def __init__(self, grid: RasterGrid):
+    def __init__(self, grid: RasterGrid, direct_io: bool = False):
         self.grid = grid
+        # GDAL's GTIFF_DIRECT_IO for reads that visit each pixel once, in order: uncompressed GeoTIFFs are read
+        # straight into the caller's array instead of through the block cache (whose fresh memory is
+        # page-faulted in block by block); compressed files read as usual
+        self.direct_io = direct_io
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()
@@ -105,7 +109,8 @@ class Readers:
             cache = self._local.cache = {}
         key = (str(path), resampling, src_nodata)
         if key not in cache:
-            src = rasterio.open(path)
+            with rasterio.Env(GTIFF_DIRECT_IO="YES") if self.direct_io else contextlib.nullcontext():
+                src = rasterio.open(path)  # GDAL takes the option when the file is opened
             handles = [src]
             if not same_grid(RasterGrid.of(src), self.grid):
                 # float output: averaging integer DNs must not round them back to integers
@@ -132,6 +137,33 @@ class Readers:
             # a warped view carries the source's nodata, which "shadows" its alpha band: intended
             warnings.filterwarnings("ignore", category=NodataShadowWarning)
             return src.read(band, window=window, masked=True, out_dtype=dtype)
+
+    def read_into(self, path, window, bands, out: np.ndarray, resampling=None, src_nodata=None) -> np.ndarray | None:
+        """Bands ``bands`` of ``path`` over ``window`` into ``out`` (bands, rows, cols); returns the mask
+        (True = no data, any band) or None when every pixel is valid. One GDAL call for all bands of a
+        file, no mask computed for a source that has none: on a pixel-interleaved file three
+        single-band masked reads cost three times the de-interleaving and a mask per band."""
+        from rasterio.enums import MaskFlags, Resampling
+
+        src = self._open(path, resampling if resampling is not None else Resampling.nearest, src_nodata)
+        flags = [src.mask_flag_enums[b - 1] for b in bands]
+        if all(f in ([MaskFlags.all_valid], [MaskFlags.nodata]) for f in flags):
+            src.read(list(bands), window=window, out=out, out_dtype=out.dtype)
+            if all(f == [MaskFlags.all_valid] for f in flags):
+                return None
+            invalid = np.zeros(out.shape[1:], dtype=bool)
+            for k, band in enumerate(bands):  # GDAL's nodata mask: equal to the nodata value, NaN for NaN
+                nodata = src.nodatavals[band - 1]
+                if nodata is not None:
+                    invalid |= np.isnan(out[k]) if math.isnan(nodata) else out[k] == np.asarray(nodata, out.dtype)
+            return invalid
+        invalid = np.zeros(out.shape[1:], dtype=bool)
+        for k, band in enumerate(bands):
+            values = self.read(path, window, band=band, resampling=resampling, src_nodata=src_nodata,
+                               dtype=out.dtype)
+            out[k] = np.ma.getdata(values)
+            invalid |= np.ma.getmaskarray(values)
+        return invalid
 
     def dataset(self, path):
         """This thread's handle of ``path`` on its own grid (for reads in source pixels)."""

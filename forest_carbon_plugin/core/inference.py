@@ -12,7 +12,9 @@ grid), applies the model card's preprocessing (:mod:`.modelcard`) and runs ONNX 
 
 Rows are finished strip by strip (a tile row at a time), so memory follows
 ``width × tile × outputs`` and the batch, never the raster's height. A reader thread
-prefetches the next strip and a writer thread writes the finished one while the model runs.
+prefetches the next strip and a writer thread writes the finished one while the model runs;
+on the CPU a patch model runs one single-threaded session run per core on its own batch. The
+outputs are COGs written as the rows come (:mod:`.cog`).
 
 Uncertainty (every output float32 COG on the input grid, nodata where any input is nodata):
 prediction = mean of the members' means (median for quantile models); std from the declared
@@ -35,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .blocks import Readers, RasterGrid, default_workers, raster_writer, stack_bands
+from . import cog
+from .blocks import COMPRESS, Readers, RasterGrid, default_workers, raster_writer, stack_bands
 from .dependencies import require
 from .errors import ForestCarbonError
 from .modelcard import ModelCard, read_card
@@ -285,7 +288,12 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
                 progress.warning(note)
     providers = choose_providers(device, require_gpu, progress)
     threads = default_workers(max_workers)
-    sessions = [session_for(m, providers, threads) for m in card.members]
+    # patch models on the CPU: one single-threaded run per core, each on its own batch, rather than every core
+    # on each convolution. The runs share nothing, so the reading, blending and writing threads take a core
+    # from one run without stalling the other at a barrier (intra-op threads wait for each other per node).
+    lanes = threads if card.kind == "patch" and providers == ["CPUExecutionProvider"] else 1
+    session_threads = 1 if lanes > 1 else threads
+    sessions = [session_for(m, providers, session_threads) for m in card.members]
     used = sessions[0].get_providers()[0]
     if device not in ("auto", "cpu") and used == "CPUExecutionProvider" and providers[0] != used:
         if require_gpu:
@@ -343,18 +351,23 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
         record.update(executor.describe())
         spec = {"grid": grid, "sources": stack.sources, "names": stack.names, "card": card, "device": device,
                 "require_gpu": require_gpu, "tile": tile, "overlap": ov, "batch": batch, "coverage": coverage,
-                "kinds": kinds, "threads": threads}
+                "kinds": kinds, "threads": session_threads, "lanes": lanes}
         count = _predict_remote(executor, spec, requested, tags, description, record, progress)
         seconds = time.perf_counter() - started
         progress.info(f"{count} tiles in {seconds:.1f} s on the Dask cluster at {executor.address}")
         return Prediction({k: Path(requested[k]) for k in kinds}, used, card, count, seconds)
-    pipeline = _Pipeline(stack, card, runners, tile, ov, batch, coverage, kinds, progress)
+    pipeline = _Pipeline(stack, card, runners, tile, ov, batch, coverage, kinds, progress, lanes)
     with contextlib.ExitStack() as outputs:
         writers = {}
         for kind in kinds:
-            writers[kind] = outputs.enter_context(raster_writer(
-                grid, requested[kind], 1, "float32", float("nan"), descriptions=[description(kind)],
-                tags=tags(kind), provenance=record, workers=threads))
+            if cog.available(COMPRESS):  # rows come in order: tiles and overviews made as they come
+                writers[kind] = outputs.enter_context(cog.cog_writer(
+                    grid, requested[kind], descriptions=[description(kind)], tags=tags(kind), provenance=record,
+                    compress=COMPRESS))
+            else:
+                writers[kind] = outputs.enter_context(raster_writer(
+                    grid, requested[kind], 1, "float32", float("nan"), descriptions=[description(kind)],
+                    tags=tags(kind), provenance=record, workers=threads))
         pipeline.run(writers)
     stack.readers.close()
     seconds = time.perf_counter() - started
@@ -415,10 +428,10 @@ def predict_rows(spec: dict, members: list, row0: int, row1: int, folder: str, p
     # thread count is part of "the same computation" (bit-identical results)
     runners = [_Runner(session_for(m, providers, spec["threads"]), card) for m in card.members]
     grid = spec["grid"]
-    stack = _Stack(grid, spec["sources"], Readers(grid), spec["names"])
+    stack = _Stack(grid, spec["sources"], Readers(grid, direct_io=True), spec["names"])
     try:
         pipeline = _Pipeline(stack, card, runners, spec["tile"], spec["overlap"], spec["batch"], spec["coverage"],
-                             spec["kinds"], progress)
+                             spec["kinds"], progress, spec.get("lanes", 1))
         arrays = {k: np.full((row1 - row0, grid.width), np.nan, dtype=np.float32) for k in spec["kinds"]}
         pipeline.run({k: _ArrayWriter(a, row0) for k, a in arrays.items()}, rows=(row0, row1))
     finally:
@@ -466,37 +479,42 @@ def _stack(inputs, card: ModelCard, bands, progress) -> _Stack:
         raise ForestCarbonError(
             f"The model takes {expected} bands{wanted} but {len(sources)} were given "
             f"({', '.join(n or '?' for n in names)}): add the missing rasters to INPUT or pick bands with BANDS.")
-    return _Stack(grid, sources, Readers(grid), names)
+    return _Stack(grid, sources, Readers(grid, direct_io=True), names)
 
 
 class _Pipeline:
     """Strips of rows: read ahead, run, blend, write behind."""
 
-    def __init__(self, stack, card, runners, tile, overlap, batch, coverage, kinds, progress):
+    def __init__(self, stack, card, runners, tile, overlap, batch, coverage, kinds, progress, lanes: int = 1):
         self.stack, self.card, self.runners = stack, card, runners
         self.tile, self.overlap, self.batch, self.coverage = tile, overlap, batch, coverage
         self.kinds, self.progress = kinds, progress
+        self.lanes = max(1, lanes)  # batches run at once (each by single-threaded sessions)
         self.grid = stack.grid
         self.step = tile - overlap
         self.tiles = 0
+        self._buffers = _Buffers()
+        self._weights = None
 
     # rows of the strip that starts a tile row at ``y0``: [y0, y0 + tile)
     def _read(self, y0: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.enums import Resampling
         from rasterio.windows import Window
 
-        width = self.grid.width
-        window = Window(0, y0, width, height)
-        data = np.empty((len(self.stack.sources), height, width), dtype=np.float32)
-        valid = np.ones((height, width), dtype=bool)
-        for k, (path, band, nodata) in enumerate(self.stack.sources):
-            values = self.stack.readers.read(path, window, band=band, resampling=Resampling.bilinear,
-                                             src_nodata=nodata, dtype="float32")
-            raw = np.ma.getdata(values)
-            valid &= ~np.ma.getmaskarray(values) & np.isfinite(raw)
-            if self.card.nodata is not None:
-                valid &= raw != self.card.nodata
-            data[k] = raw
+        window = Window(0, y0, self.grid.width, height)
+        data = self._buffers.take((len(self.stack.sources), height, self.grid.width))
+        invalid = None
+        for start, stop in _runs_of_same_file(self.stack.sources):
+            path, _, nodata = self.stack.sources[start]
+            bands = [band for _, band, _ in self.stack.sources[start:stop]]
+            mask = self.stack.readers.read_into(path, window, bands, data[start:stop], Resampling.bilinear, nodata)
+            if mask is not None:
+                invalid = mask if invalid is None else invalid | mask
+        valid = np.isfinite(data).all(axis=0)
+        if invalid is not None:
+            valid &= ~invalid
+        if self.card.nodata is not None:
+            valid &= (data != np.float32(self.card.nodata)).all(axis=0)
         return data, valid
 
     def _strips(self):
@@ -510,35 +528,67 @@ class _Pipeline:
 
     def run(self, writers, rows=None) -> None:
         """Predict and write rows ``rows = (row0, row1)`` (default: all): the strips that touch them, in order,
-        so that each of those rows gets every model tile's contribution in the same order as a whole run."""
+        so that each of those rows gets every model tile's contribution in the same order as a whole run.
+
+        Patch models: every strip's batches go to ``lanes`` model threads as soon as the strip is read; the
+        results are blended in submission order (the same sums whatever finishes first), and a strip's
+        finished rows go to the writer once its last batch is blended. A few batches stay queued so that no
+        model thread waits for the blending or for the next strip."""
         row0, row1 = rows or (0, self.grid.height)
         strips = [s for s in self._strips() if s[0] < row1 and s[0] + s[1] > row0]
         total = len(strips)
+        queue: collections.deque = collections.deque()  # ("batch", …) / ("invalid", …) / ("flush", …) in order
+        state = {"acc": None, "write": None, "done": 0}
+
+        def finish(y0, arrays):
+            if y0 < row0 or y0 + _rows_of(arrays) > row1:
+                y0, arrays = _clip_rows(y0, arrays, row0, row1)
+            if state["write"] is not None:
+                state["write"].result()
+            state["write"] = writer.submit(self._write, writers, y0, arrays)
+            state["done"] += 1
+            self.progress.set_progress(100.0 * state["done"] / total)
+
+        def consume(item):
+            if item[0] == "batch":
+                _, y0, h, places, future = item
+                self._blend(future.result(), places, y0, h, state["acc"])
+            elif item[0] == "invalid":
+                state["acc"].mark_invalid(item[1], item[2])
+            else:
+                finish(*state["acc"].take_until(item[1]))
+
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-read") as reader, \
-                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-write") as writer:
-            pending_read = reader.submit(self._read, *strips[0])
-            pending_write = None
-            acc = None
-            for i, (y0, h) in enumerate(strips):
-                data, valid = pending_read.result()
-                if i + 1 < total:
-                    pending_read = reader.submit(self._read, *strips[i + 1])
-                check_cancel(self.progress)
-                if self.card.kind == "pixel":
-                    finished = (y0, self._predict_pixels(data, valid))
-                    flush_to = y0 + h
-                else:
-                    acc = self._predict_patches(data, valid, y0, h, acc)
-                    flush_to = strips[i + 1][0] if i + 1 < total else min(row1, self.grid.height)
-                    finished = acc.take_until(flush_to)
-                if finished[0] < row0 or finished[0] + _rows_of(finished[1]) > row1:
-                    finished = _clip_rows(*finished, row0, row1)
-                if pending_write is not None:
-                    pending_write.result()
-                pending_write = writer.submit(self._write, writers, *finished)
-                self.progress.set_progress(100.0 * (i + 1) / total)
-            if pending_write is not None:
-                pending_write.result()
+                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc-write") as writer, \
+                cf.ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="fc-model") as model:
+            try:
+                pending_read = reader.submit(self._read, *strips[0])
+                for i, (y0, h) in enumerate(strips):
+                    data, valid = pending_read.result()
+                    if i + 1 < total:
+                        pending_read = reader.submit(self._read, *strips[i + 1])
+                    check_cancel(self.progress)
+                    if self.card.kind == "pixel":
+                        finish(y0, self._predict_pixels(data, valid))
+                        continue
+                    if state["acc"] is None:
+                        state["acc"] = _Accumulator(self.kinds, self.grid.width, self.tile, top=y0,
+                                                    coverage=self._lattice_weights()[2])
+                    for places, batch in self._batches(data, valid):
+                        queue.append(("batch", y0, h, places, model.submit(self._run_members, batch)))
+                        while sum(item[0] == "batch" for item in queue) > 2 * self.lanes:
+                            consume(queue.popleft())
+                    queue.append(("invalid", y0, valid))
+                    queue.append(("flush", strips[i + 1][0] if i + 1 < total else min(row1, self.grid.height)))
+                while queue:
+                    consume(queue.popleft())
+                if state["write"] is not None:
+                    state["write"].result()
+            except BaseException:
+                for item in queue:
+                    if item[0] == "batch":
+                        item[4].cancel()
+                raise
 
     def _write(self, writers, y0: int, arrays: dict) -> None:
         from rasterio.windows import Window
@@ -546,7 +596,8 @@ class _Pipeline:
         for kind, dst in writers.items():
             block = arrays[kind]
             if block.shape[0]:
-                dst.write(block[None].astype(np.float32), window=Window(0, y0, block.shape[1], block.shape[0]))
+                dst.write(block[None].astype(np.float32, copy=False),
+                          window=Window(0, y0, block.shape[1], block.shape[0]))
 
     def _predict_pixels(self, data, valid) -> dict:
         c, h, w = data.shape
@@ -563,36 +614,57 @@ class _Pipeline:
             self.tiles += 1
         return {k: v.reshape(h, w) for k, v in out.items()}
 
-    def _predict_patches(self, data, valid, y0, h, acc):
-        grid_w, grid_h = self.grid.width, self.grid.height
-        tile = self.tile
-        if acc is None:
-            acc = _Accumulator(self.kinds, grid_w, tile, top=y0)
+    def _tile_columns(self) -> list:
+        grid_w, tile = self.grid.width, self.tile
         xs = list(range(0, max(grid_w - tile, 0) + 1, self.step))
         if xs[-1] + tile < grid_w:
             xs.append(grid_w - tile)
-        wy = blend_weights(tile, self.overlap, y0 > 0, y0 + tile < grid_h)[:h]
+        return xs
+
+    def _lattice_weights(self):
+        """Every tile's blending weight divided by the sum of the weights over the whole lattice, so that the
+        blended value is a plain sum of contributions. The lattice is a product of tile rows and columns, so that
+        sum is a product of a row sum and a column sum, and each tile's normalized weight is still an outer
+        product of two vectors. Computed on the global lattice: a row band of a cluster job gets the same."""
+        if self._weights is None:
+            tile, ov = self.tile, self.overlap
+
+            def normalized(starts, size):
+                raw = {s: blend_weights(tile, ov, s > 0, s + tile < size)[:min(tile, size - s)] for s in starts}
+                total = np.zeros(size)
+                for s, w in raw.items():
+                    total[s:s + len(w)] += w
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return ({s: np.where(total[s:s + len(w)] > 0, w / total[s:s + len(w)], 0).astype(np.float32)
+                             for s, w in raw.items()}, total > 0)
+
+            wy, covered_y = normalized([y for y, _ in self._strips()], self.grid.height)
+            wx, covered_x = normalized(self._tile_columns(), self.grid.width)
+            self._weights = (wy, wx, None if covered_y.all() and covered_x.all() else (covered_y, covered_x))
+        return self._weights
+
+    def _batches(self, data, valid):
+        """``(tile columns, batch array)`` for the tiles of a strip, ``batch`` tiles at a time."""
+        tile = self.tile
         prepared = self.card.preprocess(data, axis=0)
         prepared[:, ~valid] = 0.0  # nodata: the standardized mean, and no NaN into the network
-        patches, places = [], []
-        for x0 in xs:
-            patch = prepared[:, :, x0:x0 + tile]
-            if patch.shape[1] < tile or patch.shape[2] < tile:  # raster smaller than a tile
-                pad = ((0, 0), (0, tile - patch.shape[1]), (0, tile - patch.shape[2]))
-                patch = np.pad(patch, pad, mode="reflect" if min(patch.shape[1:]) > 1 else "edge")
-            patches.append(patch)
-            places.append(x0)
-            if len(patches) == self.batch:
-                self._run_batch(patches, places, y0, h, wy, acc, grid_w)
-                patches, places = [], []
-        if patches:
-            self._run_batch(patches, places, y0, h, wy, acc, grid_w)
-        acc.mark_invalid(y0, valid)
-        return acc
+        xs = self._tile_columns()
+        for start in range(0, len(xs), self.batch):
+            patches = []
+            for x0 in xs[start:start + self.batch]:
+                patch = prepared[:, :, x0:x0 + tile]
+                if patch.shape[1] < tile or patch.shape[2] < tile:  # raster smaller than a tile
+                    pad = ((0, 0), (0, tile - patch.shape[1]), (0, tile - patch.shape[2]))
+                    patch = np.pad(patch, pad, mode="reflect" if min(patch.shape[1:]) > 1 else "edge")
+                patches.append(patch)
+            yield xs[start:start + self.batch], np.ascontiguousarray(np.stack(patches))
 
-    def _run_batch(self, patches, places, y0, h, wy, acc, grid_w):
-        batch = np.ascontiguousarray(np.stack(patches))
-        members = [r(batch) for r in self.runners]
+    def _run_members(self, batch) -> list:
+        return [r(batch) for r in self.runners]
+
+    def _blend(self, members, places, y0, h, acc):
+        wy, wx, _ = self._lattice_weights()
+        wy = wy[y0][:h]
         tile = self.tile
         plain = len(members) == 1 and [o.meaning for o in self.card.outputs] == ["mean"]
         for j, x0 in enumerate(places):
@@ -603,11 +675,37 @@ class _Pipeline:
                 per_member = [{name: np.asarray(out[name][j], dtype=np.float64).reshape(-1, tile, tile)  # (C, T, T)
                                for name in out} for out in members]
                 stats = combine_members(self.card, per_member, self.coverage)
-            w = min(tile, grid_w - x0)
-            wx = blend_weights(tile, self.overlap, x0 > 0, x0 + tile < grid_w)[:w]
-            weight = (wy[:, None] * wx[None, :]).astype(np.float32)
-            acc.add(y0, x0, {k: stats[k][:h, :w] for k in self.kinds}, weight)
+            w = len(wx[x0])
+            acc.add(y0, x0, {k: stats[k][:h, :w] for k in self.kinds}, wy, wx[x0])
             self.tiles += 1
+
+
+def _runs_of_same_file(sources) -> list:
+    """``(start, stop)`` of the runs of consecutive stacked bands that come from one file (read in one call)."""
+    runs = []
+    for i, (path, _, nodata) in enumerate(sources):
+        if runs and sources[runs[-1][0]][0] == path and sources[runs[-1][0]][2] == nodata:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [tuple(r) for r in runs]
+
+
+class _Buffers:
+    """A ring of strip buffers reused in turn: the reader fills one while the model works on another, and fresh
+    memory is not page-faulted in for every strip (a quarter of the reading time on a virtual machine)."""
+
+    def __init__(self, count: int = 3):
+        self.count, self.ring, self.next = count, [], 0
+
+    def take(self, shape) -> np.ndarray:
+        size, i = math.prod(shape), self.next % self.count
+        self.next += 1
+        if i == len(self.ring):
+            self.ring.append(np.empty(size, dtype=np.float32))
+        elif self.ring[i].size < size:
+            self.ring[i] = np.empty(size, dtype=np.float32)
+        return self.ring[i][:size].reshape(shape)
 
 
 def _rows_of(arrays: dict) -> int:
@@ -622,47 +720,46 @@ def _clip_rows(y0: int, arrays: dict, row0: int, row1: int):
 
 
 class _Accumulator:
-    """Weighted sums of the rows still open (a strip of ``tile`` rows plus what is unfinished)."""
+    """Blended sums of the rows still open: ``tile`` rows from grid row ``top``, shifted up as rows finish."""
 
-    def __init__(self, kinds, width, tile, top: int = 0):
-        self.kinds = kinds
-        self.width = width
-        self.top = top  # grid row of the first held row
-        self.sums = {k: np.zeros((0, width), dtype=np.float32) for k in kinds}
-        self.weights = np.zeros((0, width), dtype=np.float32)
-        self.invalid = np.zeros((0, width), dtype=bool)
+    def __init__(self, kinds, width, rows, top: int = 0, coverage=None):
+        self.kinds, self.width, self.top = kinds, width, top
+        self.coverage = coverage  # (rows covered, columns covered) where some pixel has no tile weight, else None
+        self.sums = {k: np.zeros((rows, width), dtype=np.float32) for k in kinds}
+        self.invalid = np.zeros((rows, width), dtype=bool)
+        self.scratch = np.empty((rows, rows), dtype=np.float32)
 
-    def _grow(self, bottom):
-        extra = bottom - (self.top + self.weights.shape[0])
-        if extra > 0:
-            for k in self.kinds:
-                self.sums[k] = np.vstack([self.sums[k], np.zeros((extra, self.width), dtype=np.float32)])
-            self.weights = np.vstack([self.weights, np.zeros((extra, self.width), dtype=np.float32)])
-            self.invalid = np.vstack([self.invalid, np.zeros((extra, self.width), dtype=bool)])
-
-    def add(self, y0, x0, values: dict, weight: np.ndarray):
-        h, w = weight.shape
-        self._grow(y0 + h)
+    def add(self, y0, x0, values: dict, wy: np.ndarray, wx: np.ndarray):
+        """Adds ``values × wy ⊗ wx`` (normalized tile weights) at grid row ``y0``, column ``x0``."""
+        h, w = len(wy), len(wx)
         r = y0 - self.top
+        part = self.scratch[:h, :w]
         for k in self.kinds:
-            self.sums[k][r:r + h, x0:x0 + w] += values[k] * weight
-        self.weights[r:r + h, x0:x0 + w] += weight
+            np.multiply(values[k], wy[:, None], out=part)
+            part *= wx
+            self.sums[k][r:r + h, x0:x0 + w] += part
 
     def mark_invalid(self, y0, valid):
-        self._grow(y0 + valid.shape[0])
         r = y0 - self.top
         self.invalid[r:r + valid.shape[0]] |= ~valid
 
     def take_until(self, row: int):
+        """The finished rows ``top…row`` (new arrays, NaN where an input was nodata); the rest move up."""
         n = max(0, row - self.top)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = {k: np.where(self.invalid[:n] | (self.weights[:n] <= 0), np.nan, self.sums[k][:n] / self.weights[:n])
-                   for k in self.kinds}
-        start = self.top
+        blank = self.invalid[:n]
+        if self.coverage is not None:
+            rows, cols = self.coverage
+            blank = blank | ~rows[self.top:self.top + n, None] | ~cols[None, :]
+        out = {}
+        keep = len(self.invalid) - n
         for k in self.kinds:
-            self.sums[k] = self.sums[k][n:]
-        self.weights = self.weights[n:]
-        self.invalid = self.invalid[n:]
+            out[k] = self.sums[k][:n].copy()
+            out[k][blank] = np.nan
+            self.sums[k][:keep] = self.sums[k][n:]
+            self.sums[k][keep:] = 0
+        self.invalid[:keep] = self.invalid[n:]
+        self.invalid[keep:] = False
+        start = self.top
         self.top += n
         return start, out
 

@@ -67,6 +67,9 @@ def atomic_output(path, mode: str | None = None):
                                 "write to.") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp makes the file private (0600); an output gets the permissions any new file would get here
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o666 & ~_umask())
     try:
         if mode is None:
             yield tmp
@@ -79,6 +82,18 @@ def atomic_output(path, mode: str | None = None):
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read once: os.umask can only be read by setting it)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK = None
 
 
 def write_json(path, document: dict) -> Path:

@@ -10,6 +10,7 @@ overlap) and a tree ensemble, against two baselines measured in the same run:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -158,12 +159,13 @@ def run():
         image, small, cnn, trees = work / "image.tif", work / "small.tif", work / "cnn.onnx", work / "trees.onnx"
         measure(MAKE.format(tests=str(ROOT / "tests"), size=SIZE, image=str(image), small=str(small), cnn=str(cnn),
                             trees=str(trees)))
+        os.sync()  # the 430 MB just written go to disk now, not during the first measured run
         for label, model, batch, floor_code, deepness_code in (
                 ("CNN 3→32→32→1", cnn, 4, FLOOR_PATCH, DEEPNESS_PATCH),
                 ("tree ensemble (100 trees, depth 6)", trees, 262144, FLOOR_PIXEL, DEEPNESS_PIXEL)):
             # the CNN runs are short and this machine's speed drifts by 10 % from minute to minute: each is
-            # measured three times, interleaved, and the fastest of each kept (noise only ever adds time)
-            repeats = 3 if batch < 1000 else 1
+            # measured five times, interleaved, and the fastest of each kept (noise only ever adds time)
+            repeats = 5 if batch < 1000 else 1
             runs = {"ours": [], "floor": [], "loop": []}
             for _ in range(repeats):
                 for f in work.glob("*.tif"):  # every run writes a new file (replacing one costs ext4 a flush)

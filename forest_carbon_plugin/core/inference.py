@@ -578,7 +578,8 @@ class _Pipeline:
                         queue.append(("batch", y0, h, places, model.submit(self._run_members, batch)))
                         while sum(item[0] == "batch" for item in queue) > 2 * self.lanes:
                             consume(queue.popleft())
-                    queue.append(("invalid", y0, valid))
+                    if not valid.all():
+                        queue.append(("invalid", y0, valid))
                     queue.append(("flush", strips[i + 1][0] if i + 1 < total else min(row1, self.grid.height)))
                 while queue:
                     consume(queue.popleft())
@@ -647,7 +648,8 @@ class _Pipeline:
         """``(tile columns, batch array)`` for the tiles of a strip, ``batch`` tiles at a time."""
         tile = self.tile
         prepared = self.card.preprocess(data, axis=0)
-        prepared[:, ~valid] = 0.0  # nodata: the standardized mean, and no NaN into the network
+        if not valid.all():
+            prepared[:, ~valid] = 0.0  # nodata: the standardized mean, and no NaN into the network
         xs = self._tile_columns()
         for start in range(0, len(xs), self.batch):
             patches = []
@@ -752,9 +754,11 @@ class _Accumulator:
             blank = blank | ~rows[self.top:self.top + n, None] | ~cols[None, :]
         out = {}
         keep = len(self.invalid) - n
+        any_blank = blank.any()
         for k in self.kinds:
             out[k] = self.sums[k][:n].copy()
-            out[k][blank] = np.nan
+            if any_blank:
+                out[k][blank] = np.nan
             self.sums[k][:keep] = self.sums[k][n:]
             self.sums[k][keep:] = 0
         self.invalid[:keep] = self.invalid[n:]

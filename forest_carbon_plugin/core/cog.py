@@ -145,7 +145,8 @@ class StreamingCOG:
     # ------------------------------------------------------------------ rows in
 
     def write(self, data: np.ndarray, window=None) -> None:
-        """Rows ``window.row_off …`` (all columns; ``data`` (1, rows, width) or (rows, width)), in order."""
+        """Rows ``window.row_off …`` (all columns; ``data`` (1, rows, width) or (rows, width)), in order. The rows
+        are kept, not copied, until their row of tiles is complete: do not change ``data`` afterwards."""
         rows = np.asarray(data, dtype=np.float32)
         rows = rows[0] if rows.ndim == 3 else rows
         row_off = self.next_row if window is None else int(window.row_off)

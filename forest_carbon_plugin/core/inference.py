@@ -695,9 +695,10 @@ def _runs_of_same_file(sources) -> list:
 
 class _Buffers:
     """A ring of strip buffers reused in turn: the reader fills one while the model works on another, and fresh
-    memory is not page-faulted in for every strip (a quarter of the reading time on a virtual machine)."""
+    memory is not page-faulted in for every strip (a quarter of the reading time on a virtual machine). Two are
+    enough: strip i + 2 is read into strip i's buffer only after strip i's batches were cut (copied) from it."""
 
-    def __init__(self, count: int = 3):
+    def __init__(self, count: int = 2):
         self.count, self.ring, self.next = count, [], 0
 
     def take(self, shape) -> np.ndarray:

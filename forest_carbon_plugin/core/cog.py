@@ -106,14 +106,6 @@ class _Level:
         self.sizes: list = []
         self.written = 0  # bytes in this level's file
 
-    @property
-    def tiles_across(self) -> int:
-        return math.ceil(self.width / self.block)
-
-    @property
-    def tiles_down(self) -> int:
-        return math.ceil(self.height / self.block)
-
 
 class StreamingCOG:
     """Full-width rows written in order (:meth:`write`) become a COG at ``path`` on :meth:`close`."""
@@ -135,9 +127,14 @@ class StreamingCOG:
             self._compressor = zstandard.ZstdCompressor(level=level)
         self.levels = []
         width, height = grid.width, grid.height
-        for k in range(overview_count(width, height, block) + 1):
-            self.levels.append(_Level(width, height, block, self.path.with_name(f"{self.path.name}.level{k}")))
-            width, height = math.ceil(width / 2), math.ceil(height / 2)
+        try:
+            for k in range(overview_count(width, height, block) + 1):
+                self.levels.append(_Level(width, height, block, self.path.with_name(f"{self.path.name}.level{k}")))
+                width, height = math.ceil(width / 2), math.ceil(height / 2)
+        except OSError as exc:
+            self.cleanup()
+            raise ForestCarbonError(f"Cannot write beside '{self.path}' ({exc.strerror or exc}): choose a folder "
+                                    "you can write to, with room for the output.") from exc
         self._tile = np.empty((block, block), dtype="<f4")
         self.next_row = 0
         self.bigtiff = None  # None: BigTIFF when the file would pass 4 GB (GDAL's IF_SAFER)

@@ -437,3 +437,36 @@ def test_qgis_process_and_graphical_model(tmp_path, features, qgis_config, qgis_
                          f"predict:prediction={target}"], qgis_config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     np.testing.assert_allclose(_read(target)[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("compress, interleave, tiled", [("deflate", "pixel", True), ("lzw", "band", False),
+                                                         (None, "band", True), (None, "pixel", False)])
+def test_strip_reads_equal_the_written_pixels(tmp_path, compress, interleave, tiled):
+    """predictraster's reader (all bands of a file in one call, GTIFF_DIRECT_IO on uncompressed files) gives
+    the pixels written, and the nodata mask, for compressed and plain, tiled and striped, either interleave."""
+    from rasterio.windows import Window
+
+    from forest_carbon_plugin.core.blocks import RasterGrid, Readers
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-100, 3000, (4, 700, 900)).astype("int16")
+    data[:, 10:50, 20:80] = -9999
+    profile = dict(driver="GTiff", width=900, height=700, count=4, dtype="int16", crs="EPSG:32633",
+                   transform=from_origin(0, 7000, 10, 10), nodata=-9999, interleave=interleave, tiled=tiled)
+    if tiled:
+        profile.update(blockxsize=256, blockysize=256)
+    if compress:
+        profile["compress"] = compress
+    path = tmp_path / "bands.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    with rasterio.open(path) as src:
+        readers = Readers(RasterGrid.of(src), direct_io=True)
+    out = np.empty((3, 300, 900), np.float32)
+    try:
+        invalid = readers.read_into(path, Window(0, 5, 900, 300), [2, 3, 4], out, None, -9999)
+    finally:
+        readers.close()
+    expected = data[1:4, 5:305].astype(np.float32)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(invalid, (expected == -9999).any(axis=0))

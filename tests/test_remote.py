@@ -387,6 +387,12 @@ def test_killed_worker_does_not_change_the_result(worker_venv, big, tmp_path):
     finally:
         c.stop()
     assert _same_bits(_pixels(tmp_path / "local.tif")[0], _pixels(tmp_path / "dask.tif")[0])
+    # the cluster's output is assembled the way the local run writes (core.cog): the same overviews too
+    with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / "dask.tif") as b:
+        assert a.overviews(1) == b.overviews(1) == [2, 4]
+        for factor in (2, 4):
+            shape = (1200 // factor, 1200 // factor)
+            assert _same_bits(a.read(1, out_shape=shape), b.read(1, out_shape=shape)), factor
 
 
 class _Recorder(_CancelAfter):

@@ -532,13 +532,19 @@ def write_tile(folder, name: str, data, grid, row0: int, nodata=None) -> str:
 
 
 def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=None, descriptions=None,
-                    tags=None, provenance=None, band_tags=None, folder=None, workers: int | None = None) -> Path:
+                    tags=None, provenance=None, band_tags=None, folder=None, workers: int | None = None,
+                    streamed: bool = False) -> Path:
     """The output from its row-band tiles ``[(row0, row1, path)]``: a VRT of them (descriptions, nodata, tags and
-    provenance in it) → GDAL's COG driver (tiles, averaged overviews, as the local path) inside ``atomic_output``."""
+    provenance in it) → GDAL's COG driver (tiles, averaged overviews, as the local path) inside ``atomic_output``.
+    ``streamed``: the tiles' rows go in order through :mod:`.cog` instead (one float32 band with NaN nodata), as the
+    local path of predictraster writes its outputs, so that both make the same file."""
     from .blocks import COMPRESS, DEFAULT_BLOCK, _to_cog, default_workers
     from .outputs import PROVENANCE_KEY, atomic_output
 
     import numpy as np
+
+    if streamed:
+        return _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, COMPRESS)
 
     dtype_name = np.dtype(dtype).name
     gdal_type = {"float32": "Float32", "float64": "Float64", "uint8": "Byte", "uint16": "UInt16", "int16": "Int16",
@@ -589,6 +595,23 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
     finally:
         with contextlib.suppress(OSError):
             vrt.unlink()
+    return Path(out_path)
+
+
+def _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, compress) -> Path:
+    import rasterio
+    from rasterio.windows import Window
+
+    from .cog import cog_writer
+
+    with cog_writer(grid, out_path, descriptions=descriptions, tags=tags, provenance=provenance,
+                    compress=compress) as dst:
+        for row0, row1, path in sorted(tiles, key=lambda t: t[0]):
+            with rasterio.open(path) as src:
+                for top in range(0, row1 - row0, 512):  # memory: 512 rows at a time, whatever the band's height
+                    rows = min(512, row1 - row0 - top)
+                    dst.write(src.read(1, window=Window(0, top, grid.width, rows), out_dtype="float32")[None],
+                              window=Window(0, row0 + top, grid.width, rows))
     return Path(out_path)
 
 

@@ -398,7 +398,7 @@ def _predict_remote(executor, spec, requested, tags, description, record, progre
             check_cancel(progress)
             assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind], 1,
                             "float32", float("nan"), descriptions=[description(kind)], tags=tags(kind),
-                            provenance=record, folder=folder)
+                            provenance=record, folder=folder, streamed=cog.available(COMPRESS))
     progress.set_progress(100.0)
     return count
 

@@ -63,17 +63,12 @@ def add_execution_parameters(alg) -> None:
 
 def _value(settings, key, default, kind=str):
     value = settings.value(PREFIX + key, default)
-    if kind is int:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return default
-    if kind is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return default
-    return "" if value is None else str(value)
+    if kind is str:
+        return "" if value is None else str(value)
+    try:  # QgsSettings hands numbers back as strings from the .ini file
+        return kind(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def load_spec() -> ClusterSpec:

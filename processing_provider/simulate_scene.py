@@ -62,7 +62,7 @@ class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
             defaultValue=10.0, minValue=0.1, maxValue=100.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.PLOT_RADIUS, self.tr("Field plot radius (m)"), QgsProcessingParameterNumber.Double,
-            defaultValue=12.62, minValue=1.0, maxValue=60.0))
+            defaultValue=SceneConfig.plot_radius_m, minValue=1.0, maxValue=60.0))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputFile("MANIFEST", self.tr("Scene manifest (scene.json)")))

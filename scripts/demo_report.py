@@ -78,29 +78,34 @@ def raster_map(path, out_png, title, label, cmap, projects=None, vmin=None, vmax
     return _figure(out_png, draw)
 
 
+VALUE_BY_ALPHA_THRESHOLD = 0.5  # relative uncertainty: opaque up to 25 %, 10 % opacity from 100 %
+
+
 def value_by_alpha_map(pred_path, std_path, out_png, projects=None):
-    """Prediction colour (viridis) with opacity from the relative uncertainty σ/prediction: opaque where the
-    map is certain, fading to the white background where σ approaches the prediction or exceeds it."""
+    """Prediction colour (viridis) with the uncertainty explorer's opacity (``gui.stats.alpha_of`` of σ/prediction,
+    threshold :data:`VALUE_BY_ALPHA_THRESHOLD`): opaque where the map is certain, fading to the white background
+    where σ approaches the prediction or exceeds it."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import cm, colors
+
+    from forest_carbon_plugin.gui.stats import alpha_of, relative_uncertainty
 
     cmap = matplotlib.colormaps["viridis"] if hasattr(matplotlib, "colormaps") else cm.get_cmap("viridis")
     pred, extent = _read(pred_path)
     std, _ = _read(std_path)
     lo, hi = 0.0, float(np.nanpercentile(pred.compressed(), 98))
     rgba = cmap(colors.Normalize(lo, max(hi, lo + 1e-9))(pred.filled(np.nan)))
-    rel = np.clip(std.filled(np.nan) / np.maximum(pred.filled(np.nan), 1.0), 0, None)
-    alpha = np.clip(1.0 - rel, 0.1, 1.0)  # relative uncertainty 0 → opaque, ≥ 0.9 → almost transparent
-    alpha[~np.isfinite(alpha)] = 0.0
-    rgba[..., 3] = alpha
+    alpha = alpha_of(relative_uncertainty(pred.filled(np.nan), std.filled(np.nan)), VALUE_BY_ALPHA_THRESHOLD) / 255
+    rgba[..., 3] = np.where(np.isfinite(pred.filled(np.nan)), alpha, 0.0)
 
     def draw(fig):
         ax = fig.add_subplot(111)
         ax.imshow(rgba, extent=extent, interpolation="nearest")
         _projects_outline(ax, projects)
-        ax.set_title("AGB, value by alpha (opacity = 1 − σ / prediction)")
+        ax.set_title(f"AGB, value by alpha (opaque to σ / prediction = {VALUE_BY_ALPHA_THRESHOLD / 2:.0%}, "
+                     f"faded from {2 * VALUE_BY_ALPHA_THRESHOLD:.0%})")
         ax.ticklabel_format(useOffset=False, style="plain")
         ax.tick_params(labelsize=7)
         sm = cm.ScalarMappable(colors.Normalize(lo, hi), cmap="viridis")

@@ -38,9 +38,7 @@ def area_based_approach():
     from qgis.core import (
         QgsProcessing,
         QgsProcessingModelAlgorithm,
-        QgsProcessingModelChildAlgorithm,
         QgsProcessingModelChildParameterSource as Source,
-        QgsProcessingModelOutput,
         QgsProcessingModelParameter,
         QgsProcessingParameterEnum,
         QgsProcessingParameterFeatureSource,
@@ -86,56 +84,46 @@ def area_based_approach():
     for param in params:
         model.addModelParameter(param, QgsProcessingModelParameter(param.name()))
 
-    def output(child, name, child_output, label):
-        out = QgsProcessingModelOutput(name, label)
-        out.setChildOutputName(child_output)
-        out.setChildId(child.childId())
-        return out
+    P, C = Source.fromModelParameter, Source.fromChildOutput
+    children = [
+        _child("forestcarbon:plotmetrics", "plotmetrics", "Plot metrics",
+               {"INPUT": P("cloud"), "PLOTS": P("plots"), "RADIUS": P("radius")},
+               outputs=[("plot_metrics", "OUTPUT", "Plot metrics")]),
+        _child("forestcarbon:trainmodel", "trainmodel", "Train model on the plots",
+               {"FEATURES": C("plotmetrics", "OUTPUT"), "TARGET_FIELD": P("target_field"),
+                "FEATURE_FIELDS": P("feature_fields"), "MODEL_TYPE": P("model_type"), "COVERAGE": P("coverage")},
+               outputs=[("model", "OUTPUT_MODEL", "Model (ONNX)"), ("report", "OUTPUT_REPORT", "Training report")]),
+        _child("forestcarbon:canopymetrics", "canopymetrics", "Canopy metrics (grid)",
+               {"INPUT": P("cloud"), "RESOLUTION": P("resolution")},
+               outputs=[("metrics", "OUTPUT", "Canopy metrics")]),
+        _child("forestcarbon:predictraster", "predictraster", "Predict the map",
+               {"INPUT": C("canopymetrics", "OUTPUT"), "MODEL": C("trainmodel", "OUTPUT_MODEL"),
+                "COVERAGE": P("coverage")},
+               outputs=[("prediction", "OUTPUT", "Prediction"), ("std", "OUTPUT_STD", "Standard deviation"),
+                        ("lower", "OUTPUT_LOWER", "Lower bound"), ("upper", "OUTPUT_UPPER", "Upper bound")]),
+    ]
+    from qgis.PyQt.QtCore import QPointF
 
-    plots = QgsProcessingModelChildAlgorithm("forestcarbon:plotmetrics")
-    plots.setChildId("plotmetrics")
-    plots.setDescription("Plot metrics")
-    plots.addParameterSources("INPUT", [Source.fromModelParameter("cloud")])
-    plots.addParameterSources("PLOTS", [Source.fromModelParameter("plots")])
-    plots.addParameterSources("RADIUS", [Source.fromModelParameter("radius")])
-    plots.setModelOutputs({"plot_metrics": output(plots, "plot_metrics", "OUTPUT", "Plot metrics")})
-
-    train = QgsProcessingModelChildAlgorithm("forestcarbon:trainmodel")
-    train.setChildId("trainmodel")
-    train.setDescription("Train model on the plots")
-    train.addParameterSources("FEATURES", [Source.fromChildOutput("plotmetrics", "OUTPUT")])
-    train.addParameterSources("TARGET_FIELD", [Source.fromModelParameter("target_field")])
-    train.addParameterSources("FEATURE_FIELDS", [Source.fromModelParameter("feature_fields")])
-    train.addParameterSources("MODEL_TYPE", [Source.fromModelParameter("model_type")])
-    train.addParameterSources("COVERAGE", [Source.fromModelParameter("coverage")])
-    train.setModelOutputs({"model": output(train, "model", "OUTPUT_MODEL", "Model (ONNX)"),
-                           "report": output(train, "report", "OUTPUT_REPORT", "Training report")})
-
-    grid = QgsProcessingModelChildAlgorithm("forestcarbon:canopymetrics")
-    grid.setChildId("canopymetrics")
-    grid.setDescription("Canopy metrics (grid)")
-    grid.addParameterSources("INPUT", [Source.fromModelParameter("cloud")])
-    grid.addParameterSources("RESOLUTION", [Source.fromModelParameter("resolution")])
-    grid.setModelOutputs({"metrics": output(grid, "metrics", "OUTPUT", "Canopy metrics")})
-
-    predict = QgsProcessingModelChildAlgorithm("forestcarbon:predictraster")
-    predict.setChildId("predictraster")
-    predict.setDescription("Predict the map")
-    predict.addParameterSources("INPUT", [Source.fromChildOutput("canopymetrics", "OUTPUT")])
-    predict.addParameterSources("MODEL", [Source.fromChildOutput("trainmodel", "OUTPUT_MODEL")])
-    predict.addParameterSources("COVERAGE", [Source.fromModelParameter("coverage")])
-    predict.setModelOutputs({name: output(predict, name, child_output, label) for name, child_output, label in (
-        ("prediction", "OUTPUT", "Prediction"), ("std", "OUTPUT_STD", "Standard deviation"),
-        ("lower", "OUTPUT_LOWER", "Lower bound"), ("upper", "OUTPUT_UPPER", "Upper bound"))})
-    predict.setDependencies([])
-
-    x = 120.0
-    for i, child in enumerate((plots, train, grid, predict)):
-        from qgis.PyQt.QtCore import QPointF
-
-        child.setPosition(QPointF(x + 220 * i, 200 + 80 * (i % 2)))
+    for i, child in enumerate(children):
+        child.setPosition(QPointF(120.0 + 220 * i, 200 + 80 * (i % 2)))
         model.addChildAlgorithm(child)
     return model
+
+
+def _child(algorithm, child_id, description, sources, static=None, outputs=()):
+    """A model child: its parameters from ``sources`` (model parameters or other children's outputs, one or a
+    list each) and ``static`` values; ``outputs`` [(model output name, child output, label)] are model outputs."""
+    from qgis.core import QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource as Source
+
+    alg = QgsProcessingModelChildAlgorithm(algorithm)
+    alg.setChildId(child_id)
+    alg.setDescription(description)
+    for name, source in sources.items():
+        alg.addParameterSources(name, source if isinstance(source, list) else [source])
+    for name, value in (static or {}).items():
+        alg.addParameterSources(name, [Source.fromStaticValue(value)])
+    alg.setModelOutputs({name: _output(alg, name, out, label) for name, out, label in outputs})
+    return alg
 
 
 def _output(child, name, child_output, label):
@@ -171,7 +159,6 @@ def forest_carbon_chain():
     from qgis.core import (
         QgsProcessing,
         QgsProcessingModelAlgorithm,
-        QgsProcessingModelChildAlgorithm,
         QgsProcessingModelChildParameterSource as Source,
         QgsProcessingModelParameter,
         QgsProcessingParameterEnum,
@@ -253,16 +240,7 @@ def forest_carbon_chain():
         model.addModelParameter(param, QgsProcessingModelParameter(param.name()))
 
     def child(algorithm, child_id, description, sources, static=None):
-        alg = QgsProcessingModelChildAlgorithm(algorithm)
-        alg.setChildId(child_id)
-        alg.setDescription(description)
-        for name, source in sources.items():
-            alg.addParameterSources(name, source if isinstance(source, list) else [source])
-        for name, value in (static or {}).items():
-            alg.addParameterSources(name, [Source.fromStaticValue(value)])
-        alg.setModelOutputs({name: _output(alg, name, out, label)
-                             for name, out, label in CHAIN_OUTPUTS.get(child_id, [])})
-        return alg
+        return _child(algorithm, child_id, description, sources, static, CHAIN_OUTPUTS.get(child_id, ()))
 
     P, C = Source.fromModelParameter, Source.fromChildOutput
     children = [

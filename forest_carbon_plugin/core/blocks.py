@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import math
 import os
 import threading
@@ -29,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import ForestCarbonError
-from .outputs import PROVENANCE_KEY, atomic_output
+from .outputs import atomic_output, gdal_tags
 from .progress import Progress, check_cancel
 
 DEFAULT_BLOCK = 512
@@ -339,9 +338,7 @@ def _take(iterator, n):
 def _describe(dst, descriptions, tags, provenance, band_tags):
     for i, text in enumerate(descriptions or [], start=1):
         dst.set_band_description(i, text)
-    all_tags = {k: str(v) for k, v in (tags or {}).items()}
-    if provenance is not None:
-        all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
+    all_tags = gdal_tags(tags, provenance)
     if all_tags:
         dst.update_tags(**all_tags)
     for i, btags in enumerate(band_tags or [], start=1):

@@ -67,10 +67,11 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
     sparse = ~(n >= min_points)
     values[:, sparse] = np.nan
     data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
+    executor = current_executor()
     record = make_provenance("forestcarbon:canopymetrics", parameters or {
         "RESOLUTION": res, "HEIGHT_BREAK": height_break, "MIN_POINTS": min_points, "INTENSITY": intensity,
         "NORMALIZE": normalize}, inputs=[t.path for t in catalog.tiles],
-        **(current_executor().describe() if current_executor() is not None else {}))
+        **(executor.describe() if executor is not None else {}))
     check_cancel(progress)
     write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
                  provenance=record)

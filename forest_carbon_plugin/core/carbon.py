@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import ForestCarbonError
 from .progress import NullProgress, Progress, check_cancel
+from .validation import z_score
 
 __all__ = ["ALLOMETRIES", "ECOZONES", "CO2_PER_C", "pixel_weights", "equal_area_ha", "correlated_field",
            "root_shoot_ratio", "carbon_stock", "OUTPUT_FIELDS"]
@@ -113,14 +114,6 @@ def root_shoot_ratio(ecozone: str, agb_mg_ha: float) -> float:
         if agb_mg_ha <= upper:
             return ratio
     return ECOZONES[ecozone][1][-1][1]
-
-
-def z_score(level: float) -> float:
-    from statistics import NormalDist
-
-    if not 0 < level < 1:
-        raise ForestCarbonError(f"A confidence or coverage level must lie between 0 and 1 (got {level}).")
-    return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
 # ----------------------------------------------------------------------------- geometry

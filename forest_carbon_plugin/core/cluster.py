@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -454,10 +453,10 @@ def materialize(data: bytes, suffix: str = ".onnx") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest}{suffix}"
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        with os.fdopen(fd, "wb") as handle:
+        from .outputs import atomic_output
+
+        with atomic_output(path, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
     return path
 
 
@@ -507,15 +506,13 @@ def write_tile(folder, name: str, data, grid, row0: int, nodata=None) -> str:
     that ended (and removed it) makes late tiles fail instead of leaving files behind."""
     import numpy as np
     import rasterio
-    from affine import Affine
+    from rasterio.windows import Window
 
     folder = Path(folder)
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
-    t = grid.transform
-    transform = Affine(t.a, t.b, t.c, t.d, t.e, t.f + t.e * row0) if t.b == 0 and t.d == 0 \
-        else t * Affine.translation(0, row0)
+    transform = grid.window_transform(Window(0, row0, data.shape[2], data.shape[1]))
     final = folder / f"{name}.tif"
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.part.tif"
     try:
@@ -539,7 +536,7 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
     ``streamed``: the tiles' rows go in order through :mod:`.cog` instead (one float32 band with NaN nodata), as the
     local path of predictraster writes its outputs, so that both make the same file."""
     from .blocks import COMPRESS, DEFAULT_BLOCK, _to_cog, default_workers
-    from .outputs import PROVENANCE_KEY, atomic_output
+    from .outputs import atomic_output, gdal_tags
 
     import numpy as np
 
@@ -553,9 +550,7 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
 
     wkt = CRS.from_user_input(grid.crs).to_wkt()
     t = grid.transform
-    all_tags = {k: str(v) for k, v in (tags or {}).items()}
-    if provenance is not None:
-        all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
+    all_tags = gdal_tags(tags, provenance)
 
     def metadata(items, indent):
         if not items:

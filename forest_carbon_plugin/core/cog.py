@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ForestCarbonError
-from .outputs import atomic_output
+from .outputs import atomic_output, gdal_tags
 
 COMPRESSIONS = {"none": 1, "zstd": 50000}
 
@@ -370,15 +370,8 @@ def cog_writer(grid, path, descriptions=None, tags=None, provenance=None, block:
                compress: str = "zstd"):
     """A :class:`StreamingCOG` to write rows into; on a clean exit it becomes ``path``, atomically;
     on an error nothing is left (the partial output and the level files are removed)."""
-    import json
-
-    from .outputs import PROVENANCE_KEY
-
-    all_tags = {k: str(v) for k, v in (tags or {}).items()}
-    if provenance is not None:
-        all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
     with atomic_output(Path(path)) as tmp:
-        writer = StreamingCOG(tmp, grid, descriptions, all_tags, block=block, compress=compress)
+        writer = StreamingCOG(tmp, grid, descriptions, gdal_tags(tags, provenance), block=block, compress=compress)
         try:
             yield writer
             writer.close()

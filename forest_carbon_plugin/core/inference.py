@@ -45,6 +45,7 @@ from .modelcard import ModelCard, read_card
 from .outputs import provenance as make_provenance
 from .progress import NullProgress, Progress, check_cancel
 from .tilemap import current_executor
+from .validation import z_score
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "directml", "coreml")
 PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -150,8 +151,6 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
     ``member_outputs``: one dict per member, output name → array (channels, pixels…), channel first.
     Returns float64 arrays (pixels…).
     """
-    from scipy.stats import norm
-
     means, variances, quantiles = [], [], {}
     for outputs in member_outputs:
         mean = var = None
@@ -177,7 +176,7 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
     factor = card.conformal_factor or 1.0
     stack = np.stack(means)
     prediction = stack.mean(axis=0)
-    z = norm.ppf(0.5 + coverage / 2)
+    z = z_score(coverage)
     result = {"prediction": prediction}
     if quantiles and not variances:
         levels = sorted(quantiles)

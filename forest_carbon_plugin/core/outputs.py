@@ -46,6 +46,15 @@ def provenance(algorithm: str, parameters: dict | None = None, inputs=None, mode
     return record
 
 
+def gdal_tags(tags: dict | None, provenance: dict | None = None) -> dict:
+    """A raster's dataset tags as GDAL stores them (strings), with the provenance record as JSON under
+    :data:`PROVENANCE_KEY`."""
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if provenance is not None:
+        all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
+    return all_tags
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 

@@ -3,12 +3,11 @@ written atomically (see :mod:`.outputs`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .outputs import PROVENANCE_KEY, atomic_output
+from .outputs import atomic_output, gdal_tags
 
 
 def write_raster(path, data, transform, crs, nodata=None, descriptions=None, tags=None,
@@ -35,9 +34,7 @@ def write_raster(path, data, transform, crs, nodata=None, descriptions=None, tag
             dst.write(array)
             for i, text in enumerate(descriptions or [], start=1):
                 dst.set_band_description(i, text)
-            all_tags = dict(tags or {})
-            if provenance is not None:
-                all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
+            all_tags = gdal_tags(tags, provenance)
             if all_tags:
                 dst.update_tags(**all_tags)
             for i, btags in enumerate(band_tags or [], start=1):

@@ -47,7 +47,7 @@ def z_score(level: float) -> float:
     from statistics import NormalDist
 
     if not 0 < level < 1:
-        raise ForestCarbonError(f"An interval coverage must lie between 0 and 1 (got {level}).")
+        raise ForestCarbonError(f"A coverage or confidence level must lie between 0 and 1 (got {level}).")
     return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 

@@ -96,7 +96,7 @@ def sigma_of(std=None, lower=None, upper=None, coverage=None):
     if std is not None:
         return std
     if lower is not None and upper is not None and coverage is not None:
-        from ..core.carbon import z_score
+        from ..core.validation import z_score
 
         return (upper - lower) / (2.0 * z_score(coverage))
     return None
@@ -292,7 +292,7 @@ def write_value_by_alpha(sources: Sources, out_path, threshold: float = 0.2, min
     from rasterio.windows import Window
 
     from ..core.errors import Cancelled
-    from ..core.outputs import atomic_output, provenance
+    from ..core.outputs import atomic_output, gdal_tags, provenance
 
     if not sources.has_uncertainty:
         raise ValueError("value by alpha needs a std layer, or lower and upper layers with their coverage")
@@ -321,7 +321,7 @@ def write_value_by_alpha(sources: Sources, out_path, threshold: float = 0.2, min
                 dst.set_band_description(2, "alpha")
                 record = provenance("forestcarbon:valuebyalpha", {"threshold": threshold, "min_alpha": min_alpha},
                                     inputs=[p for p in (sources.prediction, *(h.name for h in handles.values()))])
-                dst.update_tags(OUTPUT_KIND="value_by_alpha", **{PROVENANCE_KEY: json.dumps(record)})
+                dst.update_tags(**gdal_tags({"OUTPUT_KIND": "value_by_alpha"}, record))
         finally:
             for handle in handles.values():
                 handle.close()

@@ -26,7 +26,6 @@ from .world import EPSG, SceneConfig, Trees, canopy_at, make_stands, make_terrai
 
 FIXED_DATE = "2023-07-15T00:00:00Z"  # GeoPackage timestamps: same seed, same bytes
 CARBON_FRACTION = 0.47  # IPCC 2006 default (shared/notes/models_uncertainty_carbon.md)
-PLOT_RADIUS_M = 12.62  # the default radius of the field plots (SceneConfig.plot_radius_m): 500 m²
 
 
 def simulate_scene(out_dir, config: SceneConfig | None = None, progress: Progress | None = None) -> dict:

@@ -7,13 +7,15 @@ WORKER_VENV := .venv-worker
 CORE_SOURCES := $(shell find forest_carbon_plugin -name '*.py' -not -path '*/gui/*' 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-geopandas python3-scipy python3-sklearn \
-	python3-h5py python3-matplotlib python3-venv python3-pip gdal-bin proj-data xvfb zip unzip
+	python3-h5py python3-matplotlib python3-cryptography python3-venv python3-pip gdal-bin proj-data xvfb zip unzip
+# make test-lts: where the Debian 13 / QGIS 3.44 root is cached (outside the checkout, so CI's clones share it)
+LTS_ROOT ?= /var/cache/forest-carbon-lts
 
 export QT_QPA_PLATFORM := offscreen
 export PROJ_DATA := /usr/share/proj
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
-.PHONY: setup system-packages test demo package deploy bench clean
+.PHONY: setup system-packages deb-packages test test-lts demo package deploy bench clean
 
 setup: system-packages $(VENV)/.installed $(WORKER_VENV)/.installed
 
@@ -27,14 +29,19 @@ system-packages:
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
 	else echo "Debian packages: all present"; fi
 
-# A venv that sees Debian's PyQGIS, rasterio, geopandas, scipy and numpy, plus pinned pip
-# packages. numpy is pinned to Debian's version so that nothing pip installs replaces it.
-$(VENV)/.installed: requirements.txt Makefile
+# A venv that sees Debian's PyQGIS, rasterio, geopandas, scipy and numpy, plus pinned pip packages.
+# Debian's builds are pinned to the versions this Debian ships (scripts/pins.py system), so that nothing
+# pip installs replaces them, on Debian 12 (Python 3.11, numpy 1.24) as on Debian 13 (3.13, numpy 2.2).
+$(VENV)/.installed: requirements.txt Makefile scripts/pins.py
 	@test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(SYSTEM_PYTHON) -c 'import numpy; print("numpy==" + numpy.__version__)' > $(VENV)/constraints.txt
+	$(SYSTEM_PYTHON) scripts/pins.py system > $(VENV)/constraints.txt.tmp && mv $(VENV)/constraints.txt.tmp $(VENV)/constraints.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -r requirements.txt
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	touch $@
+
+# The client's versions of what a Dask worker runs, read from .venv (git-ignored: it differs per Debian).
+constraints-worker.txt: $(VENV)/.installed scripts/pins.py
+	$(PYTHON) scripts/pins.py worker > $@.tmp && mv $@.tmp $@
 
 # A Dask worker's environment: no QGIS, no PyQt, no system site-packages; only `pip install .[worker]`
 # with the main venv's versions (constraints-worker.txt), so tiles computed there have the same bits.
@@ -53,6 +60,15 @@ $(WORKER_VENV)/.installed: pyproject.toml constraints-worker.txt $(CORE_SOURCES)
 test: setup
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The whole suite on Debian 13 with QGIS 3.44 LTR, in a chroot built once with debootstrap (scripts/lts_root.sh)
+test-lts:
+	$(SUDO) env LTS_ROOT="$(LTS_ROOT)" LTS_MAKE="$(or $(LTS_MAKE),test)" PYTEST_ARGS="$(PYTEST_ARGS)" \
+	  bash scripts/lts_root.sh
+
+# the Debian packages make setup installs (scripts/lts_root.sh puts them into its root)
+deb-packages:
+	@echo $(DEB_PACKAGES)
 
 demo: setup
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)

@@ -231,12 +231,6 @@ def _gdal_config(key: str, value: str):
         gdal.SetConfigOption(key, old)
 
 
-def _gpkg_env():
-    import fiona
-
-    return fiona.Env(OGR_CURRENT_DATE=FIXED_DATE)
-
-
 def write_stands(config: SceneConfig, stands, path: Path) -> list:
     import geopandas as gpd
     from rasterio.features import shapes
@@ -364,6 +358,7 @@ def write_projects(config: SceneConfig, trees: Trees, path: Path) -> list:
 
 def _write_gpkg(frame, path: Path, layer: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _gpkg_env(), atomic_output(path) as tmp:
+    # A process-wide GDAL option, seen by whichever engine geopandas writes with (they share libgdal).
+    with _gdal_config("OGR_CURRENT_DATE", FIXED_DATE), atomic_output(path) as tmp:
         tmp.unlink()  # let the driver create the file
         frame.to_file(tmp, layer=layer, driver="GPKG")

@@ -323,26 +323,28 @@ def main(argv=None) -> int:
         extra = real_samples(out / "samples")
         qgz = build_project(out / "forest_carbon_demo.qgz", outputs,
                             {"training_plots": train, "validation_plots": validation}, extra)
+        lap("samples + project", t0)
+
+        # The report reads rasters with rasterio in this process, so it runs before exitQgis(), which
+        # deregisters GDAL's drivers on recent QGIS ("No driver registered" on 3.40+).
+        print("5/5 Report", flush=True)
+        t0 = time.perf_counter()
+        sample_maps = []
+        for i, (title, path) in enumerate(extra):
+            png = out / "maps" / f"sample_{i + 1}_chm.png"
+            (out / "maps").mkdir(exist_ok=True)
+            sample_maps.append((title, demo_report.raster_map(path, png, title.split(" (")[0], "height (m)",
+                                                              "Greens", vmin=0.0)))
+        scene_settings = {**SCENE, "size_m": args.size_m, "seed": args.seed}
+        settings = {**SETTINGS, **{f"scene_{k}": v for k, v in scene_settings.items()},
+                    "validation_every": VALIDATION_EVERY}
+        summary = demo_report.write_report(out, report_inputs(outputs), manifest, settings, sample_maps, timings)
+        lap("report", t0)
     finally:
         from qgis.core import QgsApplication
 
         QgsApplication.processingRegistry().removeProvider(provider)
         app.exitQgis()
-    lap("samples + project", t0)
-
-    print("5/5 Report", flush=True)
-    t0 = time.perf_counter()
-    sample_maps = []
-    for i, (title, path) in enumerate(extra):
-        png = out / "maps" / f"sample_{i + 1}_chm.png"
-        (out / "maps").mkdir(exist_ok=True)
-        sample_maps.append((title, demo_report.raster_map(path, png, title.split(" (")[0], "height (m)", "Greens",
-                                                          vmin=0.0)))
-    scene_settings = {**SCENE, "size_m": args.size_m, "seed": args.seed}
-    settings = {**SETTINGS, **{f"scene_{k}": v for k, v in scene_settings.items()},
-                "validation_every": VALIDATION_EVERY}
-    summary = demo_report.write_report(out, report_inputs(outputs), manifest, settings, sample_maps, timings)
-    lap("report", t0)
     timings["total"] = round(time.perf_counter() - started, 1)
     summary["timings_s"] = timings
     (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str) + "\n")

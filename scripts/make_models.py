@@ -107,6 +107,20 @@ def area_based_approach():
     for i, child in enumerate(children):
         child.setPosition(QPointF(120.0 + 220 * i, 200 + 80 * (i % 2)))
         model.addChildAlgorithm(child)
+    return _child_id_output_names(model)
+
+
+def _child_id_output_names(model):
+    """The model with its outputs named ``childId:output`` (e.g. ``predictraster:agb``) on every QGIS.
+
+    QGIS >= 3.26 gives a model made in code its "Version2" behaviour, which names the outputs (and their
+    destination parameters) after their descriptions ("AGB (Mg/ha)" → ``AGB_Mgha``); files without that
+    key, and every model on 3.22, keep ``childId:output``. Setting "Version1" through the variant (no
+    setter in the API) keeps the names the demo, the tests and the users' scripts pass; 3.22 ignores the key."""
+    variant = model.toVariant()
+    variant["internal_version"] = "Version1"
+    if not model.loadVariant(variant):
+        raise RuntimeError(f"Could not reload the model {model.name()}")
     return model
 
 
@@ -311,7 +325,7 @@ def forest_carbon_chain():
         col, row = layout[alg.childId()]
         alg.setPosition(QPointF(120 + 260 * col, 120 + 140 * row))
         model.addChildAlgorithm(alg)
-    return model
+    return _child_id_output_names(model)
 
 
 MODELS = {ABA: area_based_approach, CHAIN: forest_carbon_chain}

@@ -44,7 +44,8 @@ def version(name: str) -> str | None:
 
 
 def pins(names: list[str]) -> list[str]:
-    return [f"{name}=={v}" for name in names if (v := version(name)) is not None]
+    # Debian's local labels ("2.2.3+dfsg") are not on PyPI; "==2.2.3" still matches Debian's build.
+    return [f"{name}=={v.split('+')[0]}" for name in names if (v := version(name)) is not None]
 
 
 def main(argv: list[str]) -> int:

@@ -219,50 +219,56 @@ def test_the_resolution_read_is_bounded_by_the_canvas(dock, qgis_iface, qtbot):
     assert abs(stats.mean - np.nanmean(read_full(dock.sources.prediction))) < 1.0  # Mg/ha, from overviews
 
 
-def test_extent_changes_do_not_block_the_event_loop(dock, qgis_iface, qtbot):
-    """A 10 ms timer keeps ticking while the statistics of a full-resolution 1500 × 1600 window run;
-    the same computation on the UI thread would have stopped it for its whole duration."""
+def test_extent_changes_do_not_block_the_event_loop(dock, qgis_iface, qtbot, monkeypatch):
+    """The statistics of a full-resolution 1500 × 1600 window run in a task's thread: while they run, a 10 ms
+    timer on the UI thread keeps ticking, and the result comes back to the UI thread.
+
+    Behaviour, not speed: the statistics are held open until the timer has ticked ten times (on a fast stack
+    they take a few ms, too short to see anything between two ticks; on the UI thread no tick would come and
+    the wait would time out), then run for real."""
+    import threading
+
+    from qgis.core import QgsRectangle
     from qgis.PyQt.QtCore import QTimer
 
-    from forest_carbon_plugin.gui.stats import window_stats
+    from forest_carbon_plugin.gui import uncertainty_dock
 
     canvas = qgis_iface.mapCanvas()
     resize_map(canvas, qtbot, COLS, ROWS)
+    real_window_stats = uncertainty_dock.window_stats
+    started, release = threading.Event(), threading.Event()
+    threads = []
+
+    def held_window_stats(*args, **kwargs):
+        threads.append(threading.current_thread())
+        started.set()
+        release.wait(60)
+        return real_window_stats(*args, **kwargs)
+
+    monkeypatch.setattr(uncertainty_dock, "window_stats", held_window_stats)
     ticks = []
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    shown_on = []
+    dock.statsUpdated.connect(lambda _stats: shown_on.append(threading.current_thread()))
     timer.start()
-    from qgis.core import QgsRectangle
-
-    with qtbot.waitSignal(dock.statsUpdated, timeout=60000) as blocker:
-        canvas.setExtent(QgsRectangle(X0, Y0 - ROWS * RES, X0 + COLS * RES, Y0))
-        qtbot.waitUntil(lambda: dock._stats_task is not None, timeout=5000)
-        task = dock._stats_task
-    qtbot.wait(300)  # ticks after the results are shown
-    timer.stop()
+    try:
+        with qtbot.waitSignal(dock.statsUpdated, timeout=60000) as blocker:
+            canvas.setExtent(QgsRectangle(X0, Y0 - ROWS * RES, X0 + COLS * RES, Y0))
+            qtbot.waitUntil(started.is_set, timeout=20000)
+            before = len(ticks)
+            # the UI thread turns while the statistics are running (on the UI thread this would time out)
+            qtbot.waitUntil(lambda: len(ticks) >= before + 10, timeout=20000)
+            release.set()
+    finally:
+        release.set()
+        timer.stop()
     stats = blocker.args[0]
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert shown_on[-1] is threading.main_thread()
     assert stats.shape == (ROWS, COLS)  # full resolution: the heavy case
-    began, ended = task.ran  # the statistics' time in the worker thread
-    during = [t for t in ticks if began <= t <= ended]
-    after = next(t for t in ticks if t > ended)
-    gaps = np.diff([max(t for t in ticks if t < began), *during, after])
-    display = np.diff([t for t in ticks if t >= ended]).max()
-    print(f"\nstatistics in the background: {ended - began:.3f} s, {len(during)} ticks of 10 ms, "
-          f"max gap {1000 * gaps.max():.1f} ms, median {1000 * np.median(gaps):.1f} ms; "
-          f"then showing them blocked the UI thread at most {1000 * display:.0f} ms")
-    assert len(during) >= 5
-    # ~10 ms apart throughout; a lone longer gap is the OS scheduler on a loaded 2-core machine (load 5
-    # gave one of 150 ms), far from the freeze of the whole computation measured below
-    assert np.percentile(gaps, 95) < 0.05
-    assert gaps.max() < 0.25
-    assert display < 0.25
-
-    blocking = time.perf_counter()
-    window_stats(dock.sources, (X0, Y0 - ROWS * RES, X0 + COLS * RES, Y0), (ROWS, COLS))
-    blocking = time.perf_counter() - blocking
-    print(f"the same statistics on the UI thread would freeze it {1000 * blocking:.0f} ms")
-    assert blocking > 0.1 and blocking > 3 * gaps.max()  # so the measure above would have seen a freeze
+    assert stats.pred_counts.sum() == stats.pixels > 0
 
 
 # ----------------------------------------------------------------------------- the map tool

@@ -14,6 +14,7 @@ from forest_carbon_plugin.core.aggregate import aggregate_to_grid, parse_statist
 from forest_carbon_plugin.core.errors import ForestCarbonError
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import NumberType
 
 
 class AggregateToGridAlgorithm(ForestCarbonAlgorithm):
@@ -52,7 +53,7 @@ class AggregateToGridAlgorithm(ForestCarbonAlgorithm):
             self.REFERENCE_GRID, self.tr("Reference grid (its grid is the output's)"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.RESOLUTION, self.tr("Resolution (m), when no reference grid is given"),
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+            NumberType.Double, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterString(self.STATISTICS, self.tr("Statistics"), defaultValue="mean"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Aggregated raster")))
 

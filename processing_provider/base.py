@@ -20,6 +20,7 @@ from qgis.PyQt.QtGui import QIcon
 from forest_carbon_plugin.core.dependencies import missing_dependencies, missing_message
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
+from .compat import FileBehavior, NumberType, ParameterFlag, PropertyType, RangeLimit
 
 
 class FeedbackProgress:
@@ -99,7 +100,7 @@ class RgbStyler(QgsProcessingLayerPostProcessorInterface):
     _alive: list = []
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsRasterMinMaxOrigin
+        from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer
 
         provider = layer.dataProvider()
         names = [layer.bandName(i).split(":")[-1].strip().lower() for i in range(1, layer.bandCount() + 1)]
@@ -109,8 +110,8 @@ class RgbStyler(QgsProcessingLayerPostProcessorInterface):
             return
         renderer = QgsMultiBandColorRenderer(provider, red, green, blue)
         layer.setRenderer(renderer)
-        layer.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum,
-                                     QgsRasterMinMaxOrigin.CumulativeCut)
+        layer.setContrastEnhancement(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum,
+                                     RangeLimit.CumulativeCut)
         layer.triggerRepaint()
 
     @classmethod
@@ -131,13 +132,13 @@ class FileOrFolderParameter(QgsProcessingParameterFile):
 
     def __init__(self, name, description, extensions=(), optional=False):
         patterns = " ".join(f"*.{e} *.{e.upper()}" for e in extensions)
-        super().__init__(name, description, behavior=QgsProcessingParameterFile.File,
+        super().__init__(name, description, behavior=FileBehavior.File,
                          fileFilter=f"Files or folders ({patterns});;All files (*)", optional=optional)
         self._extensions = tuple(extensions)
 
     def clone(self):
         return FileOrFolderParameter(self.name(), self.description(), self._extensions,
-                                     bool(self.flags() & self.FlagOptional))
+                                     bool(self.flags() & ParameterFlag.Optional))
 
     def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
         if isinstance(value, str) and os.path.isdir(value):
@@ -197,7 +198,7 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(FileOrFolderParameter("INPUT", self.tr(label), extensions=extensions))
 
     def add_resolution(self, default: float, name: str = "RESOLUTION", label: str = "Resolution (m)") -> None:
-        self.addParameter(QgsProcessingParameterNumber(name, self.tr(label), QgsProcessingParameterNumber.Double,
+        self.addParameter(QgsProcessingParameterNumber(name, self.tr(label), NumberType.Double,
                                                        defaultValue=default, minValue=0.0))
 
     def add_max_workers(self) -> None:
@@ -206,7 +207,7 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
 
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_WORKERS", self.tr("Worker processes (tiles of a catalog in parallel)"),
-            QgsProcessingParameterNumber.Integer, defaultValue=max(1, min(4, os.cpu_count() or 1)), minValue=1,
+            NumberType.Integer, defaultValue=max(1, min(4, os.cpu_count() or 1)), minValue=1,
             maxValue=64))
 
     def add_las_output(self, label: str) -> None:

@@ -12,6 +12,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .compat import NumberType
 from .execution import add_execution_parameters, execution
 
 
@@ -52,7 +53,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), options=["p2r", "pit-free"],
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SUBCIRCLE, self.tr("Subcircle radius (m)"), QgsProcessingParameterNumber.Double, defaultValue=0.0,
+            self.SUBCIRCLE, self.tr("Subcircle radius (m)"), NumberType.Double, defaultValue=0.0,
             minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.FILL_EMPTY, self.tr("Fill empty cells"),
                                                         defaultValue=False))

@@ -14,6 +14,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES, canopy_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .compat import NumberType
 from .execution import add_execution_parameters, execution
 
 
@@ -68,16 +69,16 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         self.add_resolution(20.0)
         self.addParameter(QgsProcessingParameterNumber(
             self.HEIGHT_BREAK, self.tr("Height break for cover and pzabove (m)"),
-            QgsProcessingParameterNumber.Double, defaultValue=2.0))
+            NumberType.Double, defaultValue=2.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_POINTS, self.tr("Minimum points per cell"), QgsProcessingParameterNumber.Integer,
+            self.MIN_POINTS, self.tr("Minimum points per cell"), NumberType.Integer,
             defaultValue=4, minValue=1))
         self.addParameter(QgsProcessingParameterBoolean(self.INTENSITY, self.tr("Intensity metrics"),
                                                         defaultValue=False))
         self.addParameter(QgsProcessingParameterEnum(
             self.NORMALIZE, self.tr("Height normalization"), options=["auto", "always", "never"], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MAX_WORKERS, self.tr("Worker processes"), QgsProcessingParameterNumber.Integer,
+            self.MAX_WORKERS, self.tr("Worker processes"), NumberType.Integer,
             defaultValue=default_workers(), minValue=1, maxValue=64))
         self.add_crs_and_extent(extent=True)
         add_execution_parameters(self)

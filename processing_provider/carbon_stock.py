@@ -8,7 +8,6 @@ from qgis.core import (
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingParameterEnum,
@@ -18,7 +17,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.carbon import (
     ALLOMETRIES,
@@ -31,6 +29,7 @@ from forest_carbon_plugin.core.carbon import (
 )
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import FieldType, NumberType, SourceType
 
 ALLOMETRY_KEYS = list(ALLOMETRIES)
 ECOZONE_KEYS = [None, *ECOZONES]
@@ -111,40 +110,40 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                                                             optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AGB_UPPER, self.tr("AGB upper bound raster"),
                                                             optional=True))
-        self.addParameter(Num(self.COVERAGE, self.tr("Nominal coverage of AGB_LOWER/AGB_UPPER"), Num.Double,
+        self.addParameter(Num(self.COVERAGE, self.tr("Nominal coverage of AGB_LOWER/AGB_UPPER"), NumberType.Double,
                               defaultValue=0.9, minValue=0.01, maxValue=0.999))
         self.addParameter(QgsProcessingParameterRasterLayer(self.HEIGHT, self.tr("Canopy height raster (instead of AGB)"),
                                                             optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.ALLOMETRY, self.tr("Height allometry"),
                                                      options=[a.label for a in ALLOMETRIES.values()], defaultValue=0))
         for name, label in ((self.ALLOMETRY_A, "Allometry a (custom)"), (self.ALLOMETRY_B, "Allometry b (custom)")):
-            self.addParameter(Num(name, self.tr(label), Num.Double, optional=True))
+            self.addParameter(Num(name, self.tr(label), NumberType.Double, optional=True))
         for name, label in ((self.ALLOMETRY_A_SE, "Standard error of a"), (self.ALLOMETRY_B_SE, "Standard error of b")):
-            self.addParameter(Num(name, self.tr(label), Num.Double, defaultValue=0.0, minValue=0.0))
-        self.addParameter(Num(self.ALLOMETRY_BA, self.tr("Basal area (m²/ha; Asner & Mascaro)"), Num.Double,
+            self.addParameter(Num(name, self.tr(label), NumberType.Double, defaultValue=0.0, minValue=0.0))
+        self.addParameter(Num(self.ALLOMETRY_BA, self.tr("Basal area (m²/ha; Asner & Mascaro)"), NumberType.Double,
                               optional=True, minValue=0.0))
-        self.addParameter(Num(self.ALLOMETRY_WD, self.tr("Wood density (g/cm³; Asner & Mascaro)"), Num.Double,
+        self.addParameter(Num(self.ALLOMETRY_WD, self.tr("Wood density (g/cm³; Asner & Mascaro)"), NumberType.Double,
                               optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterFeatureSource(self.PROJECTS, self.tr("Project polygons"),
-                                                              [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(Num(self.ROOT_SHOOT, self.tr("Root-to-shoot ratio (empty: ECOZONE default)"), Num.Double,
+                                                              [SourceType.VectorPolygon]))
+        self.addParameter(Num(self.ROOT_SHOOT, self.tr("Root-to-shoot ratio (empty: ECOZONE default)"), NumberType.Double,
                               optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.ECOZONE, self.tr("Ecological zone for the IPCC root-to-shoot default"),
             options=["(none: use ROOT_SHOOT)"] + [label for label, _ in ECOZONES.values()], defaultValue=0))
-        self.addParameter(Num(self.CARBON_FRACTION, self.tr("Carbon fraction of dry biomass"), Num.Double,
+        self.addParameter(Num(self.CARBON_FRACTION, self.tr("Carbon fraction of dry biomass"), NumberType.Double,
                               defaultValue=0.47, minValue=0.01, maxValue=1.0))
-        self.addParameter(Num(self.CONFIDENCE, self.tr("Confidence level"), Num.Double, defaultValue=0.9,
+        self.addParameter(Num(self.CONFIDENCE, self.tr("Confidence level"), NumberType.Double, defaultValue=0.9,
                               minValue=0.5, maxValue=0.999))
         self.addParameter(Num(self.CORRELATION_RANGE, self.tr("Error correlation range (m; 0 = independent)"),
-                              Num.Double, defaultValue=0.0, minValue=0.0))
-        self.addParameter(Num(self.SIMULATIONS, self.tr("Monte Carlo simulations"), Num.Integer, defaultValue=1000,
+                              NumberType.Double, defaultValue=0.0, minValue=0.0))
+        self.addParameter(Num(self.SIMULATIONS, self.tr("Monte Carlo simulations"), NumberType.Integer, defaultValue=1000,
                               minValue=10, maxValue=1_000_000))
-        self.addParameter(Num(self.SEED, self.tr("Random seed"), Num.Integer, defaultValue=0, minValue=0))
+        self.addParameter(Num(self.SEED, self.tr("Random seed"), NumberType.Integer, defaultValue=0, minValue=0))
         self.addParameter(Num(self.ALLOWED_UNCERTAINTY, self.tr("Allowed uncertainty (%) before a deduction"),
-                              Num.Double, defaultValue=10.0, minValue=0.0))
+                              NumberType.Double, defaultValue=10.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Project carbon"),
-                                                            QgsProcessing.TypeVectorPolygon))
+                                                            SourceType.VectorPolygon))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Carbon report"),
                                                                 fileFilter="HTML files (*.html)"))
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_JSON, self.tr("Carbon numbers (JSON)")))
@@ -220,7 +219,7 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                 f"PROJECTS already has the field(s) {', '.join(clash)}; rename them, or drop the results of an earlier "
                 "run, before computing again."))
         for name in OUTPUT_FIELDS:
-            fields.append(QgsField(name, QVariant.Double))
+            fields.append(QgsField(name, FieldType.Double))
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(),
                                              crs if crs.isValid() else QgsCoordinateReferenceSystem())
         if sink is None:
@@ -230,7 +229,7 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
             out.setGeometry(feature.geometry())
             out.setAttributes(list(feature.attributes()) + [None if rec[name] is None else float(rec[name])
                                                           for name in OUTPUT_FIELDS])
-            if not sink.addFeature(out, QgsFeatureSink.FastInsert):
+            if not sink.addFeature(out, QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(self.writeFeatureError(sink, parameters, self.OUTPUT))
         for rec, det in zip(doc["records"], doc["details"]):
             if rec["co2e_total_t"] is not None:

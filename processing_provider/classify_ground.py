@@ -10,6 +10,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.ground import CSF, SMRF, classify_ground
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import NumberType
 
 NUMBER = QgsProcessingParameterNumber
 
@@ -54,7 +55,7 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), options=["SMRF", "CSF"],
                                                      defaultValue=0))
         for name, label, default, _ in self.SMRF_PARAMS + self.CSF_PARAMS:
-            kind = NUMBER.Integer if isinstance(default, int) else NUMBER.Double
+            kind = NumberType.Integer if isinstance(default, int) else NumberType.Double
             self.addParameter(NUMBER(name, self.tr(label), kind, defaultValue=default, minValue=0))
         self.add_crs_and_extent(extent=False)
         self.add_max_workers()

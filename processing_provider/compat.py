@@ -23,8 +23,8 @@ except ImportError:  # QGIS 3.22 to 3.38 on Qt5: only in QtWidgets
     from qgis.PyQt.QtWidgets import QAction
 
 __all__ = ["QAction", "SourceType", "NumberType", "FileBehavior", "FieldDataType", "ParameterFlag",
-           "WkbType", "GeometryType", "LayerType", "LayerFilter", "ShaderInterpolation", "RangeLimit",
-           "FieldType", "QGIS_VERSION_INT"]
+           "WkbType", "GeometryType", "LayerType", "LayerFilter", "ShaderInterpolation", "PropertyType",
+           "RangeLimit", "FieldType", "QGIS_VERSION_INT"]
 
 QGIS_VERSION_INT = Qgis.QGIS_VERSION_INT
 
@@ -113,6 +113,11 @@ class LayerFilter:
 class ShaderInterpolation:
     """``Qgis.ShaderInterpolationMethod`` (3.30+; ``Interpolated`` became ``Linear``)."""
     Linear = _first("Qgis.ShaderInterpolationMethod.Linear", "QgsColorRampShader.Type.Interpolated")
+
+
+class PropertyType:
+    """What ``QgsProperty.propertyType()`` returns: ``Qgis.PropertyType`` (3.36+)."""
+    Static = _first("Qgis.PropertyType.Static", "QgsProperty.Type.StaticProperty")
 
 
 class RangeLimit:

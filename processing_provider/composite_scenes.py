@@ -6,7 +6,6 @@ import os
 
 from qgis.core import (
     QgsMapLayer,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterMultipleLayers,
@@ -18,6 +17,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.composite import METHODS, composite_scenes
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
+from .compat import NumberType, ParameterFlag, SourceType
 
 
 class RastersOrFoldersParameter(QgsProcessingParameterMultipleLayers):
@@ -29,11 +29,11 @@ class RastersOrFoldersParameter(QgsProcessingParameterMultipleLayers):
     """
 
     def __init__(self, name, description, optional=False):
-        super().__init__(name, description, QgsProcessing.TypeRaster, optional=optional)
+        super().__init__(name, description, SourceType.Raster, optional=optional)
 
     def clone(self):
         return RastersOrFoldersParameter(self.name(), self.description(),
-                                         bool(self.flags() & self.FlagOptional))
+                                         bool(self.flags() & ParameterFlag.Optional))
 
     def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -89,7 +89,7 @@ class CompositeScenesAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"),
                                                      options=["median", "medoid", "max-NDVI"], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), QgsProcessingParameterNumber.Integer,
+            self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), NumberType.Integer,
             defaultValue=0, minValue=0, optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Composite")))
 

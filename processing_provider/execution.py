@@ -26,7 +26,6 @@ import contextlib
 from qgis.core import (
     QgsApplication,
     QgsProcessingException,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterString,
     QgsSettings,
@@ -35,6 +34,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.cluster import ClusterSpec, DaskExecutor, open_client
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.tilemap import executor_scope
+from .compat import ParameterFlag
 
 EXECUTION = "EXECUTION"
 SCHEDULER = "SCHEDULER"
@@ -49,13 +49,13 @@ def add_execution_parameters(alg) -> None:
     """EXECUTION and SCHEDULER, as advanced parameters of ``alg``."""
     execution = QgsProcessingParameterEnum(EXECUTION, alg.tr("Execution"), options=EXECUTION_OPTIONS,
                                            defaultValue=HERE)
-    execution.setFlags(execution.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    execution.setFlags(execution.flags() | ParameterFlag.Advanced)
     execution.setHelp(alg.tr("0 here; 1 the Dask cluster of Plugins → Forest Carbon → Cluster settings (or SCHEDULER); "
                              "2 a Dask cluster of worker processes on this machine."))
     alg.addParameter(execution)
     scheduler = QgsProcessingParameterString(SCHEDULER, alg.tr("Dask scheduler address (overrides the settings)"),
                                              optional=True)
-    scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    scheduler.setFlags(scheduler.flags() | ParameterFlag.Advanced)
     alg.addParameter(scheduler)
 
 

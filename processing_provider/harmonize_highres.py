@@ -7,19 +7,17 @@ from qgis.core import (
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.highres import PIF_METHODS, REGRESSIONS, harmonize_highres
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
+from .compat import FieldType, SourceType, WkbType
 
 
 class HarmonizeHighresAlgorithm(ForestCarbonAlgorithm):
@@ -64,7 +62,7 @@ class HarmonizeHighresAlgorithm(ForestCarbonAlgorithm):
                                                        optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Normalized image")))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_TABLE, self.tr("Normalization table"),
-                                                            QgsProcessing.TypeVector, optional=True))
+                                                            SourceType.Vector, optional=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
@@ -80,16 +78,16 @@ class HarmonizeHighresAlgorithm(ForestCarbonAlgorithm):
             progress=FeedbackProgress(feedback))
         results = {self.OUTPUT: output}
         fields = QgsFields()
-        fields.append(QgsField("band", QVariant.String))
+        fields.append(QgsField("band", FieldType.String))
         for name in ("gain", "offset", "r2"):
-            fields.append(QgsField(name, QVariant.Double))
-        fields.append(QgsField("pixels_used", QVariant.Int))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields, QgsWkbTypes.NoGeometry)
+            fields.append(QgsField(name, FieldType.Double))
+        fields.append(QgsField("pixels_used", FieldType.Int))
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields, WkbType.NoGeometry)
         if sink is not None:
             for fit in result.fits:
                 feature = QgsFeature(fields)
                 feature.setAttributes([fit.band, fit.gain, fit.offset, fit.r2, fit.pixels_used])
-                sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
             results[self.OUTPUT_TABLE] = dest
         RgbStyler.attach(context, output)
         return results

@@ -15,6 +15,7 @@ from forest_carbon_plugin.core.harmonize import harmonize_scene
 from forest_carbon_plugin.core.masks import DEFAULT_MASK, MASK_CLASSES
 
 from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, RgbStyler
+from .compat import NumberType
 from .execution import add_execution_parameters, execution
 
 
@@ -64,7 +65,7 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (default: the scene's)"),
                                                     optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TARGET_RESOLUTION, self.tr("Target resolution (m)"), QgsProcessingParameterNumber.Double,
+            self.TARGET_RESOLUTION, self.tr("Target resolution (m)"), NumberType.Double,
             defaultValue=30.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE_GRID, self.tr("Reference grid (its CRS, extent and resolution win)"), optional=True))
@@ -72,14 +73,14 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
             self.MASK, self.tr("Mask"), options=[c.replace("_", " ") for c in MASK_CLASSES], allowMultiple=True,
             defaultValue=[MASK_CLASSES.index(c) for c in DEFAULT_MASK], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MASK_DILATION, self.tr("Mask dilation (output pixels)"), QgsProcessingParameterNumber.Integer,
+            self.MASK_DILATION, self.tr("Mask dilation (output pixels)"), NumberType.Integer,
             defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(self.BRDF, self.tr("BRDF normalization (c-factor)"),
                                                         defaultValue=True))
         self.addParameter(QgsProcessingParameterBoolean(self.BANDPASS, self.tr("Bandpass adjustment to OLI"),
                                                         defaultValue=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), QgsProcessingParameterNumber.Integer,
+            self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), NumberType.Integer,
             defaultValue=0, minValue=0))
         add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Harmonized reflectance")))

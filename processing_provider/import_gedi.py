@@ -12,7 +12,6 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsPointXY,
-    QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
@@ -20,17 +19,17 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
-    QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QDateTime, Qt, QVariant
+from qgis.PyQt.QtCore import QDateTime, Qt
 
 from forest_carbon_plugin.core.gedi import COLUMNS, read_gedi
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import FieldType, NumberType, SourceType, WkbType
 
-_KINDS = {"shot_number": QVariant.LongLong, "beam": QVariant.String, "beam_type": QVariant.String,
-          "time_utc": QVariant.DateTime, "quality_flag": QVariant.Int, "degrade_flag": QVariant.Int,
-          "l2b_quality_flag": QVariant.Int, "source": QVariant.String}
+_KINDS = {"shot_number": FieldType.LongLong, "beam": FieldType.String, "beam_type": FieldType.String,
+          "time_utc": FieldType.DateTime, "quality_flag": FieldType.Int, "degrade_flag": FieldType.Int,
+          "l2b_quality_flag": FieldType.Int, "source": FieldType.String}
 
 
 class ImportGediAlgorithm(ForestCarbonAlgorithm):
@@ -65,16 +64,16 @@ class ImportGediAlgorithm(ForestCarbonAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUT, self.tr("GEDI L2A/L2B files (.h5, .zip) or a folder"), QgsProcessing.TypeFile))
+            self.INPUT, self.tr("GEDI L2A/L2B files (.h5, .zip) or a folder"), SourceType.File))
         self.addParameter(QgsProcessingParameterBoolean(self.QUALITY, self.tr("Quality filter"), defaultValue=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.MIN_SENSITIVITY, self.tr("Minimum sensitivity (with the quality filter)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.9, minValue=0.0, maxValue=1.0))
+            NumberType.Double, defaultValue=0.9, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterString(self.BEAMS, self.tr("Beams (names, 'power' or 'coverage')"),
                                                        optional=True))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("GEDI footprints"),
-                                                            QgsProcessing.TypeVectorPoint))
+                                                            SourceType.VectorPoint))
         self.addOutput(QgsProcessingOutputNumber("SHOT_COUNT", self.tr("Number of footprints")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -88,8 +87,8 @@ class ImportGediAlgorithm(ForestCarbonAlgorithm):
             extent=extent, extent_crs=extent_crs, progress=FeedbackProgress(feedback))
         fields = QgsFields()
         for name in COLUMNS:
-            fields.append(QgsField(name, _KINDS.get(name, QVariant.Double)))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Point,
+            fields.append(QgsField(name, _KINDS.get(name, FieldType.Double)))
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, WkbType.Point,
                                           QgsCoordinateReferenceSystem("EPSG:4326"))
         cols = shots.columns
         n = len(shots)
@@ -99,7 +98,7 @@ class ImportGediAlgorithm(ForestCarbonAlgorithm):
             feature = QgsFeature(fields)
             feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(float(cols["lon"][i]), float(cols["lat"][i]))))
             feature.setAttributes([_value(name, cols[name][i]) for name in COLUMNS])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
         feedback.pushInfo(f"{n:,} GEDI footprints.")
         return {self.OUTPUT: dest, "SHOT_COUNT": n}
 
@@ -107,11 +106,11 @@ class ImportGediAlgorithm(ForestCarbonAlgorithm):
 def _value(name, value):
     if name == "time_utc":
         ms = int(value.astype("datetime64[ms]").astype("int64"))
-        return QDateTime.fromMSecsSinceEpoch(ms, Qt.UTC)
-    kind = _KINDS.get(name, QVariant.Double)
-    if kind == QVariant.String:
+        return QDateTime.fromMSecsSinceEpoch(ms, Qt.TimeSpec.UTC)
+    kind = _KINDS.get(name, FieldType.Double)
+    if kind == FieldType.String:
         return str(value)
-    if kind in (QVariant.Int, QVariant.LongLong):
+    if kind in (FieldType.Int, FieldType.LongLong):
         return int(value)
     value = float(value)
     return None if math.isnan(value) else value

@@ -12,20 +12,18 @@ from qgis.core import (
     QgsField,
     QgsFields,
     QgsGeometry,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFileDestination,
     QgsRectangle,
-    QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core import lasinfo
 from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import FieldType, SourceType, WkbType
 
 
 class LidarInfoAlgorithm(ForestCarbonAlgorithm):
@@ -62,7 +60,7 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_JSON, self.tr("Report (JSON)"), fileFilter="JSON files (*.json)"))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT_FOOTPRINTS, self.tr("Tile footprints"), QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT_FOOTPRINTS, self.tr("Tile footprints"), SourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("POINT_COUNT", self.tr("Total point count")))
         self.addOutput(QgsProcessingOutputNumber("FILE_COUNT", self.tr("Number of files")))
 
@@ -89,7 +87,7 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
         fields = _footprint_fields()
         crs = _qgis_crs(infos[0])
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT_FOOTPRINTS, context, fields,
-                                             QgsWkbTypes.Polygon, crs)
+                                             WkbType.Polygon, crs)
         if sink is not None:
             for info in infos:
                 feature = QgsFeature(fields)
@@ -104,7 +102,7 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
                     info.point_density_per_m2, info.pulse_density_per_m2,
                     {True: "yes", False: "no", None: "unknown"}[info.normalized],
                 ])
-                sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
             results[self.OUTPUT_FOOTPRINTS] = dest_id
         feedback.pushInfo(f"{len(infos)} file(s), {results['POINT_COUNT']:,} points.")
         return results
@@ -112,14 +110,14 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
 
 def _footprint_fields() -> QgsFields:
     fields = QgsFields()
-    for name, kind in (("file", QVariant.String), ("las_ver", QVariant.String),
-                       ("pt_format", QVariant.Int), ("n_points", QVariant.LongLong),
-                       ("min_x", QVariant.Double), ("min_y", QVariant.Double), ("min_z", QVariant.Double),
-                       ("max_x", QVariant.Double), ("max_y", QVariant.Double), ("max_z", QVariant.Double),
-                       ("epsg", QVariant.Int), ("crs_name", QVariant.String),
-                       ("classes", QVariant.String), ("returns", QVariant.String),
-                       ("density", QVariant.Double), ("pulse_dens", QVariant.Double),
-                       ("normalized", QVariant.String)):
+    for name, kind in (("file", FieldType.String), ("las_ver", FieldType.String),
+                       ("pt_format", FieldType.Int), ("n_points", FieldType.LongLong),
+                       ("min_x", FieldType.Double), ("min_y", FieldType.Double), ("min_z", FieldType.Double),
+                       ("max_x", FieldType.Double), ("max_y", FieldType.Double), ("max_z", FieldType.Double),
+                       ("epsg", FieldType.Int), ("crs_name", FieldType.String),
+                       ("classes", FieldType.String), ("returns", FieldType.String),
+                       ("density", FieldType.Double), ("pulse_dens", FieldType.Double),
+                       ("normalized", FieldType.String)):
         fields.append(QgsField(name, kind))
     return fields
 

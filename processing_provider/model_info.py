@@ -11,6 +11,7 @@ from forest_carbon_plugin.core import modelinfo
 from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
 from .base import ForestCarbonAlgorithm
+from .compat import FileBehavior
 
 
 class ModelInfoAlgorithm(ForestCarbonAlgorithm):
@@ -35,7 +36,7 @@ class ModelInfoAlgorithm(ForestCarbonAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(
-            self.INPUT, self.tr("ONNX model"), behavior=QgsProcessingParameterFile.File,
+            self.INPUT, self.tr("ONNX model"), behavior=FileBehavior.File,
             fileFilter="ONNX models (*.onnx)"))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_JSON, self.tr("Description (JSON)"), fileFilter="JSON files (*.json)"))

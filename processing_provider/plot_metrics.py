@@ -10,21 +10,19 @@ from qgis.core import (
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
-    QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES
 from forest_carbon_plugin.core.catalog import open_catalog
 from forest_carbon_plugin.core.plot_metrics import AREA_FIELD, Plot, plot_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import FieldType, GeometryType, NumberType, SourceType
 
 
 class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
@@ -63,12 +61,12 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
         self.add_cloud_input()
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.PLOTS, self.tr("Plots (centres or outlines)"),
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
+            [SourceType.VectorPoint, SourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterNumber(
-            self.RADIUS, self.tr("Plot radius for point plots (m)"), QgsProcessingParameterNumber.Double,
+            self.RADIUS, self.tr("Plot radius for point plots (m)"), NumberType.Double,
             defaultValue=11.28, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.HEIGHT_BREAK, self.tr("Height break for cover (m)"), QgsProcessingParameterNumber.Double,
+            self.HEIGHT_BREAK, self.tr("Height break for cover (m)"), NumberType.Double,
             defaultValue=2.0))
         self.addParameter(QgsProcessingParameterEnum(self.NORMALIZE, self.tr("Normalize heights"),
                                                      options=["auto", "always", "never"], defaultValue=0))
@@ -98,7 +96,7 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
                 continue
             if transform is not None:
                 geometry.transform(transform)
-            if geometry.type() == QgsWkbTypes.PointGeometry:
+            if geometry.type() == GeometryType.Point:
                 point = geometry.asPoint() if not geometry.isMultipart() else geometry.asMultiPoint()[0]
                 shapes.append(Plot(centre=(point.x(), point.y()), radius_m=radius))
             else:
@@ -116,12 +114,12 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
             if name.lower() in taken:
                 raise QgsProcessingException(self.tr(f"The plot layer already has a field '{name}': rename it, "
                                                      "the metric fields use that name."))
-            fields.append(QgsField(name, QVariant.Double))
+            fields.append(QgsField(name, FieldType.Double))
         # the plot's area travels with the metrics: trainmodel writes it in the model card, and predictraster
         # warns when the cells it maps differ from the support the intervals were calibrated on
         add_area = AREA_FIELD not in taken
         if add_area:
-            fields.append(QgsField(AREA_FIELD, QVariant.Double))
+            fields.append(QgsField(AREA_FIELD, FieldType.Double))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, plots.wkbType(), plots.sourceCrs())
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
@@ -132,5 +130,5 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
             if add_area:
                 extra.append(float(shape.area_m2) if shape is not None else None)
             out.setAttributes(list(feature.attributes()) + extra)
-            sink.addFeature(out, QgsFeatureSink.FastInsert)
+            sink.addFeature(out, QgsFeatureSink.Flag.FastInsert)
         return {self.OUTPUT: dest}

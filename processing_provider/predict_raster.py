@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -18,6 +17,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.inference import DEVICES, predict_raster
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .compat import NumberType, SourceType
 from .execution import add_execution_parameters, execution
 
 
@@ -67,7 +67,7 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Input rasters (features)"),
-                                                               QgsProcessing.TypeRaster))
+                                                               SourceType.Raster))
         self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands to use, in order (e.g. 1,2,3)"),
                                                        optional=True))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Model (.onnx or model card .json)"),
@@ -78,16 +78,16 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(self.REQUIRE_GPU, self.tr("Require a GPU"),
                                                         defaultValue=False))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Tile size (pixels)"),
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=256,
+                                                       NumberType.Integer, defaultValue=256,
                                                        minValue=8))
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, self.tr("Tile overlap (pixels)"),
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=32,
+                                                       NumberType.Integer, defaultValue=32,
                                                        minValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size (0 = automatic)"),
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=0,
+                                                       NumberType.Integer, defaultValue=0,
                                                        minValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.COVERAGE, self.tr("Interval coverage"),
-                                                       QgsProcessingParameterNumber.Double, defaultValue=0.9,
+                                                       NumberType.Double, defaultValue=0.9,
                                                        minValue=0.01, maxValue=0.999))
         add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Prediction")))

@@ -13,6 +13,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.sar import BANDS, FILTERS, S1_IW_GRDH_LOOKS, sar_features
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import NumberType
 
 
 class SarFeaturesAlgorithm(ForestCarbonAlgorithm):
@@ -62,10 +63,10 @@ class SarFeaturesAlgorithm(ForestCarbonAlgorithm):
             self.FILTER, self.tr("Speckle filter"), options=["Refined Lee", "Gamma-MAP", "None"],
             defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.WINDOW, self.tr("Window size (pixels, odd)"), QgsProcessingParameterNumber.Integer,
+            self.WINDOW, self.tr("Window size (pixels, odd)"), NumberType.Integer,
             defaultValue=7, minValue=3))
         self.addParameter(QgsProcessingParameterNumber(
-            self.LOOKS, self.tr("Equivalent number of looks"), QgsProcessingParameterNumber.Double,
+            self.LOOKS, self.tr("Equivalent number of looks"), NumberType.Double,
             defaultValue=S1_IW_GRDH_LOOKS, minValue=0.0))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("SAR features (" + ", ".join(BANDS) + ")")))

@@ -14,6 +14,7 @@ from qgis.core import (
 from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import NumberType
 
 
 class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
@@ -52,16 +53,16 @@ class SimulateSceneAlgorithm(ForestCarbonAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterNumber(
-            self.SIZE, self.tr("Scene size (m)"), QgsProcessingParameterNumber.Double,
+            self.SIZE, self.tr("Scene size (m)"), NumberType.Double,
             defaultValue=500.0, minValue=30.0, maxValue=20000.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=7,
+            self.SEED, self.tr("Random seed"), NumberType.Integer, defaultValue=7,
             minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PULSE_DENSITY, self.tr("LiDAR pulse density (pulses/m²)"), QgsProcessingParameterNumber.Double,
+            self.PULSE_DENSITY, self.tr("LiDAR pulse density (pulses/m²)"), NumberType.Double,
             defaultValue=10.0, minValue=0.1, maxValue=100.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PLOT_RADIUS, self.tr("Field plot radius (m)"), QgsProcessingParameterNumber.Double,
+            self.PLOT_RADIUS, self.tr("Field plot radius (m)"), NumberType.Double,
             defaultValue=SceneConfig.plot_radius_m, minValue=1.0, maxValue=60.0))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.OUTPUT_FOLDER, self.tr("Output folder")))

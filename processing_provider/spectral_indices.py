@@ -12,6 +12,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.indices import DEFAULT_INDICES, INDICES, spectral_indices
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import NumberType
 
 
 class SpectralIndicesAlgorithm(ForestCarbonAlgorithm):
@@ -58,10 +59,10 @@ class SpectralIndicesAlgorithm(ForestCarbonAlgorithm):
             self.BAND_MAP, self.tr("Band map, e.g. red=3,nir=8 (when descriptions do not name the bands)"),
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SCALE, self.tr("Reflectance scale factor (0 = the raster's own)"), QgsProcessingParameterNumber.Double,
+            self.SCALE, self.tr("Reflectance scale factor (0 = the raster's own)"), NumberType.Double,
             defaultValue=0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), QgsProcessingParameterNumber.Integer,
+            self.MAX_WORKERS, self.tr("Worker threads (0 = all cores)"), NumberType.Integer,
             defaultValue=0, minValue=0, optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Spectral indices")))
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsMapLayerType,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
@@ -19,6 +17,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.training import train_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import LayerType, NumberType, SourceType
 
 
 class TrainModelAlgorithm(ForestCarbonAlgorithm):
@@ -86,7 +85,7 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.FEATURES, self.tr("Feature rasters, or one layer of plots with metric fields"),
-            QgsProcessing.TypeMapLayer))
+            SourceType.MapLayer))
         self.addParameter(QgsProcessingParameterMapLayer(
             self.TARGET, self.tr("Target (raster, points or polygons; empty for plot features)"), optional=True))
         self.addParameter(QgsProcessingParameterString(
@@ -99,18 +98,18 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
             options=[self.tr("Quantile gradient boosting"), self.tr("Random forest (mean + residual variance)")],
             defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.BLOCK_SIZE, self.tr("Spatial CV block size (m; 0 = auto)"),
-                                                       QgsProcessingParameterNumber.Double, defaultValue=0.0,
+                                                       NumberType.Double, defaultValue=0.0,
                                                        minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(self.FOLDS, self.tr("Folds"), QgsProcessingParameterNumber.Integer,
+        self.addParameter(QgsProcessingParameterNumber(self.FOLDS, self.tr("Folds"), NumberType.Integer,
                                                        defaultValue=5, minValue=2, maxValue=50))
         self.addParameter(QgsProcessingParameterNumber(self.COVERAGE, self.tr("Interval coverage"),
-                                                       QgsProcessingParameterNumber.Double, defaultValue=0.9,
+                                                       NumberType.Double, defaultValue=0.9,
                                                        minValue=0.5, maxValue=0.995))
         self.addParameter(QgsProcessingParameterNumber(self.MAX_SAMPLES, self.tr("Maximum number of samples"),
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=50000,
+                                                       NumberType.Integer, defaultValue=50000,
                                                        minValue=10))
         self.addParameter(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"),
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+                                                       NumberType.Integer, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model (ONNX)"),
                                                                 fileFilter="ONNX models (*.onnx)"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Training report"),
@@ -126,7 +125,7 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         layers = self.parameterAsLayerList(parameters, self.FEATURES, context)
         if not layers:
             raise QgsProcessingException(self.tr("Give at least one feature raster, or one layer of plots."))
-        vectors = [layer for layer in layers if layer.type() == QgsMapLayerType.VectorLayer]
+        vectors = [layer for layer in layers if layer.type() == LayerType.Vector]
         if vectors and len(layers) > 1:
             raise QgsProcessingException(self.tr("FEATURES: give rasters, or one vector layer of plots, not both "
                                                  "or several layers of plots."))
@@ -146,7 +145,7 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
                 raise QgsProcessingException(self.tr(
                     f"TARGET '{parameters.get(self.TARGET) or ''}' cannot be loaded as a layer: feature rasters need a "
                     "TARGET raster or point/polygon layer."))
-            if target_layer.type() not in (QgsMapLayerType.RasterLayer, QgsMapLayerType.VectorLayer):
+            if target_layer.type() not in (LayerType.Raster, LayerType.Vector):
                 raise QgsProcessingException(self.tr("TARGET must be a raster or a point/polygon layer."))
             target = target_layer.source()
         feature_fields = self.parameterAsString(parameters, self.FEATURE_FIELDS, context).strip() or None
@@ -186,8 +185,8 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         path = os.path.join(QgsProcessingUtils.tempFolder(), f"plots_{uuid.uuid4().hex}.gpkg")
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = "GPKG"
-        error = QgsVectorFileWriter.writeAsVectorFormatV2(layer, path, context.transformContext(), options)
-        if error[0] != QgsVectorFileWriter.NoError:
+        error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, context.transformContext(), options)
+        if error[0] != QgsVectorFileWriter.WriterError.NoError:
             raise QgsProcessingException(f"Cannot copy the plots layer to '{path}': {error[1]}")
         if feedback is not None:
             feedback.pushInfo(f"The plots layer was copied to {path} for reading.")

@@ -10,18 +10,16 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsPoint,
-    QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterCrs,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
-    QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from forest_carbon_plugin.core.lidar_products import tree_crowns, tree_tops
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
+from .compat import FieldType, NumberType, SourceType, WkbType
 
 
 class TreeTopsAlgorithm(ForestCarbonAlgorithm):
@@ -58,21 +56,21 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         self.add_cloud_input("LAS/LAZ file, folder of tiles, or CHM raster",
                              extensions=("las", "laz", "tif", "tiff", "vrt", "img"))
         self.addParameter(QgsProcessingParameterNumber(
-            self.WS_INTERCEPT, self.tr("Window diameter: intercept (m)"), QgsProcessingParameterNumber.Double,
+            self.WS_INTERCEPT, self.tr("Window diameter: intercept (m)"), NumberType.Double,
             defaultValue=5.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.WS_SLOPE, self.tr("Window diameter: slope (m per m of height)"), QgsProcessingParameterNumber.Double,
+            self.WS_SLOPE, self.tr("Window diameter: slope (m per m of height)"), NumberType.Double,
             defaultValue=0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_HEIGHT, self.tr("Minimum tree height (m)"), QgsProcessingParameterNumber.Double,
+            self.MIN_HEIGHT, self.tr("Minimum tree height (m)"), NumberType.Double,
             defaultValue=2.0))
         self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (when the input has none)"),
                                                     optional=True))
         self.add_max_workers()
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Tree tops"),
-                                                            QgsProcessing.TypeVectorPoint))
+                                                            SourceType.VectorPoint))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT_CROWNS, self.tr("Tree crowns"), QgsProcessing.TypeVectorPolygon, optional=True,
+            self.OUTPUT_CROWNS, self.tr("Tree crowns"), SourceType.VectorPolygon, optional=True,
             createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("TREE_COUNT", self.tr("Number of tree tops")))
 
@@ -86,33 +84,33 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
             crs, FeedbackProgress(feedback), max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         fields = QgsFields()
-        for name, kind in (("tree_id", QVariant.Int), ("x", QVariant.Double), ("y", QVariant.Double),
-                           ("height_m", QVariant.Double)):
+        for name, kind in (("tree_id", FieldType.Int), ("x", FieldType.Double), ("y", FieldType.Double),
+                           ("height_m", FieldType.Double)):
             fields.append(QgsField(name, kind))
         out_crs = QgsCoordinateReferenceSystem(crs_text) if crs_text.startswith("EPSG:") \
             else QgsCoordinateReferenceSystem.fromWkt(crs_text)
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.PointZ, out_crs)
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, WkbType.PointZ, out_crs)
         for i, (x, y, z) in enumerate(zip(tops.x, tops.y, tops.z), start=1):
             feature = QgsFeature(fields)
             feature.setGeometry(QgsGeometry(QgsPoint(float(x), float(y), float(z))))
             feature.setAttributes([i, float(x), float(y), float(z)])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
         feedback.pushInfo(f"{len(tops):,} tree tops.")
         StyleLoader.attach(context, dest, "tree_tops")
         results = {self.OUTPUT: dest, "TREE_COUNT": len(tops)}
         crown_fields = QgsFields()
-        for name, kind in (("tree_id", QVariant.Int), ("height_m", QVariant.Double), ("area_m2", QVariant.Double),
-                           ("crown_diameter_m", QVariant.Double)):
+        for name, kind in (("tree_id", FieldType.Int), ("height_m", FieldType.Double), ("area_m2", FieldType.Double),
+                           ("crown_diameter_m", FieldType.Double)):
             crown_fields.append(QgsField(name, kind))
         crown_sink, crown_dest = self.parameterAsSink(parameters, self.OUTPUT_CROWNS, context, crown_fields,
-                                                      QgsWkbTypes.MultiPolygon, out_crs)
+                                                      WkbType.MultiPolygon, out_crs)
         if crown_sink is not None:
             crowns = self.call_core(tree_crowns, source, tops, crs)
             for k, polygon, area, diameter, height in crowns:
                 feature = QgsFeature(crown_fields)
                 feature.setGeometry(QgsGeometry.fromWkt(polygon.wkt))
                 feature.setAttributes([int(k), float(height), float(area), float(diameter)])
-                crown_sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                crown_sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
             feedback.pushInfo(f"{len(crowns):,} crowns.")
             results[self.OUTPUT_CROWNS] = crown_dest
         return results

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsMapLayerType,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
@@ -17,6 +16,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.validation import validate_predictions
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .compat import LayerType, NumberType
 
 
 class ValidatePredictionsAlgorithm(ForestCarbonAlgorithm):
@@ -70,7 +70,7 @@ class ValidatePredictionsAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.LOWER, self.tr("Lower bound raster"), optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.UPPER, self.tr("Upper bound raster"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.COVERAGE, self.tr("Nominal coverage of LOWER/UPPER"),
-                                                       QgsProcessingParameterNumber.Double, defaultValue=0.9,
+                                                       NumberType.Double, defaultValue=0.9,
                                                        minValue=0.01, maxValue=0.999))
         self.addParameter(QgsProcessingParameterMapLayer(self.REFERENCE,
                                                          self.tr("Reference (raster, points or polygons)")))
@@ -97,7 +97,7 @@ class ValidatePredictionsAlgorithm(ForestCarbonAlgorithm):
             if parameters.get(name):
                 raise QgsProcessingException(self.tr(f"{name}: '{parameters.get(name)}' cannot be loaded as a layer."))
             return None
-        if not raster_only and layer.type() not in (QgsMapLayerType.RasterLayer, QgsMapLayerType.VectorLayer):
+        if not raster_only and layer.type() not in (LayerType.Raster, LayerType.Vector):
             raise QgsProcessingException(self.tr(f"{name} must be a raster or a vector layer."))
         return layer.source()
 

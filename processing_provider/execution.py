@@ -31,9 +31,11 @@ from qgis.core import (
     QgsSettings,
 )
 
-from forest_carbon_plugin.core.cluster import ClusterSpec, DaskExecutor, open_client
+from forest_carbon_plugin.core.cluster import DEFAULT_WORKER_WAIT, ClusterSpec, DaskExecutor, open_client
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.tilemap import executor_scope
+
+from .base import FeedbackProgress
 from .compat import ParameterFlag
 
 EXECUTION = "EXECUTION"
@@ -80,7 +82,7 @@ def load_spec() -> ClusterSpec:
         gateway_url=_value(s, "gateway_url", ""), gateway_auth=_value(s, "gateway_auth", ""),
         gateway_workers=_value(s, "gateway_workers", 2, int), n_workers=_value(s, "local_workers", 0, int),
         job_dir=_value(s, "job_dir", ""), timeout=_value(s, "timeout", 5.0, float),
-        retries=_value(s, "retries", 3, int))
+        retries=_value(s, "retries", 3, int), worker_wait=_value(s, "worker_wait", DEFAULT_WORKER_WAIT, float))
     if spec.mode not in MODES:
         spec.mode = "local"
     if spec.mode == "scheduler" and not spec.address:
@@ -99,7 +101,8 @@ def save_spec(spec: ClusterSpec, authcfg: str = "") -> None:
                        ("tls_cert", spec.tls_cert), ("tls_key", spec.tls_key), ("gateway_url", spec.gateway_url),
                        ("gateway_auth", spec.gateway_auth), ("gateway_workers", int(spec.gateway_workers)),
                        ("local_workers", int(spec.n_workers)), ("job_dir", spec.job_dir),
-                       ("timeout", float(spec.timeout)), ("retries", int(spec.retries)), ("authcfg", authcfg)):
+                       ("timeout", float(spec.timeout)), ("retries", int(spec.retries)),
+                       ("worker_wait", float(spec.worker_wait)), ("authcfg", authcfg)):
         s.setValue(PREFIX + key, value)
     s.sync()
 
@@ -166,7 +169,15 @@ def resolve_executor(alg, parameters, context, feedback):
         client, owned = open_client(spec)
     except ForestCarbonError as exc:
         raise QgsProcessingException(str(exc)) from exc
-    executor = DaskExecutor(client, spec.retries, owned, spec.job_dir)
+    executor = DaskExecutor(client, spec.retries, owned, spec.job_dir, worker_wait=spec.worker_wait)
+    try:  # before any file is made: no worker within the wait, or versions that would change the results
+        executor.check(FeedbackProgress(feedback))
+    except ForestCarbonError as exc:
+        executor.close()
+        raise QgsProcessingException(str(exc)) from exc
+    except BaseException:
+        executor.close()
+        raise
     if feedback is not None:
         feedback.pushInfo(f"Running on {executor.address}: {executor.workers} worker thread(s); "
                           f"tasks retried {spec.retries} time(s).")

@@ -73,33 +73,46 @@ def worker_venv():
 class Cluster:
     """A scheduler and workers started as process groups; stopped by :meth:`stop`."""
 
-    def __init__(self, folder: Path, workers: int = 2, tls: dict | None = None):
+    def __init__(self, folder: Path, workers: int = 2, tls: dict | None = None, scheduler_bin: Path = WORKER_BIN,
+                 pythonpath: str = ""):
+        """``scheduler_bin``: the venv whose `dask scheduler` runs; ``pythonpath``: put first on the workers' path (a
+        folder of other package versions)."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.tls = tls
         self.procs: list = []
         self.workers: list = []
-        env = _worker_env(folder)
+        self.killed: set = set()
         sched_file = folder / "scheduler.json"
-        args = [str(WORKER_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        args = [str(scheduler_bin / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                 "--scheduler-file", str(sched_file)]
-        tls_args = []
+        self.tls_args = []
         if tls:
-            tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
-            args += ["--protocol", "tls"] + tls_args
-        self.procs.append(self._start(args, env, "scheduler"))
+            self.tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+            args += ["--protocol", "tls"] + self.tls_args
+        self.procs.append(self._start(args, _worker_env(folder), "scheduler"))
         deadline = time.monotonic() + 60
         while not sched_file.exists() and time.monotonic() < deadline:
             self._alive()
             time.sleep(0.1)
         self.address = json.loads(sched_file.read_text())["address"]
-        for i in range(workers):
-            proc = self._start([str(WORKER_BIN / "dask"), "worker", self.address, "--nthreads", "1", "--no-dashboard",
-                                "--name", f"w{i}", "--local-directory", str(folder / f"w{i}"),
-                                "--death-timeout", "60"] + tls_args, env, f"worker{i}")
-            self.procs.append(proc)
-            self.workers.append(proc)
+        for _ in range(workers):
+            self.add_worker(pythonpath, wait=False)
         self.wait_for_workers(workers)
+
+    def add_worker(self, pythonpath: str = "", wait: bool = True):
+        i = len(self.workers)
+        env = _worker_env(self.folder)
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        proc = self._start([str(WORKER_BIN / "dask"), "worker", self.address, "--nthreads", "1", "--no-dashboard",
+                            "--name", f"w{i}", "--local-directory", str(self.folder / f"w{i}"),
+                            "--death-timeout", "60"] + self.tls_args, env, f"worker{i}")
+        self.procs.append(proc)
+        self.workers.append(proc)
+        if wait:
+            self.wait_for_workers(sum(p.poll() is None for p in self.workers))
+        return proc
 
     def _start(self, args, env, name):
         log = open(self.folder / f"{name}.log", "w")
@@ -108,7 +121,7 @@ class Cluster:
 
     def _alive(self):
         for p in self.procs:
-            if p.poll() is not None:
+            if p.poll() is not None and p.pid not in self.killed:
                 logs = "\n".join(f.read_text()[-2000:] for f in self.folder.glob("*.log"))
                 raise RuntimeError(f"a cluster process exited ({p.args[:2]}):\n{logs}")
 
@@ -132,6 +145,7 @@ class Cluster:
             lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks if "forestcarbon" in str(k)])
 
     def kill_worker(self, i):
+        self.killed.add(self.workers[i].pid)
         os.killpg(self.workers[i].pid, signal.SIGKILL)
 
     def stop(self):

@@ -16,21 +16,36 @@ Dask schedules, retries and moves data; this module only
 
 The executor is found by the core functions through :func:`..tilemap.current_executor`
 (``with executor_scope(executor): ...``), so that the algorithms keep one code path.
+
+A cluster is never trusted to be the one the plugin was tested with: the address is probed with Dask's
+handshake under a hard deadline (a port that is not a Dask scheduler fails instead of hanging), the
+client's, scheduler's and workers' versions of the packages that matter are compared before the first task
+(:func:`check_versions`: a mismatch that breaks results or transport is refused, naming the package), tasks
+travel as plain data (:func:`plain_call`: an ``Affine`` as its six numbers, a CRS as WKT), and a job without
+any worker for ``worker_wait`` seconds fails and cancels its tasks instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import hashlib
+import io
+import json
 import math
 import multiprocessing
 import os
+import pickle
+import re
 import shutil
+import socket
+import stat
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -40,7 +55,13 @@ from .progress import NullProgress, Progress
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES = 3
+# how long a job waits without any worker attached (none there, or all lost) before it fails; FOREST_CARBON_WORKER_WAIT
+# (seconds) overrides the settings, for qgis_process and scripts
+DEFAULT_WORKER_WAIT = 60.0
+WORKER_WAIT_ENV = "FOREST_CARBON_WORKER_WAIT"
 SCHEMES = ("tcp://", "tls://")
+INSTALL_HINT = ("install this machine's versions on the workers and the scheduler: pip install -c "
+                "constraints-worker.txt .[worker] (the constraints file pins them)")
 
 
 # --------------------------------------------------------------------------- connecting
@@ -67,6 +88,7 @@ class ClusterSpec:
     job_dir: str = ""  # folder the workers and this machine share for output tiles ("" = beside the output)
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
+    worker_wait: float = DEFAULT_WORKER_WAIT  # seconds a job waits with no worker attached before it fails
     extra: dict = field(default_factory=dict)
 
 
@@ -103,9 +125,70 @@ def security(tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
                     require_encryption=True)
 
 
+def _within(seconds: float, func, *args):
+    """``func(*args)`` in a daemon thread, abandoned after ``seconds``: returns ``(done, result, error)``. Dask's
+    connection code has steps without a timeout (the handshake read); a thread we may leave behind is the one
+    way to give the caller a hard deadline."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = func(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="forest-carbon-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        box["late"] = True
+        return False, None, None
+    return True, box.get("result"), box.get("error")
+
+
+def probe_scheduler(address: str, security=None, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Dask's handshake and an ``identity`` request to ``address`` within ``timeout`` seconds (its own event loop):
+    the identity of a scheduler, or a :class:`ForestCarbonError` that says what answered instead."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+
+    args = security.get_connection_args("client") if security is not None else {}
+
+    async def ask():
+        comm = await comm_connect(address, timeout=timeout, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    def run():
+        return asyncio.run(asyncio.wait_for(ask(), timeout))
+
+    started = time.monotonic()
+    done, identity, error = _within(timeout + 1.0, run)
+    waited = time.monotonic() - started
+    where = f"the Dask scheduler at {address}"
+    if not done or isinstance(error, asyncio.TimeoutError):
+        raise ForestCarbonError(
+            f"Cannot connect to {where}: nothing answered Dask's handshake within {timeout:g} s. Is it the scheduler's "
+            "port (8786 unless set otherwise; 8787 is its dashboard, not the scheduler) and is the scheduler running? "
+            "Check the address, the firewall or VPN, and raise the connection timeout in Cluster settings for a slow "
+            "link.") from error
+    if error is not None:
+        raise _cannot_connect(address, waited, error) from error
+    kind = identity.get("type") if isinstance(identity, dict) else None
+    if kind != "Scheduler":
+        what = f"a Dask {kind.lower()}" if isinstance(kind, str) and kind else "something else"
+        raise ForestCarbonError(f"Cannot connect to {where}: it answered as {what}, not as a scheduler. Give the "
+                                "scheduler's address (the one `dask scheduler` prints, port 8786 by default).")
+    return identity
+
+
 def connect(address: str, security=None, timeout: float = DEFAULT_TIMEOUT):
     """A ``distributed.Client`` of the scheduler at ``address``, or a :class:`ForestCarbonError`
-    naming the address within about ``timeout`` seconds."""
+    naming the address within about ``timeout`` seconds (twice that at most: the probe, then the client)."""
     from .dependencies import require
 
     require("distributed")
@@ -117,20 +200,27 @@ def connect(address: str, security=None, timeout: float = DEFAULT_TIMEOUT):
                                 "and its key in Cluster settings (or use a tcp:// address).")
     if address.startswith("tcp://") and security is not None:
         security = None  # certificates only matter for tls://
+    timeout = float(timeout) if timeout and timeout > 0 else DEFAULT_TIMEOUT
+    probe_scheduler(address, security, timeout)
     started = time.monotonic()
-    try:
-        client = Client(address, security=security, timeout=timeout, set_as_default=False,
-                        direct_to_workers=False)
-    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ssl errors, ValueError…
-        waited = time.monotonic() - started
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        hint = ("check the address and port, that the scheduler is running and that this machine can reach it "
-                "(firewall, VPN)")
-        if address.startswith("tls://"):
-            hint += "; for TLS check that the CA, certificate and key are the ones the cluster was set up with"
-        raise ForestCarbonError(f"Cannot connect to the Dask scheduler at {address} (after {waited:.1f} s: "
-                                f"{reason}): {hint}.") from exc
+    done, client, error = _within(timeout + 2.0, lambda: Client(address, security=security, timeout=timeout,
+                                                                set_as_default=False, direct_to_workers=False))
+    if not done:
+        raise ForestCarbonError(f"Cannot connect to the Dask scheduler at {address}: it answered the handshake but "
+                                f"did not accept the client within {timeout:g} s (overloaded, or another Dask "
+                                "version?). Try again, or raise the connection timeout in Cluster settings.")
+    if error is not None:
+        raise _cannot_connect(address, time.monotonic() - started, error) from error
     return client
+
+
+def _cannot_connect(address: str, waited: float, error: BaseException) -> ForestCarbonError:
+    reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    hint = "check the address and port, that the scheduler is running and that this machine can reach it (firewall, VPN)"
+    if address.startswith("tls://"):
+        hint += "; for TLS check that the CA, certificate and key are the ones the cluster was set up with"
+    return ForestCarbonError(f"Cannot connect to the Dask scheduler at {address} (after {waited:.1f} s: {reason}): "
+                             f"{hint}.")
 
 
 _LOCAL: dict = {}
@@ -219,6 +309,224 @@ def scheduler_address(client) -> str:
     return "?"
 
 
+# --------------------------------------------------------------------------- versions
+
+CORE_DISTRIBUTION = "forest-carbon-plugin"
+# package → how many leading version numbers must agree (3 exact, 2 major.minor, 1 major, 0 never refused) and why.
+# Tasks travel as plain data (see plain_call), so what remains fatal is what changes the wire format, the pickles of
+# results (arrays), or the numbers themselves; other differences are reported as warnings.
+VERSION_RULES = {
+    "dask": (3, "the task graph format changes between releases"),
+    "distributed": (3, "client, scheduler and workers speak one protocol per release"),
+    "cloudpickle": (2, "tasks and results are pickled with it"),
+    "msgpack": (1, "Dask's messages are encoded with it"),
+    CORE_DISTRIBUTION: (3, "the workers run the plugin's own tile functions"),
+    "numpy": (2, "arrays travel between this machine and the workers, and a numpy release changes results"),
+    "rasterio": (2, "workers read and write the tiles with it (and with the GDAL it brings)"),
+    "onnxruntime": (1, "it runs the model"),
+    "laspy": (1, "it reads the LiDAR tiles"),
+    "lazrs": (0, "it decodes LAZ"),
+    "affine": (0, "transforms travel as six numbers"),
+    "pyproj": (0, "it transforms coordinates"),
+    "scipy": (0, "some tile functions use it"),
+}
+# what the scheduler itself needs: it unpickles the task graph (the plugin's function references) and routes messages
+SCHEDULER_PACKAGES = ("dask", "distributed", "cloudpickle", "msgpack", CORE_DISTRIBUTION)
+# missing on a worker, these break every job; the others only the jobs that use them
+ESSENTIAL = {"dask", "distributed", "cloudpickle", "msgpack", CORE_DISTRIBUTION, "numpy", "rasterio"}
+
+
+def local_versions() -> dict:
+    """This machine's versions of the packages of :data:`VERSION_RULES` (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in VERSION_RULES:
+        if name == CORE_DISTRIBUTION:  # inside QGIS the plugin is not an installed distribution
+            from .. import __version__
+
+            found[name] = __version__
+            continue
+        try:
+            found[name] = version(name)
+        except (PackageNotFoundError, ValueError):
+            found[name] = None
+    found["python"] = ".".join(map(str, sys.version_info[:3]))
+    return found
+
+
+def _numbers(text) -> tuple:
+    return tuple(int(n) for n in re.findall(r"\d+", str(text).split("+")[0])[:3])
+
+
+def compare_versions(client_versions: dict, remote: dict, where: str, names) -> tuple[list, list]:
+    """``(fatal, warnings)``: one message for each package of ``names`` whose version ``where`` ("on the scheduler at
+    …", "on the workers") differs from this machine's, as :data:`VERSION_RULES` says."""
+    fatal, warnings = [], []
+    for name in names:
+        mine, theirs = client_versions.get(name), remote.get(name)
+        if mine is None or mine == theirs:
+            continue
+        level, why = VERSION_RULES.get(name, (0, ""))
+        if theirs is None:
+            if name in ESSENTIAL:
+                fatal.append(f"{name} is missing {where} ({mine} here)")
+            else:
+                warnings.append(f"{name} is missing {where} ({mine} here): jobs that need it will fail ({why})")
+        elif level and _numbers(mine)[:level] != _numbers(theirs)[:level]:
+            fatal.append(f"{name} {theirs} {where}, {mine} here ({why})")
+        else:
+            warnings.append(f"{name} {theirs} {where}, {mine} here: results may differ in the last bits")
+    return fatal, warnings
+
+
+def check_versions(client, timeout: float = 30.0, workers: bool = True) -> list:
+    """Compare the versions of this machine, the scheduler and (``workers``) the workers attached now. A mismatch that
+    breaks results or transport raises a :class:`ForestCarbonError` naming the package, both versions and the fix;
+    the others come back as warnings (one line per package)."""
+    address = scheduler_address(client)
+    packages = list(VERSION_RULES)
+    done, versions, error = _within(timeout, lambda: client.get_versions(packages=packages))
+    if not done or error is not None:
+        raise ForestCarbonError(f"The Dask scheduler at {address} did not say which versions it and its workers run "
+                                f"({'no answer within ' + format(timeout, 'g') + ' s' if not done else error}): "
+                                "is it overloaded, or of another Dask version than this machine?")
+    mine = local_versions()
+    scheduler = (versions.get("scheduler") or {}).get("packages") or {}
+    fatal, warnings = compare_versions(mine, scheduler, f"on the scheduler at {address}", SCHEDULER_PACKAGES)
+    by_message: dict = {}
+    for worker, info in ((versions.get("workers") or {}).items() if workers else ()):
+        f, w = compare_versions(mine, (info or {}).get("packages") or {}, "on the workers", VERSION_RULES)
+        for message in f + w:
+            by_message.setdefault((message in f, message), []).append(str(worker))
+    for (is_fatal, message), names in by_message.items():
+        named = message.replace("on the workers", f"on {len(names)} worker(s) ({', '.join(sorted(names)[:2])}"
+                                f"{'…' if len(names) > 2 else ''})", 1)
+        (fatal if is_fatal else warnings).append(named)
+    if fatal:
+        hint = INSTALL_HINT
+        if any(CORE_DISTRIBUTION in m and "scheduler" in m for m in fatal):
+            hint += ("; the scheduler needs the worker package too, since it reads the job's tasks (the plugin's "
+                     "function names)")
+        raise ForestCarbonError(f"The Dask cluster at {address} would not give this machine's results: "
+                                + "; ".join(fatal) + f". To fix it, {hint}.")
+    return warnings
+
+
+def running_workers(client, timeout: float = 5.0) -> int | None:
+    """Worker threads attached to the scheduler now (None: the scheduler did not answer within ``timeout``)."""
+    done, nthreads, error = _within(timeout, client.nthreads)
+    if not done or error is not None or not isinstance(nthreads, dict):
+        return None
+    return sum(int(n or 0) for n in nthreads.values())
+
+
+def worker_wait_seconds(configured: float | None = None) -> float:
+    """The seconds a job waits with no worker attached: ``FOREST_CARBON_WORKER_WAIT`` when set, else
+    ``configured``, else :data:`DEFAULT_WORKER_WAIT`."""
+    text = os.environ.get(WORKER_WAIT_ENV, "").strip()
+    if text:
+        try:
+            if float(text) > 0:
+                return float(text)
+        except ValueError:
+            pass
+    return float(configured) if configured and configured > 0 else DEFAULT_WORKER_WAIT
+
+
+def wait_for_workers(client, wait: float, progress: Progress | None = None) -> int:
+    """The worker threads attached, waiting up to ``wait`` seconds for the first (a cluster that is scaling up);
+    a clear error when none came."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        threads = running_workers(client)
+        if threads:
+            return threads
+        if progress is not None and progress.is_canceled():
+            raise Cancelled()
+        if time.monotonic() >= deadline:
+            address = scheduler_address(client)
+            raise ForestCarbonError(
+                f"No Dask worker is attached to the scheduler at {address} (waited {wait:g} s). Start workers with "
+                f"`dask worker {address}`; a worker that joins and leaves again at once usually lacks the plugin's "
+                f"core or runs other package versions than this machine (see its log; {INSTALL_HINT}).")
+        if progress is not None and not told:
+            progress.info(f"Waiting up to {wait:g} s for a Dask worker to attach to {scheduler_address(client)}…")
+            told = True
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- tasks as plain data
+
+def _affine(coefficients):
+    from affine import Affine
+
+    return Affine(*coefficients)
+
+
+def _rasterio_crs(wkt):
+    from rasterio.crs import CRS
+
+    return CRS.from_wkt(wkt)
+
+
+def _pyproj_crs(wkt):
+    from pyproj import CRS
+
+    return CRS.from_wkt(wkt)
+
+
+def _plain_reducers() -> dict:
+    """Reducers for the objects whose own pickles depend on a library's version (affine 3 cannot read affine 2's):
+    each is sent as plain numbers or text and rebuilt by the worker's library. Only for modules already imported."""
+    table = {}
+    affine = sys.modules.get("affine")
+    if affine is not None:
+        table[affine.Affine] = lambda t: (_affine, (tuple(float(v) for v in tuple(t)[:6]),))
+    crs = sys.modules.get("rasterio.crs")
+    if crs is not None:
+        table[crs.CRS] = lambda c: (_rasterio_crs, (c.to_wkt(),))
+    pyproj = sys.modules.get("pyproj")
+    if pyproj is not None:
+        table[pyproj.CRS] = lambda c: (_pyproj_crs, (c.to_wkt(),))
+    return table
+
+
+def plain_call(func, args=(), kwargs=None) -> tuple[bytes, list]:
+    """``(payload, futures)``: the call pickled with :func:`_plain_reducers`; Dask futures among the arguments are
+    left out of the bytes (Dask resolves them when they are passed beside, see :func:`run_plain`)."""
+    import cloudpickle
+    from distributed import Future
+
+    futures: list = []
+
+    class PlainPickler(cloudpickle.Pickler):
+        dispatch_table = ChainMap(_plain_reducers(), getattr(cloudpickle.Pickler, "dispatch_table",
+                                                             copyreg.dispatch_table))
+
+        def persistent_id(self, obj):
+            if isinstance(obj, Future):
+                futures.append(obj)
+                return len(futures) - 1
+            return None
+
+    buffer = io.BytesIO()
+    PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((func, tuple(args), dict(kwargs or {})))
+    return buffer.getvalue(), futures
+
+
+def run_plain(payload: bytes, resolved: list):
+    """(runs on a worker) the call of :func:`plain_call`, with the futures' values in their places."""
+
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            return resolved[pid]
+
+    func, args, kwargs = Unpickler(io.BytesIO(payload)).load()
+    return func(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------- running tiles
 
 class TaskProgress:
@@ -266,29 +574,35 @@ class TaskProgress:
 
 def run_tiles(client, func, tiles, progress: Progress | None = None, retries: int = DEFAULT_RETRIES,
               share: float = 100.0, offset: float = 0.0, kwargs: dict | None = None, label: str = "tile",
-              event_name: str | None = None):
-    """Submit ``func(*args, **kwargs)`` for each ``args`` of ``tiles``; yield ``(index, result)`` as tiles
-    complete. Progress goes from ``offset`` to ``offset + share`` %. Cancellation (``progress.is_canceled()``)
-    cancels every future, sets the job's event and raises :class:`Cancelled`; a failed tile cancels the others
-    and raises a :class:`ForestCarbonError` with that tile's error."""
+              event_name: str | None = None, worker_wait: float | None = None):
+    """Submit ``func(*args, **kwargs)`` for each ``args`` of ``tiles`` (as plain data, :func:`plain_call`); yield
+    ``(index, result)`` as tiles complete. Progress goes from ``offset`` to ``offset + share`` %. Cancellation
+    (``progress.is_canceled()``) cancels every future, sets the job's event and raises :class:`Cancelled`; a failed
+    tile cancels the others and raises a :class:`ForestCarbonError` with that tile's error; so does a cluster that has
+    had no worker for ``worker_wait`` seconds while no tile completed (all lost, or none there)."""
     import queue
 
     from distributed import Event
 
     progress = progress or NullProgress()
+    wait = worker_wait_seconds(worker_wait)
     tiles = list(tiles)
     total = len(tiles)
     if not total:
         return
     prefix = f"forestcarbon-{getattr(func, '__name__', 'task')}-{uuid.uuid4().hex[:10]}"
-    futures = [client.submit(func, *args, **(kwargs or {}), key=f"{prefix}-{i}", retries=retries, pure=False)
-               for i, args in enumerate(tiles)]
+    futures = []
+    for i, args in enumerate(tiles):
+        payload, needs = plain_call(func, args, kwargs)
+        futures.append(client.submit(run_plain, payload, needs, key=f"{prefix}-{i}", retries=retries, pure=False))
     index = {f.key: i for i, f in enumerate(futures)}
     pending = set(futures)
     done_count = 0
     completed: queue.Queue = queue.Queue()
     for future in futures:
         future.add_done_callback(completed.put)
+    last_check = time.monotonic()
+    without_workers = None  # since when no worker was attached and no tile completed
     try:
         while pending:
             if progress.is_canceled():
@@ -296,7 +610,17 @@ def run_tiles(client, func, tiles, progress: Progress | None = None, retries: in
             try:
                 finished = [completed.get(timeout=0.1)]
             except queue.Empty:
+                now = time.monotonic()
+                if now - last_check >= 1.0:
+                    last_check = now
+                    if running_workers(client, timeout=min(5.0, wait)):
+                        without_workers = None
+                    elif without_workers is None:
+                        without_workers = now
+                    elif now - without_workers >= wait:
+                        raise ForestCarbonError(_no_workers_message(client, wait, done_count, total, label))
                 continue
+            without_workers = None
             while True:
                 try:
                     finished.append(completed.get_nowait())
@@ -306,7 +630,7 @@ def run_tiles(client, func, tiles, progress: Progress | None = None, retries: in
             for future in sorted(finished, key=lambda f: index[f.key]):
                 i = index[future.key]
                 pending.discard(future)
-                yield i, _result(future, i, total, label)
+                yield i, _result(future, i, total, label, progress)
                 done_count += 1
                 progress.set_progress(offset + share * done_count / total)
                 future.release()
@@ -319,7 +643,16 @@ def run_tiles(client, func, tiles, progress: Progress | None = None, retries: in
         raise
 
 
-def _result(future, i, total, label):
+def _no_workers_message(client, wait, done, total, label) -> str:
+    address = scheduler_address(client)
+    return (f"The job stopped: no Dask worker has been attached to the scheduler at {address} for {wait:g} s "
+            f"({done} of {total} {label}s done; the rest were cancelled, nothing was written). Workers that were "
+            f"there and dropped off usually crashed or ran out of memory, or run other package versions than this "
+            f"machine (see the workers' log; {INSTALL_HINT}). Start workers with `dask worker {address}` and run "
+            f"the job again (the wait is set in Cluster settings, or {WORKER_WAIT_ENV}).")
+
+
+def _result(future, i, total, label, progress=None):
     from distributed.client import FutureCancelledError
 
     try:
@@ -329,14 +662,27 @@ def _result(future, i, total, label):
             raise
         raise ForestCarbonError(f"{label.capitalize()} {i + 1} of {total} failed on the cluster: {exc}") from exc
     except FutureCancelledError as exc:
-        raise Cancelled("The job's tasks were cancelled on the cluster; no output was written.") from exc
+        if progress is None or progress.is_canceled():
+            raise Cancelled("The job's tasks were cancelled on the cluster; no output was written.") from exc
+        raise ForestCarbonError(f"The cluster cancelled {label} {i + 1} of {total} ({str(exc)[:300]}): the connection "
+                                "to the scheduler was lost, or someone cancelled the job's tasks. Nothing was "
+                                "written; run the job again.") from exc
     except Exception as exc:  # noqa: BLE001 - a worker's error, or KilledWorker
         name = type(exc).__name__
+        text = str(exc)
         if name == "KilledWorker":
             raise ForestCarbonError(f"{label.capitalize()} {i + 1} of {total} was lost with its worker too many times "
-                                    f"(out of memory on the workers? {exc}).") from exc
+                                    f"(out of memory on the workers, or a worker that crashes on the task: see its "
+                                    f"log; {exc}).") from exc
+        if "deserializ" in text.lower() and "graph" in text.lower():
+            cause = exc.__cause__ or exc.__context__
+            raise ForestCarbonError(
+                f"The Dask scheduler could not read the job's tasks ({type(cause).__name__ + ': ' if cause else ''}"
+                f"{str(cause or exc).splitlines()[0][:300]}): the scheduler lacks the plugin's core or a package "
+                f"the tasks need, so this is not about the workers. Install the worker package where the scheduler "
+                f"runs too: pip install -c constraints-worker.txt .[worker].") from exc
         raise ForestCarbonError(f"{label.capitalize()} {i + 1} of {total} failed on the cluster ({name}: "
-                                f"{str(exc)[:500]}).") from exc
+                                f"{text[:500]}).") from exc
 
 
 class DaskExecutor:
@@ -345,15 +691,35 @@ class DaskExecutor:
     kind = "dask"
 
     def __init__(self, client, retries: int = DEFAULT_RETRIES, owned: bool = False, job_dir: str = "",
-                 progress: Progress | None = None, tasks_per_thread: int = 8):
+                 progress: Progress | None = None, tasks_per_thread: int = 8, worker_wait: float | None = None,
+                 check: bool = True):
         self.client = client
         self.tasks_per_thread = tasks_per_thread  # raster jobs: about this many row bands per worker thread
         self.retries = int(retries)
         self.owned = owned
         self.job_dir = job_dir
         self.progress = progress
+        self.worker_wait = worker_wait_seconds(worker_wait)
         self.address = scheduler_address(client)
         self._event_names: list = []
+        self._sent: list = []
+        self._checked = not check
+        self.warnings: list = []
+
+    # -- before the first task -------------------------------------------------------
+    def check(self, progress: Progress | None = None) -> list:
+        """Wait (up to ``worker_wait``) for a worker, then compare versions (:func:`check_versions`); once per
+        executor. Returns the version warnings (also given to ``progress``)."""
+        if self._checked:
+            return self.warnings
+        check_versions(self.client, workers=False)  # a scheduler that cannot read the tasks fails now, not later
+        wait_for_workers(self.client, self.worker_wait, progress)
+        self.warnings = check_versions(self.client)
+        self._checked = True
+        for message in self.warnings:
+            if progress is not None:
+                progress.warning(f"Cluster at {self.address}: {message}.")
+        return self.warnings
 
     # -- what the core asks ----------------------------------------------------------
     @property
@@ -373,9 +739,11 @@ class DaskExecutor:
     def map(self, func, args_list, progress: Progress | None = None, share: float = 90.0, kwargs=None):
         """Yield ``func(*args)`` for each ``args``, in order (results are buffered until their turn), so that
         whatever combines them does it in the order of the local path."""
+        self.check(progress)
         buffered = {}
         following = 0
-        for i, result in run_tiles(self.client, func, args_list, progress, self.retries, share, kwargs=kwargs):
+        for i, result in run_tiles(self.client, func, args_list, progress, self.retries, share, kwargs=kwargs,
+                                   worker_wait=self.worker_wait):
             buffered[i] = result
             while following in buffered:
                 yield buffered.pop(following)
@@ -384,33 +752,35 @@ class DaskExecutor:
     def row_bands(self, func, args_list, progress: Progress | None = None, share: float = 95.0) -> list:
         """``func(*args, progress=…)`` for each row band's ``args``, results in band order. Each task gets a
         :class:`TaskProgress` on a fresh cancel event, so that cancelling the job stops tasks already running."""
+        self.check(progress)
         event = self.new_event()
         results = [None] * len(args_list)
         for i, result in run_tiles(self.client, func, args_list, progress, self.retries, share,
-                                   kwargs={"progress": TaskProgress(event)}, label="row band", event_name=event):
+                                   kwargs={"progress": TaskProgress(event)}, label="row band", event_name=event,
+                                   worker_wait=self.worker_wait):
             results[i] = result
         return results
 
     def send_file(self, path) -> object:
-        """A file the workers may not see (a local model), sent with the job: a future of its bytes,
-        which Dask copies to each worker that needs it."""
-        data = Path(path).read_bytes()
+        """A model the workers may not see, sent with the job: a future of its bytes and those of the external data
+        files it names (:func:`model_bundle`), which Dask copies to each worker that needs it."""
+        self.check(self.progress)
+        bundle = model_bundle(path)
         # a task holding the bytes rather than scattered data: the scheduler keeps its spec, so a copy lost with a
         # worker is made again (scattered data would be lost for good)
-        key = f"forestcarbon-file-{hashlib.sha256(data).hexdigest()[:20]}"
-        return self.client.submit(file_bytes, data, key=key, pure=False)
+        key = f"forestcarbon-file-{bundle_digest(bundle)[:20]}-{uuid.uuid4().hex[:6]}"
+        future = self.client.submit(file_bytes, bundle, key=key, pure=False)
+        self._sent.append(future)
+        return future
 
-    def check_visible(self, paths) -> None:
+    def check_visible(self, paths, progress: Progress | None = None) -> None:
         """Fail early, naming the file, when a worker cannot see an input."""
         local = [str(p) for p in paths if not str(p).startswith(("/vsi", "http://", "https://", "s3://", "gs://"))]
         if not local:
             return
-        future = self.client.submit(missing_paths, local, pure=False)
-        try:
-            missing = future.result(timeout=60)
-        except Exception as exc:  # noqa: BLE001
-            raise ForestCarbonError(f"The cluster at {self.address} could not run a task ({exc}): are workers "
-                                    "attached to the scheduler?") from exc
+        self.check(progress or self.progress)
+        missing = next(result for _, result in run_tiles(self.client, missing_paths, [(local,)], progress, 0, 0.0,
+                                                          label="input check", worker_wait=self.worker_wait))
         if missing:
             raise ForestCarbonError(
                 f"The workers of {self.address} cannot read {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}: "
@@ -418,6 +788,10 @@ class DaskExecutor:
                 "GDAL /vsi paths or URLs (/vsis3/bucket/key.tif, /vsicurl/https://…).")
 
     def close(self) -> None:
+        if self._sent:
+            with contextlib.suppress(Exception):
+                self.client.cancel(self._sent, force=True)
+            self._sent = []
         if self.owned:
             cluster = getattr(self.client, "_forest_carbon_gateway_cluster", None)
             with contextlib.suppress(Exception):
@@ -434,7 +808,7 @@ class DaskExecutor:
         return False
 
 
-def file_bytes(data: bytes) -> bytes:
+def file_bytes(data):
     """(runs on a worker) a file's bytes sent with the job (see :meth:`DaskExecutor.send_file`)."""
     return data
 
@@ -446,18 +820,124 @@ def missing_paths(paths) -> list:
 
 # --------------------------------------------------------------------------- files sent with a job
 
-def materialize(data: bytes, suffix: str = ".onnx") -> Path:
-    """(runs on a worker) a file sent with the job, written once per worker into a cache folder."""
-    digest = hashlib.sha256(data).hexdigest()[:24]
-    folder = Path(tempfile.gettempdir()) / f"forest_carbon_jobs_{os.getuid() if hasattr(os, 'getuid') else 0}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}{suffix}"
-    if not path.exists():
-        from .outputs import atomic_output
+CACHE_MAX_AGE_S = 7 * 24 * 3600  # cache entries unused this long are removed
+_EXTERNAL = re.compile(rb"\n\x08location\x12")
+_CACHE: dict = {}
 
-        with atomic_output(path, "wb") as handle:
-            handle.write(data)
-    return path
+
+def external_data_files(model) -> list:
+    """The external data files an ONNX model names (``location`` entries of its tensors), relative to its folder.
+    Read from the protobuf bytes, so that the client needs no ``onnx`` package; a location outside the model's folder
+    is refused before the job starts."""
+    model = Path(model)
+    data = model.read_bytes()
+    names = []
+    for match in _EXTERNAL.finditer(data):
+        pos, length, shift = match.end(), 0, 0
+        while pos < len(data):  # the string's length, a protobuf varint
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        name = data[pos:pos + length].decode("utf-8", "replace")
+        if name and name not in names:
+            names.append(name)
+    folder = model.resolve().parent
+    for name in names:
+        target = (folder / name).resolve()
+        if folder not in target.parents or not target.is_file():
+            raise ForestCarbonError(f"The model '{model.name}' keeps weights in '{name}', which is not a file in the "
+                                    "model's folder: a cluster job sends the model and its external data files, so "
+                                    "they must sit beside it (or save the model as one file).")
+    return names
+
+
+def model_bundle(path) -> tuple:
+    """``(file name, {relative path: bytes})``: a model and its external data files, as sent to the workers."""
+    path = Path(path)
+    files = {path.name: path.read_bytes()}
+    if path.suffix.lower() == ".onnx":
+        for name in external_data_files(path):
+            files[name] = (path.parent / name).read_bytes()
+    return path.name, files
+
+
+def bundle_digest(bundle) -> str:
+    digest = hashlib.sha256()
+    name, files = bundle
+    for rel in sorted(files):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
+    return digest.hexdigest()
+
+
+def cache_folder() -> Path:
+    """(runs on a worker) this user's folder for files sent with jobs: ``forest_carbon_jobs_<uid>`` in the temporary
+    folder, mode 0700 and owned by this user. One owned by someone else, or a link, is never used: a private folder of
+    this process takes its place."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"forest_carbon_jobs_{uid if uid is not None else 0}"
+    cached = _CACHE.get("folder")
+    if cached is not None and cached.is_dir():
+        return cached
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        usable = stat.S_ISDIR(info.st_mode) and (uid is None or info.st_uid == uid)
+        if usable and uid is not None and stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(folder, 0o700)  # made by an older version, world-readable
+    except OSError:
+        usable = False
+    if not usable:
+        import atexit
+
+        folder = Path(tempfile.mkdtemp(prefix=f"forest_carbon_jobs_{uid}_"))
+        atexit.register(shutil.rmtree, folder, True)
+    _CACHE["folder"] = folder
+    _clean_cache(folder)
+    return folder
+
+
+def _clean_cache(folder: Path, max_age: float = CACHE_MAX_AGE_S) -> None:
+    """Remove entries not used for ``max_age`` seconds (each use touches its entry)."""
+    now = time.time()
+    for entry in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if now - entry.lstat().st_mtime > max_age:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+
+
+def materialize(data, suffix: str = ".onnx") -> Path:
+    """(runs on a worker) a file sent with the job (its bytes, or a :func:`model_bundle`), written once per worker
+    machine into :func:`cache_folder`; returns the model file's path (its external data files beside it)."""
+    if isinstance(data, (bytes, bytearray)):
+        data = (f"model{suffix}", {f"model{suffix}": bytes(data)})
+    name, files = data
+    folder = cache_folder()
+    entry = folder / bundle_digest(data)[:32]
+    if not entry.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=folder))
+        try:
+            for rel, content in files.items():
+                target = (tmp / rel).resolve()
+                if tmp.resolve() not in target.parents:
+                    raise ForestCarbonError(f"A file sent with the job has an unsafe name: {rel!r}.")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            try:
+                os.rename(tmp, entry)  # atomic: another task may have written the same entry meanwhile
+            except OSError:
+                if not entry.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.utime(entry)
+    return entry / name
 
 
 # --------------------------------------------------------------------------- raster jobs
@@ -479,14 +959,64 @@ def bands_for(height: int, width: int, unit: int, workers: int, min_units: int =
     return row_bands(height, unit, max(1, min(per_band, max(cap, min_units))))
 
 
+JOB_OWNER = ".forest_carbon_job.json"
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (None: no such process here)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        return -1.0  # alive, start unknown
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess, AccessDenied…
+        return None
+
+
+def clean_stale_job_folders(base) -> list:
+    """Remove the job folders in ``base`` whose process (on this machine) is gone: what a killed QGIS left. Folders of
+    other machines or of running processes are left alone. Returns the removed folders."""
+    removed = []
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for folder in Path(base).glob(".*.dask-*"):
+            try:
+                owner = json.loads((folder / JOB_OWNER).read_text())
+                if owner.get("host") != host:
+                    continue
+                started = _process_start(int(owner["pid"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            known = owner.get("started")
+            if started is None or (started >= 0 and known is not None and abs(started - float(known)) > 1.0):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def job_folder(output, job_dir: str = ""):
     """A folder for the job's tiles: ``job_dir`` (storage the workers share) or a hidden folder beside the
-    output; removed when the job ends, whatever happens."""
+    output; removed when the job ends, whatever happens. It records this process (host, pid, start time), so that
+    the next job removes the folders of processes that were killed before they could."""
     base = Path(job_dir) if job_dir else Path(output).resolve().parent
     try:
         base.mkdir(parents=True, exist_ok=True)
+        clean_stale_job_folders(base)
         folder = Path(tempfile.mkdtemp(prefix=f".{Path(output).stem}.dask-", dir=base))
+        try:
+            (folder / JOB_OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                        "started": _process_start(os.getpid())}))
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     except OSError as exc:
         raise ForestCarbonError(f"Cannot make a job folder in '{base}' ({exc.strerror or exc}): choose a writable "
                                 "output folder (or a shared job folder in Cluster settings).") from exc
@@ -611,4 +1141,5 @@ def _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, co
 
 
 __all__ = ["ClusterSpec", "DaskExecutor", "connect", "local_cluster", "gateway_cluster", "open_client", "security",
-           "run_tiles", "assemble_raster", "close_local_clusters"]
+           "run_tiles", "assemble_raster", "close_local_clusters", "check_versions", "probe_scheduler",
+           "wait_for_workers", "plain_call", "run_plain", "materialize", "model_bundle", "job_folder"]

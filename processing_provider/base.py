@@ -1,8 +1,11 @@
-"""What every Forest Carbon algorithm shares: ids, groups, dependency checks, errors."""
+"""What every Forest Carbon algorithm shares: ids, groups, dependency checks, errors, and the
+safety of outputs (never onto an input, all-or-nothing)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import traceback
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -19,6 +22,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from forest_carbon_plugin.core.dependencies import missing_dependencies, missing_message
 from forest_carbon_plugin.core.errors import ForestCarbonError
+from forest_carbon_plugin.core.outputs import OutputTransaction
 from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
 from .compat import FileBehavior, NumberType, ParameterFlag, PropertyType, RangeLimit
 
@@ -151,7 +155,19 @@ class FileOrFolderParameter(QgsProcessingParameterFile):
 
 
 class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
-    """Base class: subclasses set ``_name``, ``_display``, ``_group``, ``requirements``."""
+    """Base class: subclasses set ``_name``, ``_display``, ``_group``, ``requirements``.
+
+    Every subclass's ``processAlgorithm`` runs inside :func:`_safe_outputs`: outputs that would
+    overwrite an input, or each other, are refused before any work, and a run that fails or is
+    cancelled leaves its outputs as they were before it.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        process = cls.__dict__.get("processAlgorithm")
+        if process is not None and not getattr(process, "_safe_outputs", False):
+            cls.processAlgorithm = _safe_outputs(process)
+
 
     _name = ""
     _display = ""
@@ -248,3 +264,165 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
             return function(*args, **kwargs)
         except ForestCarbonError as exc:
             raise QgsProcessingException(str(exc)) from exc
+
+
+#: parameter types whose values name files or layers that an algorithm reads
+_INPUT_TYPES = {"file", "raster", "vector", "source", "layer", "multilayer", "mesh", "pointcloud", "vectortile"}
+_CATALOG_SUFFIXES = (".las", ".laz")
+
+
+def _safe_outputs(process):
+    """``processAlgorithm`` with its outputs checked against its inputs, and written all-or-nothing."""
+
+    @functools.wraps(process)
+    def run(self, parameters, context, feedback):
+        if getattr(self, "_in_safe_run", False):  # a subclass calling its parent's processAlgorithm
+            return process(self, parameters, context, feedback)
+        files, folders = output_targets(self, parameters, context)
+        self._in_safe_run = True
+        try:
+            with OutputTransaction([path for _, path in files], [path for _, path in folders]):
+                try:
+                    results = process(self, parameters, context, feedback)
+                    if feedback is not None and feedback.isCanceled():
+                        raise QgsProcessingException(self.tr("Cancelled: no output was written."))
+                except BaseException as exc:
+                    # the run's frames hold its open outputs (a GeoPackage sink): close them before the
+                    # files are removed, or they come back as journals when the frames go
+                    traceback.clear_frames(exc.__traceback__)
+                    raise
+            return results
+        except ForestCarbonError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        finally:
+            self._in_safe_run = False
+
+    run._safe_outputs = True
+    return run
+
+
+def output_targets(alg, parameters, context):
+    """The run's output files and folders as ``([(parameter, path)], [(parameter, path)])``, after
+    refusing, with a ``QgsProcessingException`` naming both, an output that is an input (the same file,
+    a file inside an input folder, or a LAS/LAZ file inside an input folder of tiles), two outputs on one
+    path, and a file output that is a folder. Temporary and non-file destinations are left out."""
+    files, folders = [], []
+    for param in alg.destinationParameterDefinitions():
+        path = _destination_path(param, parameters.get(param.name()), context)
+        if path is None:
+            continue
+        if param.type() == "folderDestination":
+            if os.path.isfile(path):
+                raise QgsProcessingException(alg.tr(
+                    f"{param.name()}: '{path}' is a file; give a folder for the output."))
+            folders.append((param.name(), path))
+            continue
+        if not os.path.splitext(path)[1] and param.defaultFileExtension():
+            if not os.path.isdir(path):  # QGIS adds the format's extension
+                path = f"{path}.{param.defaultFileExtension()}"
+        if os.path.isdir(path):
+            raise QgsProcessingException(alg.tr(
+                f"{param.name()}: '{path}' is a folder; give a file name for the output "
+                f"(e.g. {os.path.join(path, param.name().lower())}"
+                f"{'.' + param.defaultFileExtension() if param.defaultFileExtension() else ''})."))
+        files.append((param.name(), path))
+    seen = {}
+    for name, path in files + folders:
+        key = _key(path)
+        if key in seen:
+            raise QgsProcessingException(alg.tr(
+                f"{seen[key]} and {name} are the same path '{path}': give each output its own file name."))
+        seen[key] = name
+    inputs = input_paths(alg, parameters, context)
+    for name, path in files + folders:
+        key = _key(path)
+        for in_name, in_path in inputs:
+            in_key = _key(in_path)
+            if key == in_key:
+                raise QgsProcessingException(alg.tr(
+                    f"{name} '{path}' is the input {in_name} ('{in_path}'): the output would overwrite it. "
+                    "Give the output another file name."))
+            if os.path.isdir(in_path) and _is_inside(key, in_key):
+                if os.path.lexists(path) and not os.path.isdir(path):
+                    raise QgsProcessingException(alg.tr(
+                        f"{name} '{path}' is a file inside the input folder {in_name} ('{in_path}'): the output "
+                        "would overwrite it. Write the output elsewhere."))
+                if path.lower().endswith(_CATALOG_SUFFIXES):
+                    raise QgsProcessingException(alg.tr(
+                        f"{name} '{path}' is inside the input folder of tiles {in_name} ('{in_path}'): a LAS/LAZ "
+                        "output there would be read as one of its tiles. Write the output to another folder."))
+    return files, folders
+
+
+def input_paths(alg, parameters, context) -> list:
+    """``[(parameter, path)]``: the files and folders the run reads (file parameters, layers' sources)."""
+    found = []
+    for param in alg.parameterDefinitions():
+        if param.isDestination() or param.type() not in _INPUT_TYPES:
+            continue
+        value = parameters.get(param.name())
+        if value is None:
+            value = param.defaultValue()
+        for path in _paths_of(value, context):
+            found.append((param.name(), path))
+    return found
+
+
+def _paths_of(value, context) -> list:
+    from qgis.core import QgsMapLayer, QgsProcessingFeatureSourceDefinition, QgsProcessingUtils, QgsProperty
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _paths_of(v, context)]
+    if isinstance(value, QgsProcessingFeatureSourceDefinition):
+        return _paths_of(value.source, context)
+    if isinstance(value, QgsProperty):
+        return _paths_of(value.staticValue() if value.propertyType() == PropertyType.Static
+                         else value.valueAsString(context.expressionContext()), context)
+    if isinstance(value, QgsMapLayer):
+        return _layer_path(value)
+    if not isinstance(value, str):
+        return []
+    plain = value.split("|")[0]
+    if os.path.exists(plain):
+        return [plain]
+    layer = QgsProcessingUtils.mapLayerFromString(value, context, False)
+    return _layer_path(layer) if layer is not None else []
+
+
+def _layer_path(layer) -> list:
+    from qgis.core import QgsProviderRegistry
+
+    try:
+        path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()).get("path")
+    except Exception:  # noqa: BLE001 - providers without decodeUri support
+        path = None
+    path = path or layer.source().split("|")[0]
+    return [path] if path and os.path.exists(path) else []
+
+
+def _destination_path(param, value, context):
+    """The local path a destination parameter writes to; None for temporary, memory or database outputs."""
+    from qgis.core import QgsProcessing, QgsProcessingOutputLayerDefinition, QgsProperty
+
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink
+    if isinstance(value, QgsProperty):
+        value = value.staticValue() if value.propertyType() == PropertyType.Static \
+            else value.valueAsString(context.expressionContext())
+    if not isinstance(value, str) or not value.strip() or value == QgsProcessing.TEMPORARY_OUTPUT:
+        return None
+    value = value.strip()
+    head = value.split(":", 1)[0]
+    if ":" in value and len(head) > 1 and "/" not in head and "\\" not in head:
+        return None  # "memory:", "ogr:dbname=…", "postgis:…": not a plain file
+    return os.path.abspath(os.path.expanduser(value.split("|")[0]))
+
+
+def _key(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _is_inside(path_key: str, folder_key: str) -> bool:
+    return path_key != folder_key and path_key.startswith(folder_key.rstrip(os.sep) + os.sep)

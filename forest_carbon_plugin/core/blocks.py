@@ -242,18 +242,21 @@ def process_blocks(grid: RasterGrid, compute: Callable, path, count: int, dtype=
                    descriptions: Sequence[str] | None = None, tags: dict | None = None, provenance: dict | None = None,
                    band_tags: Sequence[dict] | None = None, progress: Progress | None = None,
                    max_workers: int | None = None, block_size: int = DEFAULT_BLOCK, cog: bool = True,
-                   compress: str = COMPRESS) -> Path:
+                   compress: str = COMPRESS, finish: Callable | None = None) -> Path:
     """Compute ``compute(window) -> array (count, rows, cols)`` over every block of ``grid`` and
     write the result to ``path`` (a COG unless ``cog`` is False), atomically.
 
     ``compute`` runs in ``max_workers`` threads; results are written by the calling thread in
     completion order. Cancellation is checked between blocks: a cancelled or failed run
-    leaves nothing at ``path``.
+    leaves nothing at ``path``. ``finish()`` runs after the last block, before the file is moved into
+    place: an error it raises leaves nothing either (e.g. a result that is no-data everywhere).
     """
     workers = default_workers(max_workers)
     with raster_writer(grid, path, count, dtype, nodata, descriptions, tags, provenance, band_tags,
                        block_size=block_size, cog=cog, compress=compress, workers=workers) as dst:
         _run(list(grid.windows(block_size)), compute, dst, dtype, progress, workers)
+        if finish is not None:
+            finish()
     return Path(path)
 
 

@@ -258,6 +258,8 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
         for s, scene in enumerate(scenes):
             stack[s] = read_scene(scene, window, rows, cols)
         count = valid_observations(stack).sum(axis=0)
+        if not seen["valid"] and count.any():
+            seen["valid"] = True
         if method == "median":
             comp = median_composite(stack)
         elif method == "medoid":
@@ -266,6 +268,15 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
             comp = max_ndvi_composite(stack, red, nir)
         return np.concatenate([comp, count[None].astype(np.float64)]).astype(np.float32)
 
+    seen = {"valid": False}
+
+    def finish():
+        if not seen["valid"]:
+            raise ForestCarbonError(
+                f"No pixel of the first scene's grid has a valid observation in any of the {n_scenes} scene(s): "
+                "they are no-data, or masked (cloud, cloud shadow, snow, fill), everywhere. The composite would be "
+                "no-data everywhere, so nothing was written. Add clearer scenes.")
+
     record = {"INPUTS": inputs, "METHOD": method}
     record.update(parameters or {})
     try:
@@ -273,7 +284,7 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
                        descriptions=names + ["valid_count"], tags={"COMPOSITE_METHOD": method,
                                                                    "SCENE_COUNT": n_scenes},
                        provenance=provenance("compositescenes", record, inputs), progress=progress,
-                       max_workers=max_workers, block_size=block_size)
+                       max_workers=max_workers, block_size=block_size, finish=finish)
     finally:
         readers.close()
     return {"bands": names, "scenes": n_scenes, "method": method, "grid": grid}

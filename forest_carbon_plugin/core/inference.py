@@ -368,10 +368,25 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
                     grid, requested[kind], 1, "float32", float("nan"), descriptions=[description(kind)],
                     tags=tags(kind), provenance=record, workers=threads))
         pipeline.run(writers)
+        _check_has_data(pipeline.any_valid, pipeline.any_finite, card)
     stack.readers.close()
     seconds = time.perf_counter() - started
     progress.info(f"{pipeline.tiles} tiles in {seconds:.1f} s")
     return Prediction({k: Path(requested[k]) for k in kinds}, used, card, pipeline.tiles, seconds)
+
+
+def _check_has_data(any_valid: bool, any_finite: bool, card: ModelCard) -> None:
+    """Refuse a prediction that would be no-data everywhere, saying why."""
+    if not any_valid:
+        raise ForestCarbonError(
+            "No pixel has data in every input band (the inputs do not overlap where they have data, or are no-data "
+            "everywhere): the prediction would be no-data everywhere, so nothing was written. Give inputs that "
+            "cover the same area.")
+    if not any_finite:
+        raise ForestCarbonError(
+            f"The model ({Path(card.members[0]).name}) returned NaN or infinity for every pixel: the prediction would "
+            "be no-data everywhere, so nothing was written. Check that the inputs are the bands, units and scaling "
+            "the model was trained on (see forestcarbon:modelinfo), and the model itself.")
 
 
 def _predict_remote(executor, spec, requested, tags, description, record, progress) -> int:
@@ -391,8 +406,9 @@ def _predict_remote(executor, spec, requested, tags, description, record, progre
                   f"({executor.workers} worker threads)")
     with job_folder(requested["prediction"], executor.job_dir) as folder:
         done = executor.row_bands(predict_rows, [(spec, members, r0, r1, str(folder)) for r0, r1 in bands], progress)
-        paths = [written for written, _ in done]
-        count = sum(tiles for _, tiles in done)
+        paths = [written for written, _, _ in done]
+        count = sum(tiles for _, tiles, _ in done)
+        _check_has_data(any(flags[0] for _, _, flags in done), any(flags[1] for _, _, flags in done), card)
         for kind in kinds:
             check_cancel(progress)
             assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind], 1,
@@ -415,7 +431,8 @@ class _ArrayWriter:
 
 def predict_rows(spec: dict, members: list, row0: int, row1: int, folder: str, progress=None):
     """(a tile task, run on a Dask worker) rows ``row0``-``row1`` of every output, written into ``folder``;
-    ``members`` are the model files' bytes sent with the job. Returns ({kind: tile path}, model tiles run)."""
+    ``members`` are the model files' bytes sent with the job. Returns ({kind: tile path}, model tiles run,
+    (whether any pixel had data, whether any prediction was finite))."""
     from dataclasses import replace
 
     from .cluster import materialize, write_tile
@@ -436,7 +453,7 @@ def predict_rows(spec: dict, members: list, row0: int, row1: int, folder: str, p
     finally:
         stack.readers.close()
     written = {k: write_tile(folder, f"{k}_{row0:09d}", a, grid, row0, float("nan")) for k, a in arrays.items()}
-    return written, pipeline.tiles
+    return written, pipeline.tiles, (pipeline.any_valid, pipeline.any_finite)
 
 
 @dataclass
@@ -492,6 +509,10 @@ class _Pipeline:
         self.grid = stack.grid
         self.step = tile - overlap
         self.tiles = 0
+        # whether any pixel had data in every input band, and whether any prediction was finite: a run
+        # without either is a failure, not an all-nodata raster
+        self.any_valid = False
+        self.any_finite = False
         self._buffers = _Buffers()
         self._weights = None
 
@@ -514,6 +535,7 @@ class _Pipeline:
             valid &= ~invalid
         if self.card.nodata is not None:
             valid &= (data != np.float32(self.card.nodata)).all(axis=0)
+        self.any_valid = self.any_valid or bool(valid.any())
         return data, valid
 
     def _strips(self):
@@ -595,6 +617,8 @@ class _Pipeline:
 
         for kind, dst in writers.items():
             block = arrays[kind]
+            if kind == "prediction" and not self.any_finite:
+                self.any_finite = bool(np.isfinite(block).any())
             if block.shape[0]:
                 dst.write(block[None].astype(np.float32, copy=False),
                           window=Window(0, y0, block.shape[1], block.shape[0]))

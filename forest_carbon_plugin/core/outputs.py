@@ -3,6 +3,7 @@
 Every output goes through :func:`atomic_output`: the writer fills a temporary file in
 the target's folder, and only a run that finishes renames it into place, so a failed
 or cancelled run leaves nothing at the output path (and never a half-written file).
+A run with several outputs is made all-or-nothing by :class:`OutputTransaction`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -86,7 +88,11 @@ def atomic_output(path, mode: str | None = None):
             encoding = None if "b" in mode else "utf-8"
             with open(tmp, mode, encoding=encoding) as handle:
                 yield handle
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:  # e.g. a folder of that name
+            raise ForestCarbonError(f"Cannot write '{target}' ({exc.strerror or exc}): give a file name that is "
+                                    "not a folder, in a folder you can write to.") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -116,3 +122,143 @@ def write_text(path, text: str) -> Path:
     with atomic_output(path, "w") as handle:
         handle.write(text)
     return Path(path)
+
+
+UNDO_PREFIX = ".forest_carbon_undo-"
+
+
+class OutputTransaction:
+    """All-or-nothing for a run with several outputs: a failure or a cancel after some outputs were
+    written puts back what was there before.
+
+    ``files`` are the run's output files, ``folders`` its output folders. On entry the files that an
+    output may replace are kept as hard links (a copy where the file system has none) in a hidden
+    folder beside them: the output itself and its side files, named like it (``agb.tif.aux.xml``,
+    ``report.json``, ``report_<figure>.png``, atomic_output's ``.report.*`` temporaries, a job folder
+    ``.agb.dask-*``), and everything inside an output folder. On an error the files the run made there
+    are removed, the replaced ones come back and the folders the run created are removed; on success
+    the kept links are dropped.
+
+    The outputs are written under their own names (not staged under temporary ones): reports, scene
+    manifests and raster provenance record the paths of their sibling outputs, which must be the final ones.
+    Writers replace files (atomic_output renames, GDAL and OGR delete and create), so a kept hard link
+    still holds the previous content.
+    """
+
+    def __init__(self, files=(), folders=()):
+        self.files = [Path(os.path.abspath(p)) for p in files]
+        self.folders = [Path(os.path.abspath(p)) for p in folders]
+        self._before: dict[Path, tuple] = {}  # entry -> (device, inode) before the run
+        self._kept: dict[Path, Path] = {}  # entry -> its kept link
+        self._undo_dirs: dict[Path, Path] = {}  # folder -> its hidden undo folder
+        self._created: list[Path] = []  # folders that did not exist before the run, outermost first
+
+    def __enter__(self):
+        for path in self.files:
+            self._note_missing(path.parent)
+            for entry in self._matching(path):
+                self._keep(entry)
+        for folder in self.folders:
+            self._note_missing(folder)
+            for entry in self._inside(folder):
+                self._keep(entry)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._drop_undo()
+        else:
+            self.rollback()
+        return False
+
+    def rollback(self) -> None:
+        """Remove what the run made, put back what it replaced, remove the folders it created."""
+        now = set()
+        for path in self.files:
+            now.update(self._matching(path))
+        for folder in self.folders:
+            now.update(self._inside(folder))
+        for entry in sorted(now, key=lambda p: len(p.parts), reverse=True):
+            if entry not in self._before:
+                _remove(entry)
+        for entry, kept in self._kept.items():
+            with contextlib.suppress(OSError):
+                if _identity(entry) != self._before[entry]:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    os.replace(kept, entry)
+        for folder in self._created:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._drop_undo()
+
+    def _note_missing(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists() and folder.parent != folder:
+            missing.append(folder)
+            folder = folder.parent
+        if missing and missing[-1] not in self._created:
+            self._created.append(missing[-1])
+
+    def _matching(self, path: Path):
+        """The entries of ``path``'s folder that are ``path`` or its side files."""
+        stem = path.stem if path.suffix else path.name
+        prefixes = (stem + ".", stem + "_", "." + stem + ".")
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return []
+        return [path.parent / n for n in names
+                if (n == path.name or n.startswith(prefixes)) and not n.startswith(UNDO_PREFIX)]
+
+    @staticmethod
+    def _inside(folder: Path):
+        if not folder.is_dir():
+            return []
+        entries = []
+        for root, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(UNDO_PREFIX)]
+            entries += [Path(root, n) for n in dirs + names]
+        return entries
+
+    def _keep(self, entry: Path) -> None:
+        identity = _identity(entry)
+        if identity is None or entry in self._before:
+            return
+        self._before[entry] = identity
+        if entry.is_symlink() or not entry.is_file():
+            return  # folders: their files are kept one by one (output folders) or not replaced
+        undo = self._undo_dirs.get(entry.parent)
+        try:
+            if undo is None:
+                undo = self._undo_dirs[entry.parent] = Path(tempfile.mkdtemp(prefix=UNDO_PREFIX, dir=entry.parent))
+            kept = undo / str(len(self._kept))
+            try:
+                os.link(entry, kept)
+            except OSError:
+                shutil.copy2(entry, kept)
+        except OSError as exc:
+            raise ForestCarbonError(f"Cannot keep a copy of '{entry}' while the run replaces it "
+                                    f"({exc.strerror or exc}): choose a folder you can write to.") from exc
+        self._kept[entry] = kept
+
+    def _drop_undo(self) -> None:
+        for undo in self._undo_dirs.values():
+            shutil.rmtree(undo, ignore_errors=True)
+        self._undo_dirs.clear()
+        self._kept.clear()
+
+
+def _identity(path: Path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove(entry: Path) -> None:
+    with contextlib.suppress(OSError):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

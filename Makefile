@@ -40,8 +40,10 @@ $(VENV)/.installed: requirements.txt Makefile scripts/pins.py
 	touch $@
 
 # The client's versions of what a Dask worker runs, read from .venv (git-ignored: it differs per Debian).
+# Rewritten only when a version changed, so that .venv-worker is not reinstalled for nothing.
 constraints-worker.txt: $(VENV)/.installed scripts/pins.py
-	$(PYTHON) scripts/pins.py worker > $@.tmp && mv $@.tmp $@
+	@$(PYTHON) scripts/pins.py worker > $@.tmp
+	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@ && echo "wrote $@"; fi
 
 # A Dask worker's environment: no QGIS, no PyQt, no system site-packages; only `pip install .[worker]`
 # with the main venv's versions (constraints-worker.txt), so tiles computed there have the same bits.

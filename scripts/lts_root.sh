@@ -121,13 +121,14 @@ leave() {
 
 in_root() {  # in_root DIR COMMAND...: a clean environment, plus the host's PIP_* and PYTEST_ARGS
     local dir=$1; shift
-    local vars=(HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive
+    local vars=(HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1
                 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
     local v
     while IFS= read -r v; do vars+=("$v"); done < <(env | grep -E '^(PIP_[A-Z_]+|PYTEST_ARGS)=' || true)
     # In the background and waited for, so that INT/TERM reach our trap at once (bash runs traps only
     # after a foreground child ends) and cleanup() stops what runs inside.
-    chroot "$dir" /usr/bin/env -i "${vars[@]}" "$@" &
+    # fd 9 (the lock) stays out, so that nothing left inside could hold the lock.
+    chroot "$dir" /usr/bin/env -i "${vars[@]}" "$@" 9>&- &
     wait $!
 }
 

@@ -11,8 +11,10 @@
   the settings' (with EXECUTION 1; the settings' TLS certificates are used for ``tls://``).
 
 ``execution(alg, parameters, context, feedback)`` is a context manager that connects (a clear
-error naming the address when it cannot) and makes the core functions called inside run their
-tiles on the cluster (:func:`forest_carbon_plugin.core.tilemap.executor_scope`).
+error naming the address when it cannot), waits for a worker (``worker_wait`` seconds, 60 by default;
+``FOREST_CARBON_WORKER_WAIT`` overrides it), refuses a cluster whose versions would change the results
+(:func:`forest_carbon_plugin.core.cluster.check_versions`) and makes the core functions called inside run
+their tiles on the cluster (:func:`forest_carbon_plugin.core.tilemap.executor_scope`).
 
 Settings live in ``QgsSettings`` under ``forest_carbon/cluster/…``; the dask-gateway password or
 token lives in the QGIS authentication database (a configuration whose id is stored as

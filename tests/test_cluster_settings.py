@@ -8,7 +8,7 @@ import time
 import pytest
 
 KEYS = ("mode", "address", "tls_ca", "tls_cert", "tls_key", "gateway_url", "gateway_auth", "gateway_workers",
-        "local_workers", "job_dir", "timeout", "retries", "authcfg")
+        "local_workers", "job_dir", "timeout", "retries", "worker_wait", "authcfg")
 
 
 @pytest.fixture
@@ -48,14 +48,17 @@ def test_dialog_stores_settings_and_reloads_them(clean_settings, tmp_path):
     dialog.job_dir.setText(str(tmp_path / "jobs"))
     dialog.retries.setValue(5)
     dialog.timeout.setValue(7)
+    assert dialog.worker_wait.value() == 60  # the default: a job without workers fails after a minute
+    dialog.worker_wait.setValue(120)
     dialog.accept()
     spec = load_spec()
-    assert (spec.mode, spec.address, spec.tls_key, spec.retries, spec.timeout) == \
-        ("scheduler", "tls://10.1.2.3:8786", str(tmp_path / "key.pem"), 5, 7.0)
+    assert (spec.mode, spec.address, spec.tls_key, spec.retries, spec.timeout, spec.worker_wait) == \
+        ("scheduler", "tls://10.1.2.3:8786", str(tmp_path / "key.pem"), 5, 7.0, 120.0)
     assert spec.job_dir == str(tmp_path / "jobs")
     again = ClusterSettingsDialog()
     assert again.mode.currentIndex() == 1 and again.address.text() == "tls://10.1.2.3:8786"
     assert again.tls_ca.text() == str(tmp_path / "ca.pem") and again.retries.value() == 5
+    assert again.worker_wait.value() == 120
     again.mode.setCurrentIndex(0)
     again.local_workers.setValue(3)
     again.accept()

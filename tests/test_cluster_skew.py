@@ -41,11 +41,11 @@ from .test_remote import (  # noqa: F401 - fixtures
     WORKER_BIN,
     Cluster,
     _pixels,
-    _Recorder,
     _run,
     _same_bits,
     big,
     features,
+    job_in_middle,
     worker_venv,
 )
 
@@ -210,23 +210,8 @@ def test_job_fails_when_every_worker_is_lost(lonely, big, tmp_path):
     raster, model = big
     lonely.add_worker()
     client = lonely.client()
-    progress = _Recorder()
-    errors: list = []
-
-    def job():
-        try:
-            with executor_scope(DaskExecutor(client, worker_wait=3)):
-                predict_raster([raster], model, tmp_path / "lost.tif", tile_size=32, progress=progress)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
     try:
-        thread = threading.Thread(target=job)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while progress.seen < 5 and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.02)
-        assert 0 < progress.seen < 90, f"the job was not in the middle when the worker was killed ({progress.seen}%)"
+        thread, errors = job_in_middle(DaskExecutor(client, worker_wait=3), raster, model, tmp_path / "lost.tif", 5)
         lonely.kill_worker(len(lonely.workers) - 1)
         killed = time.monotonic()
         thread.join(timeout=60)

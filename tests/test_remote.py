@@ -378,22 +378,7 @@ def test_killed_worker_does_not_change_the_result(worker_venv, big, tmp_path):
     c = Cluster(tmp_path / "cluster2")
     try:
         client = c.client()
-        progress = _Recorder()
-        errors = []
-
-        def job():
-            try:
-                with executor_scope(DaskExecutor(client, retries=2)):
-                    predict_raster([raster], model, tmp_path / "dask.tif", tile_size=32, progress=progress)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        thread = threading.Thread(target=job)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while progress.seen < 10 and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.02)
-        assert 0 < progress.seen < 90, f"the job was not in the middle when the worker was killed ({progress.seen}%)"
+        thread, errors = job_in_middle(DaskExecutor(client, retries=2), raster, model, tmp_path / "dask.tif", 10)
         c.kill_worker(0)
         thread.join(timeout=180)
         assert not thread.is_alive() and not errors, errors
@@ -412,6 +397,27 @@ def test_killed_worker_does_not_change_the_result(worker_venv, big, tmp_path):
 class _Recorder(_CancelAfter):
     def __init__(self):
         super().__init__(101)
+
+
+def job_in_middle(executor, raster, model, out, percent):
+    """predict_raster on ``executor`` in a thread, returned once it is ``percent`` % done: (thread, its errors)."""
+    progress = _Recorder()
+    errors: list = []
+
+    def job():
+        try:
+            with executor_scope(executor):
+                predict_raster([raster], model, out, tile_size=32, progress=progress)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while progress.seen < percent and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert 0 < progress.seen < 90, f"the job was not in the middle when the worker was killed ({progress.seen}%)"
+    return thread, errors
 
 
 # --------------------------------------------------------------------------- 4. TLS

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from qgis.core import QgsApplication, QgsSettings
 from qgis.PyQt.QtWidgets import (
-    QAction,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -28,9 +27,10 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from processing_provider.compat import QAction
 from processing_provider.execution import MODES, PREFIX, load_spec, save_spec, store_secret
 
-from ..core.cluster import ClusterSpec, close_local_clusters, open_client, scheduler_address
+from ..core.cluster import ClusterSpec, check_versions, close_local_clusters, open_client, scheduler_address
 from ..core.errors import ForestCarbonError
 
 MODE_LABELS = ("Local cluster (worker processes on this machine)", "Dask scheduler (tcp:// or tls://)",
@@ -115,7 +115,7 @@ class ClusterSettingsDialog(QDialog):
         self.gateway_auth.addItems(GATEWAY_AUTH_LABELS)
         self.gateway_user = QLineEdit()
         self.gateway_secret = QLineEdit()
-        self.gateway_secret.setEchoMode(QLineEdit.Password)
+        self.gateway_secret.setEchoMode(QLineEdit.EchoMode.Password)
         self.gateway_secret.setPlaceholderText("stored in the QGIS authentication database")
         self.gateway_workers = QSpinBox()
         self.gateway_workers.setRange(1, 10_000)
@@ -135,9 +135,16 @@ class ClusterSettingsDialog(QDialog):
         self.timeout.setSuffix(" s")
         self.retries = QSpinBox()
         self.retries.setRange(0, 20)
+        self.worker_wait = QDoubleSpinBox()
+        self.worker_wait.setRange(1, 86_400)
+        self.worker_wait.setDecimals(0)
+        self.worker_wait.setSuffix(" s")
+        self.worker_wait.setToolTip("A job fails, cancelling its tasks, when no worker has been attached for this long "
+                                    "(none there, or all lost).")
         rest.addRow("Job folder", self.job_dir)
         rest.addRow("Connection timeout", self.timeout)
         rest.addRow("Retries per tile", self.retries)
+        rest.addRow("Wait for workers", self.worker_wait)
         layout.addWidget(common)
 
         test_row = QHBoxLayout()
@@ -149,7 +156,7 @@ class ClusterSettingsDialog(QDialog):
         test_row.addWidget(self.status, 1)
         layout.addLayout(test_row)
 
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
@@ -175,6 +182,7 @@ class ClusterSettingsDialog(QDialog):
         self.job_dir.setText(spec.job_dir)
         self.timeout.setValue(spec.timeout)
         self.retries.setValue(spec.retries)
+        self.worker_wait.setValue(spec.worker_wait)
         self._show_mode()
 
     def spec(self) -> ClusterSpec:
@@ -185,7 +193,7 @@ class ClusterSettingsDialog(QDialog):
             gateway_auth=GATEWAY_AUTH[self.gateway_auth.currentIndex()], gateway_user=self.gateway_user.text().strip(),
             gateway_secret=self.gateway_secret.text(), gateway_workers=self.gateway_workers.value(),
             n_workers=self.local_workers.value(), job_dir=self.job_dir.text(), timeout=self.timeout.value(),
-            retries=self.retries.value())
+            retries=self.retries.value(), worker_wait=self.worker_wait.value())
 
     def save(self) -> None:
         spec = self.spec()
@@ -230,6 +238,10 @@ class ClusterSettingsDialog(QDialog):
                 workers = client.scheduler_info(n_workers=-1)["workers"]
                 threads = sum(w.get("nthreads", 0) for w in workers.values())
                 text = f"Connected to {scheduler_address(client)}: {len(workers)} worker(s), {threads} thread(s)."
+                try:  # what a job would refuse, or warn about, said now
+                    text += "".join(f"\nWarning: {w}." for w in check_versions(client))
+                except ForestCarbonError as exc:
+                    text += f"\n{exc}"
             finally:
                 if owned:
                     client.close()
@@ -238,7 +250,7 @@ class ClusterSettingsDialog(QDialog):
 
 
 def open_dialog(parent=None) -> bool:
-    return ClusterSettingsDialog(parent).exec_() == QDialog.Accepted
+    return ClusterSettingsDialog(parent).exec() == QDialog.DialogCode.Accepted
 
 
 def add_menu_action(plugin) -> QAction:

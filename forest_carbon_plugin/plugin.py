@@ -11,7 +11,6 @@ from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
 
 from .core.dependencies import missing_dependencies, missing_message
 from .paths import ICON_SVG
@@ -21,6 +20,8 @@ from .paths import ICON_SVG
 _PLUGIN_DIR = Path(__file__).resolve().parent
 if (_PLUGIN_DIR / "processing_provider").is_dir() and str(_PLUGIN_DIR) not in sys.path:
     sys.path.insert(0, str(_PLUGIN_DIR))
+
+from processing_provider.compat import QAction  # noqa: E402 (found through the path set just above)
 
 MENU = "&Forest Carbon"
 LOG_TAG = "Forest Carbon"
@@ -44,7 +45,7 @@ class ForestCarbonPlugin:
         missing = missing_dependencies()
         if missing:
             self.dependency_message = missing_message(missing)
-            QgsMessageLog.logMessage(self.dependency_message, LOG_TAG, Qgis.Warning)
+            QgsMessageLog.logMessage(self.dependency_message, LOG_TAG, Qgis.MessageLevel.Warning)
 
     # -- Desktop ----------------------------------------------------------------------
     def initGui(self):  # noqa: N802
@@ -59,7 +60,7 @@ class ForestCarbonPlugin:
         self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks
         if self.dependency_message:
             self.iface.messageBar().pushMessage(
-                "Forest Carbon", self.dependency_message, level=Qgis.Warning, duration=0)
+                "Forest Carbon", self.dependency_message, level=Qgis.MessageLevel.Warning, duration=0)
 
     def _add_action(self, text: str, algorithm_id: str) -> QAction:
         action = QAction(QIcon(str(ICON_SVG)), text, self.iface.mainWindow())

@@ -17,9 +17,9 @@ import qgis.core
 from qgis.core import Qgis
 from qgis.PyQt.QtCore import QMetaType, QVariant
 
-try:  # Qt6's home of QAction; QGIS >= 3.40 also re-exports it there for Qt5
+try:  # Qt6 moved QAction to QtGui (QGIS 4's qgis.PyQt.QtWidgets keeps an alias, Qt6's own docs say QtGui)
     from qgis.PyQt.QtGui import QAction
-except ImportError:  # QGIS 3.22 to 3.38 on Qt5: only in QtWidgets
+except ImportError:  # every Qt5 build (3.22 and 3.44 alike): QtWidgets only
     from qgis.PyQt.QtWidgets import QAction
 
 __all__ = ["QAction", "SourceType", "NumberType", "FileBehavior", "FieldDataType", "ParameterFlag",

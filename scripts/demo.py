@@ -235,9 +235,10 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     symbol = carbon.renderer().symbol()
     symbol.setOpacity(1.0)
     from qgis.core import QgsPalLayerSettings, QgsVectorLayerSimpleLabeling
+    from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtGui import QColor
 
-    symbol.symbolLayer(0).setBrushStyle(0)  # Qt.NoBrush: outlines over the map
+    symbol.symbolLayer(0).setBrushStyle(Qt.BrushStyle.NoBrush)  # outlines over the map (PyQt6 takes no int here)
     symbol.symbolLayer(0).setStrokeColor(QColor("black"))
     symbol.symbolLayer(0).setStrokeWidth(0.6)
     labels = QgsPalLayerSettings()

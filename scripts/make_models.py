@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script, scripts/ is on the path but processing_provider's folder is not
+    sys.path.insert(0, str(ROOT))
 MODELS_DIR = ROOT / "resources" / "models"
 ABA = "area_based_approach"
 CHAIN = "forest_carbon_chain"
@@ -36,7 +38,6 @@ CHAIN = "forest_carbon_chain"
 def area_based_approach():
     """The area-based approach as a ``QgsProcessingModelAlgorithm``."""
     from qgis.core import (
-        QgsProcessing,
         QgsProcessingModelAlgorithm,
         QgsProcessingModelChildParameterSource as Source,
         QgsProcessingModelParameter,
@@ -47,6 +48,8 @@ def area_based_approach():
         QgsProcessingParameterNumber,
         QgsProcessingParameterString,
     )
+
+    from processing_provider.compat import FieldDataType, FileBehavior, NumberType, SourceType
 
     model = QgsProcessingModelAlgorithm("Area-based approach (plots → wall-to-wall map)", "Forest Carbon")
     model.setHelpContent({
@@ -64,21 +67,21 @@ def area_based_approach():
         # a folder parameter (QGIS 3.22's file parameter takes files or folders, never both; a folder's value is
         # not checked further, so a path to one LAS/LAZ file can be typed or passed to qgis_process as well)
         QgsProcessingParameterFile("cloud", "Folder of LAS/LAZ tiles (or a LAS/LAZ file)",
-                                   QgsProcessingParameterFile.Folder),
+                                   FileBehavior.Folder),
         QgsProcessingParameterFeatureSource("plots", "Field plots",
-                                            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]),
+                                            [SourceType.VectorPoint, SourceType.VectorPolygon]),
         QgsProcessingParameterField("target_field", "Plot measurement field", parentLayerParameterName="plots",
-                                    type=QgsProcessingParameterField.Numeric),
-        QgsProcessingParameterNumber("radius", "Plot radius for point plots (m)", QgsProcessingParameterNumber.Double,
+                                    type=FieldDataType.Numeric),
+        QgsProcessingParameterNumber("radius", "Plot radius for point plots (m)", NumberType.Double,
                                      defaultValue=11.28, minValue=0.0),
         QgsProcessingParameterString("feature_fields", "Feature fields (comma-separated; empty = all metrics)",
                                      defaultValue="", optional=True),
-        QgsProcessingParameterNumber("resolution", "Map resolution (m)", QgsProcessingParameterNumber.Double,
+        QgsProcessingParameterNumber("resolution", "Map resolution (m)", NumberType.Double,
                                      defaultValue=20.0, minValue=0.0),
         QgsProcessingParameterEnum("model_type", "Model type",
                                    options=["Quantile gradient boosting", "Random forest (mean + residual variance)"],
                                    defaultValue=0),
-        QgsProcessingParameterNumber("coverage", "Interval coverage", QgsProcessingParameterNumber.Double,
+        QgsProcessingParameterNumber("coverage", "Interval coverage", NumberType.Double,
                                      defaultValue=0.9, minValue=0.5, maxValue=0.995),
     ]
     for param in params:
@@ -171,7 +174,6 @@ CHAIN_OUTPUTS = {
 def forest_carbon_chain():
     """The main job, raw LiDAR + imagery + plots → AGB map with uncertainty → project carbon, as a model."""
     from qgis.core import (
-        QgsProcessing,
         QgsProcessingModelAlgorithm,
         QgsProcessingModelChildParameterSource as Source,
         QgsProcessingModelParameter,
@@ -184,6 +186,8 @@ def forest_carbon_chain():
         QgsProcessingParameterVectorLayer,
     )
     from qgis.PyQt.QtCore import QPointF
+
+    from processing_provider.compat import FieldDataType, FileBehavior, NumberType, SourceType
 
     Num = QgsProcessingParameterNumber
     model = QgsProcessingModelAlgorithm("Forest carbon chain (LiDAR + imagery + plots → project carbon)",
@@ -224,31 +228,31 @@ def forest_carbon_chain():
     })
     params = [
         QgsProcessingParameterFile("cloud", "LiDAR: folder of LAS/LAZ tiles (or a LAS/LAZ file)",
-                                   QgsProcessingParameterFile.Folder),
-        QgsProcessingParameterFile("sentinel2", "Sentinel-2 product folder (.SAFE)", QgsProcessingParameterFile.Folder),
-        QgsProcessingParameterFile("landsat", "Landsat scene folder", QgsProcessingParameterFile.Folder),
+                                   FileBehavior.Folder),
+        QgsProcessingParameterFile("sentinel2", "Sentinel-2 product folder (.SAFE)", FileBehavior.Folder),
+        QgsProcessingParameterFile("landsat", "Landsat scene folder", FileBehavior.Folder),
         QgsProcessingParameterRasterLayer("s1_vv", "Sentinel-1 gamma0 VV (linear)"),
         QgsProcessingParameterRasterLayer("s1_vh", "Sentinel-1 gamma0 VH (linear)"),
-        QgsProcessingParameterFeatureSource("plots", "Training plots", [QgsProcessing.TypeVectorPoint]),
+        QgsProcessingParameterFeatureSource("plots", "Training plots", [SourceType.VectorPoint]),
         QgsProcessingParameterField("target_field", "Plot measurement field (AGB, Mg/ha)",
                                     defaultValue="agb_mg_ha", parentLayerParameterName="plots",
-                                    type=QgsProcessingParameterField.Numeric),
-        QgsProcessingParameterVectorLayer("validation_plots", "Validation plots", [QgsProcessing.TypeVectorPoint]),
-        QgsProcessingParameterFeatureSource("projects", "Project polygons", [QgsProcessing.TypeVectorPolygon]),
-        Num("resolution", "Map resolution (m)", Num.Double, defaultValue=30.0, minValue=0.0),
-        Num("chm_resolution", "CHM resolution (m)", Num.Double, defaultValue=1.0, minValue=0.0),
+                                    type=FieldDataType.Numeric),
+        QgsProcessingParameterVectorLayer("validation_plots", "Validation plots", [SourceType.VectorPoint]),
+        QgsProcessingParameterFeatureSource("projects", "Project polygons", [SourceType.VectorPolygon]),
+        Num("resolution", "Map resolution (m)", NumberType.Double, defaultValue=30.0, minValue=0.0),
+        Num("chm_resolution", "CHM resolution (m)", NumberType.Double, defaultValue=1.0, minValue=0.0),
         QgsProcessingParameterEnum("model_type", "Model type",
                                    options=["Quantile gradient boosting", "Random forest (mean + residual variance)"],
                                    defaultValue=1),
-        Num("folds", "Cross-validation folds", Num.Integer, defaultValue=5, minValue=2, maxValue=50),
-        Num("coverage", "Interval coverage / confidence level", Num.Double, defaultValue=0.9, minValue=0.5,
+        Num("folds", "Cross-validation folds", NumberType.Integer, defaultValue=5, minValue=2, maxValue=50),
+        Num("coverage", "Interval coverage / confidence level", NumberType.Double, defaultValue=0.9, minValue=0.5,
             maxValue=0.995),
-        Num("zero_every", "Zero-AGB samples: every n-th grid cell without canopy (0 = none)", Num.Integer,
+        Num("zero_every", "Zero-AGB samples: every n-th grid cell without canopy (0 = none)", NumberType.Integer,
             defaultValue=30, minValue=0),
-        Num("correlation_range", "Error correlation range (m)", Num.Double, defaultValue=300.0, minValue=0.0),
-        Num("root_shoot", "Root-to-shoot ratio", Num.Double, defaultValue=0.0, minValue=0.0),
-        Num("simulations", "Monte Carlo simulations", Num.Integer, defaultValue=1000, minValue=10),
-        Num("seed", "Random seed", Num.Integer, defaultValue=0, minValue=0),
+        Num("correlation_range", "Error correlation range (m)", NumberType.Double, defaultValue=300.0, minValue=0.0),
+        Num("root_shoot", "Root-to-shoot ratio", NumberType.Double, defaultValue=0.0, minValue=0.0),
+        Num("simulations", "Monte Carlo simulations", NumberType.Integer, defaultValue=1000, minValue=10),
+        Num("seed", "Random seed", NumberType.Integer, defaultValue=0, minValue=0),
     ]
     for param in params:
         model.addModelParameter(param, QgsProcessingModelParameter(param.name()))

@@ -3,7 +3,10 @@
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/make_styles.py
 """
 
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: for processing_provider
 
 from qgis.core import (
     QgsApplication,
@@ -17,12 +20,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from processing_provider.compat import ShaderInterpolation
+
 OUT = Path(__file__).resolve().parent.parent / "resources" / "styles"
 
 
 def ramp(stops):
     shader = QgsColorRampShader()
-    shader.setColorRampType(QgsColorRampShader.Interpolated)
+    shader.setColorRampType(ShaderInterpolation.Linear)
     shader.setColorRampItemList([QgsColorRampShader.ColorRampItem(v, QColor(c), f"{v:g}") for v, c in stops])
     raster_shader = QgsRasterShader()
     raster_shader.setRasterShaderFunction(shader)

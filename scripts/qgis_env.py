@@ -47,7 +47,7 @@ def enable_plugin(profile_dir) -> None:
 
     ini = Path(profile_dir) / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True, exist_ok=True)
-    settings = QSettings(str(ini), QSettings.IniFormat)
+    settings = QSettings(str(ini), QSettings.Format.IniFormat)
     settings.setValue(f"PythonPlugins/{PLUGIN}", True)
     settings.sync()
 

@@ -108,7 +108,7 @@ def dock(qgis_iface, qtbot, prediction_layer):
     wait_for_tasks(qtbot)
     dock.setParent(None)
     dock.deleteLater()
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 def wait_for_tasks(qtbot, timeout=20000):
@@ -289,7 +289,7 @@ def test_the_click_tool_reports_the_pixel_rasterio_reads(dock, run, qgis_iface, 
         x, y = X0 + (col + 0.5) * RES, Y0 - (row + 0.5) * RES
         screen = canvas.getCoordinateTransform().transform(QgsPointXY(x, y))
         with qtbot.waitSignal(dock.pixelReported, timeout=5000) as blocker:
-            qtbot.mouseClick(canvas.viewport(), Qt.LeftButton, pos=QPoint(round(screen.x()), round(screen.y())))
+            qtbot.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(round(screen.x()), round(screen.y())))
         report = blocker.args[0]
         assert (report["row"], report["col"]) == (row, col)
         for kind in ("prediction", "std", "lower", "upper"):
@@ -314,7 +314,7 @@ def test_a_click_on_nodata_reports_no_value(dock, qgis_iface, qtbot):
     dock.identify_button.setChecked(True)
     screen = canvas.getCoordinateTransform().transform(QgsPointXY(X0 + (col + 0.5) * RES, Y0 - (row + 0.5) * RES))
     with qtbot.waitSignal(dock.pixelReported, timeout=5000) as blocker:
-        qtbot.mouseClick(canvas.viewport(), Qt.LeftButton, pos=QPoint(round(screen.x()), round(screen.y())))
+        qtbot.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(round(screen.x()), round(screen.y())))
     assert blocker.args[0]["prediction"] is None and blocker.args[0]["relative"] is None
     assert "nodata" in dock.pixel_label.text()
 
@@ -441,10 +441,11 @@ def test_the_plots_export_as_png(dock, tmp_path):
 def test_loading_and_unloading_twice_leaves_nothing_behind(qgis_iface, qgis_processing, qtbot):
     from qgis.core import QgsApplication, QgsProject
     from qgis.PyQt.QtCore import QCoreApplication, QEvent
-    from qgis.PyQt.QtWidgets import QAction, QDockWidget
+    from qgis.PyQt.QtWidgets import QDockWidget
 
     import forest_carbon_plugin
     from forest_carbon_plugin.gui.jobs import manager
+    from processing_provider.compat import QAction
     from forest_carbon_plugin.gui.map_tools import PixelInfoTool
 
     registry = QgsApplication.processingRegistry()
@@ -471,7 +472,7 @@ def test_loading_and_unloading_twice_leaves_nothing_behind(qgis_iface, qgis_proc
         assert [obj.receivers(sig) for obj, sig in signals] != before
 
         plugin.unload()
-        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         assert ours(QDockWidget) == [] and ours(QAction) == []
         assert not isinstance(canvas.mapTool(), PixelInfoTool)
         assert [obj.receivers(sig) for obj, sig in signals] == before
@@ -493,7 +494,7 @@ def test_unload_gives_the_canvas_its_tool_back(qgis_iface, qgis_processing, run,
     assert isinstance(canvas.mapTool(), PixelInfoTool)
     plugin.unload()
     wait_for_tasks(qtbot)
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     assert canvas.mapTool() is None
 
 
@@ -562,7 +563,7 @@ def _screenshot(out: Path) -> None:
                 raise TimeoutError("the dock did not settle")
             loop = QEventLoop()
             QTimer.singleShot(50, loop.quit)
-            loop.exec_()
+            loop.exec()
 
     from forest_carbon_plugin.gui import uncertainty_dock
     from forest_carbon_plugin.gui.uncertainty_dock import UncertaintyDock
@@ -579,8 +580,8 @@ def _screenshot(out: Path) -> None:
     canvas.setDestinationCrs(layer.crs())
     canvas.setLayers([layer])
     dock = UncertaintyDock(iface, window)
-    window.addDockWidget(Qt.RightDockWidgetArea, dock)
-    window.resizeDocks([dock], [430], Qt.Horizontal)
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    window.resizeDocks([dock], [430], Qt.Orientation.Horizontal)
     window.show()
     wait_until(lambda: canvas.isVisible() and canvas.width() > 100)
     canvas.setExtent(QgsRectangle(X0 + 50 * RES, Y0 - 350 * RES, X0 + 450 * RES, Y0 - 50 * RES))
@@ -592,7 +593,7 @@ def _screenshot(out: Path) -> None:
                and QgsApplication.taskManager().countActiveTasks() == 0 and not canvas.isDrawing())
     loop = QEventLoop()
     QTimer.singleShot(500, loop.quit)  # the last paint
-    loop.exec_()
+    loop.exec()
     png = out / "uncertainty_dock.png"
     window.grab().save(str(png), "PNG")
 

@@ -19,9 +19,11 @@ def _model(path):
         QgsProcessingParameterFile,
     )
 
+    from processing_provider.compat import FileBehavior
+
     model = QgsProcessingModelAlgorithm("harmonize_and_composite", "forest")
     for name, label in (("sentinel2", "Sentinel-2 product"), ("landsat", "Landsat product")):
-        model.addModelParameter(QgsProcessingParameterFile(name, label, QgsProcessingParameterFile.Folder),
+        model.addModelParameter(QgsProcessingParameterFile(name, label, FileBehavior.Folder),
                                 QgsProcessingModelParameter(name))
     s2 = QgsProcessingModelChildAlgorithm("forestcarbon:harmonizescene")
     s2.setChildId("harmonize_s2")

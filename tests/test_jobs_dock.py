@@ -46,7 +46,7 @@ def dock(qgis_iface, forestcarbon_provider):
     dock.teardown()
     dock.setParent(None)
     dock.deleteLater()
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     QgsProject.instance().removeAllMapLayers()
 
 
@@ -159,4 +159,4 @@ def test_any_task_registers_with_its_log_and_a_new_dock_lists_the_session(dock, 
         later.teardown()
         later.setParent(None)
         later.deleteLater()
-        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)

@@ -3,10 +3,11 @@
 import configparser
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtWidgets import QAction, QDockWidget
+from qgis.PyQt.QtWidgets import QDockWidget
 
 import forest_carbon_plugin
 from forest_carbon_plugin.paths import ICON_PNG, ICON_SVG, METADATA_FILE
+from processing_provider.compat import QAction
 
 
 def _ours(widgets):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+
+from processing_provider.compat import QAction
 
 from ..paths import ICON_SVG
 
@@ -34,7 +35,7 @@ class DockManager:
 
         if self.uncertainty_dock is None:
             self.uncertainty_dock = UncertaintyDock(self.iface, self.iface.mainWindow())
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.uncertainty_dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.uncertainty_dock)
         self._raise(self.uncertainty_dock)
         return self.uncertainty_dock
 
@@ -43,7 +44,7 @@ class DockManager:
 
         if self.jobs_dock is None:
             self.jobs_dock = JobsDock(self.iface.mainWindow())
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.jobs_dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.jobs_dock)
         self._raise(self.jobs_dock)
         return self.jobs_dock
 

@@ -100,7 +100,7 @@ class Job(QObject):
         self.changed.emit()
 
     def _on_status(self, status: int) -> None:
-        if status == QgsTask.Running and self.status == QUEUED:
+        if status == QgsTask.TaskStatus.Running and self.status == QUEUED:
             self.status = RUNNING
             self.started = time.monotonic()
             self.changed.emit()

@@ -52,7 +52,7 @@ class JobRow(QFrame):
     def __init__(self, job: Job, parent=None):
         super().__init__(parent)
         self.job = job
-        self.setFrameShape(QFrame.StyledPanel)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
         self.name_label = QLabel(f"<b>{job.name}</b>")
         self.status_label = QLabel()
         self.elapsed_label = QLabel()

@@ -20,10 +20,10 @@ class PixelInfoTool(QgsMapTool):
         super().__init__(canvas)
         self.sources = sources
         self.raster_crs = raster_crs
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def canvasReleaseEvent(self, event):  # noqa: N802
-        if event.button() != Qt.LeftButton:
+        if event.button() != Qt.MouseButton.LeftButton:
             return
         point = event.mapPoint()
         canvas_crs = self.canvas().mapSettings().destinationCrs()

@@ -16,7 +16,7 @@ class FunctionTask(QgsTask):
     done = pyqtSignal(object, object, object)
 
     def __init__(self, description: str, function):
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.function = function
         self.result = None
         self.error: BaseException | None = None

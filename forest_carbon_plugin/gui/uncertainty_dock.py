@@ -26,7 +26,6 @@ from qgis.core import (
     QgsApplication,
     QgsCoordinateTransform,
     QgsGeometry,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
 )
@@ -46,6 +45,8 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from processing_provider.compat import LayerFilter
 
 from .connections import Connections
 from .jobs import register_task
@@ -119,7 +120,7 @@ class UncertaintyDock(QDockWidget):
     def _build(self) -> None:
         self.prediction_combo = QgsMapLayerComboBox()
         self.prediction_combo.setObjectName("prediction_combo")
-        self.prediction_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.prediction_combo.setFilters(LayerFilter.RasterLayer)
         self.prediction_combo.setAllowEmptyLayer(True)
         self.prediction_combo.layerChanged.connect(self.set_prediction)
         self.file_widgets = {}
@@ -178,7 +179,7 @@ class UncertaintyDock(QDockWidget):
 
         self.polygon_combo = QgsMapLayerComboBox()
         self.polygon_combo.setObjectName("polygon_combo")
-        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygon_combo.setFilters(LayerFilter.PolygonLayer)
         self.polygon_button = QPushButton("Total of the selected polygons")
         self.polygon_button.clicked.connect(self.total_of_selection)
         self.polygon_label = QLabel()
@@ -199,7 +200,7 @@ class UncertaintyDock(QDockWidget):
         container.setLayout(body)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # labels wrap to the dock's width
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # labels wrap to the dock's width
         scroll.setWidget(container)
         self.setWidget(scroll)
 

@@ -18,7 +18,7 @@ def test_case(qgis_iface, qgis_processing, tmp_path):
         import onnxruntime  # noqa: F401
     plugin = forest_carbon_plugin.classFactory(qgis_iface)
     plugin.initGui()
-    report = {"warnings": qgis_iface.messageBar().get_messages(Qgis.Warning)}
+    report = {"warnings": qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)}
     import processing
 
     model = affine_model(tmp_path / "affine.onnx")

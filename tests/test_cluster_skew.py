@@ -244,10 +244,23 @@ def external_model(tmp_path_factory):
     return target
 
 
-def test_worker_with_affine_3_gives_the_local_result(worker_venv, affine3, features, external_model, tmp_path):
+@pytest.fixture(scope="module")
+def sentinel2(tmp_path_factory):
+    from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
+
+    scene = tmp_path_factory.mktemp("skew_scene") / "scene"
+    manifest = simulate_scene(scene, SceneConfig(size_m=240, seed=4, pulse_density=0.5))
+    return scene / manifest["sentinel2"]["product"]
+
+
+def test_worker_with_affine_3_gives_the_local_result(worker_venv, affine3, features, external_model, sentinel2,
+                                                    tmp_path):
     """affine 3 on the worker, 2.4 here: an Affine pickled by this machine does not load there ('Affine' object has no
     attribute 'a'); the job's tasks travel as plain data, so it runs, with a warning naming affine, and gives the
-    local run's bits. The model keeps its weights in an external data file, which is sent with the job."""
+    local run's bits: predictraster (its grid), and harmonizescene (a product with CRS and transforms). The model keeps
+    its weights in an external data file, which is sent with the job."""
+    from forest_carbon_plugin.core.harmonize import harmonize_scene
+
     from affine import Affine
 
     assert external_data_files(external_model) == ["cnn.weights"]
@@ -269,6 +282,7 @@ def test_worker_with_affine_3_gives_the_local_result(worker_venv, affine3, featu
                     with executor_scope(executor):
                         predict_raster([features["raster"]], external_model, tmp_path / "dask.tif", tile_size=48,
                                        overlap=16)
+                        harmonize_scene(sentinel2, tmp_path / "s2_dask.tif", resolution_m=10)
                     result["ok"] = True
                 except BaseException as exc:  # noqa: BLE001
                     result["error"] = exc
@@ -289,6 +303,11 @@ def test_worker_with_affine_3_gives_the_local_result(worker_venv, affine3, featu
     local, dask = _pixels(tmp_path / "here.tif")[0], _pixels(tmp_path / "dask.tif")[0]
     assert _same_bits(local, dask)
     assert np.isfinite(local).any()
+    harmonize_scene(sentinel2, tmp_path / "s2_here.tif", resolution_m=10)
+    local, dask = _pixels(tmp_path / "s2_here.tif"), _pixels(tmp_path / "s2_dask.tif")
+    assert _same_bits(local[0], dask[0]) and local[1] == dask[1]
+    assert json.loads(dask[2]["FOREST_CARBON_PROVENANCE"])["execution"] == "dask"
+    assert np.isfinite(local[0]).mean() > 0.2  # the rest is cloud and shadow
 
 
 def test_worker_with_another_numpy_minor_is_refused(worker_venv, numpy_other_minor, features, tmp_path,

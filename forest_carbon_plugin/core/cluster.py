@@ -125,24 +125,35 @@ def security(tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
                     require_encryption=True)
 
 
-def _within(seconds: float, func, *args):
+def _within(seconds: float, func, *args, late=None):
     """``func(*args)`` in a daemon thread, abandoned after ``seconds``: returns ``(done, result, error)``. Dask's
     connection code has steps without a timeout (the handshake read); a thread we may leave behind is the one
-    way to give the caller a hard deadline."""
+    way to give the caller a hard deadline. ``late(result)`` disposes of a result that comes after the deadline."""
     box: dict = {}
+    lock = threading.Lock()
 
     def run():
         try:
-            box["result"] = func(*args)
+            result = func(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
+            with lock:
+                box["error"] = exc
+            return
+        with lock:
+            box["result"] = result
+            abandoned = box.get("late", False)
+        if abandoned and late is not None:
+            with contextlib.suppress(Exception):
+                late(result)
 
     thread = threading.Thread(target=run, name="forest-carbon-connect", daemon=True)
     thread.start()
     thread.join(seconds)
-    if thread.is_alive():
-        box["late"] = True
-        return False, None, None
+    with lock:
+        if thread.is_alive() and "result" not in box and "error" not in box:
+            box["late"] = True
+            return False, None, None
+    thread.join()
     return True, box.get("result"), box.get("error")
 
 
@@ -204,7 +215,8 @@ def connect(address: str, security=None, timeout: float = DEFAULT_TIMEOUT):
     probe_scheduler(address, security, timeout)
     started = time.monotonic()
     done, client, error = _within(timeout + 2.0, lambda: Client(address, security=security, timeout=timeout,
-                                                                set_as_default=False, direct_to_workers=False))
+                                                                set_as_default=False, direct_to_workers=False),
+                                  late=lambda c: c.close(timeout=2))
     if not done:
         raise ForestCarbonError(f"Cannot connect to the Dask scheduler at {address}: it answered the handshake but "
                                 f"did not accept the client within {timeout:g} s (overloaded, or another Dask "
@@ -242,9 +254,8 @@ def local_cluster(n_workers: int = 0):
 
         from distributed import Client, LocalCluster
 
-        if not Path(sys.executable or "").name.lower().startswith("python"):
-            # inside QGIS sys.executable is the QGIS binary: spawn workers with QGIS's Python
-            multiprocessing.set_executable(qgis_python_executable())
+        # inside QGIS sys.executable is the QGIS binary or a python3 shim from PATH: spawn QGIS's own Python
+        multiprocessing.set_executable(qgis_python_executable())
         try:
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                    silence_logs=logging.ERROR, host="127.0.0.1")
@@ -613,12 +624,14 @@ def run_tiles(client, func, tiles, progress: Progress | None = None, retries: in
                 now = time.monotonic()
                 if now - last_check >= 1.0:
                     last_check = now
-                    if running_workers(client, timeout=min(5.0, wait)):
+                    threads = running_workers(client, timeout=min(5.0, wait))
+                    if threads:
                         without_workers = None
                     elif without_workers is None:
                         without_workers = now
                     elif now - without_workers >= wait:
-                        raise ForestCarbonError(_no_workers_message(client, wait, done_count, total, label))
+                        raise ForestCarbonError(_no_workers_message(client, wait, done_count, total, label,
+                                                                    answered=threads is not None))
                 continue
             without_workers = None
             while True:
@@ -643,8 +656,12 @@ def run_tiles(client, func, tiles, progress: Progress | None = None, retries: in
         raise
 
 
-def _no_workers_message(client, wait, done, total, label) -> str:
+def _no_workers_message(client, wait, done, total, label, answered=True) -> str:
     address = scheduler_address(client)
+    if not answered:
+        return (f"The job stopped: the Dask scheduler at {address} has not answered for {wait:g} s ({done} of {total} "
+                f"{label}s done; nothing was written). Check that the scheduler still runs and that this machine "
+                "can reach it, then run the job again.")
     return (f"The job stopped: no Dask worker has been attached to the scheduler at {address} for {wait:g} s "
             f"({done} of {total} {label}s done; the rest were cancelled, nothing was written). Workers that were "
             f"there and dropped off usually crashed or ran out of memory, or run other package versions than this "

@@ -287,8 +287,8 @@ def _safe_outputs(process):
                     if feedback is not None and feedback.isCanceled():
                         raise QgsProcessingException(self.tr("Cancelled: no output was written."))
                 except BaseException as exc:
-                    # the run's frames hold its open outputs (a GeoPackage sink): close them before the
-                    # files are removed, or they come back as journals when the frames go
+                    # the traceback's frames hold the run's open outputs (a GeoPackage sink): let them
+                    # close before their files are removed
                     traceback.clear_frames(exc.__traceback__)
                     raise
             return results

@@ -308,6 +308,10 @@ def _later_failure(algorithm, t, o):
         params = {"INPUT": laz(t), "OUTPUT_HTML": str(o / "i.html"), "OUTPUT_JSON": str(o / "i.json"),
                   "OUTPUT_FOOTPRINTS": str(o / "f.gpx")}
         old = ["i.html", "i.json"]
+    elif algorithm == "treetops":  # the tops' GeoPackage is written and open when the crowns' GPX fails
+        params = {"INPUT": laz(t), "OUTPUT": str(o / "t.gpkg"), "OUTPUT_CROWNS": str(o / "crowns.gpx"),
+                  "MAX_WORKERS": 1}
+        old = ["t.gpkg"]
     else:  # harmonizehighres: GPX holds no table: the table fails after the image
         params = {"INPUT": refl(t, "image.tif"), "REFERENCE": refl(t, "reference.tif", seed=3),
                   "OUTPUT": str(o / "h.tif"), "OUTPUT_TABLE": str(o / "h_table.gpx")}
@@ -318,7 +322,7 @@ def _later_failure(algorithm, t, o):
 
 
 CAUSES = {"trainmodel": "r.json' (Is a directory)", "carbonstock": "already has the field(s) co2e_total_t",
-          "lidarinfo": "f.gpx", "harmonizehighres": "h_table.gpx"}
+          "lidarinfo": "f.gpx", "harmonizehighres": "h_table.gpx", "treetops": "crowns.gpx"}
 
 
 @pytest.mark.parametrize("algorithm", sorted(CAUSES))

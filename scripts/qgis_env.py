@@ -62,10 +62,7 @@ def environment(config_dir, python_path: bool = True) -> dict:
     env["QGIS_CUSTOM_CONFIG_PATH"] = str(config_dir)
     env["QT_QPA_PLATFORM"] = "offscreen"
     env.setdefault("PROJ_DATA", "/usr/share/proj")
-    # QGIS embeds the system Python; a pyenv/conda python3 first on PATH makes that embedded
-    # interpreter take the other installation's standard library (and its spawned workers with it)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and ".pyenv" not in p and "conda" not in p)
+    # PATH is left as the user has it (pyenv, conda or venv shims first included): QGIS must cope
     runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env["XDG_RUNTIME_DIR"] = str(runtime)

@@ -9,23 +9,20 @@ by one tile plus the edge strips. Tiles run in worker processes (``max_workers``
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, TimeoutError
-from concurrent.futures.process import BrokenProcessPool
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .catalog import Catalog, open_catalog, read_tile, restrict
-from .dependencies import qgis_python_executable
-from .errors import Cancelled, ForestCarbonError
+from .errors import ForestCarbonError
 from .grid import Grid
 from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
 from .outputs import provenance as make_provenance
 from .progress import NullProgress, Progress, check_cancel
 from .raster import write_raster
-from .tilemap import current_executor
+from .tilemap import current_executor, map_tiles
 
 NODATA = -9999.0
 NORMALIZE_MODES = ("auto", "always", "never")
@@ -108,59 +105,19 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
         _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, grid.res)
         progress.set_progress(100.0 * (i + 1) / len(tasks))
 
-    executor = current_executor()
-    if executor is not None:  # a Dask cluster: the same tile tasks, collected in tile order
-        for i, result in enumerate(executor.map(_tile_task, tasks, progress, 100.0, kwargs={"threads": False})):
-            collect(i, result)
-    elif max_workers <= 1 or len(tasks) == 1:
+    if current_executor() is None and (max_workers <= 1 or len(tasks) == 1):
         # MAX_WORKERS bounds the cores: one worker decodes single-threaded too
         for i, task in enumerate(tasks):
             check_cancel(progress)
             collect(i, _tile_task(*task, threads=max_workers > 1))
-    else:
-        with ProcessPoolExecutor(max_workers=max_workers, mp_context=_spawn_context()) as pool:
-            # one worker per core, each decoding single-threaded
-            futures = [pool.submit(_tile_task, *task, threads=False) for task in tasks]
-            try:
-                for i, future in enumerate(futures):
-                    while True:
-                        try:
-                            result = future.result(timeout=0.2)
-                            break
-                        except TimeoutError:
-                            if progress.is_canceled():
-                                raise Cancelled()
-                    collect(i, result)
-            except BrokenProcessPool as exc:
-                _terminate(pool)
-                raise ForestCarbonError(
-                    f"A worker process stopped unexpectedly ({exc}). Run again with MAX_WORKERS = 1; if that "
-                    "fails too, the message will name the problem.") from exc
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                _terminate(pool)
-                raise
+    else:  # worker processes or a Dask cluster: one per core, each decoding single-threaded
+        with contextlib.closing(map_tiles(_tile_task, tasks, max_workers, progress, 100.0,
+                                          kwargs={"threads": False})) as results:
+            for i, result in enumerate(results):
+                collect(i, result)
     if pending and any(len(p["cell"]) for p in pending):  # cannot happen: every cell's tiles were read
         raise ForestCarbonError("Internal error: some edge cells were never completed.")
     return out
-
-
-def _spawn_context():
-    """Worker processes started fresh, with the Python QGIS runs (not the QGIS binary)."""
-    ctx = multiprocessing.get_context("spawn")
-    ctx.set_executable(qgis_python_executable())
-    return ctx
-
-
-def _terminate(pool):
-    """Stop the workers now (a cancelled run must not keep decoding) and reap them."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    for process in processes:
-        process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.join(timeout=5)
 
 
 def _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, res):

@@ -10,6 +10,7 @@ the exact pip command.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -67,33 +68,62 @@ def missing_dependencies(modules=None) -> list[Dependency]:
 def qgis_python_executable() -> str:
     """The Python interpreter of the running QGIS (or of this process outside QGIS).
 
-    Inside QGIS ``sys.executable`` is the QGIS binary itself on Linux and macOS, so the
-    interpreter is looked up beside ``sys.exec_prefix`` instead.
+    The interpreter found by :func:`matching_python`; when none is found, the name it would have
+    (for messages such as the pip command).
     """
-    exe = Path(sys.executable or "")
-    if exe.name.lower().startswith("python"):
-        return str(exe)
+    return matching_python() or f"python{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+@functools.lru_cache(maxsize=None)
+def matching_python() -> str | None:
+    """An interpreter that runs exactly this process's Python (version and standard library), or None.
+
+    ``sys.executable`` cannot be trusted: inside QGIS it is the QGIS binary, or whatever ``python3``
+    comes first on PATH (a pyenv/conda/venv shim: the embedded interpreter finds its program name
+    there), which would load QGIS's compiled packages into another Python. So every candidate is
+    started once and must report this process's ``sys.hexversion`` and standard-library folder.
+    """
     major, minor = sys.version_info[:2]
-    # the interpreter whose standard library this process runs (os.py sits in <prefix>/lib/pythonX.Y):
-    # sys.exec_prefix of an embedded Python can point at another installation found on PATH
-    stdlib_prefix = Path(os.__file__).resolve().parents[2]
-    candidates = []
+    # the interpreter whose standard library this process runs (os.py sits in <prefix>/lib/pythonX.Y)
+    stdlib = Path(os.__file__).resolve().parent
+    stdlib_prefix = stdlib.parents[1]
+    candidates = [Path(sys.executable or ""), Path(getattr(sys, "_base_executable", "") or "")]
     qgis_module = sys.modules.get("qgis")
     if qgis_module is not None and str(getattr(qgis_module, "__file__", "")).startswith("/usr/lib/python3/"):
-        # a distribution's QGIS (Debian, Ubuntu, Fedora) runs the distribution's Python, whatever
-        # else PATH offers (pyenv, conda) to the embedded interpreter's path search
+        # a distribution's QGIS (Debian, Ubuntu, Fedora) runs the distribution's Python
         candidates.append(Path("/usr/bin") / f"python{major}.{minor}")
-    candidates += [
-        stdlib_prefix / "bin" / f"python{major}.{minor}",
-        Path(sys.exec_prefix) / "python.exe",  # OSGeo4W / standalone Windows installer
-        Path(sys.exec_prefix) / "bin" / f"python{major}.{minor}",  # Linux, macOS bundle
-        Path(sys.exec_prefix) / "bin" / f"python{major}",
-        Path(sys.exec_prefix) / "bin" / "python3",
-    ]
+    for prefix in dict.fromkeys((stdlib_prefix, Path(sys.base_exec_prefix), Path(sys.exec_prefix))):
+        candidates += [
+            prefix / "bin" / f"python{major}.{minor}",  # Linux, macOS bundle
+            prefix / "bin" / f"python{major}",
+            prefix / "bin" / "python3",
+            prefix / "python.exe",  # OSGeo4W / standalone Windows installer
+        ]
+    seen = set()
     for candidate in candidates:
-        if candidate.exists():
+        if not candidate.name.lower().startswith("python") or candidate in seen or not candidate.is_file():
+            continue
+        seen.add(candidate)
+        if _runs_this_python(str(candidate), stdlib):
             return str(candidate)
-    return f"python{major}.{minor}"
+    return None
+
+
+_PROBE = "import os, sys; print(sys.hexversion); print(os.path.dirname(os.path.realpath(os.__file__)))"
+
+
+def _runs_this_python(executable: str, stdlib: Path) -> bool:
+    import subprocess
+
+    try:
+        # -I -S: neither PYTHON* variables nor site-packages may change what the candidate reports
+        proc = subprocess.run([executable, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except (OSError, subprocess.SubprocessError):
+        return False
+    lines = proc.stdout.split("\n")
+    return proc.returncode == 0 and len(lines) >= 2 and lines[0].strip() == str(sys.hexversion) \
+        and Path(lines[1].strip()) == stdlib
 
 
 def pip_command(deps) -> str:

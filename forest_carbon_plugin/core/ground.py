@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,8 +189,9 @@ def classify_ground(source, output, method: str = "smrf", params=None, crs: str 
     buffer = (params.window_m if method == "smrf" else 5.0) + 10.0
     total = ground_total = 0
     args = [(catalog, i, buffer, method, params) for i in range(len(catalog.tiles))]
-    with atomic_output(output) as tmp, LasWriter(laspy, tmp) as writer:
-        for i, ground in enumerate(map_tiles(_ground_task, args, max_workers, progress, share=100.0)):
+    with atomic_output(output) as tmp, LasWriter(laspy, tmp) as writer, \
+            contextlib.closing(map_tiles(_ground_task, args, max_workers, progress, share=100.0)) as flags:
+        for i, ground in enumerate(flags):
             tile = catalog.tiles[i]
             las = read_las(tile.path)
             cls = np.asarray(las.classification).copy()

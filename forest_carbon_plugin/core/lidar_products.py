@@ -8,6 +8,7 @@ cells (or tops) that belong to it. Results near tile edges equal those of a merg
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,17 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
     tiles = catalog.tiles
     if method == "p2r":
         args = [(tile.path, grid, subcircle, full.bounds) for tile in tiles]
-        for r0, r1, c0, c1, part in map_tiles(_p2r_task, args, max_workers, progress):
-            chm[r0:r1, c0:c1] = np.fmax(chm[r0:r1, c0:c1], part)
+        with contextlib.closing(map_tiles(_p2r_task, args, max_workers, progress)) as parts:
+            for r0, r1, c0, c1, part in parts:
+                chm[r0:r1, c0:c1] = np.fmax(chm[r0:r1, c0:c1], part)
     else:
         owner = cell_owner(catalog, grid)
         buffer = max(5.0, 10 * res) + subcircle
         args = [(catalog, i, grid, subcircle, buffer) for i in range(len(tiles))]
-        for i, (r0, r1, c0, c1, part) in enumerate(map_tiles(_pitfree_task, args, max_workers, progress)):
-            mine = owner[r0:r1, c0:c1] == i
-            chm[r0:r1, c0:c1][mine] = part[mine]
+        with contextlib.closing(map_tiles(_pitfree_task, args, max_workers, progress)) as parts:
+            for i, (r0, r1, c0, c1, part) in enumerate(parts):
+                mine = owner[r0:r1, c0:c1] == i
+                chm[r0:r1, c0:c1][mine] = part[mine]
     if fill_empty:
         chm = fill_empty_cells(chm, grid)
     check_cancel(progress)
@@ -138,12 +141,15 @@ def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: fl
     return result, catalog.crs
 
 
-def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5, params=None):
+def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5, params=None,
+                progress: Progress | None = None, max_workers: int = 1):
     """Crown polygons grown from ``tops`` on the CHM (the input raster, or a p2r CHM of the
     cloud at ``res`` with a 0.15 m subcircle, as lidR's examples). Returns a list of
-    (top index, polygon, area m², crown diameter m, height m)."""
+    (top index, polygon, area m², crown diameter m, height m). Progress 0-100 % over the CHM
+    (tiles in ``max_workers`` processes), the growth and the polygons."""
     from .crowns import Dalponte, crown_polygons, grow_crowns
 
+    progress = progress or NullProgress()
     path = Path(source)
     if path.is_file() and path.suffix.lower() not in (".las", ".laz"):
         import rasterio
@@ -156,9 +162,10 @@ def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5
         catalog = open_catalog(source, crs)
         grid = Grid.covering(*catalog.bounds, res)
         chm = np.full(grid.shape, np.nan)
-        for tile in catalog.tiles:
-            pts = read_tile(tile.path, ("x", "y", "z"))
-            chm = np.fmax(chm, p2r(pts["x"], pts["y"], pts["z"], grid, 0.15))
+        args = [(tile.path, grid, 0.15, catalog.bounds) for tile in catalog.tiles]
+        with contextlib.closing(map_tiles(_p2r_task, args, max_workers, progress, share=20.0)) as parts:
+            for r0, r1, c0, c1, part in parts:
+                chm[r0:r1, c0:c1] = np.fmax(chm[r0:r1, c0:c1], part)
         transform = grid.transform
         cell = res
     if params is None:
@@ -167,5 +174,7 @@ def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5
     cols = np.floor((tops.x - transform.c) / transform.a).astype(np.int64)
     rows = np.clip(rows, 0, chm.shape[0] - 1)
     cols = np.clip(cols, 0, chm.shape[1] - 1)
-    labels = grow_crowns(chm, rows, cols, params)
-    return crown_polygons(labels, transform, chm)
+    labels = grow_crowns(chm, rows, cols, params, progress, share=(20.0, 75.0))
+    crowns = crown_polygons(labels, transform, chm, progress, share=(75.0, 100.0))
+    progress.set_progress(100.0)
+    return crowns

@@ -11,6 +11,7 @@ Catalog tiles are processed with a 30 m buffer of ground returns from their neig
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .dependencies import require
 from .errors import ForestCarbonError
 from .grid import Grid
 from .outputs import atomic_output, provenance as make_provenance
-from .progress import NullProgress, Progress
+from .progress import NullProgress, Progress, check_cancel
 from .raster import write_raster
 from .tin import interpolate, locate
 
@@ -115,33 +116,37 @@ def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs:
     record = make_provenance("forestcarbon:normalizeheight", parameters or {"DTM_RESOLUTION": dtm_res},
                              inputs=[t.path for t in catalog.tiles])
     total = 0
-    with atomic_output(output) as tmp, LasWriter(laspy, tmp, z_offset=0.0) as writer:
-        args = [(catalog, i) for i in range(len(catalog.tiles))]
-        for i, surface in enumerate(map_tiles(_surface_task, args, max_workers, progress, share=100.0)):
-            tile = catalog.tiles[i]
-            las = read_las(tile.path)
-            ground_z = surface(np.asarray(las.x), np.asarray(las.y))
-            if np.isnan(ground_z).any():
-                bad = int(np.isnan(ground_z).sum())
-                raise ForestCarbonError(
-                    f"{bad:,} points of '{Path(tile.path).name}' are more than {IDW_RMAX:g} m from any ground "
-                    "point and cannot be normalized: classify more ground (forestcarbon:classifyground) or "
-                    "clip the cloud.")
-            z = np.asarray(las.z, dtype=np.float64)
-            height = z - ground_z
-            height[np.isin(np.asarray(las.classification), GROUND_CLASSES)] = 0.0
-            if "Zref" not in las.point_format.dimension_names:
-                las.add_extra_dim(laspy.ExtraBytesParams(name="Zref", type=np.float64,
-                                                         description="Z before normalization"))
-            las.Zref = z
-            las.z = height
-            writer.write(las)
-            total += len(las.points)
-            if dtm is not None:
-                mine = owner == i
-                cx, cy = grid.centres()
-                dtm[mine] = surface(cx[mine], cy[mine])
-    if dtm is not None:
-        write_raster(output_dtm, np.where(np.isfinite(dtm), dtm, NODATA).astype(np.float32), grid.transform,
-                     catalog.crs, nodata=NODATA, descriptions=["elevation_m"], provenance=record)
+    args = [(catalog, i) for i in range(len(catalog.tiles))]
+    centres = grid.centres() if grid is not None else None
+    with atomic_output(output) as tmp:
+        with LasWriter(laspy, tmp, z_offset=0.0) as writer, \
+                contextlib.closing(map_tiles(_surface_task, args, max_workers, progress, share=100.0)) as surfaces:
+            for i, surface in enumerate(surfaces):
+                tile = catalog.tiles[i]
+                las = read_las(tile.path)
+                ground_z = surface(np.asarray(las.x), np.asarray(las.y))
+                if np.isnan(ground_z).any():
+                    bad = int(np.isnan(ground_z).sum())
+                    raise ForestCarbonError(
+                        f"{bad:,} points of '{Path(tile.path).name}' are more than {IDW_RMAX:g} m from any ground "
+                        "point and cannot be normalized: classify more ground (forestcarbon:classifyground) or "
+                        "clip the cloud.")
+                z = np.asarray(las.z, dtype=np.float64)
+                height = z - ground_z
+                height[np.isin(np.asarray(las.classification), GROUND_CLASSES)] = 0.0
+                if "Zref" not in las.point_format.dimension_names:
+                    las.add_extra_dim(laspy.ExtraBytesParams(name="Zref", type=np.float64,
+                                                             description="Z before normalization"))
+                las.Zref = z
+                las.z = height
+                writer.write(las)
+                total += len(las.points)
+                if dtm is not None:
+                    mine = owner == i
+                    dtm[mine] = surface(centres[0][mine], centres[1][mine])
+        check_cancel(progress)
+        if dtm is not None:
+            # written before the cloud is moved into place: a failure or cancel leaves neither
+            write_raster(output_dtm, np.where(np.isfinite(dtm), dtm, NODATA).astype(np.float32), grid.transform,
+                         catalog.crs, nodata=NODATA, descriptions=["elevation_m"], provenance=record)
     return {"points": total, "tiles": len(catalog.tiles)}

@@ -10,6 +10,7 @@ tile as in ``canopymetrics`` (``NORMALIZE``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from .canopy_metrics import NORMALIZE_MODES, _looks_normalized, _normalized
 from .catalog import open_catalog, read_tile
 from .errors import ForestCarbonError
 from .metrics import cover_and_density, metric_names, stdmetrics_z
-from .progress import NullProgress, Progress, check_cancel
+from .progress import NullProgress, Progress
+from .tilemap import map_tiles
 
 # the field with each plot's area (m², in the cloud's CRS) that plotmetrics adds beside the metrics
 AREA_FIELD = "plot_area_m2"
@@ -103,6 +105,24 @@ def _on_boundary(x, y, ring) -> np.ndarray:
     return out
 
 
+def _plots_in_tile(catalog, i, near, normalize):
+    """(plot index, height, first return) of tile ``i``'s points inside ``near`` ((index, plot, box) triples)."""
+    tile = catalog.tiles[i]
+    pts = read_tile(tile.path, ("x", "y", "z", "return_number", "classification"))
+    z = pts["z"]
+    if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):
+        z = _normalized(catalog, i, pts, Path(tile.path).name)
+    cell, height, first = [], [], []
+    for k, plot, box in near:
+        inside = (pts["x"] >= box[0]) & (pts["x"] <= box[2]) & (pts["y"] >= box[1]) & (pts["y"] <= box[3])
+        idx = np.flatnonzero(inside)
+        idx = idx[plot.contains(pts["x"][idx], pts["y"][idx])]
+        cell.append(np.full(len(idx), k, dtype=np.int64))
+        height.append(z[idx])
+        first.append(pts["return_number"][idx] == 1)
+    return np.concatenate(cell), np.concatenate(height), np.concatenate(first)
+
+
 @dataclass
 class PlotMetricsResult:
     names: list  # metric names (canopymetrics' band names, without intensity)
@@ -112,8 +132,8 @@ class PlotMetricsResult:
 
 
 def plot_metrics(source, plots: list, height_break: float = 2.0, normalize: str = "auto", crs: str | None = None,
-                 progress: Progress | None = None) -> PlotMetricsResult:
-    """Metrics of the points inside each plot (in the cloud's CRS)."""
+                 progress: Progress | None = None, max_workers: int = 1) -> PlotMetricsResult:
+    """Metrics of the points inside each plot (in the cloud's CRS); tiles in ``max_workers`` processes."""
     progress = progress or NullProgress()
     if normalize not in NORMALIZE_MODES:
         raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
@@ -124,27 +144,25 @@ def plot_metrics(source, plots: list, height_break: float = 2.0, normalize: str 
     catalog = open_catalog(source, crs)
     names = metric_names(False)
     boxes = [plot.bounds if plot is not None else None for plot in plots]
+    tasks = []
+    for i, t in enumerate(catalog.tiles):
+        near = [(k, plot, box) for k, (plot, box) in enumerate(zip(plots, boxes))
+                if box is not None and box[0] <= t.maxx and box[2] >= t.minx and box[1] <= t.maxy and box[3] >= t.miny]
+        if near:
+            tasks.append((catalog, i, near, normalize))
+    if all(b is None for b in boxes):
+        raise ForestCarbonError(f"The plot layer has no plot with a geometry ({len(plots)} features): give a layer "
+                                "of plot centres (points) or plot polygons.")
+    if not tasks:
+        x0, y0, x1, y1 = catalog.bounds
+        raise ForestCarbonError(
+            f"None of the {len(plots)} plots overlaps the point cloud ({x0:.1f}, {y0:.1f}) – ({x1:.1f}, {y1:.1f}): "
+            "check that the plots and the cloud cover the same area and that both have the right CRS.")
     gathered = {k: [] for k in ("cell", "z", "first")}
-    touching = [i for i, t in enumerate(catalog.tiles)
-                if any(b is not None and b[0] <= t.maxx and b[2] >= t.minx and b[1] <= t.maxy and b[3] >= t.miny
-                       for b in boxes)]
-    for step, i in enumerate(touching):
-        check_cancel(progress)
-        tile = catalog.tiles[i]
-        pts = read_tile(tile.path, ("x", "y", "z", "return_number", "classification"))
-        z = pts["z"]
-        if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):
-            z = _normalized(catalog, i, pts, Path(tile.path).name)
-        for k, (plot, box) in enumerate(zip(plots, boxes)):
-            if box is None or box[0] > tile.maxx or box[2] < tile.minx or box[1] > tile.maxy or box[3] < tile.miny:
-                continue
-            near = (pts["x"] >= box[0]) & (pts["x"] <= box[2]) & (pts["y"] >= box[1]) & (pts["y"] <= box[3])
-            idx = np.flatnonzero(near)
-            idx = idx[plot.contains(pts["x"][idx], pts["y"][idx])]
-            gathered["cell"].append(np.full(len(idx), k, dtype=np.int64))
-            gathered["z"].append(z[idx])
-            gathered["first"].append(pts["return_number"][idx] == 1)
-        progress.set_progress(100.0 * (step + 1) / max(1, len(touching)))
+    with contextlib.closing(map_tiles(_plots_in_tile, tasks, max_workers, progress, share=100.0)) as parts:
+        for part in parts:
+            for key, values in zip(("cell", "z", "first"), part):
+                gathered[key].append(values)
     n_plots = len(plots)
     values = np.full((n_plots, len(names)), np.nan)
     if gathered["cell"]:

@@ -343,7 +343,10 @@ def output_targets(alg, parameters, context):
                     f"{name} '{path}' is the input {in_name} ('{in_path}'): the output would overwrite it. "
                     "Give the output another file name."))
             if os.path.isdir(in_path) and _is_inside(key, in_key):
-                if os.path.lexists(path) and not os.path.isdir(path):
+                # of a folder of tiles only the LAS/LAZ files are read; of another folder (a product, a
+                # scene) any file may be
+                tiles = _is_catalog(in_path)
+                if os.path.isfile(path) and not (tiles and not path.lower().endswith(_CATALOG_SUFFIXES)):
                     raise QgsProcessingException(alg.tr(
                         f"{name} '{path}' is a file inside the input folder {in_name} ('{in_path}'): the output "
                         "would overwrite it. Write the output elsewhere."))
@@ -418,6 +421,13 @@ def _destination_path(param, value, context):
     if ":" in value and len(head) > 1 and "/" not in head and "\\" not in head:
         return None  # "memory:", "ogr:dbname=…", "postgis:…": not a plain file
     return os.path.abspath(os.path.expanduser(value.split("|")[0]))
+
+
+def _is_catalog(folder: str) -> bool:
+    try:
+        return any(name.lower().endswith(_CATALOG_SUFFIXES) for name in os.listdir(folder))
+    except OSError:
+        return False
 
 
 def _key(path: str) -> str:

@@ -268,6 +268,21 @@ def test_the_same_file_by_another_name_is_refused(how, tmp_path, forestcarbon_pr
     assert _snapshot(tmp_path) == before
 
 
+def test_an_earlier_raster_inside_the_folder_of_tiles_may_be_replaced(tmp_path, forestcarbon_provider):
+    """Only the LAS/LAZ files of a folder of tiles are read: a raster of an earlier run there is not an input."""
+    import processing
+    import rasterio
+
+    folder = catalog(tmp_path)
+    earlier = Path(folder) / "chm.tif"
+    earlier.write_bytes(OLD)
+    processing.run("forestcarbon:canopyheightmodel", {"INPUT": folder, "RESOLUTION": 2, "OUTPUT": str(earlier),
+                                                      "MAX_WORKERS": 1})
+    with rasterio.open(earlier) as src:
+        assert src.read(1).shape == (40, 40)  # the sample covers 80 m x 80 m
+    assert sorted(p.name for p in Path(folder).iterdir()) == ["chm.tif", "tile_a.laz", "tile_b.laz"]
+
+
 @pytest.mark.parametrize("algorithm,parameters,names", [
     ("lidarinfo", lambda t: {"INPUT": laz(t / "in"), "OUTPUT_HTML": str(t / "out" / "r"),
                              "OUTPUT_JSON": str(t / "out" / "r.html"), "OUTPUT_FOOTPRINTS": str(t / "out" / "f.gpkg")},

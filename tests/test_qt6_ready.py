@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import enum
+import functools
 import importlib
 import json
 import os
@@ -58,6 +59,16 @@ def _is_enum_member(obj) -> bool:
     return isinstance(obj, enum.Enum) or _is_enum_class(type(obj))
 
 
+@functools.lru_cache(maxsize=None)
+def _unscoped_member(owner: type, attr: str):
+    """The enum value ``owner.attr`` names without its enum, or None."""
+    value = getattr(owner, attr, None)
+    if value is None and attr[:1].isupper():  # PyQt6 has no unscoped alias: look in the nested enums
+        nested = (getattr(owner, n, None) for n in dir(owner) if n[:1].isupper())
+        value = next((getattr(e, attr) for e in nested if _is_enum_class(e) and hasattr(e, attr)), None)
+    return value if value is not None and _is_enum_member(value) else None
+
+
 def _qt_module(name: str):
     try:
         return importlib.import_module(name)
@@ -71,8 +82,8 @@ class _ClassTable:
     def __init__(self):
         self.classes: dict[str, list[tuple[ast.ClassDef, dict]]] = {}
 
-    def add(self, tree: ast.Module, imports: dict):
-        for node in ast.walk(tree):
+    def add(self, nodes: list, imports: dict):
+        for node in nodes:
             if isinstance(node, ast.ClassDef):
                 self.classes.setdefault(node.name, []).append((node, imports))
 
@@ -83,13 +94,13 @@ class _Scanner(ast.NodeVisitor):
         self.imports = imports
         self.table = table
         self.findings: list[tuple[int, str]] = []
-        self.class_stack: list[ast.ClassDef] = []
+        self.class_stack: list[tuple[list, set]] = []  # (QGIS bases, names our classes define)
         self.compat = rel == COMPAT
         self.aliases: dict[str, type] = {}
 
-    def collect_aliases(self, tree: ast.Module):
+    def collect_aliases(self, nodes: list):
         """``Num = QgsProcessingParameterNumber`` makes ``Num.Double`` a QGIS enum access too."""
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
                     and isinstance(node.value, (ast.Name, ast.Attribute)):
                 resolved = self._resolve(node.value)
@@ -142,7 +153,7 @@ class _Scanner(ast.NodeVisitor):
 
     # -- visitors --------------------------------------------------------------------------------
     def visit_ClassDef(self, node):
-        self.class_stack.append(node)
+        self.class_stack.append(self._qgis_bases(node, self.imports))
         self.generic_visit(node)
         self.class_stack.pop()
 
@@ -208,7 +219,7 @@ class _Scanner(ast.NodeVisitor):
             self._report(node, "exec_(): call exec() (Qt6 has no exec_)")
         owner_node = node.value
         if isinstance(owner_node, ast.Name) and owner_node.id in ("self", "cls") and self.class_stack:
-            bases, defined = self._qgis_bases(self.class_stack[-1], self.imports)
+            bases, defined = self.class_stack[-1]
             if attr not in defined:
                 for base in bases:
                     value = getattr(base, attr, None)
@@ -234,8 +245,8 @@ class _Scanner(ast.NodeVisitor):
             self._report(node, f"{owner_name} moved to {MOVED_CLASSES[owner_name]}: "
                                "take it from processing_provider.compat")
         elif isinstance(owner, type) and not _is_enum_class(owner):
-            value = getattr(owner, attr, None)
-            if value is not None and _is_enum_member(value):
+            value = _unscoped_member(owner, attr)
+            if value is not None:
                 enum_name = type(value).__name__
                 moved = MOVED.get((owner_name, enum_name))
                 self._report(node, f"{owner_name}.{attr} is an unscoped enum member (Qt5 only): "
@@ -246,10 +257,10 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def _imports(tree: ast.Module) -> dict:
+def _imports(nodes: list) -> dict:
     """Local name -> (module, attribute or None) for every qgis import of a file."""
     found = {}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "qgis" \
                 and node.level == 0:
             for alias in node.names:
@@ -271,12 +282,13 @@ def scan_sources(sources: dict[str, str]) -> list[str]:
     table = _ClassTable()
     for rel, text in sources.items():
         tree = ast.parse(text, filename=rel)
-        trees[rel] = (tree, _imports(tree))
-        table.add(tree, trees[rel][1])
+        nodes = list(ast.walk(tree))  # one walk serves the imports, the class table and the aliases
+        trees[rel] = (tree, nodes, _imports(nodes))
+        table.add(nodes, trees[rel][2])
     findings = []
-    for rel, (tree, imports) in trees.items():
+    for rel, (tree, nodes, imports) in trees.items():
         scanner = _Scanner(rel, imports, table)
-        scanner.collect_aliases(tree)
+        scanner.collect_aliases(nodes)
         scanner.visit(tree)
         findings += [f"{rel}:{line}: {message}" for line, message in sorted(set(scanner.findings))]
     return findings
@@ -412,15 +424,14 @@ def test_compat_gives_what_the_running_qgis_takes(qgis_app, recwarn):
     source = QgsProcessingParameterFeatureSource("S", "s", [compat.SourceType.VectorPoint], optional=True)
     assert source.dataTypes() == [compat.SourceType.VectorPoint]
     assert source.flags() & compat.ParameterFlag.Optional
-    # field types: QMetaType where QgsField takes it (3.38+), QVariant before; the same type either way
+    # field types: QMetaType where QgsField takes it (3.38+), QVariant before; the field gets the same type
+    # either way (the ids are Qt's documented QMetaType::Type values)
     metatype = Qgis.QGIS_VERSION_INT >= 33800
-    for name, kind, qt_name in (("Double", compat.FieldType.Double, "double"),
-                                ("String", compat.FieldType.String, "QString"),
-                                ("Int", compat.FieldType.Int, "int"),
-                                ("LongLong", compat.FieldType.LongLong, "qlonglong"),
-                                ("DateTime", compat.FieldType.DateTime, "QDateTime")):
+    for name, kind, qt_id in (("Double", compat.FieldType.Double, 6), ("String", compat.FieldType.String, 10),
+                              ("Int", compat.FieldType.Int, 2), ("LongLong", compat.FieldType.LongLong, 4),
+                              ("DateTime", compat.FieldType.DateTime, 16)):
         assert type(kind).__qualname__ == ("QMetaType.Type" if metatype else "QVariant.Type"), name
-        assert QgsField("x", kind).typeName() == qt_name or QgsField("x", kind).type() == kind, name
+        assert int(QgsField("x", kind).type()) == qt_id, name
     deprecations = [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
     assert not deprecations, [str(w.message) for w in deprecations]
 

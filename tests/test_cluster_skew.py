@@ -27,6 +27,7 @@ from forest_carbon_plugin.core.cluster import (
     JOB_OWNER,
     DaskExecutor,
     cache_folder,
+    connect,
     external_data_files,
     job_folder,
     model_bundle,
@@ -288,6 +289,9 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
             if theirs.startswith("3.") and not version("affine").startswith("3."):
                 with pytest.raises(AttributeError, match="'Affine' object has no attribute 'a'"):
                     client.submit(lambda t: t.a, Affine(10, 0, 5, 0, -10, 9), pure=False).result(timeout=30)
+            worker = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
+            with pytest.raises(ForestCarbonError, match="it answered as a Dask worker, not as a scheduler"):
+                connect(worker, timeout=5)
             executor = DaskExecutor(client, worker_wait=30)
             warnings = executor.check()
             assert any(w.startswith(f"affine {theirs} on 1 worker(s)") and f"{version('affine')} here" in w
@@ -311,6 +315,7 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
             assert not thread.is_alive(), "the job on the skewed worker did not end within 90 s"
             assert "error" not in result, result.get("error")
             assert time.monotonic() - started < 90
+            executor.close()  # releases the model sent with the job
         finally:
             client.close()
         _no_job_left(tmp_path, c)

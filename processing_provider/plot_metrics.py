@@ -71,6 +71,7 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.NORMALIZE, self.tr("Normalize heights"),
                                                      options=["auto", "always", "never"], defaultValue=0))
         self.add_crs_and_extent(extent=False)
+        self.add_max_workers()
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Plot metrics")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -107,7 +108,7 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
             plot_metrics, source, shapes,
             height_break=self.parameterAsDouble(parameters, self.HEIGHT_BREAK, context),
             normalize=NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)], crs=crs_wkt,
-            progress=FeedbackProgress(feedback))
+            progress=FeedbackProgress(feedback), max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         fields = QgsFields(plots.fields())
         taken = {f.name().lower() for f in fields}
         for name in result.names:

@@ -105,7 +105,8 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         crown_sink, crown_dest = self.parameterAsSink(parameters, self.OUTPUT_CROWNS, context, crown_fields,
                                                       WkbType.MultiPolygon, out_crs)
         if crown_sink is not None:
-            crowns = self.call_core(tree_crowns, source, tops, crs)
+            crowns = self.call_core(tree_crowns, source, tops, crs, progress=FeedbackProgress(feedback),
+                                    max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
             for k, polygon, area, diameter, height in crowns:
                 feature = QgsFeature(crown_fields)
                 feature.setGeometry(QgsGeometry.fromWkt(polygon.wkt))

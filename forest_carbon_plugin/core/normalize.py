@@ -24,7 +24,7 @@ from .grid import Grid
 from .outputs import atomic_output, provenance as make_provenance
 from .progress import NullProgress, Progress, check_cancel
 from .raster import write_raster
-from .tin import interpolate, locate
+from .tin import bucket_index, interpolate, locate
 
 GROUND_CLASSES = (2, 9)
 BUFFER_M = 30.0
@@ -49,10 +49,14 @@ class GroundSurface:
         except QhullError as exc:
             raise ForestCarbonError(f"The ground points cannot be triangulated (all on a line?): {exc}") from exc
         self.tree = cKDTree(self.points)
+        # built here, in the worker that makes the surface, and shipped with it: scipy's barycentric
+        # transform alone takes seconds on 10⁵ triangles, which would hold up the caller (and its Cancel)
+        self.tri.transform  # noqa: B018 (computed on first access, then kept and pickled)
+        self._buckets = bucket_index(self.tri)
 
     def __call__(self, x, y) -> np.ndarray:
         q = np.column_stack([x, y])
-        simplex = locate(self.tri, q[:, 0], q[:, 1])
+        simplex = locate(self.tri, q[:, 0], q[:, 1], self._buckets)
         out = interpolate(self.tri, self.z, q[:, 0], q[:, 1], simplex)
         inside = simplex >= 0
         outside = ~inside
@@ -95,6 +99,15 @@ def _surface_task(catalog, i):
     return ground_surface_for_tile(catalog, i)
 
 
+def _ground_under(surface, x, y, progress, chunk: int = 16384) -> np.ndarray:
+    """``surface(x, y)`` in chunks, checking for cancel between them (a tile can take seconds)."""
+    out = np.empty(len(x))
+    for start in range(0, len(x), chunk):
+        check_cancel(progress)
+        out[start:start + chunk] = surface(x[start:start + chunk], y[start:start + chunk])
+    return out
+
+
 def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs: str | None = None,
                      progress: Progress | None = None, parameters: dict | None = None,
                      max_workers: int = 1) -> dict:
@@ -124,7 +137,7 @@ def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs:
             for i, surface in enumerate(surfaces):
                 tile = catalog.tiles[i]
                 las = read_las(tile.path)
-                ground_z = surface(np.asarray(las.x), np.asarray(las.y))
+                ground_z = _ground_under(surface, np.asarray(las.x), np.asarray(las.y), progress)
                 if np.isnan(ground_z).any():
                     bad = int(np.isnan(ground_z).sum())
                     raise ForestCarbonError(

@@ -15,33 +15,17 @@ _EPS = 1e-10
 _BLOCK = 400_000
 
 
-def locate(tri, x, y) -> np.ndarray:
-    """Index of the triangle of ``tri`` (a scipy Delaunay) holding each point; −1 outside."""
+def locate(tri, x, y, buckets=None) -> np.ndarray:
+    """Index of the triangle of ``tri`` (a scipy Delaunay) holding each point; −1 outside.
+
+    ``buckets``: :func:`bucket_index` of ``tri``, for callers that locate points in many calls.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     out = np.full(len(x), -1, dtype=np.int64)
     if len(x) == 0 or len(tri.simplices) == 0:
         return out
-    pts = tri.points
-    tx, ty = pts[tri.simplices, 0], pts[tri.simplices, 1]
-    x0, y0 = pts[:, 0].min(), pts[:, 1].min()
-    span = max(pts[:, 0].max() - x0, pts[:, 1].max() - y0, 1e-9)
-    size = max(span / np.sqrt(len(tri.simplices)) * 1.5, span / 4096)
-    ncols = int(np.floor((pts[:, 0].max() - x0) / size)) + 1
-    nrows = int(np.floor((pts[:, 1].max() - y0) / size)) + 1
-    c0 = np.floor((tx.min(axis=1) - x0) / size).astype(np.int64)
-    c1 = np.floor((tx.max(axis=1) - x0) / size).astype(np.int64)
-    r0 = np.floor((ty.min(axis=1) - y0) / size).astype(np.int64)
-    r1 = np.floor((ty.max(axis=1) - y0) / size).astype(np.int64)
-    w, h = c1 - c0 + 1, r1 - r0 + 1
-    n_cells = w * h
-    owner = np.repeat(np.arange(len(n_cells)), n_cells)
-    k = np.arange(n_cells.sum()) - np.repeat(np.cumsum(n_cells) - n_cells, n_cells)
-    keys = (r0[owner] + k // w[owner]) * ncols + (c0[owner] + k % w[owner])
-    order = np.argsort(keys, kind="stable")
-    keys, owner = keys[order], owner[order]
-    counts = np.bincount(keys, minlength=ncols * nrows)
-    starts = np.cumsum(counts) - counts
+    x0, y0, size, ncols, nrows, owner, counts, starts = buckets or bucket_index(tri)
     transform = tri.transform
     for b0 in range(0, len(x), _BLOCK):
         qx, qy = x[b0:b0 + _BLOCK], y[b0:b0 + _BLOCK]
@@ -67,6 +51,31 @@ def locate(tri, x, y) -> np.ndarray:
         found = out[b0:b0 + _BLOCK]
         found[pair_q[first]] = pair_t[first]
     return out
+
+
+def bucket_index(tri):
+    """The triangles of ``tri`` bucketed on a grid by their bounding boxes (what :func:`locate` searches)."""
+    pts = tri.points
+    tx, ty = pts[tri.simplices, 0], pts[tri.simplices, 1]
+    x0, y0 = pts[:, 0].min(), pts[:, 1].min()
+    span = max(pts[:, 0].max() - x0, pts[:, 1].max() - y0, 1e-9)
+    size = max(span / np.sqrt(len(tri.simplices)) * 1.5, span / 4096)
+    ncols = int(np.floor((pts[:, 0].max() - x0) / size)) + 1
+    nrows = int(np.floor((pts[:, 1].max() - y0) / size)) + 1
+    c0 = np.floor((tx.min(axis=1) - x0) / size).astype(np.int64)
+    c1 = np.floor((tx.max(axis=1) - x0) / size).astype(np.int64)
+    r0 = np.floor((ty.min(axis=1) - y0) / size).astype(np.int64)
+    r1 = np.floor((ty.max(axis=1) - y0) / size).astype(np.int64)
+    w, h = c1 - c0 + 1, r1 - r0 + 1
+    n_cells = w * h
+    owner = np.repeat(np.arange(len(n_cells)), n_cells)
+    k = np.arange(n_cells.sum()) - np.repeat(np.cumsum(n_cells) - n_cells, n_cells)
+    keys = (r0[owner] + k // w[owner]) * ncols + (c0[owner] + k % w[owner])
+    order = np.argsort(keys, kind="stable")
+    keys, owner = keys[order], owner[order]
+    counts = np.bincount(keys, minlength=ncols * nrows)
+    starts = np.cumsum(counts) - counts
+    return x0, y0, size, ncols, nrows, owner, counts, starts
 
 
 def interpolate(tri, values, x, y, simplex=None) -> np.ndarray:

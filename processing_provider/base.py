@@ -258,6 +258,15 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         return ((rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
                 crs.toWkt() if crs.isValid() else None)
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's check, with a message that names the value refused and what would be accepted."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            from .inputs import explain_invalid
+
+            message = explain_invalid(self, parameters, context) or message
+        return ok, message
+
     def call_core(self, function, *args, **kwargs):
         """Call a core function; its user-facing errors become ``QgsProcessingException``."""
         try:

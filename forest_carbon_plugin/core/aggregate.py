@@ -233,7 +233,11 @@ def _target_grid(src, reference_grid, resolution_m, progress):
     elif resolution_m is not None:
         if not float(resolution_m) > 0:
             raise ForestCarbonError(f"The resolution must be greater than 0 (got {resolution_m}).")
-        if src.crs is not None and CRS.from_user_input(src.crs).is_geographic:
+        if src.crs is None:
+            raise ForestCarbonError(
+                f"'{src.name}' has no coordinate reference system, so a resolution in metres has no meaning. "
+                "Assign its CRS first (Raster ▸ Projections ▸ Assign Projection), or give a REFERENCE_GRID.")
+        if CRS.from_user_input(src.crs).is_geographic:
             raise ForestCarbonError(
                 f"'{src.name}' is in a geographic CRS (degrees), so a resolution in metres has no meaning. "
                 "Warp it to a projected CRS first, or give a REFERENCE_GRID.")

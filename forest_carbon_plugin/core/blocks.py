@@ -65,6 +65,9 @@ class RasterGrid:
         if not res_m > 0:
             raise ForestCarbonError(f"The resolution must be greater than 0 (got {res_m}).")
         xmin, ymin, xmax, ymax = bounds
+        from .grid import MAX_STREAMED_CELLS, check_grid_size
+
+        check_grid_size(xmax - xmin, ymax - ymin, res_m, MAX_STREAMED_CELLS, bytes_per_cell=4)
         if snap:
             xmin, ymin = math.floor(xmin / res_m + 1e-9) * res_m, math.floor(ymin / res_m + 1e-9) * res_m
             xmax, ymax = math.ceil(xmax / res_m - 1e-9) * res_m, math.ceil(ymax / res_m - 1e-9) * res_m
@@ -200,20 +203,42 @@ def stack_bands(paths, what: str = "input raster"):
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    sources, names, grid = [], [], None
+    sources, names, grid, first = [], [], None, None
     for path in (Path(p) for p in paths):
         try:
             with rasterio.open(path) as src:
                 if grid is None:
                     if src.crs is None:
                         raise ForestCarbonError(f"The {what} '{path.name}' has no CRS: georeference it first.")
-                    grid = RasterGrid.of(src)
+                    grid, first = RasterGrid.of(src), path
+                elif not overlaps(grid, src):
+                    raise ForestCarbonError(
+                        f"The {what} '{path.name}' does not overlap the first one, '{first.name}': its bands are read "
+                        "onto the first one's grid, where they would be no-data everywhere. Give rasters of the same "
+                        "area, and check that their CRSs are set correctly.")
                 for i in range(1, src.count + 1):
                     sources.append((path, i, src.nodatavals[i - 1]))
                     names.append((src.descriptions[i - 1] or "").strip())
         except RasterioIOError as exc:
             raise ForestCarbonError(f"Cannot read the {what} '{path}': {exc}.") from exc
     return grid, sources, names
+
+
+def overlaps(grid: RasterGrid, src) -> bool:
+    """Whether the open raster ``src`` covers part of ``grid`` (an area, not just an edge); a raster
+    without a CRS is taken to be in the grid's CRS."""
+    from rasterio.warp import transform_bounds
+
+    bounds = tuple(src.bounds)
+    if src.crs is not None and grid.crs is not None and src.crs != grid.crs:
+        try:
+            bounds = transform_bounds(src.crs, grid.crs, *bounds, densify_pts=21)
+        except Exception:  # noqa: BLE001 - bounds outside the target CRS's area of use: let the warp decide
+            return True
+    gx0, gy0, gx1, gy1 = grid.bounds
+    x0, y0, x1, y1 = min(bounds[0], bounds[2]), min(bounds[1], bounds[3]), max(bounds[0], bounds[2]), \
+        max(bounds[1], bounds[3])
+    return x0 < gx1 and x1 > gx0 and y0 < gy1 and y1 > gy0
 
 
 def same_grid(a: RasterGrid, b: RasterGrid) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -527,7 +528,7 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
 
     geoms, pcrs = _read_projects(projects, projects_crs, progress)
     if not geoms:
-        raise ForestCarbonError("PROJECTS has no features.")
+        raise ForestCarbonError("PROJECTS has no features: give a polygon layer with one polygon per project area.")
     if pcrs is None:
         warn("PROJECTS has no CRS: taken to be the raster's CRS.")
         pcrs = raster_crs
@@ -686,6 +687,11 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     finally:
         readers.close()
 
+    if not any(d["status"] not in ("no valid pixels", "no polygon geometry") for d in details):
+        raise ForestCarbonError(
+            f"None of the {len(geoms)} project polygons holds a valid pixel of '{Path(str(main)).name}': the projects "
+            "lie outside the raster, or the raster is no-data there. Check that they cover the same area and that "
+            "both CRSs are set correctly.")
     if interval_source is None:
         warn("No AGB_STD or AGB_LOWER/AGB_UPPER given: the interval, uncertainty, deduction and creditable fields "
              "are NULL (an interval needs the per-pixel error of the map).")

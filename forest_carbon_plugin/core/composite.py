@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .blocks import RasterGrid, Readers, process_blocks
+from .blocks import RasterGrid, Readers, overlaps, process_blocks
 from .errors import ForestCarbonError
 from .espa import FMASK_FILL, is_espa_folder, read_espa_scene
 from .outputs import provenance
@@ -225,6 +225,13 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
                 "scenes first (forestcarbon:harmonizescene).")
         red, nir = names.index("red"), names.index(nir_band)
     grid = scenes[0].grid
+    for scene in scenes[1:]:
+        if not overlaps(grid, scene.grid):
+            raise ForestCarbonError(
+                f"The scene '{Path(scene.source).name}' does not overlap the first scene, "
+                f"'{Path(scenes[0].source).name}': scenes are composited on the first scene's grid, where it would "
+                "add nothing. Give scenes of one area (or mosaic them first), and check that their CRSs are set "
+                "correctly.")
     n_scenes, n_bands = len(scenes), len(names)
     # block side bounded so that one worker's float32 stack stays under BLOCK_BUDGET
     side = int(math.sqrt(BLOCK_BUDGET / (4.0 * n_scenes * (n_bands + 1))))

@@ -27,13 +27,13 @@ import contextlib
 import datetime as _dt
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from .archives import extract_members
 from .errors import ForestCarbonError
 
 GEDI_EPOCH = np.datetime64("2018-01-01T00:00:00", "ms")
@@ -126,24 +126,10 @@ def _granules(paths):
 
 
 def _unzip(path: Path, dest: Path) -> list[Path]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist()
-                       if not m.is_dir() and Path(m.filename).suffix.lower() in HDF5_SUFFIXES]
-            if not members:
-                raise ForestCarbonError(f"The zip '{path}' holds no HDF5 (.h5) file: it is not a GEDI download.")
-            dest.mkdir(parents=True, exist_ok=True)
-            out = []
-            for k, m in enumerate(members):
-                target = dest / str(k) / Path(m.filename).name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(m) as fin, open(target, "wb") as fout:
-                    while chunk := fin.read(1 << 22):
-                        fout.write(chunk)
-                out.append(target)
-            return out
-    except zipfile.BadZipFile as exc:
-        raise ForestCarbonError(f"'{path}' is not a valid zip file ({exc}).") from exc
+    files = extract_members(path, dest, wanted=lambda name: Path(name).suffix.lower() in HDF5_SUFFIXES)
+    if not files:
+        raise ForestCarbonError(f"The zip '{path}' holds no HDF5 (.h5) file: it is not a GEDI download.")
+    return files
 
 
 def _product(h5, name: str) -> str:

@@ -17,6 +17,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ForestCarbonError
+
+#: Rasters the LiDAR chain holds in memory (a float64 array per layer, several at once): past this
+#: many cells they would not fit in a workstation's memory, so the run is refused before allocating.
+MAX_MEMORY_CELLS = 400_000_000
+#: Rasters written block by block: bounded by GeoTIFF's tile index and by what a run can finish.
+MAX_STREAMED_CELLS = 20_000_000_000
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 × 10^k that is at least ``value``."""
+    exponent = math.floor(math.log10(value))
+    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if step * 10.0 ** exponent >= value * (1 - 1e-12):
+            return step * 10.0 ** exponent
+    return 10.0 ** (exponent + 1)
+
+
+def check_grid_size(width: float, height: float, res: float, limit: int = MAX_MEMORY_CELLS,
+                    bytes_per_cell: int = 8) -> None:
+    """Refuse a grid of ``width`` × ``height`` (CRS units) at ``res`` with more than ``limit`` cells,
+    naming its size and the finest resolution that fits, before anything is allocated."""
+    if not (res > 0 and math.isfinite(res)):
+        raise ForestCarbonError(f"The resolution must be a number greater than 0 (got {res}).")
+    ncols, nrows = max(1.0, width / res), max(1.0, height / res)
+    cells = ncols * nrows
+    if cells <= limit:
+        return
+    fits = _nice_ceiling(res * math.sqrt(cells / limit))
+    size = cells * bytes_per_cell / 2 ** 30
+    raise ForestCarbonError(
+        f"A raster of {ncols:,.0f} × {nrows:,.0f} cells at a resolution of {res:g} would be too large "
+        f"({cells:.3g} cells, about {size:,.0f} GiB per layer; the limit is {limit:,} cells). Use a resolution "
+        f"of at least {fits:g} (in the CRS units, usually metres), or a smaller extent.")
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -29,6 +64,7 @@ class Grid:
     @classmethod
     def covering(cls, xmin: float, ymin: float, xmax: float, ymax: float, res: float) -> "Grid":
         """The grid of cells of side ``res`` aligned to multiples of ``res`` covering the box."""
+        check_grid_size(xmax - xmin, ymax - ymin, res)
         gx0 = math.floor(xmin / res) * res
         gy1 = math.ceil(ymax / res) * res
         gx1 = math.ceil(xmax / res) * res

@@ -78,6 +78,10 @@ def _step(surface, op, k):
     return surface
 
 
+#: SMRF's window is the largest object to remove; windows past this only make every tile read its whole catalog.
+MAX_WINDOW_M = 1000.0
+
+
 def smrf_ground(x, y, z, params: SMRF = SMRF()) -> np.ndarray:
     """Boolean mask of ground points by SMRF."""
     from scipy.ndimage import grey_dilation, grey_erosion, map_coordinates
@@ -91,7 +95,8 @@ def smrf_ground(x, y, z, params: SMRF = SMRF()) -> np.ndarray:
     zmin[np.isinf(zmin)] = np.nan
     surface = _fill(zmin.reshape(grid.shape))
     objects = np.zeros(grid.shape, dtype=bool)
-    radius_cells = max(1, int(np.ceil(params.window_m / params.cell_m)))
+    # past the grid's own size an opening is the grid's minimum everywhere and flags nothing more
+    radius_cells = min(max(1, int(np.ceil(params.window_m / params.cell_m))), max(grid.shape) + 1)
     eroded = surface
     previous = surface
     for k in range(1, radius_cells + 1):
@@ -184,7 +189,17 @@ def classify_ground(source, output, method: str = "smrf", params=None, crs: str 
     params = params or (SMRF() if method == "smrf" else CSF())
     values = [v for v in params.__dict__.values()]
     if any(v <= 0 for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)):
-        raise ForestCarbonError(f"Every {method.upper()} parameter must be positive: {params}.")
+        bad = ", ".join(f"{k} = {v:g}" for k, v in params.__dict__.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0)
+        raise ForestCarbonError(f"Every {method.upper()} parameter must be positive ({bad}): give values above 0 "
+                                f"(the defaults are {type(params)()}).")
+    if method == "smrf" and params.window_m > MAX_WINDOW_M:
+        raise ForestCarbonError(
+            f"WINDOW {params.window_m:g} m is larger than any object SMRF must remove (the window is the size of the "
+            f"largest building or tree crown; 18 m by default, rarely above 50 m): give at most {MAX_WINDOW_M:g} m.")
+    if method == "csf" and params.rigidness not in (1, 2, 3):
+        raise ForestCarbonError(f"RIGIDNESS must be 1, 2 or 3 (got {params.rigidness:g}): 1 for steep slopes, 2 for "
+                                "terraces and gentle slopes, 3 for flat terrain, as in CSF.")
     catalog = open_catalog(source, crs)
     buffer = (params.window_m if method == "smrf" else 5.0) + 10.0
     total = ground_total = 0

@@ -181,7 +181,8 @@ def harmonize_highres(image, reference, out_path, table_path=None, pif_method: s
     try:
         with rasterio.open(image) as img, rasterio.open(reference) as ref:
             if img.crs is None or ref.crs is None:
-                raise ForestCarbonError("Both the image and the reference need a coordinate reference system.")
+                raise ForestCarbonError("Both the image and the reference need a coordinate reference system: assign the "
+                                        "missing one (Raster ▸ Projections ▸ Assign Projection) and run again.")
             image_names, reference_names = _band_names(img), _band_names(ref)
             image_grid, reference_grid = RasterGrid.of(img), RasterGrid.of(ref)
             image_nodata = img.nodata
@@ -189,7 +190,9 @@ def harmonize_highres(image, reference, out_path, table_path=None, pif_method: s
     except RasterioIOError as exc:
         raise ForestCarbonError(f"Cannot read the input rasters: {exc}.") from exc
     if band_names is not None and len(band_names) != image_count:
-        raise ForestCarbonError(f"BAND_NAMES names {len(band_names)} bands but the image has {image_count}.")
+        raise ForestCarbonError(f"BAND_NAMES names {len(band_names)} bands but the image has {image_count}: give "
+                                f"{image_count} comma-separated names in the image's band order (e.g. "
+                                "'red,green,blue,nir' for NAIP), or leave it empty to use the band descriptions.")
     pairs = match_bands(image_names, reference_names, band_names)
     if not pairs:
         raise ForestCarbonError(
@@ -203,7 +206,8 @@ def harmonize_highres(image, reference, out_path, table_path=None, pif_method: s
     check_cancel(progress)
     if x.shape[0] < 30:
         raise ForestCarbonError(f"Only {x.shape[0]} valid pixels overlap between the image and the reference: "
-                                "they do not cover the same area (or the reference is masked there).")
+                                "they do not cover the same area (or the reference is masked there). Give a "
+                                "reference that covers the image, with at least 30 valid pixels in common.")
     if pif_method == "irmad":
         probability, rho = irmad(x, y)
         invariant = probability > NO_CHANGE_PROBABILITY

@@ -30,6 +30,7 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 AUTO_ORDER = ("cuda", "directml", "coreml")  # TensorRT builds engines for minutes: only on request
 DEFAULT_TILE = 256
 DEFAULT_PIXEL_BATCH = 262_144
+#: the largest patch side and the largest batch (inputs and outputs, float32) a run may ask for
+MAX_TILE = 8192
+MAX_BATCH_BYTES = 2 * 2 ** 30
 
 
 @dataclass
@@ -308,7 +312,8 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
             progress.warning(f"The model takes {card.patch_size}-pixel patches: TILE_SIZE {tile_size} is ignored.")
         ov = int(overlap if overlap is not None else (card.overlap if card.overlap is not None else tile // 8))
         if not 0 <= ov < tile:
-            raise ForestCarbonError(f"OVERLAP must be between 0 and the tile size {tile} (got {ov}).")
+            raise ForestCarbonError(f"OVERLAP must be between 0 and the tile size {tile} (got {ov}): give a smaller "
+                                    "OVERLAP (an eighth of the tile is usual).")
         fixed_batch = sessions[0].get_inputs()[0].shape[0]
         batch = 1 if isinstance(fixed_batch, int) else int(batch_size or max(1, 4 * 256 * 256 // (tile * tile)))
     else:
@@ -317,6 +322,7 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
         batch = int(batch_size or DEFAULT_PIXEL_BATCH)
     if tile <= 0 or batch <= 0:
         raise ForestCarbonError("TILE_SIZE and BATCH_SIZE must be positive.")
+    _check_batch_memory(card, len(stack.sources), tile, batch)
 
     kinds = ["prediction"]
     has_spread = any(o.meaning != "mean" for o in card.outputs) or len(card.members) > 1
@@ -464,12 +470,45 @@ class _Stack:
     names: list
 
 
+def _check_batch_memory(card: ModelCard, n_bands: int, tile: int, batch: int) -> None:
+    """Refuse tiles and batches whose buffers could not be allocated, before any is."""
+    if card.kind == "patch" and tile > MAX_TILE:
+        raise ForestCarbonError(f"TILE_SIZE {tile} is too large: tiles of at most {MAX_TILE} pixels fit in memory "
+                                f"(the default, {DEFAULT_TILE}, suits most models).")
+    channels = (card.n_inputs or n_bands) + max(1, len(card.outputs))
+    need = batch * (tile * tile if card.kind == "patch" else 1) * channels * 4
+    if need > MAX_BATCH_BYTES:
+        raise ForestCarbonError(
+            f"BATCH_SIZE {batch} " + (f"with TILE_SIZE {tile} " if card.kind == "patch" else "")
+            + f"would need {need / 2 ** 30:,.1f} GiB per batch, more than {MAX_BATCH_BYTES / 2 ** 30:g} GiB: give "
+            "BATCH_SIZE 0 (chosen for you) or a smaller batch.")
+
+
+def _band_numbers(bands) -> list:
+    """BANDS as 1-based band numbers ("1,2,3", "1 2 3" or a sequence), or a message saying what it should be."""
+    items = [b for b in re.split(r"[,;\s]+", bands.strip())] if isinstance(bands, str) else list(bands)
+    picks = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (math.isfinite(number) and number == int(number)):
+            raise ForestCarbonError(f"BANDS '{bands}' is not a list of band numbers: write the 1-based numbers of the "
+                                    "stacked input bands in the model's order, e.g. '1,2,3' (or leave it empty).")
+        picks.append(int(number))
+    if not picks:
+        raise ForestCarbonError("BANDS names no band: write e.g. '1,2,3', or leave it empty.")
+    return picks
+
+
 def _stack(inputs, card: ModelCard, bands, progress) -> _Stack:
     grid, sources, names = stack_bands(inputs)
     if bands:
-        picks = [int(b) for b in (str(bands).replace(" ", "").split(",") if isinstance(bands, str) else bands)]
+        picks = _band_numbers(bands)
         if any(p < 1 or p > len(sources) for p in picks):
-            raise ForestCarbonError(f"BANDS {picks} asks for bands outside 1-{len(sources)} (the stacked inputs).")
+            raise ForestCarbonError(f"BANDS {picks} asks for bands outside 1-{len(sources)} (the stacked inputs): "
+                                    f"give band numbers from 1 to {len(sources)}, in the model's order.")
         sources = [sources[p - 1] for p in picks]
         names = [names[p - 1] for p in picks]
     elif card.bands:

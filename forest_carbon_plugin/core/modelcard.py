@@ -41,7 +41,14 @@ class OutputSpec:
 
     @property
     def quantile(self) -> float | None:
-        return float(self.meaning.split(":", 1)[1]) if self.meaning.startswith("quantile:") else None
+        """q of a 'quantile:q' output with 0 < q < 1; None otherwise (the card check names it)."""
+        if not str(self.meaning).startswith("quantile:"):
+            return None
+        try:
+            q = float(str(self.meaning).split(":", 1)[1])
+        except ValueError:
+            return None
+        return q if 0 < q < 1 else None
 
 
 @dataclass
@@ -120,13 +127,10 @@ def read_card(model_path) -> ModelCard:
         raise ForestCarbonError(f"'{path}' is not a file: choose an .onnx model or its model card (.json).")
     document, members = None, [path]
     if path.suffix.lower() == ".json":
-        try:
-            document = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ForestCarbonError(f"The model card '{path.name}' is not valid JSON ({exc}).") from exc
-        members = _members(document, path)
+        document = _read_card_json(path)
+        members = _card_part(_members, path, document, path)
     elif path.with_suffix(".json").is_file():
-        document = json.loads(path.with_suffix(".json").read_text())
+        document = _read_card_json(path.with_suffix(".json"))
     for member in members:
         check_model(member)
     try:
@@ -163,7 +167,8 @@ def read_card(model_path) -> ModelCard:
             raise ForestCarbonError(f"The '{CARD_KEY}' metadata of '{members[0].name}' is not JSON ({exc}).") \
                 from exc
     if document is not None:
-        _apply_card(card, document)
+        sidecar = path.with_suffix(".json")
+        _card_part(_apply_card, sidecar if sidecar.is_file() else path, card, document)
         card.source = "card" if path.suffix.lower() == ".json" or path.with_suffix(".json").is_file() else "metadata"
     elif "model_type" in metadata:
         _apply_deepness(card, metadata)
@@ -173,11 +178,43 @@ def read_card(model_path) -> ModelCard:
     return card
 
 
+def _read_card_json(path: Path) -> dict:
+    """A card or sidecar file as a JSON object, or a message saying what is wrong with it."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ForestCarbonError(f"The model card '{path.name}' is not valid JSON ({exc}): fix it, or move it away "
+                                "to use the model's own metadata.") from exc
+    except OSError as exc:
+        raise ForestCarbonError(f"Cannot read the model card '{path.name}' ({exc}).") from exc
+    if not isinstance(document, dict):
+        raise ForestCarbonError(f"The model card '{path.name}' holds a JSON {type(document).__name__}, not an "
+                                "object: a card is a STAC item with 'assets', 'mlm:input' and 'mlm:output'.")
+    return document
+
+
+def _card_part(function, where: Path, *args):
+    """Run a part of the card reading; a field of the wrong type or shape becomes a message."""
+    try:
+        return function(*args)
+    except ForestCarbonError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ForestCarbonError(
+            f"The model card '{where.name}' is malformed ({detail}): follow the STAC Machine Learning Model "
+            "layout ('assets' with an 'mlm:model' href, 'mlm:input' bands and value_scaling, 'mlm:output' with "
+            "'name' and 'forest_carbon:meaning').") from exc
+
+
 def _members(document: dict, card_path: Path) -> list:
     hrefs = []
-    for asset in (document.get("assets") or {}).values():
+    for key, asset in (document.get("assets") or {}).items():
         roles = asset.get("roles") or []
         if "mlm:model" in roles or str(asset.get("href", "")).endswith(".onnx"):
+            if not isinstance(asset.get("href"), str) or not asset["href"].strip():
+                raise ForestCarbonError(f"The model card '{card_path.name}' has a model asset '{key}' without an "
+                                        "href: set its href to the .onnx file's name (beside the card).")
             hrefs.append(asset["href"])
     hrefs += [m for m in document.get("forest_carbon:members", []) if m not in hrefs]
     if not hrefs:
@@ -185,6 +222,9 @@ def _members(document: dict, card_path: Path) -> list:
                                 "'mlm:model' whose href is the .onnx file.")
     members = []
     for href in hrefs:
+        if not isinstance(href, str) or not href.strip():
+            raise ForestCarbonError(f"The model card '{card_path.name}' lists a member {href!r} that is not a file "
+                                    "name: list the .onnx files beside the card.")
         member = (card_path.parent / href).resolve()
         if card_path.parent.resolve() not in member.parents:
             raise ForestCarbonError(f"The model card points outside its folder ('{href}'): keep the .onnx files "
@@ -219,7 +259,8 @@ def _apply_card(card: ModelCard, doc: dict) -> None:
     input_shape = (spec.get("input") or {}).get("shape") or []
     if card.kind == "patch" and len(input_shape) == 4 and isinstance(input_shape[-1], int) and input_shape[-1] > 0:
         card.patch_size = card.patch_size or int(input_shape[-1])
-    card.overlap = doc.get("forest_carbon:overlap")
+    overlap = doc.get("forest_carbon:overlap")
+    card.overlap = None if overlap is None else int(overlap)
     outputs = []
     for out in doc.get("mlm:output") or []:
         meaning = out.get("forest_carbon:meaning", "mean")
@@ -227,11 +268,15 @@ def _apply_card(card: ModelCard, doc: dict) -> None:
     card.outputs = outputs
     card.target = doc.get("forest_carbon:target", card.target)
     card.unit = doc.get("forest_carbon:unit", "")
-    card.resolution_m = doc.get("forest_carbon:resolution_m") or doc.get("gsd")
+    resolution = doc.get("forest_carbon:resolution_m") or doc.get("gsd")
+    card.resolution_m = None if resolution is None else float(resolution)
     calibration = doc.get("forest_carbon:calibration") or {}
-    card.conformal_factor = calibration.get("conformal_factor")
-    card.coverage = calibration.get("coverage")
+    factor, coverage = calibration.get("conformal_factor"), calibration.get("coverage")
+    card.conformal_factor = None if factor is None else float(factor)
+    card.coverage = None if coverage is None else float(coverage)
     card.extra = {k: v for k, v in doc.items() if k.startswith("forest_carbon:training")}
+    if not isinstance(card.extra.get("forest_carbon:training", {}), dict):
+        raise ValueError("'forest_carbon:training' is not an object")
 
 
 def _apply_deepness(card: ModelCard, metadata: dict) -> None:

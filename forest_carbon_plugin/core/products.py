@@ -229,13 +229,28 @@ def _open_landsat(mtl_path: Path) -> Product:
     sensor = SENSOR_OF[spacecraft]
     level_text = str(_get(groups, "PROCESSING_LEVEL", default=_get(groups, "DATA_TYPE", default="L1"))).upper()
     is_sr = level_text.startswith("L2")
-    date = _dt.date.fromisoformat(str(_get(groups, "DATE_ACQUIRED")))
+    date_text = str(_get(groups, "DATE_ACQUIRED", default="")).strip('"')
+    try:
+        date = _dt.date.fromisoformat(date_text)
+    except ValueError:
+        raise ForestCarbonError(
+            f"The MTL '{mtl_path.name}' has no valid DATE_ACQUIRED (got '{date_text or 'nothing'}'; expected "
+            "YYYY-MM-DD): it is incomplete or not a Landsat MTL. Download the product's MTL again.") from None
     time_text = str(_get(groups, "SCENE_CENTER_TIME", default="12:00:00")).strip('"Z')
-    hh, mm, ss = (time_text.split(":") + ["0", "0"])[:3]
-    acquired = _dt.datetime(date.year, date.month, date.day, int(hh), int(mm), int(float(ss)),
-                            tzinfo=_dt.timezone.utc)
-    sun_elev = float(_get(groups, "SUN_ELEVATION"))
-    sun_az = float(_get(groups, "SUN_AZIMUTH"))
+    try:
+        hh, mm, ss = (time_text.split(":") + ["0", "0"])[:3]
+        acquired = _dt.datetime(date.year, date.month, date.day, int(hh), int(mm), int(float(ss)),
+                                tzinfo=_dt.timezone.utc)
+    except ValueError:
+        raise ForestCarbonError(
+            f"The MTL '{mtl_path.name}' has an invalid SCENE_CENTER_TIME '{time_text}' (expected HH:MM:SS): "
+            "download the product's MTL again.") from None
+    sun_elev = _mtl_number(groups, "SUN_ELEVATION", mtl_path)
+    sun_az = _mtl_number(groups, "SUN_AZIMUTH", mtl_path)
+    if not 0 < sun_elev <= 90:
+        raise ForestCarbonError(
+            f"The MTL '{mtl_path.name}' gives SUN_ELEVATION {sun_elev:g}°: reflectance needs the sun above the "
+            "horizon (0-90°). A night or polar-winter scene cannot be harmonized.")
     sza = 90.0 - sun_elev
     warnings: list[str] = []
     bands: dict = {}
@@ -243,7 +258,8 @@ def _open_landsat(mtl_path: Path) -> Product:
     sr_group = ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS",)
     l1_groups = ("LEVEL1_RADIOMETRIC_RESCALING", "RADIOMETRIC_RESCALING")
     esd = _get(groups, "EARTH_SUN_DISTANCE")
-    d_au = float(esd) if esd not in (None, "") else solar.earth_sun_distance_au(date)
+    d_au = _mtl_number(groups, "EARTH_SUN_DISTANCE", mtl_path) if esd not in (None, "") \
+        else solar.earth_sun_distance_au(date)
     for number, name in LANDSAT_BANDS[sensor].items():
         file_name = _get(groups, f"FILE_NAME_BAND_{number}", "PRODUCT_CONTENTS", "LEVEL2_PROCESSING_RECORD",
                          "PRODUCT_METADATA")
@@ -251,8 +267,8 @@ def _open_landsat(mtl_path: Path) -> Product:
         if band_path is None:
             continue
         if is_sr:
-            scale = float(_get(groups, f"REFLECTANCE_MULT_BAND_{number}", *sr_group, default=L2_SR_MULT))
-            offset = float(_get(groups, f"REFLECTANCE_ADD_BAND_{number}", *sr_group, default=L2_SR_ADD))
+            scale = _mtl_number(groups, f"REFLECTANCE_MULT_BAND_{number}", mtl_path, *sr_group, default=L2_SR_MULT)
+            offset = _mtl_number(groups, f"REFLECTANCE_ADD_BAND_{number}", mtl_path, *sr_group, default=L2_SR_ADD)
             if "LEVEL2_SURFACE_REFLECTANCE_PARAMETERS" not in groups:
                 scale, offset = L2_SR_MULT, L2_SR_ADD  # only L1 rescaling in this MTL form: C2 L2 values
         else:
@@ -260,10 +276,11 @@ def _open_landsat(mtl_path: Path) -> Product:
             add = _get(groups, f"REFLECTANCE_ADD_BAND_{number}", *l1_groups)
             sin_e = math.sin(math.radians(sun_elev))
             if mult not in (None, ""):
-                scale, offset = float(mult) / sin_e, float(add) / sin_e
+                scale = _mtl_number(groups, f"REFLECTANCE_MULT_BAND_{number}", mtl_path, *l1_groups) / sin_e
+                offset = _mtl_number(groups, f"REFLECTANCE_ADD_BAND_{number}", mtl_path, *l1_groups) / sin_e
                 notes["toa_formula"] = "(REFLECTANCE_MULT·Q + REFLECTANCE_ADD)/sin(SUN_ELEVATION)"
             else:
-                lmult, ladd = _radiance_rescaling(groups, number)
+                lmult, ladd = _radiance_rescaling(groups, number, mtl_path)
                 esun = ESUN[spacecraft][number]
                 k = math.pi * d_au ** 2 / (esun * math.cos(math.radians(sza)))
                 scale, offset = lmult * k, ladd * k
@@ -294,14 +311,28 @@ def _open_landsat(mtl_path: Path) -> Product:
     else:
         product.view_zenith_deg, product.view_azimuth_deg = 0.0, 0.0
         product.angle_source = "scene sun angles of the MTL, nadir view"
-    return product
+    return _confine_product(product, folder)
 
 
-def _radiance_rescaling(groups, number):
+def _mtl_number(groups: dict, key: str, mtl_path: Path, *preferred: str, default=None) -> float:
+    """A numeric MTL field; a missing or non-numeric one is a message naming the field."""
+    value = _get(groups, key, *preferred, default=default)
+    try:
+        number = float(str(value).strip('"')) if value not in (None, "") else None
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number):
+        raise ForestCarbonError(
+            f"The MTL '{mtl_path.name}' has no valid {key} (got '{value if value not in (None, '') else 'nothing'}'): "
+            "it is incomplete or not a Landsat MTL. Download the product's MTL again.")
+    return number
+
+
+def _radiance_rescaling(groups, number, mtl_path):
     mult = _get(groups, f"RADIANCE_MULT_BAND_{number}")
-    add = _get(groups, f"RADIANCE_ADD_BAND_{number}")
     if mult not in (None, ""):
-        return float(mult), float(add)
+        return (_mtl_number(groups, f"RADIANCE_MULT_BAND_{number}", mtl_path),
+                _mtl_number(groups, f"RADIANCE_ADD_BAND_{number}", mtl_path))
     # oldest MTLs: LMAX/LMIN and QCALMAX/QCALMIN (Chander et al. 2009, Eq. 1)
     lmax = _get(groups, f"LMAX_BAND{number}", default=_get(groups, f"RADIANCE_MAXIMUM_BAND_{number}"))
     lmin = _get(groups, f"LMIN_BAND{number}", default=_get(groups, f"RADIANCE_MINIMUM_BAND_{number}"))
@@ -310,7 +341,14 @@ def _radiance_rescaling(groups, number):
     if None in (lmax, lmin, qmax, qmin):
         raise ForestCarbonError(f"The MTL gives no radiometric rescaling for band {number}: it cannot be "
                                 "converted to reflectance.")
-    lmax, lmin, qmax, qmin = (float(v) for v in (lmax, lmin, qmax, qmin))
+    try:
+        lmax, lmin, qmax, qmin = (float(str(v).strip('"')) for v in (lmax, lmin, qmax, qmin))
+    except ValueError:
+        raise ForestCarbonError(f"The MTL '{mtl_path.name}' gives a non-numeric radiance range for band {number}: "
+                                "download the product's MTL again.") from None
+    if qmax == qmin:
+        raise ForestCarbonError(f"The MTL '{mtl_path.name}' gives QCALMAX = QCALMIN for band {number}: its "
+                                "radiometric rescaling is broken. Download the product's MTL again.")
     mult = (lmax - lmin) / (qmax - qmin)
     return mult, lmin - mult * qmin
 
@@ -325,19 +363,47 @@ def _resolve_band_file(folder: Path, file_name, number: int, is_sr: bool) -> Pat
         for candidate in sorted(folder.iterdir()):
             if candidate.is_file() and re.fullmatch(pattern.replace("*", ".*").replace(".TIF", r"\.tiff?"),
                                                     candidate.name, re.I):
-                return candidate
+                return confined(folder, candidate, "The product's file")
     return None
 
 
-def _existing(folder: Path, name: str) -> Path | None:
+def confined(folder: Path, path: Path, named_by: str = "The metadata file names") -> Path:
+    """``path`` if it lies inside ``folder`` once links and ``..`` are resolved; else a refusal.
+
+    File names come from metadata that anyone can edit: a product must not make the plugin read
+    (or reveal the existence of) files elsewhere on the disk."""
+    folder, path = Path(folder), Path(path)
+    root = folder.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ForestCarbonError(
+            f"{named_by} '{path.relative_to(folder) if path.is_relative_to(folder) else path}', which lies "
+            f"outside the product folder '{folder}' (through '..' or a link): the files of a product must be inside "
+            "its folder. Fix the metadata file, or copy the product's files (not links to them) into one folder.")
+    return path
+
+
+def _confine_product(product: Product, folder: Path) -> Product:
+    """Every file the product will read (bands, QA, saturation, angle bands) inside ``folder``."""
+    paths = [b.path for b in product.bands.values()] + [product.qa_path, product.radsat_path]
+    paths += [entry[0] for entry in product.angle_files.values()]
+    for path in paths:
+        if path is not None:
+            confined(folder, path, "The product's file")
+    return product
+
+
+def _existing(folder: Path, name: str, named_by: str = "The metadata file names") -> Path | None:
     name = str(name).strip('"')
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        confined(folder, folder / name, named_by)  # refuses; a name with ../ that stays inside is fine
     direct = folder / name
     if direct.is_file():
-        return direct
+        return confined(folder, direct, named_by)
     lower = name.lower()
     for candidate in sorted(folder.iterdir()):  # renamed copies (e.g. prefixed) and case changes
         if candidate.is_file() and candidate.name.lower().endswith(lower):
-            return candidate
+            return confined(folder, candidate, named_by)
     return None
 
 
@@ -381,16 +447,21 @@ def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
         tag = "BOA_ADD_OFFSET" if level == "SR" else "RADIO_ADD_OFFSET"
         for element in root.iter():
             if _local(element.tag) == tag:
-                offsets[MSI_PHYSICAL[int(element.get("band_id"))]] = float(element.text)
+                try:
+                    offsets[MSI_PHYSICAL[int(element.get("band_id"))]] = float(element.text)
+                except (TypeError, ValueError, IndexError):
+                    raise ForestCarbonError(
+                        f"'{product_xml.name}' has an invalid {tag} (band_id {element.get('band_id')!r}, value "
+                        f"{element.text!r}): the product metadata is damaged. Download the product again.") from None
         spacecraft = _xml_text(root, "SPACECRAFT_NAME") or ""
         platform = {"Sentinel-2A": "S2A", "Sentinel-2B": "S2B", "Sentinel-2C": "S2C"}.get(spacecraft.strip())
         start = _xml_text(root, "PRODUCT_START_TIME")
-        acquired = _parse_time(start) if start else None
+        acquired = _parse_time(start, product_xml, "PRODUCT_START_TIME") if start else None
         baseline = _xml_text(root, "PROCESSING_BASELINE")
     tile_root = _parse_xml(tile_xml) if tile_xml is not None else None
     if tile_root is not None and acquired is None:
         sensing = _xml_text(tile_root, "SENSING_TIME")
-        acquired = _parse_time(sensing) if sensing else None
+        acquired = _parse_time(sensing, tile_xml, "SENSING_TIME") if sensing else None
     if tile_root is not None and platform is None:
         tile_id = _xml_text(tile_root, "TILE_ID") or ""
         platform = tile_id[:3] if tile_id[:3] in ("S2A", "S2B", "S2C") else None
@@ -405,7 +476,12 @@ def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
             raise ForestCarbonError(
                 f"The Sentinel-2 bands in '{folder}' come without metadata and without a date in their names: "
                 "put the product's MTD_MSIL2A.xml/MTD_MSIL1C.xml or MTD_TL.xml beside them.")
-        acquired = _dt.datetime.strptime(stamp.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
+        try:
+            acquired = _dt.datetime.strptime(stamp.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
+        except ValueError:
+            raise ForestCarbonError(f"The Sentinel-2 band names in '{folder}' carry '{stamp.group(1)}', not a valid "
+                                    "sensing time: put the product's MTD_MSIL2A.xml/MTD_MSIL1C.xml beside them.") \
+                from None
     if quant is None:
         quant = 10000.0
         default_offset = -1000.0 if acquired.date() >= S2_BASELINE_04_START else 0.0
@@ -420,13 +496,19 @@ def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
             platform = "S2A"
             warnings.append("The Sentinel-2 unit (2A/2B/2C) is not in the metadata: the S2A bandpass "
                             "coefficients are used (they differ from S2B/S2C by < 1.5%).")
-    if baseline and level == "SR" and float(baseline) < 4.0:
+    try:
+        baseline_number = float(baseline) if baseline else None
+    except ValueError:
+        raise ForestCarbonError(f"The product metadata gives PROCESSING_BASELINE '{baseline}', not a number like "
+                                "04.00: it is damaged. Download the product again.") from None
+    if baseline_number is not None and level == "SR" and baseline_number < 4.0:
         offsets = {b: 0.0 for b in MSI_PHYSICAL}
     bands = {}
     for band_id, (name, native) in MSI_BANDS.items():
         if band_id not in files:
             continue
-        path = files[band_id].get(native) or files[band_id][min(files[band_id])]
+        path = confined(folder, files[band_id].get(native) or files[band_id][min(files[band_id])],
+                        "The product's file")
         nodata, res = _band_profile(path)
         bands[name] = BandSource(name, band_id, path, 1.0 / quant, offsets.get(band_id, 0.0) / quant,
                                  0.0 if nodata is None else nodata, res)
@@ -448,7 +530,7 @@ def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
         product.angle_source = "sun position computed from the sensing time, nadir view (no MTD_TL.xml)"
     if baseline:
         notes["processing_baseline"] = baseline
-    return product
+    return _confine_product(product, folder)
 
 
 def _s2_angles(root, product: Product) -> None:
@@ -547,12 +629,22 @@ def _xml_text(root, name: str) -> str | None:
 
 def _xml_float(root, name: str) -> float | None:
     text = _xml_text(root, name)
-    return float(text) if text not in (None, "") else None
+    if text in (None, ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ForestCarbonError(f"The product metadata gives {name} = '{text[:40]}', not a number: it is damaged. "
+                                "Download the product again.") from None
 
 
-def _parse_time(text: str) -> _dt.datetime:
+def _parse_time(text: str, where: Path | None = None, name: str = "time") -> _dt.datetime:
     text = text.strip().rstrip("Z")
-    when = _dt.datetime.fromisoformat(text[:26])
+    try:
+        when = _dt.datetime.fromisoformat(text[:26])
+    except ValueError:
+        raise ForestCarbonError(f"'{where.name if where else 'The metadata'}' gives {name} '{text[:40]}', not a date "
+                                "and time (YYYY-MM-DDTHH:MM:SS): it is damaged. Download the product again.") from None
     return when.replace(tzinfo=_dt.timezone.utc)
 
 

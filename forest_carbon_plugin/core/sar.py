@@ -113,6 +113,10 @@ def speckle_filter(intensity, filter: str = "refined_lee", window: int = 7,  # n
     return _FILTER_PADDED[name](_pad(intensity, k), k, float(looks))
 
 
+#: the largest filter window accepted (pixels)
+MAX_WINDOW = 25
+
+
 def _half_window(window) -> int:
     try:
         w = int(window)
@@ -122,6 +126,11 @@ def _half_window(window) -> int:
     if w != window or w < 3 or w % 2 == 0:
         raise ForestCarbonError(f"WINDOW must be an odd whole number of pixels, 3 or more (got {window!r}): "
                                 "use e.g. 5, 7 (the standard refined Lee window) or 9.")
+    if w > MAX_WINDOW:
+        # every window sum is explicit (W² slices per pixel): past this a filter takes hours and blurs the
+        # image past use
+        raise ForestCarbonError(f"WINDOW {w} is too large: speckle filters use 5 to 11 pixels; give an odd "
+                                f"number up to {MAX_WINDOW}.")
     return w // 2
 
 

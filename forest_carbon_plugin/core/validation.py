@@ -562,6 +562,10 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
             notes.append("REFERENCE has no CRS: its coordinates were taken to be in the prediction's CRS.")
         if skipped:
             notes.append(f"{skipped} reference feature(s) without a geometry or a value were left out.")
+        if not feats:
+            raise ForestCarbonError(
+                f"REFERENCE has no feature with both a geometry and a value of '{field_name}' ({skipped} feature(s) "
+                "without one): give a layer of plots whose reference field is filled in.")
         kinds = {_kind(g) for g, _ in feats}
         if not kinds <= {"point", "polygon"} or len(kinds) > 1:
             raise ForestCarbonError(f"REFERENCE must hold points or polygons, one kind only (found: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -173,3 +174,25 @@ def test_a_worker_python_that_cannot_import_numpy_is_refused(tmp_path, worker_py
     assert list(workerpool.imap(worker_tasks.fail_on, [(i, -1) for i in range(3)], 2, progress)) == [0, 1, 2]
     assert "could not start" in progress.warnings[0]
     assert pool_workers() == []
+
+
+def test_spawned_processes_do_not_rerun_a_script_without_main_guard(tmp_path):
+    """What Dask's LocalCluster does (multiprocessing spawn) from a script with top-level code."""
+    script = tmp_path / "analysis.py"
+    script.write_text(
+        "import multiprocessing, os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from forest_carbon_plugin.core.workerpool import main_hidden\n"
+        "print('TOP-LEVEL CODE', flush=True)\n"
+        "ctx = multiprocessing.get_context('spawn')\n"
+        "hide = main_hidden() if sys.argv[1] == 'hidden' else __import__('contextlib').nullcontext()\n"
+        "with hide:\n"
+        "    process = ctx.Process(target=os.getpid)\n"
+        "    process.start()\n"
+        "process.join(60)\n"
+        "print('EXIT', process.exitcode, __file__ == sys.argv[0], flush=True)\n")
+    for mode, runs in (("hidden", 1), ("plain", 2)):  # plain: the child re-runs the script (the bug)
+        proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.count("TOP-LEVEL CODE") == runs, proc.stdout + proc.stderr
+        if mode == "hidden":
+            assert proc.returncode == 0 and "EXIT 0 True" in proc.stdout, proc.stdout + proc.stderr

@@ -243,6 +243,7 @@ def local_cluster(n_workers: int = 0):
     """A client of a ``distributed.LocalCluster`` on this machine (one worker process per core by default,
     one thread each), kept for the session and reused by later jobs."""
     from .dependencies import qgis_python_executable, require
+    from .workerpool import main_hidden
 
     require("distributed")
     n = int(n_workers) if n_workers and n_workers > 0 else max(1, os.cpu_count() or 1)
@@ -257,8 +258,9 @@ def local_cluster(n_workers: int = 0):
         # inside QGIS sys.executable is the QGIS binary or a python3 shim from PATH: spawn QGIS's own Python
         multiprocessing.set_executable(qgis_python_executable())
         try:
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR, host="127.0.0.1")
+            with main_hidden():  # a standalone script without a main guard must not run again in each worker
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                       silence_logs=logging.ERROR, host="127.0.0.1")
         except Exception as exc:  # noqa: BLE001
             raise ForestCarbonError(f"Could not start a local Dask cluster of {n} workers ({exc}).") from exc
         client = Client(cluster, set_as_default=False)

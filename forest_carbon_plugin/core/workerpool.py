@@ -281,6 +281,24 @@ def imap(task, args_list, max_workers: int = 1, progress: Progress | None = None
     yield from _in_process(task, args_list, submitted, kwargs, progress, share)
 
 
+@contextlib.contextmanager
+def main_hidden():
+    """Start ``multiprocessing`` spawn processes inside (Dask's LocalCluster does) without them importing the
+    caller's ``__main__``: a standalone script without a main guard would run again in each of them."""
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main is not None and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
+
+
 def _warn(progress, message):
     if progress is not None:
         progress.warning(message)

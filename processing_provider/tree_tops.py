@@ -90,6 +90,17 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         out_crs = QgsCoordinateReferenceSystem(crs_text) if crs_text.startswith("EPSG:") \
             else QgsCoordinateReferenceSystem.fromWkt(crs_text)
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, WkbType.PointZ, out_crs)
+        crown_fields = QgsFields()
+        for name, kind in (("tree_id", FieldType.Int), ("height_m", FieldType.Double), ("area_m2", FieldType.Double),
+                           ("crown_diameter_m", FieldType.Double)):
+            crown_fields.append(QgsField(name, kind))
+        crown_sink, crown_dest = self.parameterAsSink(parameters, self.OUTPUT_CROWNS, context, crown_fields,
+                                                      WkbType.MultiPolygon, out_crs)
+        # the crowns first (minutes on a large catalog, cancellable): a cancelled run then has no features to
+        # flush into the tops' GeoPackage before it is removed
+        crowns = self.call_core(tree_crowns, source, tops, crs, progress=FeedbackProgress(feedback),
+                                max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context)) \
+            if crown_sink is not None else None
         for i, (x, y, z) in enumerate(zip(tops.x, tops.y, tops.z), start=1):
             feature = QgsFeature(fields)
             feature.setGeometry(QgsGeometry(QgsPoint(float(x), float(y), float(z))))
@@ -98,15 +109,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         feedback.pushInfo(f"{len(tops):,} tree tops.")
         StyleLoader.attach(context, dest, "tree_tops")
         results = {self.OUTPUT: dest, "TREE_COUNT": len(tops)}
-        crown_fields = QgsFields()
-        for name, kind in (("tree_id", FieldType.Int), ("height_m", FieldType.Double), ("area_m2", FieldType.Double),
-                           ("crown_diameter_m", FieldType.Double)):
-            crown_fields.append(QgsField(name, kind))
-        crown_sink, crown_dest = self.parameterAsSink(parameters, self.OUTPUT_CROWNS, context, crown_fields,
-                                                      WkbType.MultiPolygon, out_crs)
         if crown_sink is not None:
-            crowns = self.call_core(tree_crowns, source, tops, crs, progress=FeedbackProgress(feedback),
-                                    max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
             for k, polygon, area, diameter, height in crowns:
                 feature = QgsFeature(crown_fields)
                 feature.setGeometry(QgsGeometry.fromWkt(polygon.wkt))

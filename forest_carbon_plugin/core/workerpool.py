@@ -181,6 +181,8 @@ class _Pool:
             worker, data = self.events.get(timeout=timeout)
         except queue.Empty:
             return None
+        if worker not in self.workers:
+            return None  # the end of the stream of a worker already given up
         message = pickle.loads(data) if data is not None else ("died",)
         if message[0] == "ready":
             worker.ready = True

@@ -323,7 +323,7 @@ def _later_failure(algorithm, t, o):
         params = {"INPUT": laz(t), "OUTPUT_HTML": str(o / "i.html"), "OUTPUT_JSON": str(o / "i.json"),
                   "OUTPUT_FOOTPRINTS": str(o / "f.gpx")}
         old = ["i.html", "i.json"]
-    elif algorithm == "treetops":  # the tops' GeoPackage is written and open when the crowns' GPX fails
+    elif algorithm == "treetops":  # the tops' GeoPackage is created and open when the crowns' GPX fails
         params = {"INPUT": laz(t), "OUTPUT": str(o / "t.gpkg"), "OUTPUT_CROWNS": str(o / "crowns.gpx"),
                   "MAX_WORKERS": 1}
         old = ["t.gpkg"]

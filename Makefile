@@ -7,7 +7,7 @@ WORKER_VENV := .venv-worker
 CORE_SOURCES := $(shell find forest_carbon_plugin -name '*.py' -not -path '*/gui/*' 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-geopandas python3-scipy python3-sklearn \
-	python3-h5py python3-matplotlib python3-cryptography python3-venv python3-pip gdal-bin proj-data xvfb zip unzip
+	python3-h5py python3-matplotlib python3-cryptography python3-venv python3-pip gdal-bin proj-data xvfb xauth zip unzip
 # make test-lts: where the Debian 13 / QGIS 3.44 root is cached (outside the checkout, so CI's clones share it)
 LTS_ROOT ?= /var/cache/forest-carbon-lts
 

@@ -49,18 +49,22 @@ mounts_under() {
     awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts
 }
 
+# Sessions of the commands this run started in the root (setsid): cleanup() stops only those processes,
+# never someone else's shell or tests in the same root.
+SESSIONS=()
+
 kill_inside() {
-    # Processes left running in the root (Dask workers, Xvfb, a stuck test) keep its mounts busy.
-    local dir=$1 pid link
-    for link in /proc/[0-9]*/root; do
-        pid=${link#/proc/}; pid=${pid%/root}
-        [ "$(readlink "$link" 2>/dev/null)" = "$dir" ] && kill -TERM "$pid" 2>/dev/null || true
+    # Our processes left running in the root (Dask workers, Xvfb, a stuck test) keep its mounts busy.
+    local dir=$1 sig pid sid
+    [ ${#SESSIONS[@]} -gt 0 ] || return 0
+    for sig in TERM KILL; do
+        while read -r pid sid; do
+            case " ${SESSIONS[*]} " in *" $sid "*) ;; *) continue ;; esac
+            [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$dir" ] && kill "-$sig" "$pid" 2>/dev/null || true
+        done < <(ps -eo pid=,sess=)
+        [ $sig = TERM ] && sleep 1
     done
-    sleep 1
-    for link in /proc/[0-9]*/root; do
-        pid=${link#/proc/}; pid=${pid%/root}
-        [ "$(readlink "$link" 2>/dev/null)" = "$dir" ] && kill -KILL "$pid" 2>/dev/null || true
-    done
+    return 0
 }
 
 unmount_all() {
@@ -128,7 +132,10 @@ in_root() {  # in_root DIR COMMAND...: a clean environment, plus the host's PIP_
     # In the background and waited for, so that INT/TERM reach our trap at once (bash runs traps only
     # after a foreground child ends) and cleanup() stops what runs inside.
     # fd 9 (the lock) stays out, so that nothing left inside could hold the lock.
-    chroot "$dir" /usr/bin/env -i "${vars[@]}" "$@" 9>&- &
+    # (without job control the background child leads no group, so setsid makes it the session leader
+    # without forking: its session id is $!; -w keeps the exit status should it ever fork)
+    setsid -w chroot "$dir" /usr/bin/env -i "${vars[@]}" "$@" 9>&- &
+    SESSIONS+=("$!")
     wait $!
 }
 

@@ -110,10 +110,10 @@ def area_based_approach():
     for i, child in enumerate(children):
         child.setPosition(QPointF(120.0 + 220 * i, 200 + 80 * (i % 2)))
         model.addChildAlgorithm(child)
-    return _child_id_output_names(model)
+    return child_id_output_names(model)
 
 
-def _child_id_output_names(model):
+def child_id_output_names(model):
     """The model with its outputs named ``childId:output`` (e.g. ``predictraster:agb``) on every QGIS.
 
     QGIS >= 3.26 gives a model made in code its "Version2" behaviour, which names the outputs (and their
@@ -329,7 +329,7 @@ def forest_carbon_chain():
         col, row = layout[alg.childId()]
         alg.setPosition(QPointF(120 + 260 * col, 120 + 140 * row))
         model.addChildAlgorithm(alg)
-    return _child_id_output_names(model)
+    return child_id_output_names(model)
 
 
 MODELS = {ABA: area_based_approach, CHAIN: forest_carbon_chain}

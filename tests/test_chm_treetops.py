@@ -138,11 +138,14 @@ def test_bad_input(alg, tmp_path, forestcarbon_provider):
     assert not list(tmp_path.glob("out*"))
 
 
-def test_outputs_are_styled_when_loaded(tmp_path, forestcarbon_provider):
+def test_outputs_are_styled_when_loaded(tmp_path, forestcarbon_provider, monkeypatch):
     """Run as the toolbox does (outputs loaded on completion): the styles of resources/ apply."""
     import processing
     from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
 
+    # No iface, as in qgis_process: QGIS >= 3.40 hands iface.layerTreeView() to C++, and pytest-qgis's stub
+    # iface answers with a MagicMock (3.22's post-processing does not use iface).
+    monkeypatch.setattr("processing.gui.Postprocessing.iface", None, raising=False)
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     out = str(tmp_path / "chm.tif")

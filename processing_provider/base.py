@@ -57,7 +57,8 @@ def rescale_ramp(layer, low: float = 0.02, high: float = 0.98) -> None:
     renderer = layer.renderer()
     if renderer is None or renderer.type() != "singlebandpseudocolor":
         return
-    vmin, vmax = layer.dataProvider().cumulativeCut(renderer.band(), low, high)
+    # usesBands(): band() is deprecated from 3.38 and its successor inputBand() is not in 3.22
+    vmin, vmax = layer.dataProvider().cumulativeCut(renderer.usesBands()[0], low, high)
     if not vmax > vmin:
         vmax = vmin + 1.0
     shader = renderer.shader().rasterShaderFunction()

@@ -330,8 +330,13 @@ def write_plots(config: SceneConfig, trees: Trees, stands, path: Path, truth_csv
 def write_projects(config: SceneConfig, trees: Trees, path: Path) -> list:
     """Two or three project areas; their true AGB and carbon go to the manifest."""
     import geopandas as gpd
-    from shapely import vectorized
+    import shapely
     from shapely.geometry import Polygon
+
+    # shapely 2 (Debian 13) deprecates vectorized.contains for contains_xy; shapely 1.8 (Debian 12) has only the former
+    contains_xy = getattr(shapely, "contains_xy", None)
+    if contains_xy is None:
+        from shapely.vectorized import contains as contains_xy
 
     s = config.size
     x0, y0 = config.xmin, config.ymin
@@ -344,7 +349,7 @@ def write_projects(config: SceneConfig, trees: Trees, path: Path) -> list:
         shapes_["Project C"] = Polygon([(0.55 * s, 0.05 * s), (0.8 * s, 0.05 * s), (0.8 * s, 0.3 * s), (0.55 * s, 0.3 * s)])
     records, truth = [], []
     for name, poly in shapes_.items():
-        inside = vectorized.contains(poly, trees.x, trees.y) if len(trees) else np.zeros(0, bool)
+        inside = contains_xy(poly, trees.x, trees.y) if len(trees) else np.zeros(0, bool)
         agb_mg = float(trees.agb_kg[inside].sum() / 1000)
         world = Polygon([(x0 + x, y0 + y) for x, y in poly.exterior.coords])
         records.append({"project": name, "geometry": world})

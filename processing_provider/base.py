@@ -274,6 +274,12 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
             return function(*args, **kwargs)
         except ForestCarbonError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        except MemoryError as exc:
+            # grids are refused before allocating when they cannot fit at all; this is the memory that the
+            # machine lacked for one that could
+            raise QgsProcessingException(self.tr(
+                f"Not enough memory for this run ({exc or 'an allocation failed'}): use a coarser resolution, a "
+                "smaller extent or fewer worker processes, or close other programs.")) from exc
 
 
 #: parameter types whose values name files or layers that an algorithm reads

@@ -6,6 +6,7 @@ import numpy as np
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsCsException,
     QgsFeature,
     QgsFeatureSink,
     QgsField,
@@ -96,7 +97,14 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
                 shapes.append(None)
                 continue
             if transform is not None:
-                geometry.transform(transform)
+                try:
+                    geometry.transform(transform)
+                except QgsCsException as exc:
+                    raise QgsProcessingException(self.tr(
+                        f"Plot {feature.id()} cannot be reprojected from {plots.sourceCrs().authid() or 'its CRS'} "
+                        f"to the cloud's {cloud_crs.authid() or 'CRS'} ({str(exc).splitlines()[-1]}): its coordinates "
+                        "do not fit the plot layer's CRS. Set the layer's correct CRS (Layer Properties ▸ Source) "
+                        "and run again.")) from exc
             if geometry.type() == GeometryType.Point:
                 point = geometry.asPoint() if not geometry.isMultipart() else geometry.asMultiPoint()[0]
                 shapes.append(Plot(centre=(point.x(), point.y()), radius_m=radius))

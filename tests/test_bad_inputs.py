@@ -168,6 +168,8 @@ def kit(tmp_path_factory):
     k["nocrs"] = str(write_tif(root / "nocrs.tif", rng.uniform(50, 150, (16, 16)), crs=None))
     k["far"] = str(write_tif(root / "far.tif", rng.uniform(50, 150, (16, 16)), x0=X0 + 50_000))
     k["allnodata"] = str(write_tif(root / "allnodata.tif", np.full((16, 16), -9999.0)))
+    k["nan"] = str(write_tif(root / "nan.tif", np.full((32, 32), np.nan), nodata=None))
+    k["vv_db"] = str(write_tif(root / "vv_db.tif", -np.abs(rng.normal(12, 3, (32, 32))), nodata=None))
     k["vv"] = str(write_tif(root / "vv.tif", rng.gamma(4.4, 0.1 / 4.4, (32, 32)), nodata=None))
     k["vh_other_grid"] = str(write_tif(root / "vh.tif", rng.gamma(4.4, 0.02 / 4.4, (32, 32)), res=20.0,
                                        nodata=None))
@@ -361,6 +363,10 @@ CASES = [
     C("plotmetrics-plots-outside", "plotmetrics",
       run_with({"OUTPUT": "p.gpkg"}, INPUT="@laz", PLOTS="@points_far"),
       r"None of the 3 plots overlaps the point cloud .*: check that the plots and the cloud cover the same area"),
+    C("plotmetrics-plots-crs-wrong", "plotmetrics", lambda k, t, o: {
+        "INPUT": k["laz"], "PLOTS": str(write_layer(t / "in" / "p.gpkg", [f"POINT ({X0 + 20} {Y0 - 130})"], {"a": [1.0]},
+                                                   crs_epsg=4326)), "OUTPUT": str(o / "p.gpkg")},
+      r"Plot \d+ cannot be reprojected from EPSG:4326 to the cloud's EPSG:32633 .*Set the layer's correct CRS"),
     # --- modelinfo
     C("modelinfo-not-onnx", "modelinfo", run_with({"OUTPUT_JSON": "m.json"}, INPUT="@not_onnx"),
       r"'fake\.onnx' is not a valid ONNX model .*Export the model again"),
@@ -433,6 +439,9 @@ CASES = [
     C("harmonizescene-s2-band-symlink-outside", "harmonizescene",
       lambda k, t, o: {"INPUT": str(symlinked_s2(t)), "OUTPUT": str(o / "h.tif")},
       r"The product's file 'T33UUU_20200612T100031_B04\.tif', which lies outside the product folder '.*T33UUU'"),
+    C("harmonizescene-reference-grid-without-crs", "harmonizescene",
+      run_with({"OUTPUT": "h.tif"}, INPUT="@landsat", REFERENCE_GRID="@nocrs"),
+      r"The reference grid '.*nocrs\.tif' has no CRS: assign its CRS .*or leave REFERENCE_GRID empty"),
     C("harmonizescene-resolution-zero", "harmonizescene",
       run_with({"OUTPUT": "h.tif"}, INPUT="@landsat", TARGET_RESOLUTION=0),
       r"TARGET_RESOLUTION must be greater than 0 \(got 0\.0\)"),
@@ -471,6 +480,11 @@ CASES = [
     C("sarfeatures-missing-file", "sarfeatures",
       lambda k, t, o: {"INPUT_VV": str(t / "vv_missing.tif"), "INPUT_VH": k["vv"], "OUTPUT": str(o / "s.tif")},
       QGIS_REFUSED.format(name="INPUT_VV") + r"'.*vv_missing\.tif' does not exist"),
+    C("sarfeatures-db-values", "sarfeatures", lambda k, t, o: {
+        "INPUT_VV": k["vv_db"], "INPUT_VH": k["vv"], "OUTPUT": str(o / "s.tif")},
+      r"INPUT_VV \('vv_db\.tif'\): 100% of its pixels are ≤ 0, as dB values are; .*Convert it first"),
+    C("sarfeatures-all-nan", "sarfeatures", run_with({"OUTPUT": "s.tif"}, INPUT_VV="@vv", INPUT_VH="@nan"),
+      r"INPUT_VH \('nan\.tif'\) has no valid pixel"),
     # --- spectralindices
     C("spectralindices-indices-garbage", "spectralindices",
       run_with({"OUTPUT": "i.tif"}, INPUT="@refl", INDICES="garbage"),
@@ -483,6 +497,9 @@ CASES = [
     C("spectralindices-band-map-out-of-range", "spectralindices",
       run_with({"OUTPUT": "i.tif"}, INPUT="@refl", INDICES="NDVI", BAND_MAP="red=3,nir=40"),
       r"BAND_MAP nir=40: the raster has bands 1 to 6"),
+    C("spectralindices-all-nodata", "spectralindices",
+      run_with({"OUTPUT": "i.tif"}, INPUT="@allnodata", INDICES="NDVI", BAND_MAP="red=1,nir=1"),
+      r"No pixel of 'allnodata\.tif' gives a valid index: the bands used \(band 1\) are no-data everywhere"),
     # --- compositescenes
     C("compositescenes-no-overlap", "compositescenes",
       run_with({"OUTPUT": "c.tif"}, INPUTS=["@refl", "@refl_far"]),
@@ -502,6 +519,10 @@ CASES = [
       r"The field 'name' of REFERENCE is not numeric \(String\)\. Choose a numeric field: agb, empty"),
     C("validatepredictions-no-overlap", "validatepredictions", validate("@points_far", "agb"),
       r"No valid pair of prediction and reference: they do not overlap.*Check that both cover the same area"),
+    C("validatepredictions-std-outside", "validatepredictions",
+      run_with({"OUTPUT_REPORT": "v.html"}, PREDICTION="@agb", STD="@far", REFERENCE="@points",
+               REFERENCE_FIELD="agb"),
+      r"STD \('far\.tif'\) does not overlap PREDICTION \('agb\.tif'\): give the uncertainty rasters"),
     # --- trainmodel
     C("trainmodel-missing-target-field", "trainmodel", train(FEATURES=["@refl"], TARGET="@points", TARGET_FIELD="nope"),
       r"TARGET has no field 'nope'\. Fields: agb, empty, name"),
@@ -525,6 +546,8 @@ CASES = [
       r"The custom allometry AGB = a·H\^b needs ALLOMETRY_A and ALLOMETRY_B"),
     C("carbonstock-all-nodata", "carbonstock", carbon(AGB="@allnodata"),
       r"None of the 1 project polygons holds a valid pixel of 'allnodata\.tif'.*Check that they cover the same"),
+    C("carbonstock-std-outside", "carbonstock", carbon(AGB="@agb", AGB_STD="@far"),
+      r"AGB_STD \('far\.tif'\) does not overlap 'agb\.tif': the uncertainty rasters must cover the map"),
     # --- aggregatetogrid
     C("aggregatetogrid-statistics-garbage", "aggregatetogrid",
       run_with({"OUTPUT": "a.tif"}, INPUT="@agb", RESOLUTION=30, STATISTICS="garbage"),

@@ -121,6 +121,8 @@ class Readers:
                 if src_nodata is not None:
                     options["src_nodata"] = src_nodata
                     options["nodata"] = src_nodata
+                if src.crs is None:  # taken to be in the grid's CRS, as same_grid does
+                    options["src_crs"] = self.grid.crs
                 src = WarpedVRT(src, **options)
                 handles.append(src)
             cache[key] = src
@@ -248,6 +250,8 @@ def same_grid(a: RasterGrid, b: RasterGrid) -> bool:
         return False
     if not all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * max(a.res)) for x, y in zip(a.transform, b.transform)):
         return False
+    if a.crs is None or b.crs is None:  # a raster without a CRS is taken to be in the other's
+        return True
     return CRS.from_user_input(a.crs) == CRS.from_user_input(b.crs)
 
 

@@ -435,7 +435,7 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     import rasterio
     from shapely.ops import transform as shp_transform
 
-    from .blocks import RasterGrid, Readers
+    from .blocks import RasterGrid, Readers, overlaps
 
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -514,6 +514,14 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
             raise ForestCarbonError(f"The raster '{main}' has no CRS. Assign one (gdal_edit.py -a_srs) and run again.")
         raster_crs = src.crs.to_wkt()
         res = (abs(src.transform.a), abs(src.transform.e))
+    for name, other in (("AGB_STD", agb_std), ("AGB_LOWER", agb_lower), ("AGB_UPPER", agb_upper)):
+        if other is not None:
+            with rasterio.open(other) as src:
+                if not overlaps(grid, src):
+                    raise ForestCarbonError(
+                        f"{name} ('{Path(str(other)).name}') does not overlap '{Path(str(main)).name}': the "
+                        "uncertainty rasters must cover the map they describe. Give the ones predictraster wrote "
+                        "with it.")
     from pyproj import CRS
 
     rcrs = CRS.from_user_input(raster_crs)

@@ -61,7 +61,9 @@ def target_grid(product: Product, target_crs=None, resolution_m: float = 30.0, r
         try:
             with rasterio.open(reference_grid) as ref:
                 if ref.crs is None:
-                    raise ForestCarbonError(f"The reference grid '{reference_grid}' has no CRS.")
+                    raise ForestCarbonError(f"The reference grid '{reference_grid}' has no CRS: assign its CRS "
+                                            "(Raster ▸ Projections ▸ Assign Projection), or leave REFERENCE_GRID "
+                                            "empty and give TARGET_CRS and TARGET_RESOLUTION.")
                 return RasterGrid.of(ref)
         except rasterio.errors.RasterioIOError as exc:
             raise ForestCarbonError(f"The reference grid '{reference_grid}' cannot be read: {exc}.") from exc

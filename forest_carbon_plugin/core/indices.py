@@ -248,7 +248,18 @@ def spectral_indices(path, out_path, indices=DEFAULT_INDICES, band_map=None, sca
             args = [values[b] for b in needed[idx]]
             result = INDICES[idx].function(*args)
             out[k] = np.where(np.isfinite(result), result, np.nan)
+        if not seen["valid"] and np.isfinite(out).any():
+            seen["valid"] = True
         return out
+
+    seen = {"valid": False}
+
+    def finish():
+        if not seen["valid"]:
+            raise ForestCarbonError(
+                f"No pixel of '{Path(path).name}' gives a valid index: the bands used "
+                f"({', '.join(f'band {b}' for b in used)}) are no-data everywhere, or the index is undefined there "
+                "(e.g. red + nir = 0). Check the input and BAND_MAP; nothing was written.")
 
     roles = {idx: dict(zip(INDICES[idx].bands, needed[idx])) for idx in names}
     record = {"INPUT": str(path), "INDICES": ",".join(names), "BAND_MAP": mapping, "SCALE": scale or 0,
@@ -257,7 +268,7 @@ def spectral_indices(path, out_path, indices=DEFAULT_INDICES, band_map=None, sca
     try:
         process_blocks(grid, compute, out_path, count=len(names), dtype="float32", nodata=float("nan"),
                        descriptions=names, provenance=provenance("spectralindices", record, [path]),
-                       progress=progress, max_workers=max_workers)
+                       progress=progress, max_workers=max_workers, finish=finish)
     finally:
         readers.close()
     return {"indices": names, "bands": bands, "bands_used": roles,

@@ -44,6 +44,7 @@ of filtering the whole image at once.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +347,8 @@ def sar_features(vv_path, vh_path, out_path, filter: str = "refined_lee", window
     try:
         process_blocks(grid, plan.compute, out_path, len(BANDS), "float32", float("nan"),
                        descriptions=list(BANDS), tags=tags, provenance=record, band_tags=band_tags,
-                       progress=progress, max_workers=default_workers(max_workers), block_size=block_size)
+                       progress=progress, max_workers=default_workers(max_workers), block_size=block_size,
+                       finish=plan.check_inputs)
     finally:
         plan.readers.close()
     return Path(out_path)
@@ -404,6 +406,22 @@ class _Plan:
     def __init__(self, grid: RasterGrid, paths, name: str, k: int, looks: float):
         self.grid, self.paths, self.name, self.k, self.looks = grid, paths, name, k, looks
         self.readers = Readers(grid)
+        # per input: [finite values read, of which ≤ 0]; blocks run in threads
+        self.seen = {path: [0, 0] for path in paths}
+        self._lock = threading.Lock()
+
+    def check_inputs(self) -> None:
+        """After the last block: refuse inputs with no valid pixel, or that hold dB rather than linear power."""
+        for label, path in zip(("INPUT_VV", "INPUT_VH"), self.paths):
+            finite, not_positive = self.seen[path]
+            if finite == 0:
+                raise ForestCarbonError(f"{label} ('{Path(path).name}') has no valid pixel (no-data or NaN "
+                                        "everywhere): give the gamma0 band of a terrain-corrected product.")
+            if not_positive > 0.5 * finite:
+                raise ForestCarbonError(
+                    f"{label} ('{Path(path).name}'): {100 * not_positive / finite:.0f}% of its pixels are ≤ 0, as dB "
+                    "values are; the filters need linear power (gamma0). Convert it first: 10^(dB/10) in the "
+                    "Raster Calculator.")
 
     def _read_halo(self, path, window) -> np.ndarray:
         """Band 1 over ``window`` grown by k pixels on each side; NaN outside the raster and
@@ -419,6 +437,14 @@ class _Plan:
         src = self.readers.dataset(path)
         data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), masked=True, out_dtype="float64")
         values = np.ma.getdata(data).astype(np.float64, copy=True)
+        # the block's own pixels (not its halo, which its neighbours count) for check_inputs
+        i0, j0 = int(window.row_off) - r0, int(window.col_off) - c0
+        own = values[i0:i0 + int(window.height), j0:j0 + int(window.width)]
+        own_ok = ~np.ma.getmaskarray(data)[i0:i0 + int(window.height), j0:j0 + int(window.width)] & np.isfinite(own)
+        finite, not_positive = int(own_ok.sum()), int((own_ok & (own <= 0)).sum())
+        with self._lock:
+            self.seen[path][0] += finite
+            self.seen[path][1] += not_positive
         bad = np.ma.getmaskarray(data) | ~np.isfinite(values) | ~(values > 0)
         values[bad] = np.nan
         out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = values

@@ -489,7 +489,7 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
     """
     import rasterio
 
-    from .blocks import RasterGrid
+    from .blocks import RasterGrid, overlaps
     from .outputs import provenance
 
     coverage = float(coverage)
@@ -508,6 +508,13 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
     with rasterio.open(prediction) as src:
         grid = RasterGrid.of(src)
         crs_wkt = src.crs.to_wkt() if src.crs else None
+    for name, other in (("STD", std), ("LOWER", lower), ("UPPER", upper)):
+        if other is not None:
+            with rasterio.open(other) as src:
+                if not overlaps(grid, src):
+                    raise ForestCarbonError(
+                        f"{name} ('{Path(str(other)).name}') does not overlap PREDICTION "
+                        f"('{Path(str(prediction)).name}'): give the uncertainty rasters predictraster wrote with it.")
     notes: list[str] = []
 
     intervals = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from .compat import FileBehavior, ParameterFlag
+
 
 def _shown(value) -> str:
     text = value if isinstance(value, str) else repr(value)
@@ -21,7 +23,7 @@ def _file_hint(param, value) -> str:
     if extension and not extensions:
         extensions = [extension]
     wanted = " or ".join(f".{e}" for e in extensions) if extensions else "a file"
-    folder = hasattr(param, "_extensions") or (hasattr(param, "behavior") and param.behavior() == param.Folder)
+    folder = hasattr(param, "_extensions") or (hasattr(param, "behavior") and param.behavior() == FileBehavior.Folder)
     if isinstance(value, str) and value and not os.path.exists(value):
         return f"'{_shown(value)}' does not exist: choose an existing file" + (" or folder" if folder else "") + "."
     if isinstance(value, str) and os.path.isdir(value) and not folder:
@@ -56,7 +58,7 @@ def explain_invalid(alg, parameters: dict, context) -> str | None:
         if acceptable:
             continue
         label = f"{param.name()} ({param.description()})"
-        optional = bool(param.flags() & param.FlagOptional)
+        optional = bool(param.flags() & ParameterFlag.Optional)
         if value is None or value == "" or value == []:
             if param.isDestination():
                 return f"{label}: no output given. Choose where to write it."

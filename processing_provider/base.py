@@ -280,6 +280,14 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.tr(
                 f"Not enough memory for this run ({exc or 'an allocation failed'}): use a coarser resolution, a "
                 "smaller extent or fewer worker processes, or close other programs.")) from exc
+        except Exception as exc:  # noqa: BLE001 - the last net: the user reads a message, the log keeps the traceback
+            from qgis.core import Qgis, QgsMessageLog
+
+            QgsMessageLog.logMessage(traceback.format_exc(), "Forest Carbon", Qgis.MessageLevel.Critical)
+            raise QgsProcessingException(self.tr(
+                f"{self.displayName()} stopped on an unexpected {type(exc).__name__}: {str(exc)[:300]}. Check that "
+                "the inputs are what the help describes; if they are, this is a bug in Forest Carbon: please report "
+                "it with the traceback shown in View ▸ Panels ▸ Log Messages (tab 'Forest Carbon').")) from exc
 
 
 #: parameter types whose values name files or layers that an algorithm reads

@@ -406,6 +406,10 @@ CASES = [
     C("predictraster-card-href-outside", "predictraster",
       card_model(card(assets={"model": {"href": "../affine.onnx", "roles": ["mlm:model"]}})),
       r"The model card points outside its folder \('\.\./affine\.onnx'\): keep the \.onnx files beside the card"),
+    C("predictraster-deepness-metadata-garbage", "predictraster",
+      lambda k, t, o: {"INPUT": [k["feat3"]], "OUTPUT": str(o / "p.tif"), "MODEL": str(affine_model(
+          t / "in" / "deepness.onnx", metadata={"model_type": "Regressor", "standardization_mean": "[0.1, oops]"}))},
+      r"The model card 'deepness\.onnx' is malformed \(could not convert string to float.*give Deepness's metadata keys"),
     C("predictraster-tile-size-huge", "predictraster", predict(TILE_SIZE=1_000_000),
       r"TILE_SIZE 1000000 is too large: tiles of at most 8192 pixels fit in memory"),
     C("predictraster-overlap-not-below-tile", "predictraster", predict(TILE_SIZE=64, OVERLAP=64),

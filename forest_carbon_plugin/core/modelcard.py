@@ -171,7 +171,7 @@ def read_card(model_path) -> ModelCard:
         _card_part(_apply_card, sidecar if sidecar.is_file() else path, card, document)
         card.source = "card" if path.suffix.lower() == ".json" or path.with_suffix(".json").is_file() else "metadata"
     elif "model_type" in metadata:
-        _apply_deepness(card, metadata)
+        _card_part(_apply_deepness, path, card, metadata, layout=_DEEPNESS_LAYOUT)
     if not card.outputs:
         card.outputs = [OutputSpec(graph_outputs[0], "mean")]
     _check_against_graph(card, graph_outputs, members[0].name)
@@ -193,7 +193,13 @@ def _read_card_json(path: Path) -> dict:
     return document
 
 
-def _card_part(function, where: Path, *args):
+_STAC_LAYOUT = ("follow the STAC Machine Learning Model layout ('assets' with an 'mlm:model' href, 'mlm:input' "
+                "bands and value_scaling, 'mlm:output' with 'name' and 'forest_carbon:meaning')")
+_DEEPNESS_LAYOUT = ("give Deepness's metadata keys their documented values (standardization_mean/std: JSON lists "
+                    "of numbers; resolution, tiles_size, tiles_overlap: numbers)")
+
+
+def _card_part(function, where: Path, *args, layout: str = _STAC_LAYOUT):
     """Run a part of the card reading; a field of the wrong type or shape becomes a message."""
     try:
         return function(*args)
@@ -201,10 +207,7 @@ def _card_part(function, where: Path, *args):
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ForestCarbonError(
-            f"The model card '{where.name}' is malformed ({detail}): follow the STAC Machine Learning Model "
-            "layout ('assets' with an 'mlm:model' href, 'mlm:input' bands and value_scaling, 'mlm:output' with "
-            "'name' and 'forest_carbon:meaning').") from exc
+        raise ForestCarbonError(f"The model card '{where.name}' is malformed ({detail}): {layout}.") from exc
 
 
 def _members(document: dict, card_path: Path) -> list:

@@ -108,6 +108,10 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
             if geometry.type() == GeometryType.Point:
                 point = geometry.asPoint() if not geometry.isMultipart() else geometry.asMultiPoint()[0]
                 shapes.append(Plot(centre=(point.x(), point.y()), radius_m=radius))
+            elif geometry.type() != GeometryType.Polygon:
+                raise QgsProcessingException(self.tr(
+                    f"Plot {feature.id()} is neither a point nor a polygon ({geometry.asWkt(1)[:60]}…): PLOTS "
+                    "must hold plot centres (points) or plot outlines (polygons)."))
             else:
                 parts = geometry.asMultiPolygon() if geometry.isMultipart() else [geometry.asPolygon()]
                 shapes.append(Plot(polygons=[[np.array([(p.x(), p.y()) for p in ring]) for ring in part]

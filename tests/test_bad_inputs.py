@@ -155,6 +155,8 @@ def zip_lying_about_size(path: Path, size: int = 2_000_000_000) -> Path:
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     """The shared tiny inputs (read-only for the cases)."""
+    from osgeo import ogr
+
     root = tmp_path_factory.mktemp("bad_inputs_kit")
     k = {"root": root, "laz": str(SAMPLE_LAZ)}
     rng = np.random.default_rng(0)
@@ -191,7 +193,9 @@ def kit(tmp_path_factory):
     square = f"POLYGON (({X0} {Y0}, {X0 + 160} {Y0}, {X0 + 160} {Y0 - 160}, {X0} {Y0 - 160}, {X0} {Y0}))"
     k["projects"] = str(write_layer(root / "projects.gpkg", [square], {"name": ["A"]}))
     k["projects_empty"] = str(write_layer(root / "projects_empty.gpkg", [], {"name": []},
-                                          geometry_type=__import__("osgeo.ogr").ogr.wkbPolygon))
+                                          geometry_type=ogr.wkbPolygon))
+    k["lines"] = str(write_layer(root / "lines.gpkg", [f"LINESTRING ({X0 + 10} {Y0 - 10}, {X0 + 70} {Y0 - 70})"],
+                                 {"v": [1.0]}, geometry_type=ogr.wkbLineString))
     k["model"] = str(affine_model(root / "affine.onnx"))
     k["pixel_model"] = str(pixel_model(root / "pixel.onnx", [0.5, 0.2]))  # 2 features
     k["not_onnx"] = str(root / "fake.onnx")
@@ -367,6 +371,9 @@ CASES = [
         "INPUT": k["laz"], "PLOTS": str(write_layer(t / "in" / "p.gpkg", [f"POINT ({X0 + 20} {Y0 - 130})"], {"a": [1.0]},
                                                    crs_epsg=4326)), "OUTPUT": str(o / "p.gpkg")},
       r"Plot \d+ cannot be reprojected from EPSG:4326 to the cloud's EPSG:32633 .*Set the layer's correct CRS"),
+    C("plotmetrics-lines", "plotmetrics", lambda k, t, o: {
+        "INPUT": k["laz"], "PLOTS": k["lines"], "OUTPUT": str(o / "p.gpkg")},
+      r"Plot \d+ is neither a point nor a polygon \(LineString .*PLOTS must hold plot centres"),
     # --- modelinfo
     C("modelinfo-not-onnx", "modelinfo", run_with({"OUTPUT_JSON": "m.json"}, INPUT="@not_onnx"),
       r"'fake\.onnx' is not a valid ONNX model .*Export the model again"),
@@ -552,6 +559,8 @@ CASES = [
       r"None of the 1 project polygons holds a valid pixel of 'allnodata\.tif'.*Check that they cover the same"),
     C("carbonstock-std-outside", "carbonstock", carbon(AGB="@agb", AGB_STD="@far"),
       r"AGB_STD \('far\.tif'\) does not overlap 'agb\.tif': the uncertainty rasters must cover the map"),
+    C("carbonstock-points-as-projects", "carbonstock", carbon(AGB="@agb", PROJECTS="@points"),
+      r"PROJECTS holds no polygon \(5 features without a polygon geometry"),
     # --- aggregatetogrid
     C("aggregatetogrid-statistics-garbage", "aggregatetogrid",
       run_with({"OUTPUT": "a.tif"}, INPUT="@agb", RESOLUTION=30, STATISTICS="garbage"),

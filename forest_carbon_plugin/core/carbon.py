@@ -695,6 +695,9 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     finally:
         readers.close()
 
+    if all(d["status"] == "no polygon geometry" for d in details):
+        raise ForestCarbonError(f"PROJECTS holds no polygon ({len(geoms)} features without a polygon geometry: "
+                                "points, lines or empty): give a polygon layer with one polygon per project area.")
     if not any(d["status"] not in ("no valid pixels", "no polygon geometry") for d in details):
         raise ForestCarbonError(
             f"None of the {len(geoms)} project polygons holds a valid pixel of '{Path(str(main)).name}': the projects "

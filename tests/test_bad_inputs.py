@@ -329,6 +329,9 @@ CASES = [
     C("normalizeheight-dtm-grid-too-large", "normalizeheight",
       run_with({"OUTPUT": "n.laz", "OUTPUT_DTM": "dtm.tif"}, INPUT="@laz", DTM_RESOLUTION=1e-5, MAX_WORKERS=1),
       TOO_LARGE.format(res="1e-05", fits=r"0\.005")),
+    C("normalizeheight-truncated-laz", "normalizeheight", lambda k, t, o: {
+        "INPUT": str(truncated_laz(t)), "OUTPUT": str(o / "n.laz"), "MAX_WORKERS": 1},
+      r"'truncated\.laz' is truncated or corrupt: it could not be read .*Re-download or re-export the file"),
     # --- canopymetrics
     C("canopymetrics-resolution-zero", "canopymetrics", lidar(INPUT="@laz", RESOLUTION=0),
       r"The resolution \(RESOLUTION\) must be positive \(got 0\.0 m\)"),
@@ -341,6 +344,9 @@ CASES = [
       QGIS_REFUSED.format(name="MIN_POINTS") + r"0 is not accepted: give a number at least 1"),
     C("canopymetrics-las-without-crs", "canopymetrics", lambda k, t, o: lidar(INPUT=str(las_without_crs(t)))(k, t, o),
       r"No CRS in nocrs\.las: set the CRS parameter"),
+    C("canopymetrics-truncated-laz-in-workers", "canopymetrics", lambda k, t, o: {
+        "INPUT": str(truncated_laz(t)), "OUTPUT": str(o / "m.tif"), "MAX_WORKERS": 2},
+      r"'truncated\.laz' is truncated or corrupt: it could not be read .*Re-download or re-export the file"),
     # --- canopyheightmodel
     C("canopyheightmodel-resolution-zero", "canopyheightmodel", lidar(INPUT="@laz", RESOLUTION=0),
       r"The resolution \(RESOLUTION\) must be positive \(got 0\.0 m\)"),
@@ -606,6 +612,14 @@ def escaping_landsat(tmp: Path) -> Path:
     shutil.copy(folder / f"{LANDSAT_ID}_SR_B4.TIF", folder.parent / "stolen_SR_B4.TIF")
     (folder / f"{LANDSAT_ID}_SR_B4.TIF").unlink()
     return folder
+
+
+def truncated_laz(tmp: Path) -> Path:
+    """The first half of the sample LAZ: an interrupted download."""
+    data = SAMPLE_LAZ.read_bytes()
+    path = tmp / "in" / "truncated.laz"
+    path.write_bytes(data[: len(data) // 2])
+    return path
 
 
 def las_without_crs(tmp: Path) -> Path:

@@ -797,3 +797,48 @@ def test_grid_limit_names_the_finest_resolution_that_fits():
         Grid.covering(0.0, 0.0, 1000.0, 1000.0, 0.01)
     fits = Grid.covering(0.0, 0.0, 1000.0, 1000.0, 0.05)
     assert fits.size == 20_000 ** 2 <= MAX_MEMORY_CELLS
+
+
+MEMORY_SCRIPT = r"""
+import os, resource, sys
+sys.path[:0] = [sys.argv[1], "/usr/share/qgis/python/plugins"]
+from qgis.core import QgsApplication, QgsProcessingException
+app = QgsApplication([], False)
+app.initQgis()
+from processing.core.Processing import Processing
+Processing.initialize()
+import processing
+from processing_provider.provider import ForestCarbonProvider
+provider = ForestCarbonProvider()  # kept referenced: the registry does not own a Python provider
+assert QgsApplication.processingRegistry().addProvider(provider)
+with open("/proc/self/status") as status:
+    vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (700 << 20), resource.RLIM_INFINITY))
+try:
+    processing.run("forestcarbon:canopyheightmodel", {"INPUT": sys.argv[2], "RESOLUTION": 0.01, "METHOD": 1,
+                                                      "MAX_WORKERS": 1, "OUTPUT": sys.argv[3]})
+    print("SUCCEEDED")
+except QgsProcessingException as exc:
+    print("MESSAGE:", str(exc).replace(chr(10), " "))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_memory_the_machine_lacks_is_a_message(tmp_path):
+    """A pit-free CHM at 1 cm (64 M cells, within the grid limit) in a process allowed 700 MiB more than it
+    holds: numpy's MemoryError becomes a message, not a traceback, and nothing is written."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    out = tmp_path / "chm.tif"
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT), str(SAMPLE_LAZ), str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(("MESSAGE:", "SUCCEEDED"))),
+                proc.stderr[-2000:])
+    assert line.startswith("MESSAGE: Not enough memory for this run"), line
+    assert "Traceback" not in line
+    assert list(tmp_path.iterdir()) == []

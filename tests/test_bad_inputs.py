@@ -813,7 +813,9 @@ provider = ForestCarbonProvider()  # kept referenced: the registry does not own 
 assert QgsApplication.processingRegistry().addProvider(provider)
 with open("/proc/self/status") as status:
     vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-resource.setrlimit(resource.RLIMIT_AS, (vm + (700 << 20), resource.RLIM_INFINITY))
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (vm + (700 << 20) if hard == resource.RLIM_INFINITY
+                                        else min(vm + (700 << 20), hard), hard))
 try:
     processing.run("forestcarbon:canopyheightmodel", {"INPUT": sys.argv[2], "RESOLUTION": 0.01, "METHOD": 1,
                                                       "MAX_WORKERS": 1, "OUTPUT": sys.argv[3]})

@@ -1,10 +1,10 @@
 """Bad inputs a user can produce, for every algorithm, through processing.run in the real QGIS.
 
 Each case is (algorithm id, a builder of its parameters, the message it must give). The run must
-raise ``QgsProcessingException`` (a Python traceback turned into QGIS's generic "There were errors
-executing the algorithm" does not match any expected message), and nothing may be left at the
-output paths: every output goes into a fresh ``out/`` folder that must still be empty afterwards
-(except for what the case put there itself, such as a folder given as an output file).
+raise ``QgsProcessingException`` whose message matches and holds no traceback (processing.run turns
+a Python exception into a QgsProcessingException whose text is the traceback), and nothing may be
+left behind: the case's folder (inputs in ``in/``, outputs in ``out/``) must hold exactly what it held
+before the run, inputs byte-size unchanged.
 """
 
 from __future__ import annotations

@@ -135,10 +135,11 @@ def test_plot_model_picks_canopymetrics_bands_by_name(aba_products, tmp_path, fo
         dst.descriptions = tuple(names[i] for i in picks)
     model = tmp_path / "aba.onnx"
     _predict(tmp_path / "training_order.tif", model, tmp_path, "in_order", intervals=False)
-    _predict(tmp_path / "reversed.tif", model, tmp_path, "reversed", intervals=False)
+    # (the prediction has its own name: predictraster refuses to overwrite its input)
+    _predict(tmp_path / "reversed.tif", model, tmp_path, "from_reversed", intervals=False)
     _predict(metrics, model, tmp_path, "as_made", intervals=False)
     a, _, _ = _read(tmp_path / "in_order.tif", 1)
-    b, _, _ = _read(tmp_path / "reversed.tif", 1)
+    b, _, _ = _read(tmp_path / "from_reversed.tif", 1)
     c, _, _ = _read(tmp_path / "as_made.tif", 1)
     assert a.count() > 1000
     np.testing.assert_array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b))

@@ -287,7 +287,7 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
         try:
             assert set(client.run(lambda: __import__("affine").__version__).values()) == {theirs}
             if theirs.startswith("3.") and not version("affine").startswith("3."):
-                with pytest.raises(AttributeError, match="'Affine' object has no attribute 'a'"):
+                with pytest.raises(AttributeError, match=r"Affine' object has no attribute 'a'"):
                     client.submit(lambda t: t.a, Affine(10, 0, 5, 0, -10, 9), pure=False).result(timeout=30)
             worker = next(iter(client.scheduler_info(n_workers=-1)["workers"]))
             with pytest.raises(ForestCarbonError, match="it answered as a Dask worker, not as a scheduler"):

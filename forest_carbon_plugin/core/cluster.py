@@ -792,6 +792,14 @@ class DaskExecutor:
         self._sent.append(future)
         return future
 
+    def release(self, futures) -> None:
+        """Forget files sent with a job (:meth:`send_file`) once the job is over, whatever its outcome: the
+        scheduler would otherwise keep their bytes for as long as this executor lives."""
+        gone = {id(f) for f in futures}
+        self._sent = [f for f in self._sent if id(f) not in gone]
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(futures), force=True)
+
     def check_visible(self, paths, progress: Progress | None = None) -> None:
         """Fail early, naming the file, when a worker cannot see an input."""
         local = [str(p) for p in paths if not str(p).startswith(("/vsi", "http://", "https://", "s3://", "gs://"))]

@@ -403,23 +403,27 @@ def _predict_remote(executor, spec, requested, tags, description, record, progre
 
     grid, card, kinds = spec["grid"], spec["card"], spec["kinds"]
     executor.check_visible(sorted({str(path) for path, _, _ in spec["sources"]}))
-    members = [executor.send_file(m) for m in card.members]  # the workers may not see a local model file
     patch = card.kind == "patch"
     unit = spec["tile"] - spec["overlap"] if patch else spec["tile"]
     bands = bands_for(grid.height, grid.width, unit, executor.workers, 2 if patch and spec["overlap"] else 1,
                       tasks_per_thread=getattr(executor, "tasks_per_thread", 8))
     progress.info(f"{len(bands)} row bands on the Dask cluster at {executor.address} "
                   f"({executor.workers} worker threads)")
-    with job_folder(requested["prediction"], executor.job_dir) as folder:
-        done = executor.row_bands(predict_rows, [(spec, members, r0, r1, str(folder)) for r0, r1 in bands], progress)
-        paths = [written for written, _, _ in done]
-        count = sum(tiles for _, tiles, _ in done)
-        _check_has_data(any(flags[0] for _, _, flags in done), any(flags[1] for _, _, flags in done), card)
-        for kind in kinds:
-            check_cancel(progress)
-            assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind], 1,
-                            "float32", float("nan"), descriptions=[description(kind)], tags=tags(kind),
-                            provenance=record, folder=folder, streamed=cog.available(COMPRESS))
+    members = [executor.send_file(m) for m in card.members]  # the workers may not see a local model file
+    try:
+        with job_folder(requested["prediction"], executor.job_dir) as folder:
+            done = executor.row_bands(predict_rows, [(spec, members, r0, r1, str(folder)) for r0, r1 in bands],
+                                      progress)
+            paths = [written for written, _, _ in done]
+            count = sum(tiles for _, tiles, _ in done)
+            _check_has_data(any(flags[0] for _, _, flags in done), any(flags[1] for _, _, flags in done), card)
+            for kind in kinds:
+                check_cancel(progress)
+                assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind],
+                                1, "float32", float("nan"), descriptions=[description(kind)], tags=tags(kind),
+                                provenance=record, folder=folder, streamed=cog.available(COMPRESS))
+    finally:  # a cancelled or failed job must not leave the model's bytes on the scheduler
+        executor.release(members)
     progress.set_progress(100.0)
     return count
 

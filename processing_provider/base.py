@@ -169,6 +169,12 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         if process is not None and not getattr(process, "_safe_outputs", False):
             cls.processAlgorithm = _safe_outputs(process)
 
+    def parameterAsSink(self, parameters, name, context, *args, **kwargs):  # noqa: N802
+        """QGIS's sink, remembered so that the run finalizes it before it returns (see :func:`_safe_outputs`)."""
+        sink, dest = super().parameterAsSink(parameters, name, context, *args, **kwargs)
+        if sink is not None:
+            self.__dict__.setdefault("_sinks", []).append(sink)
+        return sink, dest
 
     _name = ""
     _display = ""
@@ -310,19 +316,34 @@ def _safe_outputs(process):
                     results = process(self, parameters, context, feedback)
                     if feedback is not None and feedback.isCanceled():
                         raise QgsProcessingException(self.tr("Cancelled: no output was written."))
+                    _close_sinks(self, finalize=True)
                 except BaseException as exc:
                     # the traceback's frames hold the run's open outputs (a GeoPackage sink): let them
                     # close before their files are removed
                     traceback.clear_frames(exc.__traceback__)
+                    _close_sinks(self, finalize=False)
                     raise
             return results
         except ForestCarbonError as exc:
             raise QgsProcessingException(str(exc)) from exc
         finally:
             self._in_safe_run = False
+            self.__dict__.pop("_sinks", None)
 
     run._safe_outputs = True
     return run
+
+
+def _close_sinks(alg, finalize: bool) -> None:
+    """Let go of the run's feature sinks. On success they are finalized first: from QGIS 3.42 a sink made in
+    Python keeps features buffered until ``finalize()`` or its deletion, which Python may put off until
+    after QGIS has read the output (a GeoPackage with no layer, seen with QGIS 3.44 in a model)."""
+    sinks = alg.__dict__.pop("_sinks", [])
+    if finalize:
+        for sink in sinks:
+            if hasattr(sink, "finalize"):
+                sink.finalize()
+    sinks.clear()
 
 
 def output_targets(alg, parameters, context):

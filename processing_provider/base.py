@@ -335,14 +335,21 @@ def _safe_outputs(process):
 
 
 def _close_sinks(alg, finalize: bool) -> None:
-    """Let go of the run's feature sinks. On success they are finalized first: from QGIS 3.42 a sink made in
+    """Close the run's feature sinks. On success they are finalized first: from QGIS 3.42 a sink made in
     Python keeps features buffered until ``finalize()`` or its deletion, which Python may put off until
     after QGIS has read the output (a GeoPackage with no layer, seen with QGIS 3.44 in a model)."""
+    from qgis.PyQt import sip
+
     sinks = alg.__dict__.pop("_sinks", [])
-    if finalize:
-        for sink in sinks:
-            if hasattr(sink, "finalize"):
-                sink.finalize()
+    for sink in sinks:
+        if sip.isdeleted(sink):
+            continue
+        if finalize and hasattr(sink, "finalize"):
+            sink.finalize()
+        # close the file now, whatever still refers to the Python object: a sink kept alive (a reference
+        # cycle) is otherwise closed only at exit, after qgis_process has torn GDAL down (no layer written)
+        if sip.ispyowned(sink):
+            sip.delete(sink)
     sinks.clear()
 
 

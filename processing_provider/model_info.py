@@ -65,5 +65,8 @@ class ModelInfoAlgorithm(ForestCarbonAlgorithm):
             feedback.pushInfo(f"input {t.name}: {t.type} {t.shape}")
         for t in info.outputs:
             feedback.pushInfo(f"output {t.name}: {t.type} {t.shape}")
+        if info.card_source:
+            feedback.pushInfo(f"prediction: {info.target} in {info.unit or 'unit not given'} (model card from "
+                              f"{info.card_source}; output × {info.output_scale:g})")
         feedback.pushInfo("execution providers: " + ", ".join(info.available_providers))
         return results

@@ -50,7 +50,10 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
             "warped onto the first raster's). The model card (ONNX metadata 'model_card', a sidecar .json "
             "following the STAC MLM extension, or Deepness's keys) names the bands, their scaling and what each "
             "output means (mean, variance, log_variance, std, quantile:q); BANDS ('1,2,3') picks and orders "
-            "the stacked bands when it does not. MODEL may be a card listing several .onnx members: a deep "
+            "the stacked bands when it does not. A Deepness Regressor model runs as in Deepness: inputs divided by "
+            "255, standardized by standardization_mean/std when both are given, bands 1 to n of the input used, the "
+            "output multiplied by reg_output_scaling (recorded in the provenance); Deepness segmentation and "
+            "detection models are refused. MODEL may be a card listing several .onnx members: a deep "
             "ensemble (mean of members; epistemic variance between members added to the mean aleatoric "
             "variance, as Lang et al. 2023).\n"
             "Per-pixel models ([N, F] inputs, e.g. tree ensembles) stream strips of rows; patch models "
@@ -62,7 +65,8 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
             "DEVICE: auto picks CUDA, DirectML or CoreML when onnxruntime has it, else the CPU; a GPU device "
             "that is missing falls back to the CPU with a warning (or fails with REQUIRE_GPU). The provider used "
             "is logged and written in each output's provenance. Outputs: float32 Cloud-Optimized GeoTIFFs on "
-            "the first input's grid, no-data where any input is no-data (NaN included)."
+            "the first input's grid, no-data where any input is no-data (NaN included), with the card's unit (Mg/ha, "
+            "m...) as the band's unit and in the UNIT tag and provenance."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802

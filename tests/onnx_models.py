@@ -151,3 +151,20 @@ def tree_model(path, n_features=3, n_trees=20, depth=4, seed=0, metadata=None):
         return out
 
     return path, predict
+
+
+def pointwise_regressor(path, weights, bias=0.0, patch=None, metadata=None):
+    """A Deepness-style regressor: one output channel y = Σ_c weights[c]·x_c + bias per pixel (a 1×1
+    convolution) over an (N, C, H, W) float32 tensor, fixed H = W = ``patch`` when given."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = len(weights)
+    size = [patch, patch] if patch else ["H", "W"]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1 if patch else "N", c, *size])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1 if patch else "N", 1, *size])
+    inits = [numpy_helper.from_array(np.asarray(weights, np.float32).reshape(1, c, 1, 1), "w"),
+             numpy_helper.from_array(np.array([bias], np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["output"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "pointwise", [x], [y], inits)
+    model = helper.make_model(graph, producer_name="forest-carbon-tests", opset_imports=[helper.make_opsetid("", 13)])
+    return _save(model, path, metadata)

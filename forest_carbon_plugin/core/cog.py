@@ -111,7 +111,8 @@ class StreamingCOG:
     """Full-width rows written in order (:meth:`write`) become a COG at ``path`` on :meth:`close`."""
 
     def __init__(self, path, grid, descriptions=None, tags=None, block: int = 512, compress: str = "zstd",
-                 level: int = 1):
+                 level: int = 1, units=None):
+        self.units = list(units or [])  # each band's unit type (GDAL's GetUnitType), e.g. "Mg/ha"
         if block % 16:
             raise ForestCarbonError(f"COG tiles must be a multiple of 16 pixels (got {block}).")
         compress = compress.lower()
@@ -207,7 +208,7 @@ class StreamingCOG:
             raise ForestCarbonError(f"The COG got {self.next_row} of {self.grid.height} rows.")
         for level in self.levels:
             level.file.close()
-        template = _gdal_tags(self.path, self.grid, self.descriptions, self.tags)
+        template = _gdal_tags(self.path, self.grid, self.descriptions, self.tags, self.units)
         data_bytes = sum(level.written for level in self.levels)
         bigtiff = self.bigtiff
         if bigtiff is None:
@@ -304,7 +305,7 @@ def _ifd(tags: list, position: int, bigtiff: bool, last: bool) -> bytes:
     return struct.pack(count_fmt, n) + b"".join(entries) + next_ifd + extra
 
 
-def _gdal_tags(path: Path, grid, descriptions, tags) -> list:
+def _gdal_tags(path: Path, grid, descriptions, tags, units=None) -> list:
     """``(tag, type, count, raw value bytes)`` of the georeferencing and metadata tags GDAL writes for this grid,
     nodata, band description and tags, read from a one-pixel GeoTIFF beside ``path``."""
     import rasterio
@@ -315,6 +316,8 @@ def _gdal_tags(path: Path, grid, descriptions, tags) -> list:
                            transform=grid.transform, nodata=float("nan")) as dst:
             for i, text in enumerate(descriptions, start=1):
                 dst.set_band_description(i, text)
+            if any(units or []):
+                dst.units = tuple(units)
             if tags:
                 dst.update_tags(**{k: str(v) for k, v in tags.items()})
         return [t for t in _read_ifd(probe.read_bytes()) if t[0] in GEO_TAGS + (GDAL_METADATA, GDAL_NODATA)]
@@ -367,11 +370,12 @@ def _copy(src, dst, length: int) -> None:
 
 @contextlib.contextmanager
 def cog_writer(grid, path, descriptions=None, tags=None, provenance=None, block: int = 512,
-               compress: str = "zstd"):
+               compress: str = "zstd", units=None):
     """A :class:`StreamingCOG` to write rows into; on a clean exit it becomes ``path``, atomically;
     on an error nothing is left (the partial output and the level files are removed)."""
     with atomic_output(Path(path)) as tmp:
-        writer = StreamingCOG(tmp, grid, descriptions, gdal_tags(tags, provenance), block=block, compress=compress)
+        writer = StreamingCOG(tmp, grid, descriptions, gdal_tags(tags, provenance), block=block, compress=compress,
+                              units=units)
         try:
             yield writer
             writer.close()

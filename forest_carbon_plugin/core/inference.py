@@ -159,7 +159,8 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
     for outputs in member_outputs:
         mean = var = None
         for spec in card.outputs:
-            value = np.asarray(outputs[spec.name], dtype=np.float64)[spec.channel]  # (channels, pixels…)
+            value = card.postprocess(np.asarray(outputs[spec.name], dtype=np.float64)[spec.channel],  # (channels, pixels…)
+                                     spec.meaning)
             if spec.meaning == "mean":
                 mean = value
             elif spec.meaning == "variance":
@@ -276,6 +277,7 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
     if not 0 < coverage < 1:
         raise ForestCarbonError(f"COVERAGE must be between 0 and 1 (got {coverage}).")
     card = read_card(model)
+    _check_deepness(card, progress)
     stack = _stack(inputs, card, bands, progress)
     grid = stack.grid
     if card.resolution_m and abs(grid.res[0] - card.resolution_m) > 0.25 * card.resolution_m:
@@ -340,6 +342,7 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
         inputs=[str(p) for p in inputs], model_id=card.model_id, execution_provider=used,
         model=str(model), members=[str(m) for m in card.members], model_card_source=card.source,
         conformal_factor=card.conformal_factor, target=card.target, unit=card.unit,
+        output_scale=card.output_scale, deepness=card.extra.get("deepness_applied") if card.deepness else None,
         # the sibling outputs of this run, so that a viewer finds a prediction's uncertainty layers
         outputs={k: str(Path(requested[k]).resolve()) for k in kinds})
     executor = current_executor()
@@ -368,17 +371,35 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
             if cog.available(COMPRESS):  # rows come in order: tiles and overviews made as they come
                 writers[kind] = outputs.enter_context(cog.cog_writer(
                     grid, requested[kind], descriptions=[description(kind)], tags=tags(kind), provenance=record,
-                    compress=COMPRESS))
+                    compress=COMPRESS, units=[card.unit]))
             else:
                 writers[kind] = outputs.enter_context(raster_writer(
                     grid, requested[kind], 1, "float32", float("nan"), descriptions=[description(kind)],
                     tags=tags(kind), provenance=record, workers=threads))
+                if card.unit:  # GDAL's band unit type, carried into the COG by the copy
+                    writers[kind].units = (card.unit,)
         pipeline.run(writers)
         _check_has_data(pipeline.any_valid, pipeline.any_finite, card)
     stack.readers.close()
     seconds = time.perf_counter() - started
     progress.info(f"{pipeline.tiles} tiles in {seconds:.1f} s")
     return Prediction({k: Path(requested[k]) for k in kinds}, used, card, pipeline.tiles, seconds)
+
+
+def _check_deepness(card: ModelCard, progress: Progress) -> None:
+    """Refuse a Deepness model whose output is not one value per pixel; pass on what its metadata left out."""
+    if not card.deepness:
+        return
+    model_type = card.extra.get("deepness_model_type")
+    if model_type != "Regressor":
+        raise ForestCarbonError(
+            f"'{Path(card.members[0]).name}' is a Deepness {model_type} model (metadata model_type): its outputs are "
+            "class scores, boxes or images, not a value per pixel. predictraster maps regression models: use a "
+            "Deepness Regressor model (or a model card), or run this model in the Deepness plugin.")
+    for note in card.extra.get("deepness_notes") or []:
+        progress.warning(note)
+    applied = card.extra.get("deepness_applied") or {}
+    progress.info("Deepness metadata applied: " + ", ".join(f"{k} = {v}" for k, v in applied.items()))
 
 
 def _check_has_data(any_valid: bool, any_finite: bool, card: ModelCard) -> None:
@@ -533,6 +554,12 @@ def _stack(inputs, card: ModelCard, bands, progress) -> _Stack:
                 f"(they have {', '.join(n or '?' for n in names)}). Add a raster with those bands to INPUT, or "
                 "pick bands by number with BANDS.")
     expected = card.n_inputs or (len(card.bands) if card.bands else None)
+    if card.deepness and not bands and expected is not None and len(sources) > expected:
+        # Deepness's default channel mapping feeds model input i from image band i (an RGBA orthophoto's alpha
+        # is left out of an RGB model): the same bands here
+        progress.warning(f"The inputs have {len(sources)} bands and the Deepness model takes {expected}: bands "
+                         f"1-{expected} are used, as Deepness does (pick others with BANDS).")
+        sources, names = sources[:expected], names[:expected]
     if expected is not None and len(sources) != expected:
         wanted = f" ({', '.join(card.bands)})" if card.bands else ""
         raise ForestCarbonError(
@@ -738,7 +765,7 @@ class _Pipeline:
         for j, x0 in enumerate(places):
             if plain:  # one member, a mean only: no statistics to combine
                 spec = self.card.outputs[0]
-                stats = {"prediction": np.asarray(members[0][spec.name][j]).reshape(-1, tile, tile)[spec.channel]}
+                stats = {"prediction": card_output(self.card, members[0][spec.name][j], spec, tile)}
             else:
                 per_member = [{name: np.asarray(out[name][j], dtype=np.float64).reshape(-1, tile, tile)  # (C, T, T)
                                for name in out} for out in members]
@@ -746,6 +773,12 @@ class _Pipeline:
             w = len(wx[x0])
             acc.add(y0, x0, {k: stats[k][:h, :w] for k in self.kinds}, wy, wx[x0])
             self.tiles += 1
+
+
+def card_output(card: ModelCard, array, spec, tile: int) -> np.ndarray:
+    """One tile's mean output channel in the prediction's units (the card's output scaling applied)."""
+    value = np.asarray(array).reshape(-1, tile, tile)[spec.channel]
+    return value if card.output_scale == 1.0 else card.postprocess(value.astype(np.float32), spec.meaning)
 
 
 def _runs_of_same_file(sources) -> list:

@@ -8,8 +8,11 @@ One :class:`ModelCard` is read from whichever of these the model has, in this or
    (a deep ensemble);
 2. the ONNX ``metadata_props`` key ``model_card``: the same document as JSON;
 3. Deepness's keys (``model_type``, ``standardization_mean``/``_std``, ``resolution`` in cm/px,
-   ``tiles_size``/``tile_size``, ``tiles_overlap`` in %): inputs divided by 255, then
-   standardized, as Deepness does;
+   ``tiles_size``/``tile_size``, ``tiles_overlap`` in %, ``reg_output_scaling``): inputs divided
+   by 255, then standardized when both mean and std are given, and a Regressor's output
+   multiplied by ``reg_output_scaling``, as Deepness does (its ``ModelBase.preprocessing`` and
+   ``MapProcessorRegression._process_tile``; keys documented in Deepness's "Adding metadata to
+   ONNX model");
 4. nothing: the graph alone (inputs used as they are, the first output is the prediction).
 
 The graph decides the kind of model: a rank-2 input ``[N, F]`` is per-pixel (features in the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +79,7 @@ class ModelCard:
     deepness: bool = False
     model_id: str = ""
     extra: dict = field(default_factory=dict)
+    output_scale: float = 1.0  # prediction = model output × output_scale (Deepness's reg_output_scaling)
 
     def preprocess(self, x: np.ndarray, axis: int) -> np.ndarray:
         """Scale/offset, then standardization, per band along ``axis`` (float32)."""
@@ -90,6 +95,20 @@ class ModelCard:
         if self.std is not None:
             x = x / self.std.reshape(shape).astype(np.float32)
         return x
+
+    def postprocess(self, value: np.ndarray, meaning: str) -> np.ndarray:
+        """A model output in the units of the prediction: ``output_scale`` s multiplies a mean or a quantile,
+        the standard deviation by |s|, the variance by s² (log-variance + 2·ln|s|)."""
+        s = self.output_scale
+        if s == 1.0:
+            return value
+        if meaning == "variance":
+            return value * (s * s)
+        if meaning == "log_variance":
+            return value + 2.0 * math.log(abs(s))
+        if meaning == "std":
+            return value * abs(s)
+        return value * s
 
 
 def file_digest(paths) -> str:
@@ -196,7 +215,7 @@ def _read_card_json(path: Path) -> dict:
 _STAC_LAYOUT = ("follow the STAC Machine Learning Model layout ('assets' with an 'mlm:model' href, 'mlm:input' "
                 "bands and value_scaling, 'mlm:output' with 'name' and 'forest_carbon:meaning')")
 _DEEPNESS_LAYOUT = ("give Deepness's metadata keys their documented values (standardization_mean/std: JSON lists "
-                    "of numbers; resolution, tiles_size, tiles_overlap: numbers)")
+                    "of numbers; resolution, tiles_size, tiles_overlap, reg_output_scaling: numbers)")
 
 
 def _card_part(function, where: Path, *args, layout: str = _STAC_LAYOUT):
@@ -282,6 +301,10 @@ def _apply_card(card: ModelCard, doc: dict) -> None:
         raise ValueError("'forest_carbon:training' is not an object")
 
 
+#: Deepness's model types (``model_type``); only a Regressor gives one value per pixel
+DEEPNESS_REGRESSOR = "Regressor"
+
+
 def _apply_deepness(card: ModelCard, metadata: dict) -> None:
     def value(key, default=None):
         raw = metadata.get(key)
@@ -294,12 +317,19 @@ def _apply_deepness(card: ModelCard, metadata: dict) -> None:
 
     card.deepness = True
     card.source = "deepness"
+    model_type = str(value("model_type")).capitalize()  # Deepness reads it so ("regressor" works there too)
+    applied = {"model_type": model_type, "input_divided_by": 255}
+    notes = []
     card.scale = np.full(card.n_inputs or 3, 1 / 255.0)  # Deepness divides every input by 255 first
-    mean, std = value("standardization_mean"), value("standardization_std")
-    if mean is not None:
-        card.mean = np.atleast_1d(np.asarray(mean, dtype=float))
-    if std is not None:
-        card.std = np.atleast_1d(np.asarray(std, dtype=float))
+    mean, std = (None if v is None else np.atleast_1d(np.asarray(v, dtype=float))  # garbage is a message
+                 for v in (value("standardization_mean"), value("standardization_std")))
+    if mean is not None and std is not None:  # Deepness standardizes only when both are given
+        card.mean, card.std = mean, std
+        applied.update(standardization_mean=card.mean.tolist(), standardization_std=card.std.tolist())
+    elif mean is not None or std is not None:
+        given = "standardization_mean" if mean is not None else "standardization_std"
+        notes.append(f"The model's Deepness metadata gives {given} without its pair: Deepness then does not "
+                     "standardize the inputs, and neither does this run.")
     resolution_cm = value("resolution")
     if resolution_cm:
         card.resolution_m = float(resolution_cm) / 100.0
@@ -309,7 +339,14 @@ def _apply_deepness(card: ModelCard, metadata: dict) -> None:
     overlap_pct = value("tiles_overlap")
     if overlap_pct and card.patch_size:
         card.overlap = int(round(card.patch_size * float(overlap_pct) / 100))
-    card.extra = {"deepness_model_type": value("model_type")}
+    scaling = value("reg_output_scaling")
+    if scaling is not None and model_type == DEEPNESS_REGRESSOR:
+        factor = float(scaling)
+        if not math.isfinite(factor) or factor == 0:
+            raise ValueError(f"reg_output_scaling is {scaling!r}, not a finite number other than 0")
+        card.output_scale = factor
+        applied["reg_output_scaling"] = factor
+    card.extra = {"deepness_model_type": model_type, "deepness_applied": applied, "deepness_notes": notes}
     for key in ("reg_output_scaling",):
         if key in metadata:
             card.extra[key] = value(key)

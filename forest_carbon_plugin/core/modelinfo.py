@@ -34,6 +34,11 @@ class ModelInfo:
     outputs: list[TensorInfo]
     metadata: dict[str, object]  # values JSON-decoded where they are JSON
     available_providers: list[str]
+    # what the model card (sidecar, model_card metadata or Deepness keys) says the prediction is
+    target: str = ""
+    unit: str = ""
+    card_source: str = ""
+    output_scale: float = 1.0  # the card's multiplier of the model output (Deepness's reg_output_scaling)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,9 +69,18 @@ def describe_model(path) -> ModelInfo:
         return [TensorInfo(t.name, [d if isinstance(d, int) else str(d) for d in (t.shape or [])], t.type)
                 for t in items]
 
-    return ModelInfo(
+    info = ModelInfo(
         path=str(path), producer=meta.producer_name or "", graph_name=meta.graph_name or "",
         domain=meta.domain or "", description=meta.description or "", version=int(meta.version or 0),
         inputs=tensors(session.get_inputs()), outputs=tensors(session.get_outputs()),
         metadata=metadata, available_providers=list(ort.get_available_providers()),
     )
+    from .modelcard import read_card
+
+    try:
+        card = read_card(path)
+    except ForestCarbonError:  # a graph predictraster cannot run is still described
+        return info
+    info.target, info.unit, info.card_source, info.output_scale = card.target, card.unit, card.source, \
+        card.output_scale
+    return info

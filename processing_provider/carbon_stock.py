@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
 )
 
 from forest_carbon_plugin.core.carbon import (
@@ -144,8 +145,10 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                               NumberType.Double, defaultValue=10.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Project carbon"),
                                                             SourceType.VectorPolygon))
+        # optional so that a script may name only OUTPUT; the dialog still writes it by default
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Carbon report"),
-                                                                fileFilter="HTML files (*.html)"))
+                                                                fileFilter="HTML files (*.html)", optional=True,
+                                                                createByDefault=True))
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_JSON, self.tr("Carbon numbers (JSON)")))
 
     def _raster(self, parameters, name, context):
@@ -202,7 +205,8 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
             seed=self.parameterAsInt(parameters, self.SEED, context),
             allowed_uncertainty=self.parameterAsDouble(parameters, self.ALLOWED_UNCERTAINTY, context),
         )
-        out_html = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        out_html = (self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+                    or QgsProcessingUtils.generateTempFilename("carbon_report.html"))  # OUTPUT_JSON lies beside it
         record = {k.upper(): v for k, v in kwargs.items()}
         record["PROJECTS"] = parameters.get(self.PROJECTS)
         doc = self.call_core(carbon_stock, geoms, out_html,

@@ -56,11 +56,14 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_cloud_input()
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_HTML, self.tr("Report (HTML)"), fileFilter="HTML files (*.html)"))
+            self.OUTPUT_HTML, self.tr("Report (HTML)"), fileFilter="HTML files (*.html)", optional=True,
+            createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_JSON, self.tr("Report (JSON)"), fileFilter="JSON files (*.json)"))
+            self.OUTPUT_JSON, self.tr("Report (JSON)"), fileFilter="JSON files (*.json)", optional=True,
+            createByDefault=True))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT_FOOTPRINTS, self.tr("Tile footprints"), SourceType.VectorPolygon))
+            self.OUTPUT_FOOTPRINTS, self.tr("Tile footprints"), SourceType.VectorPolygon, optional=True,
+            createByDefault=True))
         self.addOutput(QgsProcessingOutputNumber("POINT_COUNT", self.tr("Total point count")))
         self.addOutput(QgsProcessingOutputNumber("FILE_COUNT", self.tr("Number of files")))
 

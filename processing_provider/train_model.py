@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
 from forest_carbon_plugin.core.training import train_model
@@ -112,8 +113,10 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
                                                        NumberType.Integer, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model (ONNX)"),
                                                                 fileFilter="ONNX models (*.onnx)"))
+        # optional so that a script may name only OUTPUT_MODEL; the dialog still writes it by default
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Training report"),
-                                                                fileFilter="HTML files (*.html)"))
+                                                                fileFilter="HTML files (*.html)", optional=True,
+                                                                createByDefault=True))
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_JSON, self.tr("Training numbers (JSON)")))
         for name, label in (("N_SAMPLES", "Number of samples"), ("RMSE_SPATIAL", "RMSE, spatial-block CV"),
                             ("RMSE_RANDOM", "RMSE, random K-fold CV"), ("CONFORMAL_FACTOR", "Conformal factor"),
@@ -157,7 +160,8 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         max_samples = self.parameterAsInt(parameters, self.MAX_SAMPLES, context)
         seed = self.parameterAsInt(parameters, self.SEED, context)
         out_model = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
-        out_report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        out_report = (self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+                      or QgsProcessingUtils.generateTempFilename("training_report.html"))  # OUTPUT_JSON lies beside it
         record = {"FEATURES": features, "TARGET": target, "TARGET_FIELD": target_field,
                   "FEATURE_FIELDS": feature_fields, "MODEL_TYPE": model_type,
                   "BLOCK_SIZE": block, "FOLDS": folds, "COVERAGE": coverage, "MAX_SAMPLES": max_samples, "SEED": seed}

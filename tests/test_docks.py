@@ -191,21 +191,65 @@ def test_histograms_of_the_map_extent_equal_numpy_on_the_same_window(dock, run, 
     assert stats.pixels == valid.sum()
     assert stats.mean == pytest.approx(pred[valid].mean(), rel=1e-12)
 
-    rel = (std / np.abs(pred))[valid & (pred != 0)]
-    high = max(2 * 0.2, np.percentile(rel, 99))
-    rel_counts, rel_edges = np.histogram(rel, bins=40, range=(0.0, high))
+    limit = 0.01 * np.percentile(np.abs(pred[valid]), 99)
+    assert stats.near_zero_limit == pytest.approx(limit, rel=1e-12) and stats.rel_near_zero == 0
+    rel = (std / np.abs(pred))[valid]
+    low, high = np.percentile(rel, [1, 99])
+    assert low < 0.2 < high  # the threshold inside the 1st-99th percentile: the plot spans exactly those
+    # a second method: numpy's histogram drops what is outside the range; the dock counts it in the end bars
+    rel_counts, rel_edges = np.histogram(rel, bins=40, range=(low, high))
+    rel_counts[0] += (rel < low).sum()
+    rel_counts[-1] += (rel > high).sum()
     np.testing.assert_array_equal(stats.rel_counts, rel_counts)
     np.testing.assert_allclose(stats.rel_edges, rel_edges)
-    assert stats.rel_overflow == (rel > high).sum()
-    assert stats.rel_mean == pytest.approx(rel.mean(), rel=1e-12)
+    assert stats.rel_overflow == (rel > high).sum() > 0 and stats.rel_underflow == (rel < low).sum() > 0
+    assert stats.rel_median == pytest.approx(np.median(rel), rel=1e-12)
     assert stats.share_above == pytest.approx((rel > 0.2).mean(), rel=1e-12)
     assert 0.05 < stats.share_above < 0.95  # the threshold cuts the map
     assert dock.share_label.text().startswith(f"{100 * stats.share_above:.1f} %")
+    assert dock.rel_median_label.text() == f"{100 * np.median(rel):.1f} %"
+    assert dock.clip_label.text() == (
+        f"Relative uncertainty shown from {100 * low:.3g} % to {100 * high:.3g} % (1st–99th percentile): "
+        f"{(rel < low).sum():,} pixels below in the first bar; {(rel > high).sum():,} pixels above in the last bar.")
+    assert dock.rel_axes.get_xlim() == pytest.approx((100 * low, 100 * high))
 
     # a new threshold: the share follows
     with qtbot.waitSignal(dock.statsUpdated, timeout=20000) as blocker:
         dock.threshold_spin.setValue(35.0)
     assert blocker.args[0].share_above == pytest.approx((rel > 0.35).mean(), rel=1e-12)
+
+
+def test_predictions_near_zero_are_counted_apart_from_the_relative_statistics(tmp_path):
+    """Bare ground beside forest: σ / prediction of the ≈ 0 pixels would be thousands of per cent."""
+    from forest_carbon_plugin.gui.stats import Sources, window_stats
+
+    rng = np.random.default_rng(5)
+    pred = rng.uniform(50, 250, (60, 80))
+    pred[:10] = rng.uniform(-0.4, 0.4, (10, 80))  # 800 pixels ≈ 0 (|value| < 1 % of ~248)
+    pred[10, :5] = np.nan
+    std = 0.1 * np.abs(pred) + 2.0
+    std[11, :3] = np.nan  # 3 pixels without σ
+    paths = {}
+    for name, data in (("pred", pred), ("std", std)):
+        paths[name] = tmp_path / f"{name}.tif"
+        with rasterio.open(paths[name], "w", driver="GTiff", width=80, height=60, count=1, dtype="float64",
+                           crs="EPSG:32633", transform=from_origin(X0, Y0, RES, RES), nodata=float("nan")) as dst:
+            dst.write(data, 1)
+    stats = window_stats(Sources(str(paths["pred"]), str(paths["std"])), (X0, Y0 - 600, X0 + 800, Y0),
+                         bins=10, threshold=0.2)
+    valid = np.isfinite(pred)
+    limit = 0.01 * np.percentile(np.abs(pred[valid]), 99)
+    assert 2.4 < limit < 2.5
+    assert stats.rel_near_zero == 800 and stats.rel_undefined == 3
+    kept = valid & np.isfinite(std) & (np.abs(pred) >= limit)
+    rel = std[kept] / pred[kept]
+    assert stats.rel_pixels == kept.sum() == 60 * 80 - 800 - 5 - 3
+    assert stats.rel_median == pytest.approx(np.median(rel), rel=1e-12)
+    assert stats.rel_median < 0.2  # with the ≈ 0 pixels the mean would be several hundred per cent
+    assert np.nanmean(std[valid] / np.abs(pred[valid])) > 2.0
+    assert stats.rel_counts.sum() == kept.sum()
+    assert stats.rel_edges[0] <= 0.2 <= stats.rel_edges[-1]  # the threshold line is on the plot
+    assert stats.share_above == pytest.approx((rel > 0.2).mean())
 
 
 def test_the_resolution_read_is_bounded_by_the_canvas(dock, qgis_iface, qtbot):
@@ -339,13 +383,16 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
     project.addMapLayer(polygons)
     polygons.selectByIds([next(polygons.getFeatures()).id()])
     dock.polygon_combo.setLayer(polygons)
+    assert dock.correlation_range is None  # nothing recorded: carbonstock's conservative default
+    dock.range_spin.setValue(150.0)  # carbonstock's CORRELATION_RANGE, the same core function
     with qtbot.waitSignal(dock.polygonTotal, timeout=60000) as blocker:
         dock.total_of_selection()
     record = blocker.args[0]
     expected = carbon_stock([wkt.loads(shapes[0])], agb=str(run["prediction"]), agb_std=str(run["std"]),
-                            root_shoot=0.0, confidence=0.9, simulations=1000, seed=0,
+                            root_shoot=0.0, confidence=0.9, simulations=10_000, seed=0, correlation_range=150.0,
                             projects_crs="EPSG:32633")["records"][0]
     assert record == expected
+    assert "correlated over 150 m" in dock.polygon_label.text()
     assert record["agb_total_mg"] > 0 and record["co2e_ci_low_t"] < record["co2e_total_t"] < record["co2e_ci_high_t"]
     assert f"{record['agb_total_mg']:.5g}" in dock.polygon_label.text()
     assert "90 % interval" in dock.polygon_label.text()

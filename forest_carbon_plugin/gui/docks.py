@@ -8,17 +8,21 @@ from qgis.PyQt.QtGui import QIcon
 from processing_provider.compat import QAction
 
 from ..paths import ICON_SVG
+from .jobs import RunListener
 
 
 class DockManager:
     """Adds *Uncertainty explorer…* and *Jobs…* to ``menu``; each dock is made the first time it is
-    shown. :meth:`unload` removes the actions and the docks, and the docks' map tool and connections."""
+    shown. From the start every Forest Carbon run of the session, toolbox runs included, is listed
+    (:class:`jobs.RunListener`), whether the jobs dock is open or not. :meth:`unload` removes the actions,
+    the docks, the docks' map tool and connections, and the listener."""
 
     def __init__(self, iface, menu: str):
         self.iface = iface
         self.menu = menu
         self.uncertainty_dock = None
         self.jobs_dock = None
+        self.run_listener = RunListener().install()
         self.actions = [self._action("Uncertainty explorer…", "forestcarbon_show_uncertainty_dock",
                                      self.show_uncertainty_dock),
                         self._action("Jobs…", "forestcarbon_show_jobs_dock", self.show_jobs_dock)]
@@ -54,6 +58,10 @@ class DockManager:
         dock.raise_()
 
     def unload(self) -> None:
+        if self.run_listener is not None:
+            self.run_listener.uninstall()
+            self.run_listener.deleteLater()
+            self.run_listener = None
         for dock in (self.uncertainty_dock, self.jobs_dock):
             if dock is not None:
                 dock.teardown()

@@ -1,6 +1,11 @@
 """The session's long runs: every QgsTask the plugin starts, listed by the jobs dock.
 
-Two ways in, both returning a :class:`Job`:
+Three ways in:
+
+- every run of a Forest Carbon algorithm, whoever starts it (the toolbox, a model, the Python console),
+  is listed while the plugin's GUI is loaded: :class:`RunListener` hears the algorithms' run wrapper
+  (``processing_provider.base.RUN_LISTENERS``) and makes a :class:`RunJob` driven by the run's
+  feedback (progress, log; Cancel cancels that feedback, as the toolbox dialog's own button does);
 
 - :func:`run_algorithm` — a Processing algorithm (``forestcarbon:predictraster``…) as a
   ``QgsProcessingAlgRunnerTask``; its log is the algorithm's feedback, its outputs the result paths.
@@ -25,7 +30,8 @@ import time
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProcessingFeedback, QgsTask
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
 ENDED = (FINISHED, FAILED, CANCELLED)
@@ -52,10 +58,11 @@ class Job(QObject):
         self._log: list[str] = []
         self._keep = None  # objects a task points to without owning them
         self._lock = threading.Lock()
-        task.progressChanged.connect(self._on_progress)
-        task.statusChanged.connect(self._on_status)
-        task.taskCompleted.connect(lambda: self._end(FINISHED))
-        task.taskTerminated.connect(lambda: self._end(CANCELLED if self.cancel_requested else FAILED))
+        if task is not None:
+            task.progressChanged.connect(self._on_progress)
+            task.statusChanged.connect(self._on_status)
+            task.taskCompleted.connect(lambda: self._end(FINISHED))
+            task.taskTerminated.connect(lambda: self._end(CANCELLED if self.cancel_requested else FAILED))
 
     # -- what the dock reads -----------------------------------------------------------
     @property
@@ -124,6 +131,129 @@ class Job(QObject):
         self.changed.emit()
 
 
+class RunJob(Job):
+    """A run started outside the jobs dock (the toolbox, a model, ``processing.run``), followed through
+    its feedback: made by :class:`RunListener` on the UI thread when the run starts."""
+
+    def __init__(self, name: str, feedback, parent=None):
+        super().__init__(None, name, parent=parent)
+        self.feedback = feedback
+        self.status = RUNNING
+        self.started = time.monotonic()
+        self._lines_seen = 0
+
+    def cancel(self) -> None:
+        feedback = self.feedback
+        if self.running and feedback is not None and not sip.isdeleted(feedback):
+            self.cancel_requested = True
+            feedback.cancel()
+            self.append_log("Cancel requested.")
+
+    def take_log(self, text: str) -> None:
+        """The feedback's whole text log so far: the lines not yet seen are appended."""
+        lines = text.splitlines()
+        for line in lines[self._lines_seen:]:
+            self.append_log(line)
+        self._lines_seen = max(self._lines_seen, len(lines))
+
+    def finish(self, outputs, error: str | None, cancelled: bool) -> None:
+        if error is None and not cancelled:
+            self.outputs = list(outputs)
+            self._end(FINISHED)
+        elif cancelled or self.cancel_requested:
+            self._end(CANCELLED)
+        else:
+            self.message = f"Error: {error}"
+            self._end(FAILED)
+        self.feedback = None  # its owner (the dialog) deletes it
+
+
+class RunListener(QObject):
+    """Lists every run of a Forest Carbon algorithm as a :class:`RunJob` of ``job_manager``.
+
+    The algorithms' run wrapper calls :meth:`started` and :meth:`ended` on the run's thread (a task's
+    thread for the toolbox); they only read the feedback there and pass plain values on through
+    queued signals, so the jobs are made and changed on the UI thread. Runs that the jobs manager
+    started itself (a :class:`JobFeedback`) are listed already and left out."""
+
+    _run_started = pyqtSignal(int, str, object)
+    _run_progress = pyqtSignal(int, float, str)
+    _run_ended = pyqtSignal(int, object, object, bool, str)
+
+    def __init__(self, job_manager=None, parent=None):
+        super().__init__(parent)
+        self.manager = job_manager or manager()
+        self.jobs: dict[int, RunJob] = {}
+        self._watchers: dict[int, tuple] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._run_started.connect(self._on_started)
+        self._run_progress.connect(self._on_progress)
+        self._run_ended.connect(self._on_ended)
+
+    def install(self) -> "RunListener":
+        from processing_provider.base import RUN_LISTENERS
+
+        if self not in RUN_LISTENERS:
+            RUN_LISTENERS.append(self)
+        return self
+
+    def uninstall(self) -> None:
+        from processing_provider.base import RUN_LISTENERS
+
+        while self in RUN_LISTENERS:
+            RUN_LISTENERS.remove(self)
+
+    # -- the run's thread ----------------------------------------------------------------
+    def started(self, alg, _parameters, feedback):
+        if isinstance(feedback, JobFeedback):
+            return None
+        with self._lock:
+            self._next += 1
+            token = self._next
+        if feedback is not None:
+            def progress(value, token=token, feedback=feedback):
+                self._run_progress.emit(token, float(value), feedback.textLog())
+
+            # direct: the feedback's log is read on the thread that writes it
+            feedback.progressChanged.connect(progress, Qt.ConnectionType.DirectConnection)
+            self._watchers[token] = (feedback, progress)
+        self._run_started.emit(token, alg.displayName(), feedback)
+        return token
+
+    def ended(self, token, results, error) -> None:
+        if token is None:
+            return
+        feedback, progress = self._watchers.pop(token, (None, None))
+        log, cancelled = "", False
+        if feedback is not None and not sip.isdeleted(feedback):
+            try:
+                feedback.progressChanged.disconnect(progress)
+            except (TypeError, RuntimeError):
+                pass
+            log, cancelled = feedback.textLog(), feedback.isCanceled()
+        outputs = [v for v in (results or {}).values() if isinstance(v, str) and Path(v).is_file()]
+        self._run_ended.emit(token, outputs, None if error is None else str(error), cancelled, log)
+
+    # -- the UI thread --------------------------------------------------------------------
+    def _on_started(self, token: int, name: str, feedback) -> None:
+        job = RunJob(name, feedback, parent=self.manager)
+        self.jobs[token] = job
+        self.manager.add_job(job)
+
+    def _on_progress(self, token: int, value: float, log: str) -> None:
+        job = self.jobs.get(token)
+        if job is not None and job.running:
+            job.take_log(log)
+            job._on_progress(value)
+
+    def _on_ended(self, token: int, outputs, error, cancelled: bool, log: str) -> None:
+        job = self.jobs.pop(token, None)
+        if job is not None:
+            job.take_log(log)
+            job.finish(outputs, error, cancelled)
+
+
 class JobFeedback(QgsProcessingFeedback):
     """A Processing feedback that copies the algorithm's messages into the job's log."""
 
@@ -153,10 +283,13 @@ class JobManager(QObject):
         super().__init__(parent)
         self.jobs: list[Job] = []
 
-    def register_task(self, task: QgsTask, name: str, outputs=None, start: bool = True) -> Job:
-        job = Job(task, name, outputs, parent=self)
+    def add_job(self, job: Job) -> Job:
         self.jobs.append(job)
         self.jobAdded.emit(job)
+        return job
+
+    def register_task(self, task: QgsTask, name: str, outputs=None, start: bool = True) -> Job:
+        job = self.add_job(Job(task, name, outputs, parent=self))
         if start:
             QgsApplication.taskManager().addTask(task)
         return job

@@ -8,8 +8,10 @@
 - :func:`write_value_by_alpha` — the derived raster of the value-by-alpha view.
 
 Relative uncertainty is σ / |prediction|: σ from the std output, or from the interval bounds as
-(upper − lower) / (2·z(coverage)) (the carbon core's conversion). It is undefined where the
-prediction is 0; those pixels are counted apart (``rel_undefined``), not in its histogram.
+(upper − lower) / (2·z(coverage)) (the carbon core's conversion). Where the prediction is near 0
+(|prediction| below :data:`NEAR_ZERO_FRACTION` of the extent's 99th percentile of |prediction|: bare
+ground, water) it says nothing about the map and grows without bound (thousands of per cent), so those
+pixels are counted apart (``rel_near_zero``), outside its histogram, median and share.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import numpy as np
 from ..core.outputs import PROVENANCE_KEY
 
 UNCERTAINTY_KINDS = ("std", "lower", "upper")
+#: predictions below this share of the extent's large values (its 99th percentile of |prediction|) are ≈ 0
+NEAR_ZERO_FRACTION = 0.01
+#: the relative-uncertainty histogram spans these percentiles (and the threshold); the rest is in the end bins
+REL_PERCENTILES = (1.0, 99.0)
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -51,12 +57,18 @@ def read_output_info(path) -> OutputInfo:
     info = OutputInfo(str(path))
     with rasterio.open(path) as src:
         tags = src.tags()
+        band_tags = src.tags(1) if src.count else {}
+        band_unit = (src.units[0] if src.count and src.units else None) or ""
     try:
         record = json.loads(tags.get(PROVENANCE_KEY) or "{}")
     except ValueError:
         record = {}
     info.kind = tags.get("OUTPUT_KIND") or None
-    info.unit = tags.get("UNIT") or record.get("unit") or ""
+    # predictraster writes the model card's unit as the band's unit type and as tags; older outputs have
+    # only the provenance record (which also keeps the model card's unit)
+    card = record.get("model_card") if isinstance(record.get("model_card"), dict) else {}
+    info.unit = (band_unit or band_tags.get("unit") or band_tags.get("UNIT") or tags.get("unit") or tags.get("UNIT")
+                 or record.get("unit") or card.get("unit") or card.get("forest_carbon:unit") or "")
     info.model_id = tags.get("MODEL_ID") or record.get("model_id")
     info.model = record.get("model")
     info.target = record.get("target")
@@ -186,9 +198,13 @@ class WindowStats:
     rel_counts: np.ndarray | None = None
     rel_edges: np.ndarray | None = None
     rel_mean: float | None = None
-    rel_pixels: int = 0  #: pixels with a defined relative uncertainty
-    rel_undefined: int = 0  #: valid prediction pixels where it is undefined (prediction 0, or no σ)
-    rel_overflow: int = 0  #: pixels above the last relative-uncertainty edge
+    rel_median: float | None = None
+    rel_pixels: int = 0  #: pixels with a relative uncertainty in the statistics
+    rel_undefined: int = 0  #: valid prediction pixels without σ (nodata in the uncertainty layers)
+    rel_near_zero: int = 0  #: valid prediction pixels with |prediction| < near_zero_limit: left out
+    near_zero_limit: float | None = None  #: NEAR_ZERO_FRACTION × the 99th percentile of |prediction|
+    rel_overflow: int = 0  #: pixels above the last relative-uncertainty edge, counted in the last bin
+    rel_underflow: int = 0  #: pixels below the first edge, counted in the first bin
     threshold: float | None = None
     share_above: float | None = None  #: share of rel_pixels whose relative uncertainty > threshold
 
@@ -208,9 +224,11 @@ def window_stats(sources: Sources, bounds, max_shape=(600, 600), bins: int = 40,
 
     ``bounds`` (xmin, ymin, xmax, ymax) are in the prediction's CRS; at most ``max_shape`` (rows, cols)
     pixels are read (nearest neighbour from the COG's overviews when the extent holds more).
-    The relative-uncertainty histogram runs from 0 to the larger of 2 × ``threshold`` and its 99th
-    percentile; pixels above are counted in ``rel_overflow``. None when the extent misses the raster
-    or ``is_canceled()`` turns true.
+    The relative-uncertainty histogram spans its 1st to 99th percentile, widened to take in ``threshold``
+    (so that the threshold line is on the plot); pixels outside are counted in the first and last bins
+    (``rel_underflow``, ``rel_overflow``). Pixels whose prediction is ≈ 0 are left out of the relative
+    statistics and counted in ``rel_near_zero`` (module doc). None when the extent misses the raster or
+    ``is_canceled()`` turns true.
     """
     canceled = is_canceled or (lambda: False)
     arrays, window, shape = read_window(sources, bounds, max_shape)
@@ -228,16 +246,27 @@ def window_stats(sources: Sources, bounds, max_shape=(600, 600), bins: int = 40,
     sigma = sigma_of(arrays.get("std"), arrays.get("lower"), arrays.get("upper"), sources.coverage)
     if sigma is None or canceled():
         return None if canceled() else stats
+    has_sigma = np.isfinite(sigma)[valid]
+    limit = NEAR_ZERO_FRACTION * float(np.percentile(np.abs(values), 99))
+    near_zero = np.abs(values) < limit
+    stats.near_zero_limit = limit
+    stats.rel_near_zero = int(np.count_nonzero(near_zero & has_sigma))
+    stats.rel_undefined = int(np.count_nonzero(~has_sigma))
     rel = relative_uncertainty(pred, sigma)[valid]
-    defined = rel[np.isfinite(rel)]
+    defined = rel[has_sigma & ~near_zero & np.isfinite(rel)]
     stats.rel_pixels = int(defined.size)
-    stats.rel_undefined = int(values.size - defined.size)
     if defined.size:
-        high = max(2.0 * threshold, float(np.percentile(defined, 99)))
-        stats.rel_edges = histogram_edges(defined, bins, 0.0, high)
-        stats.rel_counts, _ = np.histogram(defined, bins=stats.rel_edges)
-        stats.rel_overflow = int(np.count_nonzero(defined > high))
+        low, high = (float(v) for v in np.percentile(defined, REL_PERCENTILES))
+        low, high = min(low, threshold), max(high, threshold)
+        pad = 0.02 * (high - low)  # the threshold line off the plot's frame
+        low, high = max(0.0, low - pad) if low == threshold else low, high + pad if high == threshold else high
+        stats.rel_edges = histogram_edges(defined, bins, low, high)
+        stats.rel_underflow = int(np.count_nonzero(defined < stats.rel_edges[0]))
+        stats.rel_overflow = int(np.count_nonzero(defined > stats.rel_edges[-1]))
+        stats.rel_counts, _ = np.histogram(np.clip(defined, stats.rel_edges[0], stats.rel_edges[-1]),
+                                           bins=stats.rel_edges)
         stats.rel_mean = float(np.mean(defined))
+        stats.rel_median = float(np.median(defined))
         stats.share_above = float(np.count_nonzero(defined > threshold) / defined.size)
     return stats
 

@@ -1,4 +1,4 @@
-"""Layer styles of resources/styles/ applied to Forest Carbon outputs."""
+"""Layer styles of resources/styles/ applied to Forest Carbon outputs, and their legends."""
 
 from __future__ import annotations
 
@@ -8,12 +8,92 @@ from ..paths import RESOURCES_DIR
 STYLE_OF_KIND = {"prediction": "prediction", "lower": "prediction", "upper": "prediction", "std": "uncertainty",
                  "value_by_alpha": "value_by_alpha"}
 
+#: significant digits of legend labels: a 2-98 % stretch is an estimate, more digits would be noise
+LEGEND_DIGITS = 3
+
+
+def legend_number(value: float, digits: int = LEGEND_DIGITS) -> str:
+    """``value`` rounded to ``digits`` significant digits, without an exponent in the usual range
+    (0.0123, 1.23, 123, 12,300): what a legend reader compares with other maps."""
+    if value == 0 or not abs(value) < 1e15:
+        return f"{value:g}"
+    from math import floor, log10
+
+    decimals = max(0, digits - 1 - floor(log10(abs(value))))
+    rounded = round(value, decimals)
+    if abs(rounded) >= 1e-4 or rounded == 0:
+        return f"{rounded:,.{decimals}f}"
+    return f"{value:.{digits - 1}e}"
+
+
+def layer_unit(layer) -> str:
+    """The unit of a Forest Carbon raster (band metadata, tags or provenance: :func:`stats.read_output_info`),
+    or '' for any other layer."""
+    from .stats import read_output_info
+
+    path = layer.source().split("|")[0] if layer is not None else ""
+    try:
+        return read_output_info(path).unit if path else ""
+    except Exception:  # noqa: BLE001 - a layer rasterio cannot open (a WMS, a database) has no unit of ours
+        return ""
+
+
+def rescale_ramp(layer, low: float = 0.02, high: float = 0.98, unit: str | None = None) -> bool:
+    """Stretch a single-band pseudocolour ramp (stops given on 0-1) to the layer's cumulative
+    ``low``-``high`` range, keeping the stops' relative positions; label the stops and the continuous
+    legend with :data:`LEGEND_DIGITS` significant digits and ``unit`` (read from the file when None),
+    and tell the layer tree, so that the legend shows the new range at once. Returns whether it did."""
+    from qgis.core import QgsColorRampLegendNodeSettings, QgsColorRampShader
+
+    renderer = layer.renderer()
+    if renderer is None or renderer.type() != "singlebandpseudocolor":
+        return False
+    # usesBands(): band() is deprecated from 3.38 and its successor inputBand() is not in 3.22
+    vmin, vmax = layer.dataProvider().cumulativeCut(renderer.usesBands()[0], low, high)
+    if not vmax > vmin:
+        vmax = vmin + 1.0
+    unit = layer_unit(layer) if unit is None else unit
+    suffix = f" {unit}" if unit else ""
+    shader = renderer.shader().rasterShaderFunction()
+    items = shader.colorRampItemList()
+    old_min, old_max = items[0].value, items[-1].value
+    span = (old_max - old_min) or 1.0
+    values = [vmin + (i.value - old_min) / span * (vmax - vmin) for i in items]
+    shader.setColorRampItemList([QgsColorRampShader.ColorRampItem(v, i.color, legend_number(v) + suffix)
+                                 for v, i in zip(values, items)])
+    shader.setMinimumValue(vmin)
+    shader.setMaximumValue(vmax)
+    settings = QgsColorRampLegendNodeSettings(shader.legendSettings() or QgsColorRampLegendNodeSettings())
+    # explicit labels: QGIS's own would print the raw cut (e.g. 12.3456789) without the unit
+    settings.setMinimumLabel(legend_number(vmin) + suffix)
+    settings.setMaximumLabel(legend_number(vmax) + suffix)
+    shader.setLegendSettings(settings)
+    notify_renderer_changed(layer)
+    # after notify: a renderer's clone() does not copy the classification range (QGIS 3.22)
+    layer.renderer().setClassificationMin(vmin)
+    layer.renderer().setClassificationMax(vmax)
+    return True
+
+
+def notify_renderer_changed(layer) -> None:
+    """A renderer edited in place changes nothing QGIS listens to: set it again (``rendererChanged``,
+    which rebuilds the layer's legend nodes), emit ``styleChanged``, repaint, and refresh the desktop's
+    layer tree view when there is one (the legend's symbols are cached there)."""
+    layer.setRenderer(layer.renderer().clone())
+    layer.emitStyleChanged()
+    layer.triggerRepaint()
+    try:
+        from qgis.utils import iface
+    except ImportError:  # pragma: no cover - qgis.utils always exists where qgis.core does
+        iface = None
+    view = iface.layerTreeView() if iface is not None and hasattr(iface, "layerTreeView") else None
+    if view is not None:
+        view.refreshLayerSymbology(layer.id())
+
 
 def apply_style(layer, name: str, rescale: bool = True) -> bool:
     """Load ``resources/styles/<name>.qml`` onto a raster layer and stretch its ramp to the layer's
     2-98% cumulative range (the stops keep their relative places). Returns whether it loaded."""
-    from processing_provider.base import rescale_ramp
-
     _message, ok = layer.loadNamedStyle(str(RESOURCES_DIR / "styles" / f"{name}.qml"))
     if ok and rescale:
         rescale_ramp(layer)

@@ -9,11 +9,16 @@
   unchanged) by a background job, shown with ``value_by_alpha.qml`` (viridis with alpha band 2):
   uncertain pixels fade. The derivation is a real layer QGIS renders, prints and exports.
 - Statistics of the current map extent (histograms of the prediction and of the relative uncertainty,
-  their means, the share above a threshold) are recomputed in a QgsTask each time the extent stops
-  changing, read at most at the canvas's size (:func:`stats.window_stats`).
+  the mean prediction, the median relative uncertainty, the share above a threshold) are recomputed in
+  a QgsTask each time the extent stops changing, read at most at the canvas's size
+  (:func:`stats.window_stats`). The median, because σ / prediction is heavy-tailed (its mean was 291 %
+  on the demo scene); pixels whose prediction is ≈ 0 are counted apart, and the histogram spans the
+  1st–99th percentile with the rest counted in its end bars (both said under the plot).
 - *Identify pixel* is a map tool reporting a pixel's value, interval, relative uncertainty and model.
 - *Total of selection* gives the selected polygons' area-weighted total and its interval from the
-  carbon core (:func:`core.carbon.carbon_stock`, AGB only: root-to-shoot 0).
+  carbon core (:func:`core.carbon.carbon_stock`, AGB only: root-to-shoot 0), with carbonstock's error model:
+  the correlation range of the spin box beside it, filled from the carbon layer's carbonstock run or fitted
+  from the prediction's validation report (:func:`core.variogram.recorded_error_model`).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from qgis.PyQt.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QScrollArea,
@@ -52,13 +57,13 @@ from .connections import Connections
 from .jobs import register_task
 from .map_tools import PixelInfoTool
 from .stats import Sources, read_output_info, window_stats, write_value_by_alpha
-from .styling import apply_style
+from .styling import apply_style, legend_number
 from .tasks import FunctionTask
 
 STATS_DELAY_MS = 250  #: wait for the extent to stop changing before recomputing
 HISTOGRAM_BINS = 40
 POLYGON_CONFIDENCE = 0.9
-POLYGON_SIMULATIONS = 1000
+POLYGON_SIMULATIONS = 10_000  #: carbonstock's default (ART-TREES: 10,000 Monte Carlo draws)
 CACHE_DIR = Path(tempfile.gettempdir()) / "forest_carbon_cache"  #: value-by-alpha rasters
 
 
@@ -79,6 +84,22 @@ def cache_path(sources: Sources, threshold: float) -> Path:
     key.update(f"{threshold:.6g}:{sources.coverage}".encode())
     name = f"{Path(sources.prediction).stem}_vba_{key.hexdigest()[:12]}.tif"
     return CACHE_DIR / name
+
+
+def _form() -> QFormLayout:
+    """A form whose fields go under their label when the dock is too narrow for both on one line."""
+    form = QFormLayout()
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    return form
+
+
+def _buttons(*buttons) -> QGridLayout:
+    """Buttons two to a row, each as wide as half the dock (their texts are short enough for 1366×768)."""
+    grid = QGridLayout()
+    for i, button in enumerate(buttons):
+        grid.addWidget(button, i // 2, i % 2)
+    return grid
 
 
 def _cancel(task) -> None:
@@ -118,6 +139,8 @@ class UncertaintyDock(QDockWidget):
 
     # ------------------------------------------------------------------------- widgets
     def _build(self) -> None:
+        # laid out for a dock a third of a 1366×768 screen wide or less: short labels, fields under their
+        # label when the row is too narrow, buttons two to a row, everything in a vertical scroll area
         self.prediction_combo = QgsMapLayerComboBox()
         self.prediction_combo.setObjectName("prediction_combo")
         self.prediction_combo.setFilters(LayerFilter.RasterLayer)
@@ -131,27 +154,29 @@ class UncertaintyDock(QDockWidget):
             widget.fileChanged.connect(lambda _path: self.schedule_stats())
             self.file_widgets[kind] = widget
         self.coverage_spin = QDoubleSpinBox(decimals=3, minimum=0.01, maximum=0.999, singleStep=0.05, value=0.9)
+        self.coverage_spin.setToolTip("Share of true values the lower–upper interval holds (0.9: a 90 % interval)")
         self.coverage_spin.valueChanged.connect(lambda _v: self.schedule_stats())
         self.info_label = QLabel()
+        self.info_label.setObjectName("info_label")
         self.info_label.setWordWrap(True)
-        layers = QFormLayout()
+        layers = _form()
         layers.addRow("Prediction", self.prediction_combo)
-        layers.addRow("Std", self.file_widgets["std"])
-        layers.addRow("Lower", self.file_widgets["lower"])
-        layers.addRow("Upper", self.file_widgets["upper"])
+        layers.addRow("Std. deviation", self.file_widgets["std"])
+        layers.addRow("Lower bound", self.file_widgets["lower"])
+        layers.addRow("Upper bound", self.file_widgets["upper"])
         layers.addRow("Interval coverage", self.coverage_spin)
         layers.addRow(self.info_label)
 
         self.style_button = QPushButton("Style map")
+        self.style_button.setObjectName("style_button")
         self.style_button.setToolTip("Viridis prediction, the uncertainty layer, and a value-by-alpha layer in "
                                      "which uncertain pixels fade")
         self.style_button.clicked.connect(self.style_map)
         self.identify_button = QPushButton("Identify pixel")
+        self.identify_button.setObjectName("identify_button")
+        self.identify_button.setToolTip("Click the map to read a pixel's value, interval and relative uncertainty")
         self.identify_button.setCheckable(True)
         self.identify_button.toggled.connect(self.set_identify)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.style_button)
-        buttons.addWidget(self.identify_button)
         self.pixel_label = QLabel("Click a pixel with Identify pixel.")
         self.pixel_label.setObjectName("pixel_label")
         self.pixel_label.setWordWrap(True)
@@ -159,22 +184,34 @@ class UncertaintyDock(QDockWidget):
         self.threshold_spin = QDoubleSpinBox(decimals=1, minimum=0.1, maximum=1000.0, singleStep=5.0, value=20.0,
                                              suffix=" %")
         self.threshold_spin.setObjectName("threshold_spin")
+        self.threshold_spin.setToolTip("Relative uncertainty (σ / prediction) above which a pixel counts as "
+                                       "uncertain; the dashed line of the lower plot")
         self.threshold_spin.valueChanged.connect(lambda _v: self.schedule_stats())
-        self.pixels_label, self.mean_label, self.rel_mean_label, self.share_label = (QLabel("–") for _ in range(4))
+        self.pixels_label, self.mean_label, self.rel_median_label, self.share_label = (QLabel("–") for _ in range(4))
         for name, label in (("pixels", self.pixels_label), ("mean", self.mean_label),
-                            ("rel_mean", self.rel_mean_label), ("share", self.share_label)):
+                            ("rel_median", self.rel_median_label), ("share", self.share_label)):
             label.setObjectName(f"{name}_label")
             label.setWordWrap(True)
+        self.near_zero_label = QLabel()
+        self.near_zero_label.setObjectName("near_zero_label")
+        self.near_zero_label.setWordWrap(True)
         self.status_label = QLabel()
-        stats_form = QFormLayout()
-        stats_form.addRow("Relative uncertainty above", self.threshold_spin)
-        stats_form.addRow("Pixels read", self.pixels_label)
-        stats_form.addRow("Mean prediction", self.mean_label)
-        stats_form.addRow("Mean relative uncertainty", self.rel_mean_label)
-        stats_form.addRow("Share above the threshold", self.share_label)
+        self.status_label.setWordWrap(True)
+        stats_form = _form()
+        stats_form.addRow("Uncertain above", self.threshold_spin)
+        stats_form.addRow("Pixels", self.pixels_label)
+        stats_form.addRow("Mean", self.mean_label)
+        stats_form.addRow("Median relative uncertainty", self.rel_median_label)
+        stats_form.addRow("Uncertain pixels", self.share_label)
+        stats_form.addRow(self.near_zero_label)
         stats_form.addRow(self.status_label)
         self._build_plots()
-        self.export_button = QPushButton("Export plots (PNG)…")
+        self.clip_label = QLabel()
+        self.clip_label.setObjectName("clip_label")
+        self.clip_label.setWordWrap(True)
+        self.export_button = QPushButton("Export plots…")
+        self.export_button.setObjectName("export_button")
+        self.export_button.setToolTip("Save the two histograms as a PNG")
         self.export_button.clicked.connect(self._export_clicked)
 
         self.polygon_combo = QgsMapLayerComboBox()
@@ -187,8 +224,9 @@ class UncertaintyDock(QDockWidget):
         self.polygon_label.setWordWrap(True)
 
         body = QVBoxLayout()
-        for title, parts in (("Layers", [layers, buttons, self.pixel_label]),
-                             ("Current map extent", [stats_form, self.plot_canvas, self.export_button]),
+        for title, parts in (("Layers", [layers, _buttons(self.style_button, self.identify_button), self.pixel_label]),
+                             ("Current map extent", [stats_form, self.plot_canvas, self.clip_label,
+                                                     _buttons(self.export_button)]),
                              ("Polygon total", [self.polygon_combo, self.polygon_button, self.polygon_label])):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
@@ -197,6 +235,7 @@ class UncertaintyDock(QDockWidget):
             body.addWidget(box)
         body.addStretch(1)
         container = QWidget()
+        container.setObjectName("uncertainty_dock_contents")
         container.setLayout(body)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -208,7 +247,7 @@ class UncertaintyDock(QDockWidget):
         from matplotlib.backends.backend_qt5agg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4, 4.2), dpi=80, layout="constrained")
+        self.figure = Figure(figsize=(3.6, 3.6), dpi=80, layout="constrained")
         self.pred_axes, self.rel_axes = self.figure.subplots(2, 1)
         self.pred_axes.set_title("Prediction", fontsize=9)
         self.rel_axes.set_title("Relative uncertainty (σ / prediction)", fontsize=9)
@@ -216,12 +255,13 @@ class UncertaintyDock(QDockWidget):
         # artists made once and updated: clearing axes costs the UI thread tens of ms per redraw
         self.pred_steps = self.pred_axes.stairs([0], [0, 1], fill=True, color="#21918c")
         self.rel_steps = self.rel_axes.stairs([0], [0, 1], fill=True, color="#d94801")
-        self.threshold_line = self.rel_axes.axvline(0, color="black", linestyle="--", linewidth=1)
+        self.threshold_line = self.rel_axes.axvline(0, color="black", linestyle="--", linewidth=1.2, zorder=3)
         for axes in (self.pred_axes, self.rel_axes):
             axes.tick_params(labelsize=7)
             axes.set_ylabel("pixels", fontsize=8)
         self.plot_canvas = FigureCanvasQTAgg(self.figure)
-        self.plot_canvas.setMinimumHeight(300)
+        self.plot_canvas.setMinimumHeight(260)
+        self.plot_canvas.setMinimumWidth(120)
 
     # ------------------------------------------------------------------------- layers
     @property
@@ -262,9 +302,11 @@ class UncertaintyDock(QDockWidget):
             return "Not a file-based raster: statistics need a GeoTIFF (or any GDAL file)."
         if not self.info.kind:
             return "No Forest Carbon provenance: choose the uncertainty layers by hand."
-        found = ", ".join(k for k in ("std", "lower", "upper") if k in self.info.siblings) or "none"
-        return (f"Model {self.info.model_id or '?'} ({self.info.execution_provider or '?'}); unit "
-                f"{self.info.unit or '?'}; uncertainty layers found from provenance: {found}.")
+        found = ", ".join(k for k in ("std", "lower", "upper") if k in self.info.siblings)
+        unit = f"in {self.info.unit}" if self.info.unit else "unit not recorded"
+        layers = (f"uncertainty layers of the same run: {found}." if found else
+                  "no uncertainty layer of the same run found: choose them by hand.")
+        return f"Model {self.info.model_id or '?'} ({self.info.execution_provider or '?'}), {unit}; {layers}"
 
     # ------------------------------------------------------------------------- styling
     def style_map(self) -> None:
@@ -358,18 +400,39 @@ class UncertaintyDock(QDockWidget):
     def _show_stats(self, stats) -> None:
         self.last_stats = stats
         unit = (self.info.unit if self.info else "") or ""
+        labels = (self.pixels_label, self.mean_label, self.rel_median_label, self.share_label)
         if stats is None or stats.pixels == 0:
-            for label in (self.pixels_label, self.mean_label, self.rel_mean_label, self.share_label):
+            for label in labels:
                 label.setText("–")
+            self.near_zero_label.setText("")
         else:
-            self.pixels_label.setText(f"{stats.pixels:,} of {stats.shape[0]}×{stats.shape[1]} read "
-                                      f"(window {stats.window[2]}×{stats.window[3]})")
-            self.mean_label.setText(f"{stats.mean:.4g} {unit}".strip())
-            self.rel_mean_label.setText("–" if stats.rel_mean is None else f"{100 * stats.rel_mean:.1f} %")
+            self.pixels_label.setText(f"{stats.pixels:,} read at {stats.shape[0]}×{stats.shape[1]} "
+                                      f"(of {stats.window[2]}×{stats.window[3]} in view)")
+            self.mean_label.setText(f"{legend_number(stats.mean)} {unit}".strip())
+            self.rel_median_label.setText("–" if stats.rel_median is None else f"{100 * stats.rel_median:.1f} %")
             self.share_label.setText("–" if stats.share_above is None else
                                      f"{100 * stats.share_above:.1f} % of {stats.rel_pixels:,} pixels")
+            notes = []
+            if stats.rel_near_zero:
+                notes.append(f"{stats.rel_near_zero:,} pixels with prediction ≈ 0 (below "
+                             f"{legend_number(stats.near_zero_limit)} {unit}".rstrip() +
+                             ") are not in the relative statistics.")
+            if stats.rel_undefined:
+                notes.append(f"{stats.rel_undefined:,} pixels have no uncertainty value.")
+            self.near_zero_label.setText(" ".join(notes))
+        self.clip_label.setText(self._describe_clip(stats))
         self._draw(stats, unit)
         self.statsUpdated.emit(stats)
+
+    @staticmethod
+    def _describe_clip(stats) -> str:
+        if stats is None or stats.rel_counts is None:
+            return ""
+        text = (f"Relative uncertainty shown from {100 * stats.rel_edges[0]:.3g} % to {100 * stats.rel_edges[-1]:.3g} % "
+                "(1st–99th percentile)")
+        ends = [f"{n:,} pixels {where} in the {bin_} bar" for n, where, bin_ in
+                ((stats.rel_underflow, "below", "first"), (stats.rel_overflow, "above", "last")) if n]
+        return text + (": " + "; ".join(ends) + "." if ends else ".")
 
     def _draw(self, stats, unit: str) -> None:
         has_pred = stats is not None and stats.pixels > 0
@@ -386,6 +449,8 @@ class UncertaintyDock(QDockWidget):
             if shown:
                 axes.relim()
                 axes.autoscale_view()
+        if has_rel:  # the histogram's own range, whatever margins autoscale adds: the threshold is inside it
+            self.rel_axes.set_xlim(100 * stats.rel_edges[0], 100 * stats.rel_edges[-1])
         self.threshold_line.set_visible(has_rel)
         self.plot_canvas.draw_idle()
 
@@ -452,6 +517,31 @@ class UncertaintyDock(QDockWidget):
         return "<br>".join(lines)
 
     # ------------------------------------------------------------------------- polygon total
+    def default_correlation_range(self) -> None:
+        """Set the range spin box from the chosen polygon layer's carbonstock run, else from the prediction's
+        validation report (:func:`core.variogram.recorded_error_model`); leave it as it is when neither is found."""
+        import math
+
+        from ..core.variogram import recorded_error_model
+
+        layer = self.polygon_combo.currentLayer()
+        carbon = layer.source() if layer is not None and layer.providerType() == "ogr" else None
+        try:
+            model = recorded_error_model(carbon, raster_path(self.prediction_layer))
+        except Exception:  # noqa: BLE001 - an unreadable report leaves the range for the user to set
+            model = None
+        if model is None:
+            return
+        self.range_source = model
+        self.range_spin.setValue(self.range_spin.minimum() if math.isinf(model["range_m"]) else model["range_m"])
+        self.range_spin.setToolTip(f"Range from {model['source']}.")
+
+    @property
+    def correlation_range(self) -> float | None:
+        """The dock's range in metres; None = not set (carbonstock's conservative fully correlated errors)."""
+        value = self.range_spin.value()
+        return None if value <= self.range_spin.minimum() else value
+
     def total_of_selection(self) -> FunctionTask | None:
         """Area-weighted total of the selected polygons (as one area) and its interval, from the carbon
         core, in a background task; the result arrives through ``polygonTotal``."""
@@ -472,10 +562,18 @@ class UncertaintyDock(QDockWidget):
         errors = ({"agb_std": sources.std} if sources.std else
                   {"agb_lower": sources.lower, "agb_upper": sources.upper} if sources.lower and sources.upper else {})
 
+        if self.range_source is None and self.correlation_range is None:
+            self.default_correlation_range()  # layers chosen before the dock connected its signals
+        recorded = self.range_source or {}
+        correlation_range = self.correlation_range
+        simulations = int(recorded.get("simulations") or POLYGON_SIMULATIONS)
+        seed = int(recorded.get("seed") or 0)
+
         def compute(_task):
             return carbon_stock([shape], agb=sources.prediction, coverage=sources.coverage or 0.9,
-                                root_shoot=0.0, confidence=POLYGON_CONFIDENCE, simulations=POLYGON_SIMULATIONS,
-                                seed=0, projects_crs=crs, **errors)["records"][0]
+                                root_shoot=0.0, confidence=POLYGON_CONFIDENCE, simulations=simulations,
+                                seed=seed, projects_crs=crs, correlation_range=correlation_range,
+                                **errors)["records"][0]
 
         task = FunctionTask("Forest Carbon: total of the selected polygons", compute)
         self.connections.connect(task.done, self._polygon_done)
@@ -495,8 +593,10 @@ class UncertaintyDock(QDockWidget):
                     f"AGB in Mg/ha); mean {record['agb_mean_mg_ha']:.4g}")
             if record.get("co2e_ci_low_t") is not None and record["co2e_total_t"]:
                 per = record["agb_total_mg"] / record["co2e_total_t"]  # the core's CO2e interval, in map units
+                corr = self.correlation_range
                 text += (f"; {100 * POLYGON_CONFIDENCE:.0f} % interval [{record['co2e_ci_low_t'] * per:.5g}, "
-                         f"{record['co2e_ci_high_t'] * per:.5g}] (± {record['uncertainty_pct']:.1f} %)")
+                         f"{record['co2e_ci_high_t'] * per:.5g}] (± {record['uncertainty_pct']:.1f} %, errors "
+                         + ("fully correlated" if corr is None else f"correlated over {corr:g} m") + ")")
             self.polygon_label.setText(text)
         self.polygonTotal.emit(record)
 

@@ -50,28 +50,11 @@ class FeedbackProgress:
 
 
 def rescale_ramp(layer, low: float = 0.02, high: float = 0.98) -> None:
-    """Stretch a single-band pseudocolour ramp (stops given on 0-1) to the layer's cumulative
-    ``low``-``high`` range, keeping the stops' relative positions."""
-    from qgis.core import QgsColorRampShader
+    """Stretch a single-band pseudocolour ramp to the layer's cumulative ``low``-``high`` range, with legend
+    labels in the output's unit and the legend refreshed (:func:`forest_carbon_plugin.gui.styling.rescale_ramp`)."""
+    from forest_carbon_plugin.gui.styling import rescale_ramp as rescale
 
-    renderer = layer.renderer()
-    if renderer is None or renderer.type() != "singlebandpseudocolor":
-        return
-    # usesBands(): band() is deprecated from 3.38 and its successor inputBand() is not in 3.22
-    vmin, vmax = layer.dataProvider().cumulativeCut(renderer.usesBands()[0], low, high)
-    if not vmax > vmin:
-        vmax = vmin + 1.0
-    shader = renderer.shader().rasterShaderFunction()
-    items = shader.colorRampItemList()
-    old_min, old_max = items[0].value, items[-1].value
-    span = (old_max - old_min) or 1.0
-    shader.setColorRampItemList([QgsColorRampShader.ColorRampItem(
-        vmin + (i.value - old_min) / span * (vmax - vmin), i.color, f"{vmin + (i.value - old_min) / span * (vmax - vmin):.3g}")
-        for i in items])
-    shader.setMinimumValue(vmin)
-    shader.setMaximumValue(vmax)
-    renderer.setClassificationMin(vmin)
-    renderer.setClassificationMax(vmax)
+    rescale(layer, low, high)
 
 
 class StyleLoader(QgsProcessingLayerPostProcessorInterface):
@@ -301,6 +284,25 @@ _INPUT_TYPES = {"file", "raster", "vector", "source", "layer", "multilayer", "me
 _CATALOG_SUFFIXES = (".las", ".laz")
 
 
+#: objects told of every run, whoever started it (the toolbox, a model, processing.run, the jobs dock):
+#: ``started(alg, parameters, feedback)`` returns a token, ``ended(token, results, error)``; called on
+#: the run's thread. The desktop's jobs dock is one (forest_carbon_plugin.gui.jobs.RunListener).
+RUN_LISTENERS: list = []
+
+
+def _tell_listeners(event: str, *args) -> list:
+    """Call ``event`` on each listener; a listener's failure must not fail the run."""
+    answers = []
+    for listener in list(RUN_LISTENERS):
+        try:
+            answers.append((listener, getattr(listener, event)(*args)))
+        except Exception:  # noqa: BLE001 - reported in the log, the run goes on
+            from qgis.core import Qgis, QgsMessageLog
+
+            QgsMessageLog.logMessage(traceback.format_exc(), "Forest Carbon", Qgis.MessageLevel.Warning)
+    return answers
+
+
 def _safe_outputs(process):
     """``processAlgorithm`` with its outputs checked against its inputs, and written all-or-nothing."""
 
@@ -308,30 +310,48 @@ def _safe_outputs(process):
     def run(self, parameters, context, feedback):
         if getattr(self, "_in_safe_run", False):  # a subclass calling its parent's processAlgorithm
             return process(self, parameters, context, feedback)
-        files, folders = output_targets(self, parameters, context)
-        self._in_safe_run = True
+        tokens = _tell_listeners("started", self, parameters, feedback) if RUN_LISTENERS else []
+        results, error = None, None
         try:
-            with OutputTransaction([path for _, path in files], [path for _, path in folders]):
-                try:
-                    results = process(self, parameters, context, feedback)
-                    if feedback is not None and feedback.isCanceled():
-                        raise QgsProcessingException(self.tr("Cancelled: no output was written."))
-                    _close_sinks(self, finalize=True)
-                except BaseException as exc:
-                    # the traceback's frames hold the run's open outputs (a GeoPackage sink): let them
-                    # close before their files are removed
-                    traceback.clear_frames(exc.__traceback__)
-                    _close_sinks(self, finalize=False)
-                    raise
+            results = _checked_run(self, process, parameters, context, feedback)
             return results
-        except ForestCarbonError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            self._in_safe_run = False
-            self.__dict__.pop("_sinks", None)
+            for listener, token in tokens:
+                try:
+                    listener.ended(token, results, error)
+                except Exception:  # noqa: BLE001 - as in _tell_listeners
+                    pass
 
     run._safe_outputs = True
     return run
+
+
+def _checked_run(alg, process, parameters, context, feedback):
+    """The body of :func:`_safe_outputs`' run: outputs refused or written all-or-nothing."""
+    files, folders = output_targets(alg, parameters, context)
+    alg._in_safe_run = True
+    try:
+        with OutputTransaction([path for _, path in files], [path for _, path in folders]):
+            try:
+                results = process(alg, parameters, context, feedback)
+                if feedback is not None and feedback.isCanceled():
+                    raise QgsProcessingException(alg.tr("Cancelled: no output was written."))
+                _close_sinks(alg, finalize=True)
+            except BaseException as exc:
+                # the traceback's frames hold the run's open outputs (a GeoPackage sink): let them
+                # close before their files are removed
+                traceback.clear_frames(exc.__traceback__)
+                _close_sinks(alg, finalize=False)
+                raise
+        return results
+    except ForestCarbonError as exc:
+        raise QgsProcessingException(str(exc)) from exc
+    finally:
+        alg._in_safe_run = False
+        alg.__dict__.pop("_sinks", None)
 
 
 def _close_sinks(alg, finalize: bool) -> None:

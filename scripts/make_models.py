@@ -105,12 +105,7 @@ def area_based_approach():
                outputs=[("prediction", "OUTPUT", "Prediction"), ("std", "OUTPUT_STD", "Standard deviation"),
                         ("lower", "OUTPUT_LOWER", "Lower bound"), ("upper", "OUTPUT_UPPER", "Upper bound")]),
     ]
-    from qgis.PyQt.QtCore import QPointF
-
-    for i, child in enumerate(children):
-        child.setPosition(QPointF(120.0 + 220 * i, 200 + 80 * (i % 2)))
-        model.addChildAlgorithm(child)
-    return child_id_output_names(model)
+    return finish(model, children)
 
 
 def child_id_output_names(model):
@@ -125,6 +120,160 @@ def child_id_output_names(model):
     if not model.loadVariant(variant):
         raise RuntimeError(f"Could not reload the model {model.name()}")
     return model
+
+
+#: values a model file names itself where the definition's default depends on the machine that builds it: worker
+#: processes default to min(4, cores); a shared .model3 keeps 2 (the demo's machine), which the designer can raise
+MACHINE_DEPENDENT = {"MAX_WORKERS": 2}
+#: the designer's grid: gaps (px) between columns, between rows, and the indent of a child's outputs below it
+GAP_X, GAP_Y, OUTPUT_INDENT = 50.0, 24.0, 40.0
+MARGIN = 60.0
+
+
+def finish(model, children):
+    """Add the children with every parameter set, lay the model out, name its outputs, and refuse to write a model
+    the designer would show invalid."""
+    for child in children:
+        complete_parameters(child)
+        model.addChildAlgorithm(child)
+    lay_out(model)
+    model = child_id_output_names(model)
+    check_valid(model)
+    return model
+
+
+def complete_parameters(child) -> None:
+    """Give every input parameter of the child's algorithm a source: its definition's default where the model sets
+    none. QGIS 3.22's designer draws a child red, and Run says "Model is invalid", when a mandatory parameter has
+    no source even if it has a default; reading the definitions here gives parameters added to an algorithm later
+    their defaults at the next build (advanced ones too)."""
+    from qgis.core import QgsApplication, QgsProcessingModelChildParameterSource as Source
+
+    from processing_provider.compat import ParameterFlag
+
+    alg = QgsApplication.processingRegistry().algorithmById(child.algorithmId())
+    if alg is None:
+        raise RuntimeError(f"{child.algorithmId()} is not available: register the Forest Carbon provider and "
+                           "QGIS's native algorithms before building the models")
+    given = child.parameterSources()
+    for definition in alg.parameterDefinitions():
+        name = definition.name()
+        if definition.isDestination() or name in given:
+            continue
+        value = definition.defaultValue()
+        if value is None and not definition.flags() & ParameterFlag.Optional:
+            continue  # a required input without a default: check_valid names it
+        if name in MACHINE_DEPENDENT and value:  # 0 means "all cores" and travels as it is
+            value = MACHINE_DEPENDENT[name]
+        child.addParameterSources(name, [Source.fromStaticValue(value)])
+
+
+def check_valid(model) -> None:
+    """Raise when the designer would flag the model: a child with a mandatory parameter unset, a static value its
+    definition refuses, a missing algorithm or child (``QgsProcessingModelAlgorithm.validate``)."""
+    import re
+
+    problems = []
+    for child_id in sorted(model.childAlgorithms()):
+        ok, issues = model.validateChildAlgorithm(child_id)
+        problems += [f"{child_id}: {re.sub('<[^>]+>', '', issue)}" for issue in issues]
+    ok, issues = model.validate()
+    if problems or not ok:
+        listed = "\n  ".join(problems or [re.sub("<[^>]+>", "", i) for i in issues])
+        raise RuntimeError(f"The model {model.name()} would be invalid in the Model Designer:\n  {listed}")
+
+
+def child_dependencies(child) -> set:
+    """Ids of the children whose outputs feed this child."""
+    return {source.outputChildId() for sources in child.parameterSources().values() for source in sources
+            if source.outputChildId()} | {dep.childId for dep in child.dependencies()}
+
+
+def component_rects(model) -> dict:
+    """Every component the designer draws as a box: (kind, name) → (left, top, right, bottom). A component's
+    position is the centre of its box (QgsModelComponentGraphicItem)."""
+    def rect(component):
+        pos, size = component.position(), component.size()
+        return (pos.x() - size.width() / 2, pos.y() - size.height() / 2,
+                pos.x() + size.width() / 2, pos.y() + size.height() / 2)
+
+    rects = {("input", name): rect(c) for name, c in model.parameterComponents().items()}
+    for child_id, child in model.childAlgorithms().items():
+        rects[("child", child_id)] = rect(child)
+        for name, output in child.modelOutputs().items():
+            rects[("output", f"{child_id}:{name}")] = rect(output)
+    return rects
+
+
+def lay_out(model) -> None:
+    """Left to right in the order of the chain: the model's inputs in column 0, each child in the column of its
+    dependency depth (1 + the deepest child feeding it), its outputs stacked just below it and indented to the
+    right; rows within a column spaced by the components' sizes, ordered by (and where there is room, level with)
+    the mean height of what feeds them, so that links cross little."""
+    from qgis.PyQt.QtCore import QPointF
+
+    children = model.childAlgorithms()
+    deps = {cid: child_dependencies(child) for cid, child in children.items()}
+    depth = {}
+
+    def depth_of(cid, seen=()):
+        if cid not in depth:
+            if cid in seen:
+                raise RuntimeError(f"the model's children depend on each other in a cycle through {cid}")
+            depth[cid] = 1 + max((depth_of(d, seen + (cid,)) for d in deps[cid]), default=0)
+        return depth[cid]
+
+    order = list(children)  # insertion order of the build: the chain as written
+    columns = {}
+    for cid in order:
+        columns.setdefault(depth_of(cid), []).append(cid)
+
+    params = model.parameterComponents()
+    param_order = [d.name() for d in model.parameterDefinitions() if d.name() in params]
+    centre_y = {}
+    width = max((params[n].size().width() for n in param_order), default=0.0)
+    x, y = MARGIN + width / 2, MARGIN
+    for name in param_order:
+        comp = params[name]
+        h = comp.size().height()
+        comp.setPosition(QPointF(x, y + h / 2))
+        centre_y[("input", name)] = y + h / 2
+        y += h + GAP_Y
+    model.setParameterComponents(params)
+    right = MARGIN + width
+
+    def feeders_y(cid):
+        # the children feeding it, else the model inputs it reads (the settings many children share, at the
+        # bottom of column 0, would pull every child down)
+        ys = [centre_y[("child", d)] for d in deps[cid]]
+        ys = ys or [centre_y[("input", s.parameterName())] for sources in children[cid].parameterSources().values()
+                    for s in sources if s.parameterName() in params]
+        return sum(ys) / len(ys) if ys else 0.0
+
+    for col in sorted(columns):
+        ids = sorted(columns[col], key=lambda c: (feeders_y(c), order.index(c)))
+        col_width = max(max([children[c].size().width()]
+                            + [OUTPUT_INDENT + o.size().width() for o in children[c].modelOutputs().values()])
+                        for c in ids)
+        left = right + GAP_X
+        y = MARGIN
+        for cid in ids:
+            child = children[cid]
+            w, h = child.size().width(), child.size().height()
+            y = max(y, feeders_y(cid) - h / 2)  # level with what feeds it where the column has room
+            cx = left + w / 2
+            child.setPosition(QPointF(cx, y + h / 2))
+            centre_y[("child", cid)] = y + h / 2
+            y += h + GAP_Y
+            outputs = child.modelOutputs()
+            for out in outputs.values():
+                ow, oh = out.size().width(), out.size().height()
+                out.setPosition(QPointF(left + OUTPUT_INDENT + ow / 2, y + oh / 2))
+                y += oh + GAP_Y
+            child.setModelOutputs(outputs)
+            y += GAP_Y  # a little air between one child's block and the next
+        right = left + col_width
+    model.setChildAlgorithms(children)
 
 
 def _child(algorithm, child_id, description, sources, static=None, outputs=()):
@@ -185,8 +334,6 @@ def forest_carbon_chain():
         QgsProcessingParameterRasterLayer,
         QgsProcessingParameterVectorLayer,
     )
-    from qgis.PyQt.QtCore import QPointF
-
     from processing_provider.compat import FieldDataType, FileBehavior, NumberType, SourceType
 
     Num = QgsProcessingParameterNumber
@@ -320,16 +467,7 @@ def forest_carbon_chain():
                "PROJECTS": P("projects"), "ROOT_SHOOT": P("root_shoot"), "CONFIDENCE": P("coverage"),
                "CORRELATION_RANGE": P("correlation_range"), "SIMULATIONS": P("simulations"), "SEED": P("seed")}),
     ]
-    layout = {"normalizeheight": (0, 0), "canopyheightmodel": (1, 0), "canopymetrics": (1, 1),
-              "harmonize_s2": (0, 3), "harmonize_landsat": (1, 3), "compositescenes": (2, 3),
-              "spectralindices": (3, 3), "sarfeatures": (2, 4), "aggregatetogrid": (2, 0), "pixelstopoints": (3, 0),
-              "zerocells": (3, 1), "zeroplots": (4, 0), "mergeplots": (5, 0), "trainmodel": (4, 1),
-              "predictraster": (5, 2), "validatepredictions": (6, 1), "carbonstock": (6, 3)}
-    for alg in children:
-        col, row = layout[alg.childId()]
-        alg.setPosition(QPointF(120 + 260 * col, 120 + 140 * row))
-        model.addChildAlgorithm(alg)
-    return child_id_output_names(model)
+    return finish(model, children)
 
 
 MODELS = {ABA: area_based_approach, CHAIN: forest_carbon_chain}
@@ -351,17 +489,16 @@ def write_models(folder=MODELS_DIR, names=None) -> list:
 
 
 def main() -> int:
-    import os
-
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from qgis.core import QgsApplication
 
-    app = QgsApplication([], False)
-    app.initQgis()
+    from scripts.demo import start_qgis
+
+    app, provider = start_qgis()  # the algorithms' definitions give the children's defaults
     try:
         for path in write_models(names=sys.argv[1:] or None):
             print(path)
     finally:
+        QgsApplication.processingRegistry().removeProvider(provider)
         app.exitQgis()
     return 0
 

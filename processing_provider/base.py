@@ -199,9 +199,13 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         if missing:
             raise QgsProcessingException(missing_message(missing))
 
-    def add_cloud_input(self, label: str = "LAS/LAZ file or folder of tiles", extensions=("las", "laz")) -> None:
-        """INPUT: one point-cloud file or a folder of tiles (a catalog)."""
-        self.addParameter(FileOrFolderParameter("INPUT", self.tr(label), extensions=extensions))
+    def add_cloud_input(self, label: str = "Point cloud (layer, LAS/LAZ/COPC file, .vpc or folder of tiles)",
+                        extensions=("las", "laz")) -> None:
+        """INPUT: a point-cloud layer, one point-cloud file, a .vpc or a folder of tiles (a catalog); read it
+        with :func:`.inputs.point_cloud_source`."""
+        from .inputs import add_point_cloud_input
+
+        add_point_cloud_input(self, label, extensions)
 
     def add_resolution(self, default: float, name: str = "RESOLUTION", label: str = "Resolution (m)") -> None:
         self.addParameter(QgsProcessingParameterNumber(name, self.tr(label), NumberType.Double,

@@ -14,6 +14,7 @@ from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType
 from .execution import add_execution_parameters, execution
+from .inputs import point_cloud_source
 
 
 class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
@@ -64,7 +65,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
         crs = self.crs_wkt(parameters, context, self.CRS)
         extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)

@@ -16,6 +16,7 @@ from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES, canopy_met
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType
 from .execution import add_execution_parameters, execution
+from .inputs import point_cloud_source
 
 
 def default_workers() -> int:
@@ -86,7 +87,7 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
         crs = self.crs_wkt(parameters, context, self.CRS)
         extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)

@@ -11,6 +11,7 @@ from forest_carbon_plugin.core.ground import CSF, SMRF, classify_ground
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import NumberType
+from .inputs import point_cloud_source
 
 NUMBER = QgsProcessingParameterNumber
 
@@ -63,7 +64,7 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         output = self.las_output(parameters, context)
         method = ("smrf", "csf")[self.parameterAsEnum(parameters, self.METHOD, context)]
         table, cls = (self.SMRF_PARAMS, SMRF) if method == "smrf" else (self.CSF_PARAMS, CSF)

@@ -1,4 +1,5 @@
-"""Messages for parameter values that QGIS's own check refuses.
+"""Inputs of the algorithms: the point-cloud input every LiDAR algorithm shares, and messages for
+parameter values that QGIS's own check refuses.
 
 QGIS refuses such values with "Incorrect parameter value for INPUT", which names neither the
 value nor what would be accepted. :func:`explain_invalid` finds the parameter QGIS refused and
@@ -9,7 +10,109 @@ from __future__ import annotations
 
 import os
 
-from .compat import FileBehavior, ParameterFlag
+import qgis.core as _qgis_core
+from qgis.core import QgsMapLayer, QgsProcessingException, QgsProcessingUtils, QgsProperty, QgsProviderRegistry
+
+from .compat import FileBehavior, ParameterFlag, PropertyType
+
+#: providers that open local point-cloud files as layers (3.22 from Debian has only 'ept'; 3.44 'copc', 'vpc')
+_LOCAL_CLOUD_PROVIDERS = ("pdal", "copc", "vpc")
+_CLOUD_SUFFIXES = (".vpc",)  # besides the algorithm's own (las, laz: COPC's .copc.laz included)
+
+
+def point_cloud_layers_available() -> bool:
+    """Whether the running QGIS can load a LAS/LAZ, COPC or .vpc file as a point-cloud layer, and so
+    whether INPUT is offered as a layer dropdown (with its file picker) rather than a file box."""
+    if not hasattr(_qgis_core, "QgsProcessingParameterPointCloudLayer"):
+        return False
+    return any(key in QgsProviderRegistry.instance().providerList() for key in _LOCAL_CLOUD_PROVIDERS)
+
+
+def _accepts_path(value, extensions) -> bool | None:
+    """True/False for a value that names an existing file or folder; None for anything else (a layer)."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = value.split("|")[0]
+    if os.path.isdir(path):
+        return True
+    if os.path.isfile(path):
+        return path.lower().endswith(tuple(f".{e}" for e in extensions) + _CLOUD_SUFFIXES)
+    return None
+
+
+if hasattr(_qgis_core, "QgsProcessingParameterPointCloudLayer"):
+    class PointCloudInputParameter(_qgis_core.QgsProcessingParameterPointCloudLayer):
+        """A point-cloud layer of the project (dropdown, with the file picker of QGIS's layer widgets), or
+        a LAS/LAZ/COPC file, a ``.vpc`` or a folder of tiles given by path, as scripts pass today."""
+
+        def __init__(self, name, description, extensions=("las", "laz"), optional=False):
+            super().__init__(name, description, optional=optional)
+            self._extensions = tuple(extensions)
+
+        def clone(self):
+            return PointCloudInputParameter(self.name(), self.description(), self._extensions,
+                                            bool(self.flags() & ParameterFlag.Optional))
+
+        def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
+            if isinstance(value, QgsProperty) and value.propertyType() == PropertyType.Static:
+                value = value.staticValue()
+            accepted = _accepts_path(value, self._extensions)
+            if accepted is not None:
+                return accepted
+            return super().checkValueIsAcceptable(value, context) if context is not None \
+                else super().checkValueIsAcceptable(value)
+
+
+def add_point_cloud_input(alg, label: str = "Point cloud (layer, LAS/LAZ/COPC file, .vpc or folder of tiles)",
+                          extensions=("las", "laz"), name: str = "INPUT") -> None:
+    """Declare the point-cloud input: a layer dropdown where QGIS can load point-cloud files, otherwise a
+    file box that takes a file or a folder (QGIS 3.22 from Debian has no provider for LAS/LAZ layers)."""
+    if point_cloud_layers_available():
+        alg.addParameter(PointCloudInputParameter(name, alg.tr(label), extensions=extensions))
+    else:
+        from .base import FileOrFolderParameter
+
+        alg.addParameter(FileOrFolderParameter(name, alg.tr(label), extensions=tuple(extensions) + ("vpc",)))
+
+
+def point_cloud_source(alg, parameters, context, name: str = "INPUT") -> str:
+    """The file or folder that the point-cloud input names: a path as given, or a layer's own file."""
+    value = parameters.get(name)
+    if isinstance(value, QgsProperty):
+        value = value.staticValue() if value.propertyType() == PropertyType.Static \
+            else value.valueAsString(context.expressionContext())
+    layer = value if isinstance(value, QgsMapLayer) else None
+    if layer is None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise QgsProcessingException(alg.tr(
+                f"{name}: no point cloud given. Choose a point-cloud layer, a LAS/LAZ/COPC file, a .vpc or a "
+                "folder of tiles."))
+        text = str(value)
+        if os.path.exists(text.split("|")[0]):
+            return text.split("|")[0]
+        layer = QgsProcessingUtils.mapLayerFromString(text, context, False)
+        if layer is None:
+            raise QgsProcessingException(alg.tr(
+                f"{name}: '{_shown(text)}' is neither an existing file or folder nor a layer of the project: "
+                "choose a point-cloud layer, a LAS/LAZ/COPC file, a .vpc or a folder of tiles."))
+    return _cloud_layer_path(alg, layer, name)
+
+
+def _cloud_layer_path(alg, layer, name: str) -> str:
+    try:
+        path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()).get("path")
+    except Exception:  # noqa: BLE001 - providers without decodeUri
+        path = None
+    path = path or layer.source().split("|")[0]
+    if not path or not os.path.exists(path):
+        raise QgsProcessingException(alg.tr(
+            f"{name}: the layer '{layer.name()}' is not a local file ({_shown(layer.source())}): Forest Carbon reads "
+            "local LAS/LAZ/COPC files and .vpc. Download the data and load or give the local files."))
+    if os.path.basename(path).lower() == "ept.json":
+        raise QgsProcessingException(alg.tr(
+            f"{name}: the layer '{layer.name()}' is an Entwine Point Tile index ({path}), which Forest Carbon does "
+            "not read: give the LAS/LAZ files it was built from, or a COPC/.vpc of them."))
+    return path
 
 
 def _shown(value) -> str:
@@ -64,7 +167,12 @@ def explain_invalid(alg, parameters: dict, context) -> str | None:
                 return f"{label}: no output given. Choose where to write it."
             return f"{label}: no value given. {'' if optional else 'This parameter is required.'}".strip()
         kind = param.type()
-        if kind == "file":
+        if kind == "pointcloud":
+            hint = (_file_hint(param, value) if isinstance(value, str) and (os.path.exists(value) or "/" in value
+                                                                             or os.sep in value)
+                    else f"'{_shown(value)}' is not a point-cloud layer of the project, nor an existing LAS/LAZ/COPC "
+                         "file, .vpc or folder of tiles.")
+        elif kind == "file":
             hint = _file_hint(param, value)
         elif kind == "number":
             hint = _number_hint(param, value)

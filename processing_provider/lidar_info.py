@@ -24,6 +24,7 @@ from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import FieldType, SourceType, WkbType
+from .inputs import point_cloud_source
 
 
 class LidarInfoAlgorithm(ForestCarbonAlgorithm):
@@ -69,7 +70,7 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         if not source:
             raise QgsProcessingException(self.tr("Choose a LAS/LAZ file or a folder of tiles as INPUT."))
         html_path = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)

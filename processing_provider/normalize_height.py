@@ -9,6 +9,7 @@ from qgis.core import (
 from forest_carbon_plugin.core.normalize import normalize_height
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
+from .inputs import point_cloud_source
 
 
 class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
@@ -47,7 +48,7 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         output = self.las_output(parameters, context)
         dtm = self.parameterAsOutputLayer(parameters, self.OUTPUT_DTM, context) or None
         res = self.parameterAsDouble(parameters, self.DTM_RESOLUTION, context)

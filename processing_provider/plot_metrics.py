@@ -24,6 +24,7 @@ from forest_carbon_plugin.core.plot_metrics import AREA_FIELD, Plot, plot_metric
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import FieldType, GeometryType, NumberType, SourceType
+from .inputs import point_cloud_source
 
 
 class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
@@ -77,7 +78,7 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         plots = self.parameterAsSource(parameters, self.PLOTS, context)
         if plots is None:
             raise QgsProcessingException(self.tr("PLOTS is not a readable vector layer."))

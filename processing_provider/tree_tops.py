@@ -20,6 +20,7 @@ from forest_carbon_plugin.core.lidar_products import tree_crowns, tree_tops
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import FieldType, NumberType, SourceType, WkbType
+from .inputs import point_cloud_source
 
 
 class TreeTopsAlgorithm(ForestCarbonAlgorithm):
@@ -76,7 +77,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
-        source = self.parameterAsFile(parameters, self.INPUT, context)
+        source = point_cloud_source(self, parameters, context)
         crs = self.crs_wkt(parameters, context, self.CRS)
         tops, crs_text = self.call_core(
             tree_tops, source, self.parameterAsDouble(parameters, self.WS_INTERCEPT, context),

@@ -79,10 +79,15 @@ class LasInfo:
 
 
 def las_files(path) -> list[Path]:
-    """The LAS/LAZ files of ``path``: the file itself, or those directly in the folder."""
+    """The LAS/LAZ files of ``path``: the file itself (COPC included), those directly in the folder, or
+    those a QGIS virtual point cloud (``.vpc``) lists."""
+    from .vpc import is_vpc, vpc_files
+
     p = Path(path)
     if not p.exists():
-        raise ForestCarbonError(f"'{p}' does not exist: give a LAS/LAZ file or a folder of them.")
+        raise ForestCarbonError(f"'{p}' does not exist: give a LAS/LAZ file or a folder of them, or a .vpc.")
+    if p.is_file() and is_vpc(p):
+        return vpc_files(p)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in LAS_SUFFIXES)
         if not files:
@@ -90,7 +95,8 @@ def las_files(path) -> list[Path]:
                 f"The folder '{p}' holds no .las or .laz file: choose a folder of LiDAR tiles or one file.")
         return files
     if p.suffix.lower() not in LAS_SUFFIXES:
-        raise ForestCarbonError(f"'{p.name}' is not a .las or .laz file: choose a LAS/LAZ point cloud.")
+        raise ForestCarbonError(f"'{p.name}' is not a .las, .laz (COPC included) or .vpc file: choose a LAS/LAZ "
+                                "point cloud, a virtual point cloud or a folder of tiles.")
     return [p]
 
 

@@ -91,6 +91,8 @@ def point_cloud_source(alg, parameters, context, name: str = "INPUT") -> str:
         if os.path.exists(text.split("|")[0]):
             return text.split("|")[0]
         layer = QgsProcessingUtils.mapLayerFromString(text, context, False)
+        if layer is None and ("/" in text or os.sep in text or text.lower().endswith((".las", ".laz", ".vpc"))):
+            return text.split("|")[0]  # a path: the core says what is missing
         if layer is None:
             raise QgsProcessingException(alg.tr(
                 f"{name}: '{_shown(text)}' is neither an existing file or folder nor a layer of the project: "

@@ -322,7 +322,7 @@ CASES = [
       r"OUTPUT must end in \.laz or \.las"),
     # --- normalizeheight
     C("normalizeheight-text-file", "normalizeheight", lidar(INPUT="@text", out="n.laz"),
-      QGIS_REFUSED.format(name="INPUT") + r"'.*notes\.txt' is not a file ending in \.las or \.laz or a folder"),
+      QGIS_REFUSED.format(name="INPUT") + r"'.*notes\.txt' is not a file ending in \.las or \.laz( or \.vpc)? or a folder"),
     C("normalizeheight-dtm-resolution-zero", "normalizeheight",
       run_with({"OUTPUT": "n.laz", "OUTPUT_DTM": "dtm.tif"}, INPUT="@laz", DTM_RESOLUTION=0, MAX_WORKERS=1),
       r"DTM_RESOLUTION must be positive \(got 0\.0\)"),

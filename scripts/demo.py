@@ -47,9 +47,11 @@ VALIDATION_EVERY = 3  # every third plot (in plot-id order) is a validation plot
 #:   its conformally widened, skewed interval overstated the errors about fourfold, and carbonstock sums σ.
 #: - zero_every 30: the simulator lays its plots mostly in forest (2-4 of 75 in open land), and without zero-AGB
 #:   samples the map gave grassland ~150 Mg/ha; one sample per 30 cells without canopy ≈ the plots' density.
-#: - correlation_range 300 m: project errors come from stand-scale correlated errors, not pixel noise.
+#: - no correlation_range: carbonstock fits it to the validation report's residual semivariogram (its default
+#:   with the report the model hands it); project errors come from stand-scale correlated errors, not pixel noise.
+#: - simulations 10,000: carbonstock's default (ART-TREES), about 6-10 s for the three projects.
 SETTINGS = {"target_field": "agb_mg_ha", "resolution": 30.0, "chm_resolution": 1.0, "model_type": 1, "folds": 4,
-            "zero_every": 30, "coverage": 0.9, "correlation_range": 300.0, "root_shoot": 0.0, "simulations": 2000,
+            "zero_every": 30, "coverage": 0.9, "root_shoot": 0.0, "simulations": 10000,
             "seed": 0}
 
 #: model output (``child:name``) → file name under the chain folder
@@ -195,6 +197,7 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     from processing_provider.base import rescale_ramp
 
     styles = ROOT / "resources" / "styles"
+    extra_rasters = list(extra_rasters)
     project = QgsProject.instance()
     project.clear()
     layers = []
@@ -227,29 +230,52 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     raster(outputs["canopyheightmodel:chm"], "Canopy height model (LiDAR)", "canopy_height", visible=False)
     raster(outputs["predictraster:std"], "AGB standard deviation (Mg/ha)", "uncertainty", visible=False)
     raster(outputs["predictraster:agb"], "AGB prediction (Mg/ha)", "prediction")
-    vector(vectors["training_plots"], "Training plots")
-    vector(vectors["validation_plots"], "Validation plots")
+    from qgis.core import (QgsMarkerSymbol, QgsPalLayerSettings, QgsReferencedRectangle, QgsSingleSymbolRenderer,
+                           QgsTextBufferSettings, QgsTextFormat, QgsVectorLayerSimpleLabeling)
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtGui import QColor
+
+    # training and validation plots told apart by shape, fill and colour (legible in grey print and for the
+    # colour-blind too): filled orange circles for the plots the model learned from, hollow magenta triangles
+    # for the held-out plots it never saw
+    vector(vectors["training_plots"], "Training plots (model fitting)")
+    layers[-1].setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
+        {"name": "circle", "color": "255,127,0,255", "outline_color": "0,0,0,255", "outline_width": "0.3",
+         "size": "2.6"})))
+    vector(vectors["validation_plots"], "Validation plots (held out)")
+    layers[-1].setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
+        {"name": "triangle", "color": "0,0,0,0", "outline_color": "230,0,200,255", "outline_width": "0.7",
+         "size": "3.6"})))
     carbon = QgsVectorLayer(outputs["carbonstock:carbon"], "Project carbon (t CO2e)", "ogr")
     if not carbon.isValid():
         raise RuntimeError(f"{outputs['carbonstock:carbon']} does not load")
     symbol = carbon.renderer().symbol()
     symbol.setOpacity(1.0)
-    from qgis.core import QgsPalLayerSettings, QgsVectorLayerSimpleLabeling
-    from qgis.PyQt.QtCore import Qt
-    from qgis.PyQt.QtGui import QColor
-
     symbol.symbolLayer(0).setBrushStyle(Qt.BrushStyle.NoBrush)  # outlines over the map (PyQt6 takes no int here)
     symbol.symbolLayer(0).setStrokeColor(QColor("black"))
     symbol.symbolLayer(0).setStrokeWidth(0.6)
     labels = QgsPalLayerSettings()
     labels.fieldName = "project || '\\n' || format_number(co2e_total_t, 0) || ' t CO2e'"
     labels.isExpression = True
+    text = QgsTextFormat()
+    text.setSize(10)
+    text.setColor(QColor("black"))
+    halo = QgsTextBufferSettings()  # a white halo: labels stay legible over the dark end of the AGB ramp
+    halo.setEnabled(True)
+    halo.setSize(1.2)
+    halo.setColor(QColor("white"))
+    text.setBuffer(halo)
+    labels.setFormat(text)
     carbon.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     carbon.setLabelsEnabled(True)
     project.addMapLayer(carbon)
     layers.append(carbon)
     project.setCrs(carbon.crs())
     project.setTitle("Forest Carbon demo")
+    # QGIS opens a project written without a map canvas at its default view extent: the scene (the chain's layers,
+    # not the real samples, which lie elsewhere) with a small margin
+    scene = scene_extent(layers[len(extra_rasters):], project)
+    project.viewSettings().setDefaultViewExtent(QgsReferencedRectangle(scene, project.crs()))
     qgz = Path(qgz)
     qgz.unlink(missing_ok=True)
     ok = project.write(str(qgz))
@@ -259,6 +285,19 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     if not ok:
         raise RuntimeError(f"Could not write {qgz}")
     return qgz
+
+
+def scene_extent(layers, project, margin: float = 0.03):
+    """The union of the layers' extents in the project's CRS, grown by ``margin`` of its size on every side."""
+    from qgis.core import QgsCoordinateTransform, QgsRectangle
+
+    extent = None
+    for layer in layers:
+        transform = QgsCoordinateTransform(layer.crs(), project.crs(), project.transformContext())
+        box = transform.transformBoundingBox(layer.extent())
+        extent = QgsRectangle(box) if extent is None else extent
+        extent.combineExtentWith(box)
+    return extent.buffered(margin * max(extent.width(), extent.height()))
 
 
 # ----------------------------------------------------------------------------- main

@@ -174,3 +174,82 @@ def test_chain_through_processing_run(small_scene, tmp_path, forestcarbon_provid
     for key, path in outputs.items():
         assert Path(results[key]) == Path(path), key
     _check_outputs(outputs, manifest)
+
+
+def _tiny_chain_outputs(folder: Path) -> tuple[dict, dict, tuple]:
+    """What build_project reads, small: 20 × 24 rasters of 30 m, two plot layers, two project polygons; returns
+    (outputs, vectors, the scene's bounds from the files themselves)."""
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import Point, box
+
+    crs, x0, y0, res, rows, cols = "EPSG:32633", 600_000.0, 5_500_000.0, 30.0, 20, 24
+    rng = np.random.default_rng(1)
+    outputs = {}
+    for key, name, bands, scale in (("predictraster:agb", "agb.tif", 1, 300), ("predictraster:std", "std.tif", 1, 60),
+                                    ("canopyheightmodel:chm", "chm.tif", 1, 35),
+                                    ("compositescenes:composite", "composite.tif", 3, 0.3)):
+        path = folder / name
+        with rasterio.open(path, "w", driver="GTiff", width=cols, height=rows, count=bands, dtype="float32",
+                           crs=crs, transform=from_origin(x0, y0, res, res), nodata=-9999.0) as dst:
+            dst.write((rng.random((bands, rows, cols)) * scale).astype("float32"))
+        outputs[key] = str(path)
+    bounds = (x0, y0 - rows * res, x0 + cols * res, y0)
+    carbon = folder / "project_carbon.gpkg"
+    gpd.GeoDataFrame({"project": ["Project A", "Project B"], "co2e_total_t": [1234.5, 987.0]},
+                     geometry=[box(x0 + 60, y0 - 300, x0 + 300, y0 - 60), box(x0 + 390, y0 - 570, x0 + 690, y0 - 330)],
+                     crs=crs).to_file(carbon, driver="GPKG")
+    outputs["carbonstock:carbon"] = str(carbon)
+    vectors = {}
+    for key, offset in (("training_plots", 45.0), ("validation_plots", 75.0)):
+        path = folder / f"{key}.gpkg"
+        gpd.GeoDataFrame({"agb_mg_ha": [100.0, 150.0, 80.0]},
+                         geometry=[Point(x0 + offset + 150 * i, y0 - offset - 120 * i) for i in range(3)],
+                         crs=crs).to_file(path, driver="GPKG")
+        vectors[key] = path
+    return outputs, vectors, bounds
+
+
+def test_demo_project_opens_on_the_scene_with_haloed_labels_and_distinct_plots(tmp_path, qgis_app):
+    """scripts/demo.py's QGIS project (item 12): the default view extent is the scene's (QGIS opens a project without
+    canvas settings there), the project labels have a text buffer, and training and validation plots differ in
+    marker shape, fill and colour."""
+    from qgis.core import QgsProject, QgsSimpleMarkerSymbolLayerBase
+
+    from scripts import demo
+
+    outputs, vectors, (xmin, ymin, xmax, ymax) = _tiny_chain_outputs(tmp_path)
+    qgz = demo.build_project(tmp_path / "demo.qgz", outputs, vectors)
+    project = QgsProject()
+    assert project.read(str(qgz))
+    try:
+        view = project.viewSettings().defaultViewExtent()
+        assert view.crs().authid() == "EPSG:32633" == project.crs().authid()
+        size = max(xmax - xmin, ymax - ymin)  # 720 m: the rasters' bounds, wider than plots and projects
+        margin = 0.03 * size
+        assert view.xMinimum() == pytest.approx(xmin - margin) and view.xMaximum() == pytest.approx(xmax + margin)
+        assert view.yMinimum() == pytest.approx(ymin - margin) and view.yMaximum() == pytest.approx(ymax + margin)
+
+        (carbon,) = project.mapLayersByName("Project carbon (t CO2e)")
+        assert carbon.labelsEnabled()
+        settings = carbon.labeling().settings()
+        text = settings.format()  # held: buffer() is a reference into it
+        buffer = text.buffer()
+        assert buffer.enabled() and buffer.size() > 0 and buffer.color().name() == "#ffffff"
+
+        def marker(name):
+            (layer,) = project.mapLayersByName(name)
+            symbol = layer.renderer().symbol().symbolLayer(0)
+            return (QgsSimpleMarkerSymbolLayerBase.encodeShape(symbol.shape()), symbol.fillColor().alpha(),
+                    symbol.color().name(), symbol.strokeColor().name())
+
+        training, validation = marker("Training plots (model fitting)"), marker("Validation plots (held out)")
+        assert training[0] == "circle" and validation[0] == "triangle"
+        assert training[1] == 255 and validation[1] == 0  # filled vs hollow
+        assert training[3] != validation[3]
+        names = [layer.name() for layer in project.layerTreeRoot().layerOrder()]
+        assert names[:3] == ["Project carbon (t CO2e)", "Validation plots (held out)", "Training plots (model fitting)"]
+    finally:
+        project.clear()

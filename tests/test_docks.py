@@ -1,17 +1,12 @@
 """The uncertainty explorer dock against a real QGIS, real predictraster outputs and independent references.
 
 References: numpy histograms of windows read with rasterio, rasterio pixel reads, the carbon core's
-``carbon_stock``. The screenshot test runs the dock in a QGIS main window under Xvfb (a separate
-process: ``python -m tests.test_docks --screenshot DIR``) and keeps the PNG in build/artifacts/.
+``carbon_stock``. The dock in the real QGIS desktop under Xvfb, with screenshots, is tested in
+test_desktop_xvfb.py (on a prediction made by :func:`make_prediction`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +15,6 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "build" / "artifacts"
 X0, Y0, RES = 500_000.0, 6_000_000.0, 10.0
 ROWS, COLS = 1500, 1600  # big enough that reading it at full resolution takes a noticeable time
 
@@ -543,131 +536,3 @@ def test_unload_gives_the_canvas_its_tool_back(qgis_iface, qgis_processing, run,
     wait_for_tasks(qtbot)
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     assert canvas.mapTool() is None
-
-
-# ----------------------------------------------------------------------------- screenshot under Xvfb
-
-def test_screenshot_of_a_main_window_with_the_dock_under_xvfb(tmp_path, qgis_app):
-    from qgis.PyQt.QtGui import QColor, QImage
-
-    if shutil.which("xvfb-run") is None:
-        pytest.skip("xvfb-run is absent (Debian package xvfb)")
-    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "DISPLAY")}
-    env["QT_QPA_PLATFORM"] = "xcb"
-    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", sys.executable, "-m", "tests.test_docks",
-                           "--screenshot", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    png = tmp_path / "uncertainty_dock.png"
-    report = json.loads((tmp_path / "uncertainty_dock.json").read_text())
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(png, ARTIFACTS / png.name)
-
-    assert report["platform"] == "xcb"
-    image = QImage(str(png))
-    assert (image.width(), image.height()) == tuple(report["window_size"])
-    # the map: a continuous ramp has many colours, most of them away from the background
-    x0, y0, w, h = report["canvas_rect"]
-    colours = [QColor(image.pixel(x, y)) for x in range(x0, x0 + w, 4) for y in range(y0, y0 + h, 4)]
-    assert len({c.rgb() for c in colours}) > 200
-    assert np.mean([c.saturation() > 60 for c in colours]) > 0.5
-    # the dock: its widgets hold what the prediction's provenance and statistics say
-    run = {k: Path(p) for k, p in report["run"].items()}
-    assert report["combo"] == "agb"
-    assert report["files"] == {k: str(run[k].resolve()) for k in ("std", "lower", "upper")}
-    from forest_carbon_plugin.gui.stats import read_output_info
-
-    assert read_output_info(run["prediction"]).model_id in report["info"]
-    r0, c0, hh, ww = report["window"]
-    pred = read_full(run["prediction"])[r0:r0 + hh, c0:c0 + ww]
-    assert report["shape"] == [hh, ww]  # the canvas shows fewer raster pixels than it has: full resolution
-    assert report["mean_label"] == f"{np.nanmean(pred):.4g} Mg/ha"
-    assert report["histograms_shown"] == [True, True]
-    assert report["share_label"].endswith("pixels") and report["pixels_label"].startswith(f"{np.isfinite(pred).sum():,}")
-    dx0, dy0, dw, dh = report["dock_rect"]
-    dock_colours = {image.pixel(x, y) for x in range(dx0, dx0 + dw, 3) for y in range(dy0, dy0 + dh, 3)}
-    assert len(dock_colours) > 30  # text, plots and widgets drawn
-
-
-def _screenshot(out: Path) -> None:
-    """Run in a child process under Xvfb: a QGIS main window (canvas + uncertainty dock) with a
-    prediction, styled; writes uncertainty_dock.png and a JSON of the dock's contents."""
-    from pytest_qgis.mock_qgis_classes import MockMessageBar
-    from pytest_qgis.qgis_interface import QgisInterface
-    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle
-    from qgis.gui import QgsMapCanvas
-    from qgis.PyQt.QtCore import QEventLoop, Qt, QTimer
-    from qgis.PyQt.QtWidgets import QMainWindow
-
-    app = QgsApplication([], True)
-    app.initQgis()
-    sys.path.append("/usr/share/qgis/python/plugins")
-
-    def wait_until(condition, seconds=60):
-        deadline = time.monotonic() + seconds
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the dock did not settle")
-            loop = QEventLoop()
-            QTimer.singleShot(50, loop.quit)
-            loop.exec()
-
-    from forest_carbon_plugin.gui import uncertainty_dock
-    from forest_carbon_plugin.gui.uncertainty_dock import UncertaintyDock
-
-    uncertainty_dock.CACHE_DIR = out / "cache"
-    run = make_prediction(out / "data", 400, 500)
-    window = QMainWindow()
-    canvas = QgsMapCanvas(window)
-    window.setCentralWidget(canvas)
-    iface = QgisInterface(canvas, MockMessageBar(), window)
-    window.resize(1300, 820)
-    layer = QgsRasterLayer(str(run["prediction"]), "agb")
-    QgsProject.instance().addMapLayer(layer)
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setLayers([layer])
-    dock = UncertaintyDock(iface, window)
-    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-    window.resizeDocks([dock], [430], Qt.Orientation.Horizontal)
-    window.show()
-    wait_until(lambda: canvas.isVisible() and canvas.width() > 100)
-    canvas.setExtent(QgsRectangle(X0 + 50 * RES, Y0 - 350 * RES, X0 + 450 * RES, Y0 - 50 * RES))
-    dock.prediction_combo.setLayer(layer)
-    dock.style_map()
-    canvas.setLayers([layer])  # the prediction on top of the layers style_map added
-    canvas.refresh()
-    wait_until(lambda: dock.last_stats is not None and not dock.stats_running
-               and QgsApplication.taskManager().countActiveTasks() == 0 and not canvas.isDrawing())
-    loop = QEventLoop()
-    QTimer.singleShot(500, loop.quit)  # the last paint
-    loop.exec()
-    png = out / "uncertainty_dock.png"
-    window.grab().save(str(png), "PNG")
-
-    def rect(widget):
-        top_left = widget.mapTo(window, widget.rect().topLeft())
-        return [top_left.x(), top_left.y(), widget.width(), widget.height()]
-
-    stats = dock.last_stats
-    report = {
-        "platform": QgsApplication.platformName(), "window_size": [window.width(), window.height()],
-        "canvas_rect": rect(canvas), "dock_rect": rect(dock), "run": {k: str(p) for k, p in run.items()},
-        "combo": dock.prediction_combo.currentText(), "info": dock.info_label.text(),
-        "files": {k: w.filePath() for k, w in dock.file_widgets.items()},
-        "window": list(stats.window), "shape": list(stats.shape), "mean_label": dock.mean_label.text(),
-        "pixels_label": dock.pixels_label.text(), "share_label": dock.share_label.text(),
-        "histograms_shown": [bool(dock.pred_steps.get_visible()
-                                  and np.array_equal(dock.pred_steps.get_data().values, stats.pred_counts)),
-                             bool(dock.rel_steps.get_visible()
-                                  and np.array_equal(dock.rel_steps.get_data().values, stats.rel_counts))],
-    }
-    (out / "uncertainty_dock.json").write_text(json.dumps(report, indent=1))
-    dock.teardown()
-    window.close()
-    QgsProject.instance().removeAllMapLayers()
-    app.exitQgis()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--screenshot":
-        _screenshot(Path(sys.argv[2]))

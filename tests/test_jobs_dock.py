@@ -160,3 +160,70 @@ def test_any_task_registers_with_its_log_and_a_new_dock_lists_the_session(dock, 
         later.setParent(None)
         later.deleteLater()
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+
+
+def registry_name(algorithm_id: str) -> str:
+    from qgis.core import QgsApplication
+
+    return QgsApplication.processingRegistry().algorithmById(algorithm_id).displayName()
+
+
+def test_runs_started_elsewhere_are_listed_and_their_cancel_reaches_the_run(dock, inputs, tmp_path, qtbot):
+    """What the plugin's GUI installs (jobs.RunListener): a processing.run from the console and a background
+    run as the toolbox dialog starts it (QgsProcessingAlgRunnerTask with the dialog's own feedback) are
+    listed; Cancel in the dock cancels that feedback, as the dialog's Cancel button does. A run the dock
+    started itself is not listed twice."""
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext, QgsProcessingFeedback
+    from qgis.core import QgsProject
+
+    from forest_carbon_plugin.gui.jobs import RunJob, RunListener
+    from processing_provider.base import RUN_LISTENERS
+
+    listener = RunListener(dock.manager).install()
+    try:
+        before = len(dock.manager.jobs)
+        out = tmp_path / "console"
+        out.mkdir()
+        results = processing.run("forestcarbon:predictraster", {
+            "INPUT": [str(inputs["small"])], "MODEL": str(inputs["model"]), "TILE_SIZE": 128,
+            "OUTPUT": str(out / "agb.tif")})
+        qtbot.waitUntil(lambda: len(dock.manager.jobs) == before + 1 and not dock.manager.jobs[-1].running,
+                        timeout=20000)
+        job = dock.manager.jobs[-1]
+        assert isinstance(job, RunJob) and job.name == registry_name("forestcarbon:predictraster")
+        assert job.status == "finished" and job.progress == 100 and job.outputs == [results["OUTPUT"]]
+        assert any("Execution provider" in line for line in job.log)
+        assert dock.row_of(job).status_label.text() == "finished"
+
+        # the toolbox's way: its own feedback, the algorithm in a task
+        out = tmp_path / "toolbox"
+        out.mkdir()
+        registry = QgsApplication.processingRegistry()
+        algorithm = registry.createAlgorithmById("forestcarbon:predictraster")
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        feedback = QgsProcessingFeedback()
+        task = QgsProcessingAlgRunnerTask(algorithm, {"INPUT": [str(inputs["large"])], "MODEL": str(inputs["model"]),
+                                                      "TILE_SIZE": 64, "OUTPUT": str(out / "agb.tif")}, context, feedback)
+        ended = []
+        task.executed.connect(lambda ok, _results: ended.append(ok))
+        QgsApplication.taskManager().addTask(task)
+        qtbot.waitUntil(lambda: len(dock.manager.jobs) == before + 2 and dock.manager.jobs[-1].progress > 0,
+                        timeout=60000)
+        job = dock.manager.jobs[-1]
+        row = dock.row_of(job)
+        assert job.status == "running" and row.cancel_button.isEnabled() and row.progress_bar.value() > 0
+        row.cancel_button.click()
+        qtbot.waitUntil(lambda: bool(ended) and not job.running, timeout=60000)
+        assert feedback.isCanceled() and ended == [False]
+        assert job.status == "cancelled" and row.status_label.text() == "cancelled"
+        assert list(out.iterdir()) == [] and job.outputs == []
+
+        # started by the dock: listed once
+        job, _ = predict(inputs["small"], inputs["model"], tmp_path / "dock")
+        qtbot.waitUntil(lambda: not job.running, timeout=60000)
+        assert job.status == "finished" and dock.manager.jobs[before + 2:] == [job]
+    finally:
+        listener.uninstall()
+    assert listener not in RUN_LISTENERS

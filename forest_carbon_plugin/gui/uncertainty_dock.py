@@ -198,11 +198,18 @@ class UncertaintyDock(QDockWidget):
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         stats_form = _form()
-        stats_form.addRow("Uncertain above", self.threshold_spin)
+        # short labels: the widest one sets the width left to the values
+        stats_form.addRow("Threshold", self.threshold_spin)
         stats_form.addRow("Pixels", self.pixels_label)
         stats_form.addRow("Mean", self.mean_label)
-        stats_form.addRow("Median relative uncertainty", self.rel_median_label)
-        stats_form.addRow("Uncertain pixels", self.share_label)
+        stats_form.addRow("Median σ / value", self.rel_median_label)
+        stats_form.addRow("Above threshold", self.share_label)
+        for label, tip in ((self.rel_median_label, "Median relative uncertainty (σ / prediction) of the pixels in "
+                                                   "view: the mean is dominated by the few pixels of low prediction"),
+                           (self.share_label, "Share of the pixels in view whose relative uncertainty is above the "
+                                              "threshold")):
+            label.setToolTip(tip)
+            stats_form.labelForField(label).setToolTip(tip)
         stats_form.addRow(self.near_zero_label)
         stats_form.addRow(self.status_label)
         self._build_plots()
@@ -383,6 +390,7 @@ class UncertaintyDock(QDockWidget):
         self._keep_until_done(task)
         self._stats_task = task
         self.status_label.setText("Computing…")
+        self.status_label.setVisible(True)
         QgsApplication.taskManager().addTask(task)
         return task
 
@@ -395,6 +403,7 @@ class UncertaintyDock(QDockWidget):
             return  # an older extent's, cancelled
         self._stats_task = None
         self.status_label.setText(f"Error: {error}" if error else "")
+        self.status_label.setVisible(bool(self.status_label.text()))
         self._show_stats(result)
 
     def _show_stats(self, stats) -> None:
@@ -421,6 +430,8 @@ class UncertaintyDock(QDockWidget):
                 notes.append(f"{stats.rel_undefined:,} pixels have no uncertainty value.")
             self.near_zero_label.setText(" ".join(notes))
         self.clip_label.setText(self._describe_clip(stats))
+        for label in (self.near_zero_label, self.clip_label):
+            label.setVisible(bool(label.text()))  # an empty row would leave a gap
         self._draw(stats, unit)
         self.statsUpdated.emit(stats)
 

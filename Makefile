@@ -4,6 +4,8 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 WORKER_VENV := .venv-worker
+# the wheels the dependency installer takes on QGIS's own Python (tests/test_installer.py serves them on 127.0.0.1)
+WHEELHOUSE := .wheelhouse
 CORE_SOURCES := $(shell find forest_carbon_plugin -name '*.py' -not -path '*/gui/*' 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-geopandas python3-scipy python3-sklearn \
@@ -17,7 +19,7 @@ export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .PHONY: setup system-packages deb-packages test test-lts demo package deploy bench clean
 
-setup: system-packages $(VENV)/.installed $(WORKER_VENV)/.installed
+setup: system-packages $(VENV)/.installed $(WORKER_VENV)/.installed $(WHEELHOUSE)/plan.txt
 
 # Debian's QGIS 3.22 and the geospatial stack; apt runs only when something is missing.
 system-packages:
@@ -59,6 +61,12 @@ $(WORKER_VENV)/.installed: pyproject.toml constraints-worker.txt $(CORE_SOURCES)
 	  $(WORKER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-worker.txt "$$src[worker]"
 	touch $@
 
+# What Forest Carbon's "Install dependencies" would install into a profile of this machine's QGIS (its
+# Python without .venv), downloaded once with pip's configured index: scripts/wheelhouse.py.
+$(WHEELHOUSE)/plan.txt: forest_carbon_plugin/core/dependencies.py scripts/wheelhouse.py
+	env -u PYTHONPATH $(SYSTEM_PYTHON) scripts/wheelhouse.py $(WHEELHOUSE)
+	touch $@
+
 test: setup
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -87,5 +95,5 @@ bench: setup
 	$(PYTHON) -m bench
 
 clean:
-	rm -rf dist build demo_output .pytest_cache
+	rm -rf dist build demo_output .pytest_cache $(WHEELHOUSE)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

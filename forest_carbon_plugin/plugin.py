@@ -12,16 +12,18 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtGui import QIcon
 
+from .core import dependencies
 from .core.dependencies import missing_dependencies, missing_message
 from .paths import ICON_SVG
 
-# In the plugin zip, processing_provider/ is copied inside the plugin folder; in the
-# repository it sits beside the package. Either way it is imported by one absolute name.
-_PLUGIN_DIR = Path(__file__).resolve().parent
-if (_PLUGIN_DIR / "processing_provider").is_dir() and str(_PLUGIN_DIR) not in sys.path:
-    sys.path.insert(0, str(_PLUGIN_DIR))
+# The repository keeps processing_provider/ at the top level (tests and scripts import it so); the plugin
+# zip puts it inside this package and scripts/package.py makes these imports relative there, so the
+# installed plugin adds no generic top-level name (nothing but the plugins folder) to sys.path.
+from processing_provider.compat import QAction  # noqa: E402
 
-from processing_provider.compat import QAction  # noqa: E402 (found through the path set just above)
+_PLUGIN_DIR = Path(__file__).resolve().parent
+#: True for the installed plugin (processing_provider/ inside the package), False in the repository
+INSTALLED = (_PLUGIN_DIR / "processing_provider").is_dir()
 
 MENU = "&Forest Carbon"
 LOG_TAG = "Forest Carbon"
@@ -38,7 +40,8 @@ class ForestCarbonPlugin:
     def initProcessing(self):  # noqa: N802
         if self.provider is not None:
             return
-        from processing_provider.provider import ForestCarbonProvider
+        use_dependency_folder()
+        from processing_provider.provider import ForestCarbonProvider  # relative in the zip (package.py)
 
         self.provider = ForestCarbonProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
@@ -58,9 +61,11 @@ class ForestCarbonPlugin:
         from .gui.docks import DockManager
 
         self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks
+        from .gui.installer import add_install_action, push_missing_message
+
+        add_install_action(self)  # "Install dependencies…"
         if self.dependency_message:
-            self.iface.messageBar().pushMessage(
-                "Forest Carbon", self.dependency_message, level=Qgis.MessageLevel.Warning, duration=0)
+            push_missing_message(self, self.dependency_message)
 
     def _add_action(self, text: str, algorithm_id: str) -> QAction:
         action = QAction(QIcon(str(ICON_SVG)), text, self.iface.mainWindow())
@@ -88,3 +93,27 @@ class ForestCarbonPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        if INSTALLED:
+            forget_modules()
+
+
+def use_dependency_folder() -> Path:
+    """Append the profile's Forest Carbon package folder to sys.path (after QGIS's) and tell the core about it."""
+    folder = dependencies.deps_dir(QgsApplication.qgisSettingsDirPath())
+    dependencies.configure_install_target(folder)
+    dependencies.add_deps_dir(folder)
+    return folder
+
+
+def forget_modules() -> list:
+    """Drop every module of the installed plugin from sys.modules, so that loading it again (QGIS's plugin
+    reloader, qgis.utils.reloadPlugin) runs the files on disk. QGIS forgets only the modules its import hook
+    saw, which misses those imported relatively or through importlib.
+
+    Not done from the repository: there the test session imports the core once for all its tests, and
+    dropping it would give later imports new classes that the earlier ``except`` clauses do not catch."""
+    package = __name__.rpartition(".")[0]
+    names = [name for name in sys.modules if name == package or name.startswith(package + ".")]
+    for name in names:
+        del sys.modules[name]
+    return names

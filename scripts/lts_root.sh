@@ -213,7 +213,7 @@ run_suite() {
     rm -rf --one-file-system "$ROOT/work"
     mkdir -p "$ROOT/work/main"
     tar -C "$CHECKOUT" --exclude=./.venv --exclude=./.venv-worker --exclude=./build --exclude=./dist \
-        --exclude=./demo_output --exclude=./.qgis-settings --exclude=./.pytest_cache --exclude=./.lts-root \
+        --exclude=./demo_output --exclude=./.wheelhouse --exclude=./.qgis-settings --exclude=./.pytest_cache --exclude=./.lts-root \
         --exclude=__pycache__ -cf - . | tar -C "$ROOT/work/main" -xf -
     if [ -d "$CHECKOUT/../shared" ]; then
         cp -a "$CHECKOUT/../shared" "$ROOT/work/shared"

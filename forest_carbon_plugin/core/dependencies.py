@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MissingDependency
+from .errors import ForestCarbonError, MissingDependency
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,43 @@ def _in_virtualenv() -> bool:
     return sys.prefix != getattr(sys, "base_prefix", sys.prefix) or "CONDA_PREFIX" in os.environ
 
 
+#: the plugin's package folder, set by the plugin at start-up (None outside QGIS: then messages give plain pip)
+_INSTALL_TARGET: Path | None = None
+
+
+def configure_install_target(folder) -> None:
+    global _INSTALL_TARGET
+    _INSTALL_TARGET = None if folder is None else Path(folder)
+
+
+def constraints_file(target) -> Path:
+    """Write (beside ``target``) the pins of what QGIS's Python has, for the copyable command; its path."""
+    target = Path(target)
+    path = target.parent / f"constraints-{target.name}.txt"
+    text = constraints_text(installed_pins())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+    except OSError:
+        pass  # the command is still right; pip names the missing file if it is run
+    return path
+
+
 def missing_message(deps) -> str:
     names = ", ".join(d.module for d in deps)
     purposes = "; ".join(f"{d.module}: {d.purpose}" for d in deps)
+    if _INSTALL_TARGET is None:
+        return (
+            f"Missing Python package(s): {names} ({purposes}). "
+            f"Install them into the Python that QGIS runs with:\n{pip_command(deps)}\n"
+            "then restart QGIS."
+        )
+    command = install_command(deps, _INSTALL_TARGET, constraints_file(_INSTALL_TARGET))
     return (
-        f"Missing Python package(s): {names} ({purposes}). "
-        f"Install them into the Python that QGIS runs with:\n{pip_command(deps)}\n"
+        f"Missing Python package(s): {names} ({purposes}). Install them with Plugins \u25b8 Forest Carbon \u25b8 "
+        f"Install dependencies\u2026 (into {_INSTALL_TARGET}, which the plugin adds to QGIS's Python at start-up), "
+        f"or run in a terminal{' (OSGeo4W Shell)' if sys.platform.startswith('win') else ''}:\n{command}\n"
         "then restart QGIS."
     )
 
@@ -165,3 +196,198 @@ def require(*modules: str):
     if failed:
         raise MissingDependency(missing_message(failed) + "\n(import errors: " + "; ".join(reasons) + ")")
     return loaded[0] if len(loaded) == 1 else tuple(loaded)
+
+
+# -- Installing into a folder the plugin owns ---------------------------------------------------------
+# QGIS's Python is often one pip must not write to: Debian/Ubuntu mark it externally managed (PEP 668),
+# OSGeo4W and QGIS.app are shared installations. The plugin installs into
+# <profile>/python/forest_carbon_deps/pyXY (one folder per Python version: compiled wheels differ) and
+# appends that folder to sys.path at start-up, AFTER QGIS's own entries, so QGIS's numpy (and everything
+# else QGIS's Python already has) is the one imported. Because a package in that folder can never
+# shadow an installed one, the folder must not need newer versions of what is installed: the resolver
+# is given every installed distribution pinned to its installed version (the constraints-file approach
+# of the dzetsaka plugin), and only what is missing is installed.
+
+DEPS_FOLDER = "forest_carbon_deps"
+
+
+def deps_dir(settings_dir) -> Path:
+    """The plugin's package folder for this Python under a QGIS profile folder (``qgisSettingsDirPath``)."""
+    return Path(settings_dir) / "python" / DEPS_FOLDER / f"py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def add_deps_dir(folder) -> bool:
+    """Append ``folder`` to ``sys.path`` (after QGIS's entries) when it exists; True when it is there."""
+    folder = str(folder)
+    if not os.path.isdir(folder):
+        return False
+    if folder not in sys.path:
+        sys.path.append(folder)
+    importlib.invalidate_caches()  # find_spec must see packages installed since the last look
+    return True
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalized name
+
+
+def installed_pins(paths=None) -> dict[str, str]:
+    """``{normalized name: version}`` of every distribution this Python can import (first on the path wins)."""
+    import re
+    from importlib import metadata
+
+    pins: dict[str, str] = {}
+    for dist in metadata.distributions(path=list(sys.path if paths is None else paths)):
+        name, version = dist.metadata["Name"], dist.version
+        if not name or not version:
+            continue
+        # Debian's local labels ("2.2.3+dfsg") are not on package indexes; "==2.2.3" still matches the build
+        version = version.split("+")[0]
+        if re.fullmatch(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?", version):
+            pins.setdefault(_canonical(name), version)
+    return pins
+
+
+def constraints_text(pins: dict[str, str]) -> str:
+    return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+
+
+def install_command(deps, target, constraints, python: str | None = None, platform: str | None = None) -> str:
+    """A command a user can paste to install ``deps`` into ``target`` (the folder the plugin adds).
+
+    Windows: for the OSGeo4W Shell, whose ``python`` is QGIS's. Elsewhere the interpreter QGIS runs,
+    by its full path (Debian/Ubuntu: /usr/bin/python3; macOS: the python inside QGIS.app).
+    The constraints file pins what QGIS's Python has, so no other numpy can be chosen.
+    """
+    platform = platform or sys.platform
+    requirements = [d.requirement for d in deps]
+    if platform.startswith("win"):
+        quote = lambda s: f'"{s}"'  # noqa: E731 (cmd.exe quoting)
+        python = "python"
+    else:
+        quote = shlex.quote
+        python = python or qgis_python_executable()
+    return " ".join([quote(python), "-m", "pip", "install", "--target", quote(str(target)),
+                     "-c", quote(str(constraints))] + [quote(r) for r in requirements])
+
+
+@dataclass
+class InstallPlan:
+    requirements: list  #: "name==version" of each distribution pip will put into the folder
+    skipped: list  #: what the resolver chose that QGIS's Python already has (left alone)
+
+
+def _pip_env(env=None) -> dict:
+    env = dict(os.environ if env is None else env)
+    # the interpreter must not pick up QGIS's PYTHONHOME/PYTHONPATH tweaks for another layout
+    for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE"):
+        env.pop(key, None)
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def _run_pip(python: str, args: list, log, cancelled, env) -> None:
+    import subprocess
+
+    cmd = [python, "-m", "pip"] + args
+    log("$ " + " ".join(shlex.quote(str(a)) for a in cmd))
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, encoding="utf-8", errors="replace", env=env, bufsize=1,
+                                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except OSError as exc:
+        raise ForestCarbonError(f"Could not start {python} to run pip ({exc}). Install the packages with the "
+                                "command shown in the dialog instead.") from exc
+    tail = []
+    import threading
+
+    def _watch():  # pip may sit in a download for long: a cancel must not wait for its next line
+        while proc.poll() is None:
+            if cancelled():
+                proc.terminate()
+                return
+            threading.Event().wait(0.2)
+
+    watcher = threading.Thread(target=_watch, daemon=True)
+    watcher.start()
+    for line in proc.stdout:
+        line = line.rstrip()
+        log(line)
+        tail = (tail + [line])[-15:]
+    proc.wait()
+    watcher.join(1)
+    if cancelled():
+        from .errors import Cancelled
+
+        raise Cancelled("Installation cancelled; packages already unpacked stay in the folder and are "
+                        "reused next time.")
+    if proc.returncode != 0:
+        raise ForestCarbonError(
+            f"pip failed (exit status {proc.returncode}). Its last lines:\n" + "\n".join(tail)
+            + "\nCheck the network or the index (pip's own configuration is used), or run the command shown in "
+              "the dialog in a terminal.")
+
+
+def plan_install(deps, target, *, python: str | None = None, pip_args=(), log=print, cancelled=lambda: False,
+                 env=None, work_dir=None) -> InstallPlan:
+    """Ask pip which distributions installing ``deps`` takes, given everything QGIS's Python already has.
+
+    ``pip install --dry-run --report`` (pip >= 22.2; exempt from PEP 668 because it installs nothing)
+    resolves against the interpreter's environment with every distribution QGIS's Python can import
+    pinned to its version; what it would install that QGIS already has is dropped.
+    """
+    import json
+    import tempfile
+
+    python = python or matching_python()
+    if python is None:
+        raise ForestCarbonError(
+            f"No Python interpreter matching the one QGIS runs (Python {sys.version.split()[0]}, standard library "
+            f"in {Path(os.__file__).parent}) was found, so pip cannot be run from QGIS. Use the command shown.")
+    pins = installed_pins(sys.path + [str(target)])
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text(constraints_text(pins), encoding="utf-8")
+        report = Path(tmp) / "report.json"
+        _run_pip(python, ["install", "--dry-run", "--quiet", "--report", str(report), "-c", str(constraints),
+                          *pip_args, *[d.requirement for d in deps]], log, cancelled, _pip_env(env))
+        chosen = json.loads(report.read_text(encoding="utf-8")).get("install", [])
+    requirements, skipped = [], []
+    for item in chosen:
+        name, version = item["metadata"]["name"], item["metadata"]["version"]
+        (skipped if _canonical(name) in pins else requirements).append(f"{name}=={version}")
+    return InstallPlan(requirements, skipped)
+
+
+def install_dependencies(deps, target, *, python: str | None = None, pip_args=(), log=print,
+                         cancelled=lambda: False, env=None) -> InstallPlan:
+    """Install ``deps`` (and what they need that QGIS's Python lacks) into ``target``; what the button runs.
+
+    Two pip runs: :func:`plan_install` resolves, then ``pip install --target --no-deps`` installs exactly
+    the planned distributions, so pip can never put another numpy (or anything QGIS has) in the folder.
+    ``pip_args`` reach both runs (``--index-url``, ``--find-links``...). ``log`` gets pip's lines.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    deps = list(deps)
+    if not deps:
+        return InstallPlan([], [])
+    plan = plan_install(deps, target, python=python, pip_args=pip_args, log=log, cancelled=cancelled, env=env)
+    if plan.skipped:
+        log("Already in QGIS's Python, left as they are: " + ", ".join(plan.skipped))
+    if plan.requirements:
+        log("Installing into " + str(target) + ": " + ", ".join(plan.requirements))
+        # --upgrade: a package of an earlier, interrupted run is replaced rather than refused
+        _run_pip(python or matching_python(), ["install", "--target", str(target), "--no-deps", "--upgrade",
+                                               "--no-warn-script-location", *pip_args, *plan.requirements],
+                 log, cancelled, _pip_env(env))
+    add_deps_dir(target)
+    still = [d.module for d in deps if not is_available(d.module)]
+    if still:
+        raise ForestCarbonError(f"pip finished but {', '.join(still)} still cannot be found in {target}. "
+                                "The log above shows what pip did.")
+    log("Done: " + ", ".join(d.module for d in deps) + " installed.")
+    return plan

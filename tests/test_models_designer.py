@@ -66,10 +66,13 @@ def test_every_child_parameter_is_set_and_valid(name, forestcarbon_provider):
         assert alg is not None, f"{cid}: {child.algorithmId()} is not available"
         ok, issues = model.validateChildAlgorithm(cid)
         assert ok and not issues, f"{cid}: {issues} (rebuild: .venv/bin/python scripts/make_models.py)"
-        # stricter than 3.26+'s validation: every input parameter, advanced and optional ones too, has a source
-        unset = [d.name() for d in alg.parameterDefinitions()
-                 if not d.isDestination() and not child.parameterSources().get(d.name())]
-        assert not unset, f"{cid}: no source for {unset} (rebuild: .venv/bin/python scripts/make_models.py)"
+        # stricter than 3.26+'s validation: every input parameter of ours, advanced and optional ones too, has a
+        # source (QGIS's own algorithms gain parameters with defaults in later versions, e.g. mergevectorlayers'
+        # ADD_SOURCE_FIELDS in 3.44, which a model written on 3.22 cannot name and validation accepts unset)
+        if child.algorithmId().startswith("forestcarbon:"):
+            unset = [d.name() for d in alg.parameterDefinitions()
+                     if not d.isDestination() and not child.parameterSources().get(d.name())]
+            assert not unset, f"{cid}: no source for {unset} (rebuild: .venv/bin/python scripts/make_models.py)"
     ok, issues = model.validate()
     assert ok, issues
 
@@ -82,11 +85,15 @@ def test_stored_model_is_what_make_models_builds(name, forestcarbon_provider):
 
     stored, built = _load(MODELS[name]), make_models.MODELS[name]()
 
-    def sources(model):
-        return {cid: {p: [s.toVariant() for s in srcs] for p, srcs in child.parameterSources().items()}
+    def sources(model, names_of=None):
+        return {cid: {p: [s.toVariant() for s in srcs] for p, srcs in child.parameterSources().items()
+                      if names_of is None or cid not in names_of or p in names_of[cid]}
                 for cid, child in model.childAlgorithms().items()}
 
-    assert sources(stored) == sources(built)
+    # QGIS's own algorithms: the parameters the file names (a newer QGIS may declare more, see above)
+    natives = {cid: set(child.parameterSources()) for cid, child in stored.childAlgorithms().items()
+               if not child.algorithmId().startswith("forestcarbon:")}
+    assert sources(stored) == sources(built, natives)
     assert _boxes(stored) == _boxes(built)
 
 

@@ -387,11 +387,61 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
     assert record == expected
     assert "correlated over 150 m" in dock.polygon_label.text()
     assert record["agb_total_mg"] > 0 and record["co2e_ci_low_t"] < record["co2e_total_t"] < record["co2e_ci_high_t"]
-    assert f"{record['agb_total_mg']:.5g}" in dock.polygon_label.text()
     assert "90 % interval" in dock.polygon_label.text()
+    # words an analyst reads: the total in Mg of AGB (the map is in Mg/ha), its interval in Mg
+    per = record["agb_total_mg"] / record["co2e_total_t"]
+    assert dock.polygon_label.text().startswith(
+        f"Area {record['area_ha']:,.1f} ha: total {record['agb_total_mg']:,.0f} Mg AGB (mean ")
+    assert (f"interval {record['co2e_ci_low_t'] * per:,.0f} to {record['co2e_ci_high_t'] * per:,.0f} Mg "
+            in dock.polygon_label.text())
+    assert "map unit" not in dock.polygon_label.text()
 
 
 # ----------------------------------------------------------------------------- styling and plots
+
+def test_legend_numbers_keep_three_significant_digits():
+    from forest_carbon_plugin.gui.styling import legend_number
+
+    cases = {51.32795: "51.3", 199.537: "200", 4.2449: "4.24", 0.012345: "0.0123", 12345.6: "12,300",
+             -3.4567: "-3.46", 0.0: "0", 5.0: "5.00", 0.00001234: "1.23e-05"}
+    assert {v: legend_number(v) for v in cases} == cases
+
+
+def test_the_legend_follows_a_rescaled_ramp_at_once(run, project):
+    """The layer tree's legend nodes (what the Layers panel draws) hold the new range as soon as
+    apply_style returns, in the unit of the file (band metadata), with 3 significant digits."""
+    from qgis.core import QgsColorRampLegendNode, QgsLayerTreeModel, QgsRasterLayer
+    from qgis.PyQt import sip
+
+    from forest_carbon_plugin.gui.styling import apply_style
+
+    layer = QgsRasterLayer(str(run["prediction"]), "agb")
+    project.addMapLayer(layer)
+    model = QgsLayerTreeModel(project.layerTreeRoot())
+    node = project.layerTreeRoot().findLayer(layer.id())
+
+    def ramp_labels():
+        nodes = [n for n in model.layerLegendNodes(node) if n.metaObject().className() == "QgsColorRampLegendNode"]
+        return [(s.minimumLabel(), s.maximumLabel()) for s in
+                (sip.cast(n, QgsColorRampLegendNode).settings() for n in nodes)]
+
+    assert all(labels == ("", "") for labels in ramp_labels())  # QGIS's default grey style: no labels of ours
+    assert apply_style(layer, "prediction")
+    with rasterio.open(run["prediction"]) as src:
+        values = src.read(1, masked=True).compressed()
+        assert src.units[0] == "Mg/ha" or src.tags().get("UNIT") == "Mg/ha"
+    renderer = layer.renderer()
+    low, high = renderer.classificationMin(), renderer.classificationMax()
+    # QGIS's cumulative cut estimates from a histogram: within one bin width of numpy's 2nd/98th percentiles
+    bin_width = (values.max() - values.min()) / 1000
+    assert abs(low - np.percentile(values, 2)) < 2 * bin_width and abs(high - np.percentile(values, 98)) < 2 * bin_width
+    shader = renderer.shader().rasterShaderFunction()
+    assert (shader.minimumValue(), shader.maximumValue()) == (low, high)
+    def three_digits(v):  # numpy's own rounding to significant digits, values below 1,000 here
+        return np.format_float_positional(v, precision=3, unique=False, fractional=False, trim="-")
+
+    assert ramp_labels() == [(f"{three_digits(low)} Mg/ha", f"{three_digits(high)} Mg/ha")]
+    assert [i.label for i in shader.colorRampItemList()][::len(shader.colorRampItemList()) - 1] == list(ramp_labels()[0])
 
 def render_alpha(layer, x, y):
     """Render ``layer`` alone onto a transparent image and return the alpha of the pixel at (x, y)."""

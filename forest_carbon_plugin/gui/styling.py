@@ -19,10 +19,10 @@ def legend_number(value: float, digits: int = LEGEND_DIGITS) -> str:
         return f"{value:g}"
     from math import floor, log10
 
-    decimals = max(0, digits - 1 - floor(log10(abs(value))))
+    decimals = digits - 1 - floor(log10(abs(value)))  # negative from 1,000 on: 12,345.6 → 12,300
     rounded = round(value, decimals)
     if abs(rounded) >= 1e-4 or rounded == 0:
-        return f"{rounded:,.{decimals}f}"
+        return f"{rounded:,.{max(0, decimals)}f}"
     return f"{value:.{digits - 1}e}"
 
 

@@ -86,6 +86,11 @@ def cache_path(sources: Sources, threshold: float) -> Path:
     return CACHE_DIR / name
 
 
+def _amount(value: float) -> str:
+    """A total as an analyst reads it: 24,722 (whole units from 1,000 on), else 3 significant digits."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else legend_number(value)
+
+
 def _form() -> QFormLayout:
     """A form whose fields go under their label when the dock is too narrow for both on one line."""
     form = QFormLayout()
@@ -600,16 +605,28 @@ class UncertaintyDock(QDockWidget):
         elif record.get("agb_total_mg") is None:
             self.polygon_label.setText(f"Area {record['area_ha']:.4g} ha: no valid pixel inside.")
         else:
-            text = (f"Area {record['area_ha']:.4g} ha; total {record['agb_total_mg']:.5g} (map unit × ha, Mg for "
-                    f"AGB in Mg/ha); mean {record['agb_mean_mg_ha']:.4g}")
+            total_unit, per_ha = self._total_unit()
+            text = (f"Area {record['area_ha']:,.1f} ha: total {_amount(record['agb_total_mg'])} {total_unit} "
+                    f"(mean {legend_number(record['agb_mean_mg_ha'])} {per_ha})")
             if record.get("co2e_ci_low_t") is not None and record["co2e_total_t"]:
                 per = record["agb_total_mg"] / record["co2e_total_t"]  # the core's CO2e interval, in map units
                 corr = self.correlation_range
-                text += (f"; {100 * POLYGON_CONFIDENCE:.0f} % interval [{record['co2e_ci_low_t'] * per:.5g}, "
-                         f"{record['co2e_ci_high_t'] * per:.5g}] (± {record['uncertainty_pct']:.1f} %, errors "
+                text += (f"; {100 * POLYGON_CONFIDENCE:.0f} % interval {_amount(record['co2e_ci_low_t'] * per)} to "
+                         f"{_amount(record['co2e_ci_high_t'] * per)} {total_unit.split()[0]} "
+                         f"(± {record['uncertainty_pct']:.1f} %, errors "
                          + ("fully correlated" if corr is None else f"correlated over {corr:g} m") + ")")
             self.polygon_label.setText(text)
         self.polygonTotal.emit(record)
+
+    def _total_unit(self) -> tuple[str, str]:
+        """(unit of a total, unit of the map): ("Mg AGB", "Mg/ha") for a biomass map in Mg/ha; a map in
+        another unit per hectare totals in that unit; anything else is summed as value × ha."""
+        unit = ((self.info.unit if self.info else "") or "").strip()
+        target = ((self.info.target if self.info else "") or "").lower()
+        if unit.lower().endswith("/ha"):
+            mass = unit[:-3].strip()
+            return (f"{mass} AGB" if "agb" in target or "biomass" in target else mass), unit
+        return (f"{unit}·ha" if unit else "(map value × ha)"), unit
 
     # ------------------------------------------------------------------------- life cycle
     def _keep_until_done(self, task) -> None:

@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -23,6 +24,7 @@ from forest_carbon_plugin.core.carbon import (
     ALLOMETRIES,
     CARBON_FRACTION_CITATION,
     DEDUCTION_CITATION,
+    DEFAULT_SIMULATIONS,
     ECOZONE_CITATION,
     ECOZONES,
     OUTPUT_FIELDS,
@@ -30,7 +32,9 @@ from forest_carbon_plugin.core.carbon import (
 )
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
-from .compat import FieldType, NumberType, SourceType
+from forest_carbon_plugin.core.variogram import HOW_TO_CHOOSE, MIN_PAIRS
+
+from .compat import FieldType, FileBehavior, NumberType, SourceType
 
 ALLOMETRY_KEYS = list(ALLOMETRIES)
 ECOZONE_KEYS = [None, *ECOZONES]
@@ -56,6 +60,7 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
     CARBON_FRACTION = "CARBON_FRACTION"
     CONFIDENCE = "CONFIDENCE"
     CORRELATION_RANGE = "CORRELATION_RANGE"
+    VALIDATION_REPORT = "VALIDATION_REPORT"
     SIMULATIONS = "SIMULATIONS"
     SEED = "SEED"
     ALLOWED_UNCERTAINTY = "ALLOWED_UNCERTAINTY"
@@ -82,16 +87,26 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
             "Areas: area_ha is the ellipsoidal area (pyproj Geod) whatever the CRS. Each pixel counts with the exact "
             "share of its area inside the polygon (not by centroid); totals cover the part of the polygon with valid "
             "pixels only (a warning gives the share when it is below 100%; no extrapolation). Polygons in another CRS "
-            "are reprojected to the raster's, with a message. Negative AGB (or height) pixels are set to 0 with a "
-            "warning giving how much this adds.\n"
+            "are reprojected to the raster's, with a message. An invalid (e.g. self-intersecting) polygon is repaired "
+            "with make_valid, which keeps every lobe, and the log and report give its area after the repair and as "
+            "drawn; one that make_valid turns into no area is left NULL with a warning. Negative AGB (or height) "
+            "pixels count as 0 in the totals, with a warning giving how much this adds; simulated totals below 0 "
+            "are censored at 0, so no stock or bound is ever negative.\n"
             "Conversions: biomass = AGB·(1 + R), R = ROOT_SHOOT, or when it is empty the IPCC default of ECOZONE at "
-            f"the polygon's mean AGB ({ECOZONE_CITATION}); carbon = biomass·CARBON_FRACTION (default "
+            f"the polygon's mean AGB ({ECOZONE_CITATION}); with neither, R = 0 (above-ground carbon only, which "
+            "understates the stock) and a warning says so. carbon = biomass·CARBON_FRACTION (default "
             f"{CARBON_FRACTION_CITATION}); CO2e = carbon·44/12.\n"
             "Uncertainty: per-pixel Gaussian errors with σ from AGB_STD (Mg/ha), or σ = (AGB_UPPER − AGB_LOWER) / "
             "(2·z(COVERAGE)); in HEIGHT mode these describe the AGB derived from the heights (e.g. the allometry's "
-            "residual error). Errors are spatially correlated as exp(−3d/CORRELATION_RANGE) (the practical range "
-            "that validatepredictions' semivariogram reports; 0 = independent pixels; a range much larger than the "
-            "project = fully correlated). SIMULATIONS realizations of the error field (circulant-embedding FFT on the "
+            "residual error). Errors are spatially correlated as exp(−3d/range), range = the practical range: "
+            "CORRELATION_RANGE when set (0 = independent pixels, with a warning: it makes the interval of a total far "
+            "too narrow when errors are spatially correlated); when it is empty and VALIDATION_REPORT (a "
+            "validatepredictions report of this map, .html or its .json) is given, the range is fitted to that "
+            "report's empirical residual semivariogram: distance classes merged to at least "
+            f"{MIN_PAIRS} pairs each, an exponential model fitted by weighted least squares (Cressie 1985), its "
+            "practical range used and the nugget, sill and pairs written to the log; with neither, the errors are "
+            "taken as FULLY CORRELATED inside each polygon, the widest interval any range gives (a warning says so). "
+            f"{HOW_TO_CHOOSE} SIMULATIONS realizations of the error field (circulant-embedding FFT on the "
             "polygon's window; windows over 128 pixels a side are simulated on coarser cells rescaled to the exact "
             "variance), plus independent normal draws of the allometry's a and b with ALLOMETRY_A_SE and "
             "ALLOMETRY_B_SE, give the CONFIDENCE interval (percentiles); SEED makes it reproducible. The report "
@@ -136,10 +151,15 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                               defaultValue=0.47, minValue=0.01, maxValue=1.0))
         self.addParameter(Num(self.CONFIDENCE, self.tr("Confidence level"), NumberType.Double, defaultValue=0.9,
                               minValue=0.5, maxValue=0.999))
-        self.addParameter(Num(self.CORRELATION_RANGE, self.tr("Error correlation range (m; 0 = independent)"),
-                              NumberType.Double, defaultValue=0.0, minValue=0.0))
-        self.addParameter(Num(self.SIMULATIONS, self.tr("Monte Carlo simulations"), NumberType.Integer, defaultValue=1000,
-                              minValue=10, maxValue=1_000_000))
+        self.addParameter(Num(self.CORRELATION_RANGE,
+                              self.tr("Error correlation range (m; empty: from the validation report, else fully "
+                                      "correlated; 0 = independent)"),
+                              NumberType.Double, optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterFile(
+            self.VALIDATION_REPORT, self.tr("Validation report of the map (validatepredictions), for the range"),
+            FileBehavior.File, fileFilter="Validation report (*.html *.json)", optional=True))
+        self.addParameter(Num(self.SIMULATIONS, self.tr("Monte Carlo simulations"), NumberType.Integer,
+                              defaultValue=DEFAULT_SIMULATIONS, minValue=10, maxValue=1_000_000))
         self.addParameter(Num(self.SEED, self.tr("Random seed"), NumberType.Integer, defaultValue=0, minValue=0))
         self.addParameter(Num(self.ALLOWED_UNCERTAINTY, self.tr("Allowed uncertainty (%) before a deduction"),
                               NumberType.Double, defaultValue=10.0, minValue=0.0))
@@ -161,7 +181,8 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
 
     def _optional_number(self, parameters, name, context):
         value = parameters.get(name)
-        if value is None or value == "":
+        # a model hands an unset optional number on as a NULL QVariant, which parameterAsDouble reads as 0
+        if value is None or value == "" or (hasattr(value, "isNull") and value.isNull()):
             return None
         return self.parameterAsDouble(parameters, name, context)
 
@@ -200,7 +221,8 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
             ecozone=ECOZONE_KEYS[ecozone_index] if 0 <= ecozone_index < len(ECOZONE_KEYS) else None,
             carbon_fraction=self.parameterAsDouble(parameters, self.CARBON_FRACTION, context),
             confidence=self.parameterAsDouble(parameters, self.CONFIDENCE, context),
-            correlation_range=self.parameterAsDouble(parameters, self.CORRELATION_RANGE, context),
+            correlation_range=self._optional_number(parameters, self.CORRELATION_RANGE, context),
+            validation_report=self.parameterAsFile(parameters, self.VALIDATION_REPORT, context) or None,
             simulations=self.parameterAsInt(parameters, self.SIMULATIONS, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             allowed_uncertainty=self.parameterAsDouble(parameters, self.ALLOWED_UNCERTAINTY, context),
@@ -209,6 +231,8 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                     or QgsProcessingUtils.generateTempFilename("carbon_report.html"))  # OUTPUT_JSON lies beside it
         record = {k.upper(): v for k, v in kwargs.items()}
         record["PROJECTS"] = parameters.get(self.PROJECTS)
+        # the uncertainty dock finds this run's error model (range, seed) through the output it wrote
+        record["OUTPUT"] = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         doc = self.call_core(carbon_stock, geoms, out_html,
                              projects_crs=crs.toWkt() if crs.isValid() else None,
                              progress=FeedbackProgress(feedback), parameters=record, **kwargs)

@@ -47,11 +47,11 @@ VALIDATION_EVERY = 3  # every third plot (in plot-id order) is a validation plot
 #:   its conformally widened, skewed interval overstated the errors about fourfold, and carbonstock sums σ.
 #: - zero_every 30: the simulator lays its plots mostly in forest (2-4 of 75 in open land), and without zero-AGB
 #:   samples the map gave grassland ~150 Mg/ha; one sample per 30 cells without canopy ≈ the plots' density.
-#: - no correlation_range: carbonstock fits it to the validation report's residual semivariogram (its default
+#: - correlation_range empty: carbonstock fits it to the validation report's residual semivariogram (its default
 #:   with the report the model hands it); project errors come from stand-scale correlated errors, not pixel noise.
 #: - simulations 10,000: carbonstock's default (ART-TREES), about 6-10 s for the three projects.
 SETTINGS = {"target_field": "agb_mg_ha", "resolution": 30.0, "chm_resolution": 1.0, "model_type": 1, "folds": 4,
-            "zero_every": 30, "coverage": 0.9, "root_shoot": 0.0, "simulations": 10000,
+            "zero_every": 30, "coverage": 0.9, "correlation_range": "", "root_shoot": 0.0, "simulations": 10000,
             "seed": 0}
 
 #: model output (``child:name``) → file name under the chain folder

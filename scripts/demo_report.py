@@ -169,11 +169,20 @@ def carbon_rows(carbon_gpkg, truth_projects=None) -> list:
     return rows
 
 
+def _carbon_error_model(outputs: dict) -> dict:
+    """The correlation range carbonstock used (set, or fitted to the validation report) from its JSON."""
+    settings = json.loads(Path(outputs["carbon_report"]).with_suffix(".json").read_text())["settings"]
+    return {"correlation_range_m": settings.get("correlation_range_m"),
+            "correlation_source": settings.get("correlation_source")}
+
+
 def summary_lines(summary: dict) -> list:
     acc = summary["accuracy"]
     level = acc["coverage_level"]
-    lines = [f"Project carbon (t CO2e, above-ground; {level:.0%} Monte Carlo interval, error correlation range "
-             f"{summary['correlation_range_m']:g} m):"]
+    corr = summary.get("correlation_range_m")
+    lines = [f"Project carbon (t CO2e, above-ground; {level:.0%} Monte Carlo interval, "
+             + ("fully correlated errors" if corr is None else f"error correlation range {corr:.4g} m")
+             + f" from {summary.get('correlation_source') or 'CORRELATION_RANGE'}):"]
     for r in summary["projects"]:
         truth = (f"   true {r['true_co2e_t']:>9,.0f}   inside: {'yes' if r['inside'] else 'NO'}"
                  if "true_co2e_t" in r else "")
@@ -230,7 +239,7 @@ def write_report(out_dir, outputs: dict, manifest: dict | None, settings: dict, 
     plots = [("Project totals", projects_plot(rows, maps_dir / "projects.png"))]
     plots += [(f"Validation: {name}", Path(path)) for name, path in validation["outputs"]["figures"].items()]
     summary = {"projects": rows, "accuracy": accuracy, "validation_json": str(validation_json),
-               "correlation_range_m": settings.get("correlation_range", 0.0),
+               **_carbon_error_model(outputs),
                "training": {"n_samples": training["n_samples"], "model_type": training["model_type"],
                             "conformal_factor": training["conformal_factor"],
                             "rmse_spatial_cv": training["cv"]["spatial"]["rmse"]},

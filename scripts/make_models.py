@@ -20,6 +20,12 @@ cell: plots are laid out in forest, and a model that never sees open land predic
 ``predictraster`` maps AGB with its standard deviation and 90 % bounds, ``validatepredictions`` checks the map
 against independent validation plots, and ``carbonstock`` sums it over the project polygons with a Monte Carlo
 interval. ``make demo`` runs it with ``qgis_process``.
+
+Every input parameter of every child gets a source, its algorithm's default where the model sets none (read from
+the registered algorithms at build time, so rebuild after an algorithm gains a parameter), and the build stops when
+``validateChildAlgorithm`` or ``validate`` finds an issue: QGIS 3.22's Model Designer draws a child with a mandatory
+parameter unset in red and *Run* calls the model invalid. Components are laid out left to right by dependency depth
+(``lay_out``). ``tests/test_models_designer.py`` checks the files.
 """
 
 from __future__ import annotations
@@ -362,8 +368,9 @@ def forest_carbon_chain():
         "chm_resolution": "Cell size (m) of the canopy height model.",
         "coverage": "Nominal coverage of the pixel intervals and confidence level of the project intervals.",
         "correlation_range": "Practical range (m) of the spatial correlation of the map's errors, for the project "
-                             "intervals (0 = independent pixel errors, which understates the uncertainty of a "
-                             "total); the validation report's residual semivariogram estimates it.",
+                             "intervals. Empty (the default): Carbon stock fits it to the validation report's "
+                             "residual semivariogram. 0 = independent pixel errors, which understates the "
+                             "uncertainty of a total.",
         "root_shoot": "Root-to-shoot ratio (0: above-ground carbon only).",
         "model_type": "Random forest (default): σ from a forest of the out-of-bag squared residuals, conformally "
                       "calibrated, the size of the map's errors, which Carbon stock sums. The quantile model's "
@@ -396,9 +403,10 @@ def forest_carbon_chain():
             maxValue=0.995),
         Num("zero_every", "Zero-AGB samples: every n-th grid cell without canopy (0 = none)", NumberType.Integer,
             defaultValue=30, minValue=0),
-        Num("correlation_range", "Error correlation range (m)", NumberType.Double, defaultValue=300.0, minValue=0.0),
+        Num("correlation_range", "Error correlation range (m; empty: fitted from the validation report)",
+            NumberType.Double, optional=True, minValue=0.0),
         Num("root_shoot", "Root-to-shoot ratio", NumberType.Double, defaultValue=0.0, minValue=0.0),
-        Num("simulations", "Monte Carlo simulations", NumberType.Integer, defaultValue=1000, minValue=10),
+        Num("simulations", "Monte Carlo simulations", NumberType.Integer, defaultValue=10000, minValue=10),
         Num("seed", "Random seed", NumberType.Integer, defaultValue=0, minValue=0),
     ]
     for param in params:
@@ -465,7 +473,9 @@ def forest_carbon_chain():
         child("forestcarbon:carbonstock", "carbonstock", "Carbon stock of the projects",
               {"AGB": C("predictraster", "OUTPUT"), "AGB_STD": C("predictraster", "OUTPUT_STD"),
                "PROJECTS": P("projects"), "ROOT_SHOOT": P("root_shoot"), "CONFIDENCE": P("coverage"),
-               "CORRELATION_RANGE": P("correlation_range"), "SIMULATIONS": P("simulations"), "SEED": P("seed")}),
+               "CORRELATION_RANGE": P("correlation_range"),
+               "VALIDATION_REPORT": C("validatepredictions", "OUTPUT_REPORT"),
+               "SIMULATIONS": P("simulations"), "SEED": P("seed")}),
     ]
     return finish(model, children)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -196,20 +197,25 @@ def test_results_are_reproducible_with_seed(tmp_path):
 
 # -- 3. coverage on a simulated scene ----------------------------------------------------------------
 
-def test_interval_covers_true_project_totals_on_simulated_scene(imagery_scene, tmp_path):
-    """Noisy AGB = truth (30 m) + Gaussian noise (σ = 40 Mg/ha, exponential correlation, practical range 150 m,
-    exact Cholesky draws, independent of the code under test). Nominal coverage 90%; over 10 seeds × the scene's
-    projects we require ≥ 80% (the interval also has to absorb the gap between the pixel total and the tree-list
-    total: trees are assigned to pixels by stem position)."""
+def scene_truth(imagery_scene):
+    """The simulator's true 30 m AGB of ``imagery_scene``: (array, transform, CRS wkt, pixel-centre offsets (n, 2))."""
     import rasterio
 
     folder, manifest = imagery_scene
     with rasterio.open(folder / manifest["truth"]["agb_30m"]) as src:
         truth = src.read(1).astype(float)
         transform, crs = src.transform, src.crs.to_wkt()
-    rows, cols = truth.shape
-    yy, xx = np.mgrid[0:rows, 0:cols] * 30.0
-    pts = np.column_stack([yy.ravel(), xx.ravel()])
+    yy, xx = np.mgrid[0:truth.shape[0], 0:truth.shape[1]] * 30.0
+    return truth, transform, crs, np.column_stack([xx.ravel(), yy.ravel()])
+
+
+def test_interval_covers_true_project_totals_on_simulated_scene(imagery_scene, tmp_path):
+    """Noisy AGB = truth (30 m) + Gaussian noise (σ = 40 Mg/ha, exponential correlation, practical range 150 m,
+    exact Cholesky draws, independent of the code under test). Nominal coverage 90%; over 10 seeds × the scene's
+    projects we require ≥ 80% (the interval also has to absorb the gap between the pixel total and the tree-list
+    total: trees are assigned to pixels by stem position)."""
+    folder, manifest = imagery_scene
+    truth, transform, crs, pts = scene_truth(imagery_scene)
     d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
     sigma, corr_range = 40.0, 150.0
     chol = np.linalg.cholesky(np.exp(-3 * d / corr_range) + 1e-10 * np.eye(len(pts)))
@@ -304,7 +310,7 @@ def test_bad_inputs(tmp_path):
 
     bad = tmp_path / "bad.html"
     for kwargs, message in ((dict(agb_lower=agb, root_shoot=0.0), "AGB_UPPER"),
-                            (dict(), "ROOT_SHOOT"),
+                            (dict(root_shoot=0.0, correlation_range=-5.0), "CORRELATION_RANGE"),
                             (dict(root_shoot=0.0, height=agb), "not both"),
                             (dict(root_shoot=0.0, agb_std=_write_raster(tmp_path / "neg.tif", -data)), "negative")):
         kwargs.setdefault("agb", agb)
@@ -338,7 +344,9 @@ def test_processing_run(tmp_path, forestcarbon_provider):
 
     alg = QgsApplication.processingRegistry().algorithmById("forestcarbon:carbonstock")
     assert alg.group() == "Carbon" and alg.groupId() == "carbon"
-    assert "UNVERIFIED" in alg.shortHelpString()  # unverified defaults say so
+    help_text = alg.shortHelpString()
+    assert "UNVERIFIED" not in help_text and "[V3]" not in help_text  # sources cited by table and page instead
+    assert "Table 4.3, p. 4.48" in help_text and "Table 4.4, p. 4.49" in help_text and "VALIDATION_REPORT" in help_text
     agb, std, gpkg = _scene_files(tmp_path)
     out = tmp_path / "carbon.gpkg"
     result = processing.run("forestcarbon:carbonstock", {
@@ -363,16 +371,25 @@ def test_processing_run_without_uncertainty_and_errors(tmp_path, forestcarbon_pr
     import processing
     from qgis.core import QgsProcessingException
 
-    agb, _, gpkg = _scene_files(tmp_path)
+    agb, std, gpkg = _scene_files(tmp_path)
     out = tmp_path / "c.gpkg"
     processing.run("forestcarbon:carbonstock", {"AGB": agb, "PROJECTS": gpkg, "ECOZONE": 10, "OUTPUT": str(out),
                                                 "OUTPUT_REPORT": str(tmp_path / "c.html")})
     frame = _read_layer(out)
     assert frame["co2e_total_t"].notna()[0] and frame["co2e_ci_low_t"].isna().all()
     assert frame["deduction_pct"].isna().all()
+    # nothing but the required inputs runs: R = 0 and fully correlated errors, both said in the JSON and the log
+    bare = processing.run("forestcarbon:carbonstock", {"AGB": agb, "AGB_STD": std, "PROJECTS": gpkg,
+                                                       "OUTPUT": str(tmp_path / "bare.gpkg"),
+                                                       "OUTPUT_REPORT": str(tmp_path / "bare.html")})
+    settings = json.loads(Path(bare["OUTPUT_JSON"]).read_text())["settings"]
+    assert settings["root_shoot"] == 0.0 and settings["correlation_range_m"] is None
+    assert settings["simulations"] == 10_000
+    assert _read_layer(tmp_path / "bare.gpkg")["co2e_ci_low_t"].notna()[0]
     bad_out = tmp_path / "bad.gpkg"
-    with pytest.raises(QgsProcessingException, match="ROOT_SHOOT"):
+    with pytest.raises(QgsProcessingException, match="VALIDATION_REPORT"):
         processing.run("forestcarbon:carbonstock", {"AGB": agb, "PROJECTS": gpkg, "OUTPUT": str(bad_out),
+                                                    "VALIDATION_REPORT": str(tmp_path / "missing.html"),
                                                     "OUTPUT_REPORT": str(tmp_path / "bad.html")})
     assert not bad_out.exists() and not (tmp_path / "bad.html").exists()
 
@@ -385,10 +402,12 @@ def test_qgis_process_and_model_after_predictraster(tmp_path, qgis_config, qgis_
         QgsProcessingModelOutput,
         QgsProcessingModelParameter,
         QgsProcessingParameterFile,
+        QgsProcessingParameterNumber,
         QgsProcessingParameterRasterLayer,
         QgsProcessingParameterVectorLayer,
     )
 
+    from processing_provider.compat import NumberType
     from scripts import qgis_env
     from tests.onnx_models import pixel_model
 
@@ -438,7 +457,11 @@ def test_qgis_process_and_model_after_predictraster(tmp_path, qgis_config, qgis_
     carbon.addParameterSources("PROJECTS", [Source.fromModelParameter("projects")])
     carbon.addParameterSources("ROOT_SHOOT", [Source.fromStaticValue(0.2)])
     carbon.addParameterSources("SIMULATIONS", [Source.fromStaticValue(200)])
-    carbon.addParameterSources("CORRELATION_RANGE", [Source.fromStaticValue(30.0)])
+    # an optional model parameter left empty, as the demo leaves it: the child must see "not set", never 0
+    graph.addModelParameter(QgsProcessingParameterNumber("correlation_range", "Range", NumberType.Double,
+                                                         optional=True),
+                            QgsProcessingModelParameter("correlation_range"))
+    carbon.addParameterSources("CORRELATION_RANGE", [Source.fromModelParameter("correlation_range")])
     c_outs = {}
     for name, child_out in (("carbon", "OUTPUT"), ("report", "OUTPUT_REPORT")):
         o = QgsProcessingModelOutput(name, name)
@@ -454,13 +477,15 @@ def test_qgis_process_and_model_after_predictraster(tmp_path, qgis_config, qgis_
     assert child_id_output_names(graph).toFile(str(model3))
     target = tmp_path / "model_carbon.gpkg"
     proc = qgis_env.run(["run", str(model3), "--", f"features={features}", f"model={model_file}",
-                         f"projects={gpkg}", f"predict:agb={tmp_path / 'pred.tif'}",
+                         f"projects={gpkg}", "correlation_range=", f"predict:agb={tmp_path / 'pred.tif'}",
                          f"predict:agb_std={tmp_path / 'pred_std.tif'}", f"carbon:carbon={target}",
                          f"carbon:report={tmp_path / 'model.html'}"], qgis_config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     frame = _read_layer(target)
     expected = carbon_stock(gpkg, agb=str(tmp_path / "pred.tif"), agb_std=str(tmp_path / "pred_std.tif"),
-                            root_shoot=0.2, simulations=200, correlation_range=30.0)["records"]
+                            root_shoot=0.2, simulations=200)["records"]
+    settings = json.loads((tmp_path / "model.json").read_text())["settings"]
+    assert settings["correlation_source"] == "conservative (not set)" and settings["correlation_range_m"] is None
     for i in range(2):
         assert frame["co2e_total_t"][i] == pytest.approx(expected[i]["co2e_total_t"], rel=1e-6)
         assert frame["co2e_ci_low_t"][i] == pytest.approx(expected[i]["co2e_ci_low_t"], rel=1e-6)

@@ -42,6 +42,8 @@ __all__ = ["ALLOMETRIES", "ECOZONES", "CO2_PER_C", "pixel_weights", "equal_area_
 CO2_PER_C = 44.0 / 12.0
 DEFAULT_CARBON_FRACTION = 0.47
 DEFAULT_ALLOWED_UNCERTAINTY = 10.0
+#: ART-TREES v2.0 (2021) §8 asks for Monte Carlo with 10,000 iterations and 90 % confidence intervals
+DEFAULT_SIMULATIONS = 10_000
 MAX_SIM_SIDE = 128  #: largest window side (pixels) simulated pixel by pixel; larger windows are coarsened
 MAX_BATCH_BYTES = 128 * 2 ** 20  #: memory of one batch of FFT fields
 
@@ -72,16 +74,20 @@ ALLOMETRIES = {
         "user-supplied coefficients (and their standard errors ALLOMETRY_A_SE, ALLOMETRY_B_SE)", True),
     "asner_mascaro_2014": Allometry(
         "asner_mascaro_2014",
-        "Asner & Mascaro 2014 general model: ACD = 3.8358·TCH^0.2807·BA^0.9721·WD^1.3763 (coefficients UNVERIFIED)",
+        "Asner & Mascaro 2014 general model: ACD = 3.8358·TCH^0.2807·BA^0.9721·WD^1.3763",
         "Asner G.P. & Mascaro J. (2014) Mapping tropical forest carbon: calibrating plot estimates to a simple LiDAR "
-        "metric. Remote Sensing of Environment 140:614-624. The coefficients are recalled, not checked against the "
-        "paper [UNVERIFIED]; ACD (Mg C/ha) is turned into AGB by dividing by CARBON_FRACTION, so that the carbon "
-        "output equals the model's ACD. Needs the regional basal area BA (m²/ha) and wood density WD (g/cm³).",
+        "metric. Remote Sensing of Environment 140:614-624. The coefficients were not checked against the paper: "
+        "compare them with its general model before relying on them. ACD (Mg C/ha) is turned into AGB by dividing "
+        "by CARBON_FRACTION, so that the carbon output equals the model's ACD. Needs the regional basal area BA (m²/ha) and wood density WD (g/cm³).",
         False, a=3.8358, b=0.2807, needs=("basal_area", "wood_density")),
 }
 
-# IPCC 2006 GL Vol. 4 Ch. 4 Table 4.4 root-to-shoot ratios: [(upper AGB bound in t d.m./ha, R), ...]
-# [UNVERIFIED] from memory, partly cross-checked against third-party code (see the notes).
+# IPCC 2006 GL Vol. 4 Ch. 4 Table 4.4, p. 4.49 ("Ratio of below-ground biomass to above-ground biomass (R)"; the
+# values are the rounded medians of Mokany, Raison & Prokushkin 2006, Global Change Biology 12:84-96):
+# [(upper AGB bound in t d.m./ha, R), ...]. Status: checked against the unrounded Mokany et al. values that
+# third-party code uses (boreal 0.392/0.239, temperate oak 0.295, eucalypt 0.437, tropical moist deciduous
+# 0.205/0.235); the primary PDF could not be opened from the development machine. The 2019 Refinement's revised
+# Table 4.4 (by origin and continent) is not used: it needs inputs this tool does not take.
 ECOZONES = {
     "tropical_rainforest": ("Tropical rainforest", [(math.inf, 0.37)]),
     "tropical_moist_deciduous": ("Tropical moist deciduous forest", [(125, 0.20), (math.inf, 0.24)]),
@@ -95,16 +101,18 @@ ECOZONES = {
     "boreal_conifer": ("Boreal coniferous forest", [(75, 0.39), (math.inf, 0.24)]),
     "boreal_broadleaf": ("Boreal broadleaf forest", [(math.inf, 0.24)]),
 }
-ECOZONE_CITATION = ("IPCC 2006 Guidelines for National GHG Inventories, Vol. 4, Ch. 4, Table 4.4 (root-to-shoot "
-                    "ratios by ecological zone and above-ground biomass class). Values recalled, not checked against "
-                    "the primary table [UNVERIFIED]; set ROOT_SHOOT to override.")
-CARBON_FRACTION_CITATION = ("0.47: IPCC 2006 Guidelines Vol. 4, Ch. 4, Table 4.3 default carbon fraction of dry "
-                            "matter (widely cited; the primary PDF was not checked [V3]).")
+ECOZONE_CITATION = ("IPCC 2006 Guidelines for National GHG Inventories, Vol. 4, Ch. 4, Table 4.4, p. 4.49 "
+                    "(root-to-shoot ratios by ecological zone and above-ground biomass class, from Mokany et al. "
+                    "2006); set ROOT_SHOOT to use another value")
+# IPCC 2006 GL Vol. 4 Ch. 4 Table 4.3, p. 4.48: default carbon fraction 0.47 (tropical/subtropical 0.47,
+# temperate/boreal 0.47; broad-leaved 0.48, conifers 0.51 are the finer rows). Same status as Table 4.4 above.
+CARBON_FRACTION_CITATION = ("0.47: IPCC 2006 Guidelines Vol. 4, Ch. 4, Table 4.3, p. 4.48, default carbon fraction "
+                            "of dry matter")
 DEDUCTION_CITATION = (
     "deduction = max(0, U − ALLOWED_UNCERTAINTY), U = half-width of the CONFIDENCE interval of the total as a % of "
     "the total; creditable = total × (1 − deduction/100). Default 10% at 90% confidence in the style of Verra "
-    "VM0047 §8.4 [UNVERIFIED: the thresholds were not checked in the primary PDF]; VMD0017 uses 15% at 95% "
-    "[UNVERIFIED]. Apply this deduction before any buffer deduction, not summed with it.")
+    "VM0047 §8.4; VMD0017 uses 15% at 95%: set ALLOWED_UNCERTAINTY and CONFIDENCE to your standard's edition. "
+    "Apply this deduction before any buffer deduction, not summed with it.")
 
 
 def root_shoot_ratio(ecozone: str, agb_mg_ha: float) -> float:
@@ -276,6 +284,15 @@ def _field_batches(shape, res, corr_range, n, rng, max_bytes=MAX_BATCH_BYTES):
     from scipy import fft
 
     rows, cols = shape
+    if math.isinf(corr_range):
+        # fully correlated: one standard normal per realization, the same at every pixel
+        per = max(1, int(max_bytes // (8 * rows * cols)))
+        done = 0
+        while done < n:
+            k = min(per, n - done)
+            yield np.broadcast_to(rng.standard_normal((k, 1, 1)).astype(np.float32), (k, rows, cols))
+            done += k
+        return
     if corr_range <= 0:
         per = max(1, int(max_bytes // (8 * rows * cols)))
         done = 0
@@ -317,6 +334,8 @@ def _exact_variance(u, res, corr_range) -> float:
 
     if corr_range <= 0:
         return float(np.sum(u * u))
+    if math.isinf(corr_range):
+        return float(np.sum(u)) ** 2
     lam, m = _embedding(u.shape, res, corr_range)
     padded = np.zeros(m)
     padded[: u.shape[0], : u.shape[1]] = u
@@ -334,6 +353,9 @@ def _coarsen(u, factor):
 def simulate_error_totals(u, res, corr_range, n, rng, progress=None) -> tuple[np.ndarray, dict]:
     """``n`` Monte Carlo draws of Σ uᵢ εᵢ (ε the correlated unit field) and how they were made."""
     res = tuple(res)
+    if math.isinf(corr_range):
+        # every pixel shares one ε: the total's error is Σu·ε exactly, no field needed
+        return float(np.sum(u)) * rng.standard_normal(n), {"coarsening": None, "fully_correlated": True}
     factor = max(1, int(math.ceil(max(u.shape) / MAX_SIM_SIDE)))
     info = {"coarsening": factor}
     if factor == 1:
@@ -396,6 +418,19 @@ def _read_projects(projects, projects_crs, progress):
     return geoms, projects_crs
 
 
+def _repair(geom):
+    """(valid polygonal geometry or None, details) by ``shapely.make_valid`` (GEOS MakeValid, "linework"): a
+    self-intersecting ring becomes the polygons it encloses, every lobe kept, unlike ``buffer(0)``, which keeps
+    only the lobes of one orientation. Lines and points that MakeValid may return are dropped."""
+    from shapely.validation import explain_validity, make_valid
+
+    repaired = _polygonal(make_valid(geom))
+    details = {"reason": explain_validity(geom)}
+    if repaired is None or repaired == "not polygonal" or repaired.area <= 0:
+        return None, details
+    return repaired, details
+
+
 def _polygonal(geom):
     sg = _shapely()
     if geom is None or geom.is_empty:
@@ -417,8 +452,9 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
                  coverage: float = 0.9, height=None, allometry: str = "custom", allometry_a=None, allometry_b=None,
                  allometry_a_se: float = 0.0, allometry_b_se: float = 0.0, basal_area=None, wood_density=None,
                  root_shoot=None, ecozone=None, carbon_fraction: float = DEFAULT_CARBON_FRACTION,
-                 confidence: float = 0.9, correlation_range: float = 0.0, simulations: int = 1000, seed: int = 0,
-                 allowed_uncertainty: float = DEFAULT_ALLOWED_UNCERTAINTY, projects_crs=None,
+                 confidence: float = 0.9, correlation_range: float | None = None, simulations: int = DEFAULT_SIMULATIONS,
+                 seed: int = 0, allowed_uncertainty: float = DEFAULT_ALLOWED_UNCERTAINTY, projects_crs=None,
+                 validation_report=None,
                  progress: Progress | None = None, parameters: dict | None = None, keep_simulations: bool = False,
                  embed_figures: bool = False) -> dict:
     """Carbon stock and its Monte Carlo interval for each polygon of ``projects``.
@@ -426,7 +462,9 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     ``projects``: a vector path (OGR; ``path|layername=x`` accepted) or a sequence of shapely geometries in
     ``projects_crs``. ``agb``: AGB raster (Mg/ha); or ``height`` with ``allometry`` (a key of
     :data:`ALLOMETRIES`). Pixel errors: ``agb_std`` (Mg/ha), or ``agb_lower`` and ``agb_upper`` at
-    ``coverage``; in HEIGHT mode they describe the AGB derived from the heights. Returns a document with one
+    ``coverage``; in HEIGHT mode they describe the AGB derived from the heights. ``correlation_range`` (m),
+    ``validation_report`` and their absence are resolved by :func:`variogram.resolve_correlation_range` (the
+    uncertainty dock calls this same function, so both give the same interval). Returns a document with one
     record per input feature (``records``, keys :data:`OUTPUT_FIELDS`, None where undefined), ``notes``,
     ``warnings`` and ``outputs`` (when ``out_html`` is given).
     """
@@ -459,8 +497,12 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     simulations = int(simulations)
     if simulations < 10:
         raise ForestCarbonError(f"SIMULATIONS must be at least 10 (got {simulations}); 1000 or more is advised.")
-    if correlation_range is None or correlation_range < 0:
-        raise ForestCarbonError("CORRELATION_RANGE must be 0 (independent pixels) or a positive distance in metres.")
+    if not 0 < confidence < 1:
+        raise ForestCarbonError(f"CONFIDENCE must lie in (0, 1) (got {confidence}).")
+    from .variogram import resolve_correlation_range
+
+    correlation = resolve_correlation_range(correlation_range, validation_report, warn=warn, note=note)
+    corr_m = correlation["range_m"]
     if allowed_uncertainty is None or allowed_uncertainty < 0:
         raise ForestCarbonError("ALLOWED_UNCERTAINTY must be a percentage ≥ 0.")
     if root_shoot is not None:
@@ -469,8 +511,11 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     elif ecozone:
         root_shoot_ratio(ecozone, 0.0)  # validates the key
     else:
-        raise ForestCarbonError("Set ROOT_SHOOT (a root-to-shoot ratio; 0 for above-ground biomass only) or ECOZONE "
-                                "(an IPCC 2006 default by ecological zone).")
+        # no zone known: roots are left out, which can only understate the stock (conservative for crediting)
+        root_shoot = 0.0
+        warn("Neither ROOT_SHOOT nor ECOZONE is set: root-to-shoot ratio 0, i.e. ABOVE-GROUND carbon only (below-ground "
+             "biomass is left out, which understates the stock). Set ECOZONE for the IPCC default ratio of your "
+             "ecological zone, or ROOT_SHOOT for your own.")
     if (agb_lower is None) != (agb_upper is None):
         raise ForestCarbonError("AGB_LOWER and AGB_UPPER go together: give both (with COVERAGE), or AGB_STD.")
     if agb_std is not None and agb_lower is not None:
@@ -495,7 +540,7 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
             a = allo.a * float(basal_area) ** 0.9721 * float(wood_density) ** 1.3763 / carbon_fraction
             b = allo.b
             a_se, b_se = float(allometry_a_se or 0.0), float(allometry_b_se or 0.0)
-            warn(f"{allo.key}: coefficients UNVERIFIED (see the help); ACD converted to AGB with CARBON_FRACTION.")
+            warn(f"{allo.key}: coefficients not checked against the paper (see the help); ACD converted to AGB with CARBON_FRACTION.")
         if a <= 0:
             raise ForestCarbonError(f"The allometry's coefficient a must be > 0 (got {a}).")
         if a_se < 0 or b_se < 0:
@@ -567,8 +612,23 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
                 warn(f"Feature {index}: {'no geometry' if geom is None else 'not a polygon'}; its fields are NULL.")
                 continue
             if not geom.is_valid:
-                geom = geom.buffer(0)
-                warn(f"Feature {index}: invalid polygon repaired with buffer(0).")
+                drawn = geom
+                geom, repair = _repair(geom)
+                det["repair"] = repair
+                if geom is None:
+                    det["status"] = "invalid polygon, not repairable"
+                    warn(f"Feature {index}: invalid polygon ({repair['reason']}) that make_valid turns into no area; "
+                         "its fields are NULL. Fix it (QGIS: Fix geometries, Check validity) and run again.")
+                    continue
+                try:
+                    as_drawn = equal_area_ha(drawn, pcrs)
+                except Exception:  # noqa: BLE001 - an area of invalid rings is only informative
+                    as_drawn = float("nan")
+                repair["area_as_drawn_ha"] = as_drawn
+                repair["area_repaired_ha"] = equal_area_ha(geom, pcrs)
+                warn(f"Feature {index}: invalid polygon ({repair['reason']}) repaired with make_valid, keeping every "
+                     f"polygonal part: area {repair['area_repaired_ha']:.6g} ha after repair (the shoelace area of the "
+                     f"rings as drawn, where crossing lobes cancel, is {as_drawn:.6g} ha). Check the polygon.")
             rec["area_ha"] = equal_area_ha(geom, pcrs)
             g_r = shp_transform(tr.transform, geom) if reproject else geom
             weights = pixel_weights(g_r, grid)
@@ -655,8 +715,7 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
                 raise ForestCarbonError(f"Feature {index}: the uncertainty raster has negative standard deviations "
                                         "(or AGB_UPPER < AGB_LOWER). Check the inputs.")
             u = w_ha * sigma  # Mg per unit of ε
-            err, sim_info = simulate_error_totals(u, res_m, float(correlation_range), simulations, streams[index],
-                                                  progress)
+            err, sim_info = simulate_error_totals(u, res_m, corr_m, simulations, streams[index], progress)
             det["simulation"] = sim_info
             if height is not None and (a_se > 0 or b_se > 0):
                 a_k = streams[index].normal(a, a_se, simulations)
@@ -673,6 +732,13 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
             else:
                 agb_sims = total_agb + err
             co2_sims = agb_sims * factor
+            negative = int(np.count_nonzero(co2_sims < 0))
+            if negative:
+                # a stock cannot be negative: the Gaussian model's draws below 0 are censored at 0
+                det["negative_draws"] = negative
+                warn(f"Feature {index}: {negative} of {simulations} simulated totals were negative (errors large "
+                     "against the biomass) and count as 0: the lower bound is censored at 0.")
+                co2_sims = np.maximum(co2_sims, 0.0)
             lo_q, hi_q = np.quantile(co2_sims, [(1 - confidence) / 2, (1 + confidence) / 2])
             rec["co2e_ci_low_t"] = float(lo_q)
             rec["co2e_ci_high_t"] = float(hi_q)
@@ -688,8 +754,7 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
             det["halfwidth_mc_t"] = float((hi_q - lo_q) / 2.0)
             det["halfwidth_independent_t"] = z_conf * math.sqrt(float(np.sum(u * u))) * factor
             det["halfwidth_correlated_t"] = z_conf * float(np.sum(u)) * factor
-            det["halfwidth_gaussian_t"] = z_conf * math.sqrt(max(0.0, _exact_variance(u, res_m,
-                                                                                      float(correlation_range)))) * factor
+            det["halfwidth_gaussian_t"] = z_conf * math.sqrt(max(0.0, _exact_variance(u, res_m, corr_m))) * factor
             sims_out[-1] = co2_sims
             progress.set_progress(100.0 * (index + 1) / len(geoms))
     finally:
@@ -713,8 +778,13 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
         "parameters": parameters or {},
         "inputs": {"agb": agb, "height": height, "agb_std": agb_std, "agb_lower": agb_lower, "agb_upper": agb_upper},
         "settings": {"carbon_fraction": carbon_fraction, "co2_per_c": CO2_PER_C, "root_shoot": root_shoot,
-                     "ecozone": ecozone, "confidence": confidence, "correlation_range_m": correlation_range,
-                     "correlation_model": "exp(-3 d / range) (practical range)", "simulations": simulations,
+                     "ecozone": ecozone, "confidence": confidence,
+                     "correlation_range_m": None if math.isinf(corr_m) else corr_m,
+                     "correlation_model": ("fully correlated inside each polygon" if math.isinf(corr_m) else
+                                           "exp(-3 d / range) (practical range)"),
+                     "correlation_source": correlation["source"], "correlation_note": correlation["message"],
+                     "variogram": correlation["variogram"], "validation_report": validation_report,
+                     "negative_draws": "simulated totals below 0 are censored at 0", "simulations": simulations,
                      "seed": seed, "allowed_uncertainty_pct": allowed_uncertainty, "interval_source": interval_source,
                      "coverage": coverage if interval_source == "bounds" else None,
                      "allometry": None if allo is None else {"key": allo.key, "a": a, "b": b, "a_se": a_se,
@@ -748,8 +818,8 @@ def _build_report(doc, sims, geoms, pcrs, raster, grid, transformer):
     rep.paragraph(f"Carbon fraction {s['carbon_fraction']}, CO2/C = 44/12, root-to-shoot "
                   f"{s['root_shoot'] if s['root_shoot'] is not None else 'IPCC default for ' + str(s['ecozone'])}, "
                   f"{100 * s['confidence']:.0f}% intervals from {s['simulations']} Monte Carlo simulations "
-                  f"(seed {s['seed']}), exponential error correlation with practical range "
-                  f"{s['correlation_range_m']} m, allowed uncertainty {s['allowed_uncertainty_pct']}%.")
+                  f"(seed {s['seed']}), error correlation: {s['correlation_note']} Allowed uncertainty "
+                  f"{s['allowed_uncertainty_pct']}%.")
     headers = ["feature", "area (ha)", "AGB mean (Mg/ha)", "CO2e (t)", "CI low", "CI high", "U (%)", "deduction (%)",
                "creditable CO2e (t)"]
     rows = [[i, r["area_ha"], r["agb_mean_mg_ha"], r["co2e_total_t"], r["co2e_ci_low_t"], r["co2e_ci_high_t"],

@@ -35,9 +35,16 @@ def _accepts_path(value, extensions) -> bool | None:
     path = value.split("|")[0]
     if os.path.isdir(path):
         return True
+    suffixes = tuple(f".{e}" for e in extensions) + _CLOUD_SUFFIXES
     if os.path.isfile(path):
-        return path.lower().endswith(tuple(f".{e}" for e in extensions) + _CLOUD_SUFFIXES)
+        return path.lower().endswith(suffixes)
+    if _looks_like_path(path, suffixes):
+        return True  # as QGIS's file parameter does: the run names the missing file (the same on every QGIS)
     return None
+
+
+def _looks_like_path(text: str, suffixes=(".las", ".laz") + _CLOUD_SUFFIXES) -> bool:
+    return "/" in text or os.sep in text or text.lower().endswith(suffixes)
 
 
 if hasattr(_qgis_core, "QgsProcessingParameterPointCloudLayer"):
@@ -91,7 +98,7 @@ def point_cloud_source(alg, parameters, context, name: str = "INPUT") -> str:
         if os.path.exists(text.split("|")[0]):
             return text.split("|")[0]
         layer = QgsProcessingUtils.mapLayerFromString(text, context, False)
-        if layer is None and ("/" in text or os.sep in text or text.lower().endswith((".las", ".laz", ".vpc"))):
+        if layer is None and _looks_like_path(text):
             return text.split("|")[0]  # a path: the core says what is missing
         if layer is None:
             raise QgsProcessingException(alg.tr(

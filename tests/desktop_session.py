@@ -151,6 +151,8 @@ def session() -> None:
     pump(0.3)
     window.grab().save(str(OUT / "jobs_dock.png"), "PNG")
     report["jobs_dock_rect"] = rect_in_window(jobs_dock)
+    report["jobs_dock_width"] = jobs_dock.width()
+    report["jobs_dock_buttons"] = buttons_of(jobs_dock)
 
 
 def main() -> None:

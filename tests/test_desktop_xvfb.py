@@ -88,16 +88,23 @@ def test_a_toolbox_output_loads_with_its_legend_labelled(desktop):
     assert legend["ramp"][0].endswith(" Mg/ha")
 
 
-def test_the_dock_at_its_default_width_shows_every_button_whole(desktop):
-    report, _, _ = desktop
-    width, height = report["dock_width"], report["dock_height"]
-    assert 150 < width < SCREEN[0] / 2
-    texts = {b["text"] for b in report["dock_buttons"]}
-    assert {"Style map", "Identify pixel", "Export plots…"} <= texts
-    for button in report["dock_buttons"]:
+def assert_whole(buttons, width):
+    for button in buttons:
         x, _y, w, _h = button["rect"]
         assert 0 <= x and x + w <= width, button  # inside the dock (the scroll area scrolls vertically only)
         assert button["hint"][0] <= w, button  # not squeezed below what its text needs
+
+
+def test_the_docks_at_their_default_width_show_every_button_whole(desktop):
+    report, _, _ = desktop
+    width = report["dock_width"]
+    assert 150 < width < SCREEN[0] / 2
+    texts = {b["text"] for b in report["dock_buttons"]}
+    assert {"Style map", "Identify pixel", "Export plots…"} <= texts
+    assert_whole(report["dock_buttons"], width)
+    texts = [b["text"] for b in report["jobs_dock_buttons"]]
+    assert texts.count("Cancel") == texts.count("Add to map") == texts.count("Log") >= 2  # the toolbox run, the layer
+    assert_whole(report["jobs_dock_buttons"], report["jobs_dock_width"])
 
 
 def test_the_dock_reports_what_the_raster_holds(desktop):

@@ -1,11 +1,13 @@
-"""The jobs dock: every long run of the session with its progress, time, log and buttons."""
+"""The jobs dock: every long run of the session with its progress, time, log and buttons: Forest Carbon
+algorithms however they were started (toolbox, models, console: :class:`jobs.RunListener`), and the
+plugin's own background jobs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
-from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import (
     QDockWidget,
     QFrame,
@@ -54,6 +56,7 @@ class JobRow(QFrame):
         self.job = job
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.name_label = QLabel(f"<b>{job.name}</b>")
+        self.name_label.setWordWrap(True)
         self.status_label = QLabel()
         self.elapsed_label = QLabel()
         self.progress_bar = QProgressBar()
@@ -69,7 +72,8 @@ class JobRow(QFrame):
         self.log_button.toggled.connect(self.log_view.setVisible)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(job.cancel)
-        self.add_button = QPushButton("Add outputs to map")
+        self.add_button = QPushButton("Add to map")
+        self.add_button.setToolTip("Add the run's output files to the map, styled")
         self.add_button.clicked.connect(lambda: add_outputs_to_map(self.job.outputs))
 
         top = QHBoxLayout()
@@ -118,13 +122,16 @@ class JobsDock(QDockWidget):
         self.setObjectName("forestcarbon_jobs_dock")
         self.manager = job_manager or manager()
         self.rows: list[JobRow] = []
-        self.empty_label = QLabel("No job started in this session yet.")
+        self.empty_label = QLabel("No job started in this session yet. Runs of Forest Carbon algorithms appear "
+                                  "here however they are started: the toolbox, a model, the Python console.")
+        self.empty_label.setWordWrap(True)
         container = QWidget()
         self.rows_layout = QVBoxLayout(container)
         self.rows_layout.addWidget(self.empty_label)
         self.rows_layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # rows fit the dock's width
         scroll.setWidget(container)
         self.setWidget(scroll)
 

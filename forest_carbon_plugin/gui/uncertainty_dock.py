@@ -86,6 +86,11 @@ def cache_path(sources: Sources, threshold: float) -> Path:
     return CACHE_DIR / name
 
 
+def _device(provider: str | None) -> str:
+    """ONNX Runtime's provider name as a reader says it: CUDAExecutionProvider → CUDA."""
+    return (provider or "?").replace("ExecutionProvider", "") or "?"
+
+
 def _amount(value: float) -> str:
     """A total as an analyst reads it: 24,722 (whole units from 1,000 on), else 3 significant digits."""
     return f"{value:,.0f}" if abs(value) >= 1000 else legend_number(value)
@@ -318,7 +323,7 @@ class UncertaintyDock(QDockWidget):
         unit = f"in {self.info.unit}" if self.info.unit else "unit not recorded"
         layers = (f"uncertainty layers of the same run: {found}." if found else
                   "no uncertainty layer of the same run found: choose them by hand.")
-        return f"Model {self.info.model_id or '?'} ({self.info.execution_provider or '?'}), {unit}; {layers}"
+        return f"Model {self.info.model_id or '?'} (ran on {_device(self.info.execution_provider)}), {unit}; {layers}"
 
     # ------------------------------------------------------------------------- styling
     def style_map(self) -> None:
@@ -528,8 +533,8 @@ class UncertaintyDock(QDockWidget):
         if r.get("relative") is not None:
             lines.append(f"relative uncertainty {100 * r['relative']:.1f} %")
         if self.info and self.info.kind:
-            lines.append(f"model {self.info.model_id or '?'} ({self.info.model or 'unknown file'}, "
-                         f"{self.info.execution_provider or '?'})")
+            lines.append(f"model {self.info.model_id or '?'} ({self.info.model or 'unknown file'}, ran on "
+                         f"{_device(self.info.execution_provider)})")
         return "<br>".join(lines)
 
     # ------------------------------------------------------------------------- polygon total

@@ -346,7 +346,7 @@ def test_processing_run(tmp_path, forestcarbon_provider):
     assert alg.group() == "Carbon" and alg.groupId() == "carbon"
     help_text = alg.shortHelpString()
     assert "UNVERIFIED" not in help_text and "[V3]" not in help_text  # sources cited by table and page instead
-    assert "Table 4.3, p. 4.48" in help_text and "Table 4.4, p. 4.49" in help_text and "VALIDATION_REPORT" in help_text
+    assert "Table 4.3, p. 4.48" in help_text and "Table 4.4, p. 4.49" in help_text and "“Validation report of the map”" in help_text  # labels, not ids (issue 19 item 14)
     agb, std, gpkg = _scene_files(tmp_path)
     out = tmp_path / "carbon.gpkg"
     result = processing.run("forestcarbon:carbonstock", {
@@ -378,6 +378,22 @@ def test_processing_run_without_uncertainty_and_errors(tmp_path, forestcarbon_pr
     frame = _read_layer(out)
     assert frame["co2e_total_t"].notna()[0] and frame["co2e_ci_low_t"].isna().all()
     assert frame["deduction_pct"].isna().all()
+    # VALIDATION_REPORT (the .html; its .json beside it) with CORRELATION_RANGE empty: the range is fitted to it
+    from forest_carbon_plugin.core.validation import semivariogram
+    from forest_carbon_plugin.core.variogram import resolve_correlation_range
+
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 2000, (2, 150))
+    residual = np.sin(x / 300.0) * 30 + np.cos(y / 250.0) * 30 + rng.normal(0, 10, 150)
+    (tmp_path / "validation.json").write_text(json.dumps({"semivariogram": semivariogram(x, y, residual)}))
+    (tmp_path / "validation.html").write_text("<html></html>")
+    fitted = processing.run("forestcarbon:carbonstock", {
+        "AGB": agb, "AGB_STD": std, "PROJECTS": gpkg, "VALIDATION_REPORT": str(tmp_path / "validation.html"),
+        "SIMULATIONS": 200, "OUTPUT": str(tmp_path / "fitted.gpkg"), "OUTPUT_REPORT": str(tmp_path / "fitted.html")})
+    settings = json.loads(Path(fitted["OUTPUT_JSON"]).read_text())["settings"]
+    expected = resolve_correlation_range(None, tmp_path / "validation.json")
+    assert settings["correlation_source"] == "validation_report" == expected["source"]
+    assert settings["correlation_range_m"] == expected["range_m"] > 0
     # nothing but the required inputs runs: R = 0 and fully correlated errors, both said in the JSON and the log
     bare = processing.run("forestcarbon:carbonstock", {"AGB": agb, "AGB_STD": std, "PROJECTS": gpkg,
                                                        "OUTPUT": str(tmp_path / "bare.gpkg"),

@@ -60,6 +60,11 @@ if hasattr(_qgis_core, "QgsProcessingParameterPointCloudLayer"):
             return PointCloudInputParameter(self.name(), self.description(), self._extensions,
                                             bool(self.flags() & ParameterFlag.Optional))
 
+        def createFileFilter(self):  # noqa: N802
+            # QGIS lists only what its providers load (COPC, EPT, .vpc where PDAL is absent): LAS/LAZ are read here
+            patterns = " ".join(f"*.{e} *.{e.upper()}" for e in self._extensions + ("vpc",))
+            return f"Point clouds ({patterns});;{super().createFileFilter()}"
+
         def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
             if isinstance(value, QgsProperty) and value.propertyType() == PropertyType.Static:
                 value = value.staticValue()

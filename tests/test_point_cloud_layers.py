@@ -122,6 +122,8 @@ def test_canopymetrics_through_a_point_cloud_layer(kind, provider, quarter_tiles
     assert point_cloud_layers_available()
     algorithm = forestcarbon_provider.algorithm("canopymetrics")
     assert algorithm.parameterDefinition("INPUT").type() == "pointcloud"
+    # the dialog's file picker offers the files read here, not only those QGIS's providers load
+    assert "*.laz" in algorithm.parameterDefinition("INPUT").createFileFilter().split(";;")[0]
     source = {"laz": str(SAMPLE_LAZ), "vpc": str(quarter_tiles[2]),
               "copc": str(shared_file("lidar", "simple.copc.laz"))}[kind]
     layer = QgsPointCloudLayer(source, f"cloud_{kind}", provider)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -43,9 +44,16 @@ def desktop(qgis_config, tmp_path_factory):
     env.update(QT_QPA_PLATFORM="xcb", FC_DESKTOP_OUT=str(out))
     cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24", "qgis", "--nologo", "--noversioncheck",
            "--code", str(ROOT / "tests" / "desktop_session.py")]
-    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=180)
+    # a session of its own: on a timeout the whole group (xvfb-run, Xvfb, qgis) is ended, not only xvfb-run
+    proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
     report_path = out / "report.json"
-    assert report_path.is_file(), f"QGIS wrote no report (rc {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    assert report_path.is_file(), f"QGIS wrote no report (rc {proc.returncode}):\n{output[-6000:]}"
     report = json.loads(report_path.read_text())
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for png in out.glob("*.png"):

@@ -66,15 +66,20 @@ class CompositeScenesAlgorithm(ForestCarbonAlgorithm):
         return self.tr(
             "Per-pixel temporal composite of harmonized scenes (e.g. outputs of Harmonize scene), with a last band "
             "valid_count counting the valid observations of each pixel.\n\n"
-            "INPUTS: rasters whose bands are described with the plugin's names (red, nir, swir1, …), or USGS "
-            "ESPA scene folders (<scene>_b3.tif …, <scene>_fmask.tif; TM/ETM+ or OLI band numbering, reflectance "
-            "× 10000) given as paths (processing.run, qgis_process). Bands are matched across scenes by their "
-            "descriptions; the output holds the bands common to all scenes, in the first scene's order, as value × "
-            "the band's scale + offset. Scenes on another grid are read onto the first scene's grid with nearest "
+            "INPUTS: rasters whose bands are described with the plugin's names (red, nir, swir1, …), or products "
+            "as delivered, in every layout Harmonize scene reads, given as paths (processing.run, qgis_process): "
+            "Landsat Level-1 and Collection-2 Level-2 folders with their MTL (the MTL's scaling: SR = DN·2.75e-5 − "
+            "0.2; QA_PIXEL), Sentinel-2 L1C/L2A folders ((DN + offset)/QUANTIFICATION_VALUE; SCL), and USGS ESPA "
+            "scene folders (<scene>_b3.tif …, <scene>_fmask.tif; TM/ETM+ or OLI band numbering, reflectance × "
+            "10000). A folder in none of these layouts is refused. Bands are matched across scenes by their "
+            "descriptions or common names; the output holds the bands common to all scenes, in the first scene's "
+            "order, as reflectance. Scenes on another grid are read onto the first scene's grid with nearest "
             "neighbour.\n\n"
-            "An observation is invalid where any of its bands is no-data or NaN, or, when the scene has a band "
-            "described fmask (CFmask classes), where the class is 2 cloud shadow, 3 snow, 4 cloud or 255 fill "
-            "(0 clear land and 1 water are kept). The fmask band is not composited.\n\n"
+            "An observation is invalid where any of its bands is no-data, fill (DN 0 in Landsat and Sentinel-2 "
+            "products) or NaN, or where its QA says cloud, cloud shadow, cirrus or snow: CFmask classes 2 cloud "
+            "shadow, 3 snow, 4 cloud or 255 fill of a band described fmask (0 clear land and 1 water are kept), "
+            "QA_PIXEL's fill, cloud, dilated cloud, cirrus, shadow and snow bits, SCL classes 0, 3, 8, 9, 10, 11. "
+            "QA bands are not composited.\n\n"
             "METHOD median: per band median of the valid observations. Medoid (Flood 2013, Remote Sensing "
             "5:6481-6500): the valid observation with the smallest sum of Euclidean distances to all the others, "
             "so that all bands come from one date. Max-NDVI: the valid observation with the highest NDVI "
@@ -85,7 +90,7 @@ class CompositeScenesAlgorithm(ForestCarbonAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(RastersOrFoldersParameter(self.INPUTS, self.tr("Scenes (rasters or ESPA scene folders)")))
+        self.addParameter(RastersOrFoldersParameter(self.INPUTS, self.tr("Scenes (rasters or product folders)")))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"),
                                                      options=["median", "medoid", "max-NDVI"], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(

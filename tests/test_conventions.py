@@ -10,18 +10,24 @@ and ESA product rules (fill DN 0, scale/offset) written out by hand.
 from __future__ import annotations
 
 import json
+import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from forest_carbon_plugin.core.composite import composite_scenes
 from forest_carbon_plugin.core.errors import ForestCarbonError
+from forest_carbon_plugin.core.harmonize import harmonize_scene
 from forest_carbon_plugin.core.inference import predict_raster
 from forest_carbon_plugin.core.modelcard import read_card
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
 from forest_carbon_plugin.core.progress import NullProgress
 
+from .conftest import shared_file
 from .onnx_models import pixel_model, pointwise_regressor
 
 WEIGHTS, BIAS = [0.8, -0.5, 1.3], 0.25
@@ -138,3 +144,160 @@ def test_unit_of_the_card_is_the_band_unit(tmp_path):
         assert _provenance(path)["unit"] == "Mg/ha"
     with rasterio.open(outs[0]) as src:  # and the values are still the model's: 3·x0 − x1 + 2
         np.testing.assert_allclose(src.read(1), 3 * x[0] - x[1] + 2, atol=1e-5)
+
+
+# -- fill: DN 0 of Landsat Level-1/Level-2 and Sentinel-2 is no-data in every band ------------------------------
+
+# USGS Collection-2 Level-2 surface reflectance (Landsat 8-9 C2 L2 Science Product Guide): SR = DN·2.75e-5 − 0.2
+C2_MULT, C2_ADD = 2.75e-5, -0.2
+
+
+def _edit_band(path, change, nodata="keep"):
+    """Rewrite a band file in place: ``change(dn) -> dn``; ``nodata=None`` removes the file's no-data tag."""
+    with rasterio.open(path, "r+") as dst:
+        dst.write(change(dst.read(1)), 1)
+        if nodata is None:
+            dst.nodata = None
+
+
+def _corner(shape, size):
+    """A triangle in the upper-left corner, as the slanted edge of a scene footprint."""
+    rows, cols = np.indices(shape)
+    return rows + cols < size
+
+
+def _read_all(path):
+    with rasterio.open(path) as src:
+        return list(src.descriptions), src.read()
+
+
+def test_landsat_level1_fill_is_nodata_though_the_file_says_255(tmp_path):
+    """RStoolbox tags its TM Level-1 bands with no-data 255, yet DN 0 is the Level-1 fill: both are no-data in
+    every output band; every other pixel is the hand-computed TOA reflectance (ρ = π·L·d²/(ESUN·cos θs))."""
+    source = shared_file("imagery", "landsat5_tm_amazon")
+    folder = tmp_path / "tm"
+    shutil.copytree(source, folder)
+    bands = sorted(folder.glob("*_B[1-57].TIF"))
+    with rasterio.open(bands[0]) as src:
+        fill = _corner(src.shape, 80)
+        assert src.nodata == 255
+    for path in bands:
+        _edit_band(path, lambda dn: np.where(fill, 0, dn).astype(dn.dtype))
+    out = tmp_path / "toa.tif"
+    harmonize_scene(folder, out, reference_grid=bands[0], brdf=False)
+    names, data = _read_all(out)
+    assert np.isnan(data[:, fill]).all()  # fill: no-data in all six bands
+    doy = 227  # 14 Aug 1988
+    d = 1 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
+    cos_sz = math.cos(math.radians(90 - 49.75588889))  # SUN_ELEVATION of the MTL
+    stack = np.stack([rasterio.open(p).read(1) for p in bands])
+    valid = ~fill & (stack != 255).all(axis=0)
+    for number, (m, a, esun) in {3: (1.044, -2.21398, 1536), 4: (0.876, -2.38602, 1031)}.items():
+        with rasterio.open(folder / f"LT52240631988227CUB02_B{number}.TIF") as src:
+            q = src.read(1).astype(float)
+        got = data[names.index({3: "red", 4: "nir"}[number])]
+        np.testing.assert_allclose(got[valid], (math.pi * (m * q + a) * d ** 2 / (esun * cos_sz))[valid], rtol=3e-4)
+        assert np.isnan(got[~valid]).all()
+
+
+def test_landsat_c2_level2_fill_without_a_nodata_tag(imagery_scene, tmp_path):
+    """A Collection-2 Level-2 band whose file carries no no-data tag: DN 0 (fill) is still no-data, in every
+    band, where QA_PIXEL says nothing; elsewhere SR = DN·2.75e-5 − 0.2."""
+    scene, manifest = imagery_scene
+    folder = tmp_path / "l2"
+    shutil.copytree(scene / manifest["landsat"]["product"], folder)
+    red_path = next(folder.glob("*_SR_B4.TIF"))
+    with rasterio.open(red_path) as src:
+        fill = _corner(src.shape, 8)
+    for path in folder.glob("*_SR_B?.TIF"):
+        _edit_band(path, lambda dn: np.where(fill, 0, dn).astype(dn.dtype), nodata=None)
+    qa = rasterio.open(next(folder.glob("*_QA_PIXEL.TIF"))).read(1).astype(int)
+    out = tmp_path / "sr.tif"
+    harmonize_scene(folder, out, reference_grid=red_path, brdf=False)
+    names, data = _read_all(out)
+    assert np.isnan(data[:, fill]).all()
+    clear = ~fill & ((qa & 0b11111) == 0)  # QA_PIXEL bits 0-4: fill, dilated cloud, cirrus, cloud, shadow
+    assert np.isfinite(data[:, clear]).all()
+    dn = rasterio.open(red_path).read(1).astype(float)
+    np.testing.assert_allclose(data[names.index("red")][clear], (dn * C2_MULT + C2_ADD)[clear], atol=1e-6)
+
+
+def test_sentinel2_fill_is_checked_before_the_offset(imagery_scene, tmp_path):
+    """Sentinel-2 L2A (baseline ≥ 04.00, BOA_ADD_OFFSET −1000): DN 0 is NODATA, not (0 − 1000)/10000 = −0.1, even
+    where the band files carry no no-data tag and SCL calls the pixel vegetation."""
+    from forest_carbon_plugin.simulate.optical import S2_BOA_ADD_OFFSET, S2_QUANTIFICATION
+
+    scene, manifest = imagery_scene
+    folder = tmp_path / Path(manifest["sentinel2"]["product"]).name
+    shutil.copytree(scene / manifest["sentinel2"]["product"], folder)
+    b11 = next(folder.rglob("*_B11_20m.tif"))
+    with rasterio.open(b11) as src:
+        fill20 = _corner(src.shape, 10)
+    for path in folder.rglob("*_B*_*m.tif"):
+        res = int(path.stem.rsplit("_", 1)[1][:-1])
+        factor = 20 / res  # the same ground area at 10, 20 and 60 m
+
+        def change(dn, factor=factor):  # every pixel that touches the 20 m triangle
+            rows, cols = np.indices(dn.shape)
+            return np.where(np.floor(rows / factor) + np.floor(cols / factor) < 10, 0, dn).astype(dn.dtype)
+
+        _edit_band(path, change, nodata=None)
+    scl_path = next(folder.rglob("*_SCL_20m.tif"))
+    _edit_band(scl_path, lambda scl: np.where(fill20, 4, scl).astype(scl.dtype))
+    out = tmp_path / "s2.tif"
+    harmonize_scene(folder, out, reference_grid=b11, brdf=False, bandpass=False)
+    names, data = _read_all(out)
+    assert np.isnan(data[:, fill20]).all()
+    scl = rasterio.open(scl_path).read(1)
+    dn = rasterio.open(b11).read(1).astype(float)
+    swir1 = data[names.index("swir1")]
+    clear = ~_corner(fill20.shape, 18) & np.isin(scl, (4, 5))  # past the 60 m fill's edge, vegetation or soil
+    assert clear.sum() > 100
+    np.testing.assert_allclose(swir1[clear], ((dn + S2_BOA_ADD_OFFSET) / S2_QUANTIFICATION)[clear], atol=1e-6)
+    assert np.nanmin(data) > -0.05  # no −0.1 from a fill pixel
+
+
+# -- compositescenes reads the product layouts harmonizescene reads ---------------------------------------
+
+def test_composite_of_collection2_level2_folders(imagery_scene, tmp_path):
+    """Two C2 L2 folders (the second 200 DN brighter) and a fully clouded one: the median is the mean of the two
+    clear observations in USGS's scaling, QA_PIXEL's cloud/shadow/fill pixels are out, the clouded scene adds
+    nothing (valid_count 2 at most)."""
+    scene, manifest = imagery_scene
+    product = scene / manifest["landsat"]["product"]
+    a, b, cloudy = (tmp_path / k / product.name for k in ("a", "b", "cloudy"))
+    for folder in (a, b, cloudy):
+        shutil.copytree(product, folder)
+    for path in b.glob("*_SR_B?.TIF"):
+        _edit_band(path, lambda dn: (dn + 200).astype(dn.dtype))
+    _edit_band(next(cloudy.glob("*_QA_PIXEL.TIF")), lambda qa: np.full_like(qa, 1 << 3))  # cloud bit everywhere
+    out = tmp_path / "median.tif"
+    composite_scenes([str(a), str(cloudy), str(b)], out, "median")
+    names, data = _read_all(out)
+    assert names[-1] == "valid_count" and {"red", "nir"} <= set(names)
+    qa = rasterio.open(next(a.glob("*_QA_PIXEL.TIF"))).read(1).astype(int)
+    clear = (qa & 0b111111) == 0  # fill, dilated cloud, cirrus, cloud, shadow, snow
+    assert 0 < clear.mean() < 1
+    np.testing.assert_array_equal(data[-1], np.where(clear, 2, 0))
+    for name, number in (("red", 4), ("nir", 5)):
+        dn_a = rasterio.open(next(a.glob(f"*_SR_B{number}.TIF"))).read(1).astype(float)
+        dn_b = rasterio.open(next(b.glob(f"*_SR_B{number}.TIF"))).read(1).astype(float)
+        expected = np.median(np.stack([dn_a, dn_b]) * C2_MULT + C2_ADD, axis=0)
+        got = data[names.index(name)]
+        np.testing.assert_allclose(got[clear], expected[clear], atol=1e-6)
+        assert np.isnan(got[~clear]).all()
+    red = data[names.index("red")][clear]
+    assert 0 < np.median(red) < 0.2  # reflectance, not DN·1e-4 as an ESPA folder would be read
+
+
+def test_composite_refuses_a_folder_it_cannot_read(tmp_path, forestcarbon_provider):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    odd = tmp_path / "downloads"
+    odd.mkdir()
+    (odd / "B4.tif").write_bytes(b"not a raster")
+    with pytest.raises(QgsProcessingException, match=r"'.*downloads' is not a product layout the plugin reads.*"
+                                                     r"Landsat.*Sentinel-2.*ESPA"):
+        processing.run("forestcarbon:compositescenes", {"INPUTS": [str(odd)], "OUTPUT": str(tmp_path / "c.tif")})
+    assert not (tmp_path / "c.tif").exists()

@@ -282,11 +282,12 @@ def test_pre_collection_landsat8_json_mtl_gives_toa(tmp_path):
     assert any("Bands not found" in w and "coastal" in w for w in progress.warnings)
     names, data, _, _ = _read(out)
     assert names == ["blue", "green", "red"]
-    with rasterio.open(folder / "tiny_LC80460282016177LGN00_B3.TIF") as src:
-        q = src.read(1).astype(float)
-    valid = q > 0
+    dn = {b: rasterio.open(folder / f"tiny_LC80460282016177LGN00_B{b}.TIF").read(1).astype(float) for b in (2, 3, 4)}
+    q = dn[3]
+    valid = (dn[2] > 0) & (dn[3] > 0) & (dn[4] > 0)  # DN 0 is Level-1 fill: no-data in every band
     expected = (2e-05 * q - 0.1) / math.sin(math.radians(62.58246948))
     np.testing.assert_allclose(data[1][valid], expected[valid], rtol=1e-5, atol=1e-6)
+    assert (~valid).sum() > 0.3 * valid.size and np.isnan(data[:, ~valid]).all()
 
 
 def test_sentinel2_l1c_bands_at_10_20_60_m_on_one_grid(tmp_path):
@@ -303,9 +304,13 @@ def test_sentinel2_l1c_bands_at_10_20_60_m_on_one_grid(tmp_path):
         b04 = src.read(1).astype(float)
     with rasterio.open(img / "T33UUU_20170216T102101_B11.jp2") as src:
         b11 = src.read(1).astype(float)
+    with rasterio.open(img / "T33UUU_20170216T102101_B8A.jp2") as src:
+        fill = src.read(1) == 0  # one NODATA pixel (DN 0) in B8A: no-data in every band
+    assert fill.sum() == 1 and np.isnan(data[:, fill]).all()
     # 10 m → 20 m: area average; 20 m → 20 m: the values themselves (×0.9765 + 0.0009 for red: bandpass)
-    np.testing.assert_allclose(data[names.index("red")], 0.9765 * _block_mean(b04, 2) / 10000 + 0.0009, atol=1e-6)
-    np.testing.assert_allclose(data[names.index("swir1")], 0.9987 * b11 / 10000 - 0.0011, atol=1e-6)
+    np.testing.assert_allclose(data[names.index("red")][~fill],
+                               (0.9765 * _block_mean(b04, 2) / 10000 + 0.0009)[~fill], atol=1e-6)
+    np.testing.assert_allclose(data[names.index("swir1")][~fill], (0.9987 * b11 / 10000 - 0.0011)[~fill], atol=1e-6)
     assert np.isfinite(data[names.index("coastal")]).mean() > 0.99  # 60 m B01 resampled onto the grid
 
 

@@ -1,15 +1,24 @@
 """Per-pixel temporal composites of harmonized scenes: median, medoid, maximum NDVI.
 
 Inputs are rasters whose bands are described with the plugin's band names (red, nir, …;
-the output of ``harmonizescene``) or ESPA scene folders (:mod:`.espa`). Bands are matched
-across scenes by description (lower-cased; an undescribed band is named ``band_<n>`` and so
-matches by position); the composite holds the bands common to all scenes, in the first
-scene's order, each as DN × scale + offset (the GDAL scale/offset of the band, 1e-4 for ESPA).
+the output of ``harmonizescene``), or products as delivered, in every layout harmonizescene
+reads (:func:`.products.product_layout`, the one detection both use): Landsat Level-1 and
+Collection-2 Level-2 folders with their MTL, Sentinel-2 L1C/L2A folders, and ESPA scene
+folders (:mod:`.espa`). Bands are matched across scenes by description or common name
+(lower-cased; an undescribed band is named ``band_<n>`` and so matches by position); the
+composite holds the bands common to all scenes, in the first scene's order, each as DN × scale
++ offset: the GDAL scale/offset of a raster's band, the product's own scaling for a product
+(Landsat C2 L2 SR = DN·2.75e-5 − 0.2 or its MTL's values, Level-1 TOA from the MTL, Sentinel-2
+(DN + offset)/QUANTIFICATION_VALUE; :mod:`.products`), 1e-4 for ESPA. A folder in none of these
+layouts is refused with the layouts listed.
 
-An observation (a scene at a pixel) is invalid when any of its bands is no-data or NaN, or
-when the scene has a band described ``fmask`` whose CFmask class is not 0 (clear land) or
-1 (water): 2 cloud shadow, 3 snow, 4 cloud and 255 fill are masked. The mask band is not
-composited. Scenes on another grid are read onto the first scene's grid with nearest
+An observation (a scene at a pixel) is invalid when any of its bands is no-data (the file's, or
+the product's fill: DN 0 for Landsat and Sentinel-2) or NaN, or when its QA says cloud, cloud
+shadow, cirrus or snow: CFmask classes 2 shadow, 3 snow, 4 cloud and 255 fill of a band
+described ``fmask`` or an ESPA/Landsat Fmask file (0 clear land and 1 water are kept); a
+Collection-2 QA_PIXEL's fill, dilated cloud, cirrus, cloud, shadow and snow bits; Sentinel-2 SCL
+classes 0, 3, 8, 9, 10, 11. Mask bands are not composited. A product's bands are read onto its
+finest band's grid. Scenes on another grid are read onto the first scene's grid with nearest
 neighbour (no mixing of dates or of cloud edges; harmonize scenes onto one grid first for a
 proper resampling).
 
@@ -37,12 +46,18 @@ import numpy as np
 
 from .blocks import RasterGrid, Readers, overlaps, process_blocks
 from .errors import ForestCarbonError
-from .espa import FMASK_FILL, is_espa_folder, read_espa_scene
+from .espa import FMASK_FILL, read_espa_scene
+from .masks import MASKERS
 from .outputs import provenance
+from .products import LAYOUTS, open_product, product_layout
 
 METHODS = ("median", "medoid", "max_ndvi")
 MASK_NAME = "fmask"
 KEEP_CLASSES = (0, 1)  # CFmask clear land, water
+#: the classes a product's QA_PIXEL or SCL leaves out of a composite (fill always)
+QA_CLASSES = ("cloud", "cloud_shadow", "cirrus", "snow")
+#: the fill value of each QA layer a product may have (read as no-data when warped)
+QA_FILL = {"qa_pixel": 1, "scl": 0, "fmask": FMASK_FILL}
 #: the (scenes × bands) block buffer of one worker is kept under this many bytes
 BLOCK_BUDGET = 64 * 2**20
 
@@ -58,6 +73,8 @@ class SceneBand:
     #: the value that marks pixels outside the file when it is read onto another grid (None: the
     #: file's own no-data; NaN or -0.5, which no integer takes, when it has none)
     outside: float | None = None
+    #: the file's own no-data where a product's fill (``nodata``) is another value
+    file_nodata: float | None = None
 
 
 def _outside(src, band: int):
@@ -72,6 +89,8 @@ class Scene:
     bands: tuple[SceneBand, ...]
     mask: SceneBand | None
     grid: RasterGrid
+    mask_kind: str = "fmask"  # CFmask classes; or a product's "qa_pixel" / "scl" (:data:`.masks.MASKERS`)
+    layout: str = "raster"
 
     def band(self, name: str) -> SceneBand:
         return next(b for b in self.bands if b.name == name)
@@ -82,10 +101,14 @@ def open_scene(source) -> Scene:
     import rasterio
 
     path = Path(source)
+    layout = product_layout(path) if path.exists() else None
+    if path.is_dir() and layout is None:
+        raise ForestCarbonError(
+            f"The folder '{path}' is not a product layout the plugin reads: give " + "; ".join(LAYOUTS.values())
+            + "; or raster files whose bands are described red, nir, … (harmonizescene's outputs).")
+    if layout in ("landsat", "sentinel2"):
+        return _product_scene(path, layout)
     if path.is_dir():
-        if not is_espa_folder(path):
-            raise ForestCarbonError(f"{path} is a folder without *_b<N>.tif band files: give raster files, or "
-                                    "ESPA scene folders.")
         espa = read_espa_scene(path)
         bands = []
         for b in espa.bands:
@@ -94,7 +117,7 @@ def open_scene(source) -> Scene:
                 if len(bands) == 1:
                     grid = RasterGrid.of(src)
         mask = espa.mask and SceneBand(str(espa.mask.path), 1, MASK_NAME, 1.0, 0.0, float(FMASK_FILL))
-        return Scene(str(path), tuple(bands), mask, grid)
+        return Scene(str(path), tuple(bands), mask, grid, layout="espa")
     try:
         src = rasterio.open(path)
     except Exception as exc:  # noqa: BLE001 - rasterio raises several types
@@ -112,6 +135,25 @@ def open_scene(source) -> Scene:
             bands.append(SceneBand(str(path), i, name, float(src.scales[i - 1] or 1.0),
                                    float(src.offsets[i - 1] or 0.0), src.nodatavals[i - 1], _outside(src, i)))
         return Scene(str(path), tuple(bands), mask, RasterGrid.of(src))
+
+
+def _product_scene(path: Path, layout: str) -> Scene:
+    """A Landsat or Sentinel-2 product (:func:`.products.open_product`) as a scene on its finest band's grid."""
+    import rasterio
+
+    product = open_product(path)
+    bands = []
+    for b in product.bands.values():
+        with rasterio.open(b.path) as src:
+            bands.append(SceneBand(str(b.path), 1, b.name, b.scale, b.offset, b.nodata, _outside(src, 1),
+                                   b.file_nodata))
+    finest = min(product.bands.values(), key=lambda b: b.res_m)
+    with rasterio.open(finest.path) as src:
+        grid = RasterGrid.of(src)
+    mask = None
+    if product.qa_path is not None:
+        mask = SceneBand(str(product.qa_path), 1, MASK_NAME, 1.0, 0.0, float(QA_FILL[product.qa_kind]))
+    return Scene(str(path), tuple(bands), mask, grid, mask_kind=product.qa_kind or "fmask", layout=layout)
 
 
 def common_bands(scenes: Sequence[Scene]) -> list[str]:
@@ -248,14 +290,18 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
             arr = readers.read(b.path, window, b.band, resampling=Resampling.nearest, src_nodata=b.outside)
             data = np.asarray(np.ma.getdata(arr), dtype=np.float64)
             invalid |= np.ma.getmaskarray(arr) | ~np.isfinite(data)
-            if b.nodata is not None and not math.isnan(b.nodata):
-                invalid |= data == b.nodata
+            for nodata in (b.nodata, b.file_nodata):
+                if nodata is not None and not math.isnan(nodata):
+                    invalid |= data == nodata
             out[k] = data * b.scale + b.offset
         if scene.mask is not None:
             m = readers.read(scene.mask.path, window, scene.mask.band, resampling=Resampling.nearest,
-                             src_nodata=FMASK_FILL)
+                             src_nodata=scene.mask.nodata)
             classes = np.asarray(np.ma.getdata(m))
-            invalid |= np.ma.getmaskarray(m) | ~np.isin(classes, KEEP_CLASSES)
+            if scene.mask_kind == "fmask":
+                invalid |= np.ma.getmaskarray(m) | ~np.isin(classes, KEEP_CLASSES)
+            else:
+                invalid |= np.ma.getmaskarray(m) | MASKERS[scene.mask_kind](classes, QA_CLASSES)
         out[:, invalid] = np.nan
         return out
 

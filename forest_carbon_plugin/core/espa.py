@@ -33,6 +33,7 @@ FMASK_FILL = 255
 FMASK_CLASSES = {0: "clear", 1: "water", 2: "cloud shadow", 3: "snow", 4: "cloud", 255: "fill"}
 
 _BAND_FILE = re.compile(r"_(?:sr_)?b(?:and)?(\d{1,2})\.tiff?$", re.IGNORECASE)
+_LANDSAT_ID = re.compile(r"^L[CTEOM]0?\d", re.IGNORECASE)
 _MASK_FILE = re.compile(r"_c?fmask\.tiff?$", re.IGNORECASE)
 
 
@@ -61,9 +62,10 @@ class EspaScene:
 
 
 def is_espa_folder(path) -> bool:
-    """True for a folder holding at least one ``*_b<N>.tif`` / ``*_sr_band<N>.tif`` file."""
+    """True for a folder holding at least one ``<Landsat id>…_b<N>.tif`` / ``…_sr_band<N>.tif`` file (the Landsat id
+    keeps Sentinel-2 band files saved as ``…_B04.tif`` out)."""
     folder = Path(path)
-    return folder.is_dir() and any(_BAND_FILE.search(p.name) for p in folder.iterdir())
+    return folder.is_dir() and any(_BAND_FILE.search(p.name) and _LANDSAT_ID.match(p.name) for p in folder.iterdir())
 
 
 def scene_date(scene_id: str) -> _dt.date | None:

@@ -15,7 +15,10 @@
 5. resampling to the target grid: area average when coarsening, bilinear otherwise.
 
 Output: a float32 Cloud-Optimized GeoTIFF, bands named in OLI's convention (coastal … swir2,
-then re1-re3 and nir_broad for MSI), NaN where masked, with provenance tags.
+then re1-re3 and nir_broad for MSI), NaN where masked, with provenance tags. Fill is no-data in
+every band: DN 0 of Landsat Level-1 and Level-2 and Sentinel-2 L1C/L2A bands (tested on the DN,
+before any offset), the band file's own no-data value too, and QA fill; a pixel no-data in one
+band is no-data in all.
 """
 
 from __future__ import annotations
@@ -212,6 +215,7 @@ class _Plan:
         self.readers = Readers(grid)
         self.valid = 0
         self._lock = threading.Lock()
+        self._grid_of: dict = {}
         target_res = grid.res[0] * _metres_per_unit(grid.crs)
         from rasterio.enums import Resampling
 
@@ -228,6 +232,16 @@ class _Plan:
             dn = self.readers.read(band.path, window, resampling=self.resampling[band.name],
                                    src_nodata=band.nodata, dtype="float64")
             valid &= ~np.ma.getmaskarray(dn)
+            if band.nodata is not None and self._on_grid(band):  # read as it is: only its file's no-data masked
+                valid &= np.ma.getdata(dn) != band.nodata
+            elif band.nodata is not None:
+                # resampling leaves fill out of its sums, so a pixel by the footprint's edge could take its value
+                # from valid neighbours alone: any fill under an output pixel makes it no-data, as the QA does
+                value = band.nodata
+                valid &= ~self._project_mask(band.path, window, lambda raw, v=value: raw == v)
+            if band.file_nodata is not None:  # the file's own no-data besides the product's fill
+                value = band.file_nodata
+                valid &= ~self._project_mask(band.path, window, lambda raw, v=value: raw == v)
             values.append(np.ma.getdata(dn) * band.scale + band.offset)
         out = np.full((len(self.bands), rows, cols), np.nan, dtype=np.float32)
         if not valid.any():
@@ -246,6 +260,12 @@ class _Plan:
         with self._lock:
             self.valid += int(valid.sum())
         return out
+
+    def _on_grid(self, band) -> bool:
+        """Whether ``band``'s file lies on the output grid (read without resampling)."""
+        if band.name not in self._grid_of:
+            self._grid_of[band.name] = same_grid(RasterGrid.of(self.readers.dataset(band.path)), self.grid)
+        return self._grid_of[band.name]
 
     # -- masks -------------------------------------------------------------------------
     def _mask(self, window) -> np.ndarray:

@@ -59,6 +59,15 @@ MSI_PHYSICAL = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "
 S2_BASELINE_04_START = _dt.date(2022, 1, 25)
 S2B_LAUNCH = _dt.date(2017, 3, 7)
 L2_SR_MULT, L2_SR_ADD = 2.75e-5, -0.2
+LANDSAT_FILL = 0.0  # DN of fill in Landsat Level-1 and Collection-2 Level-2 bands
+MSI_NODATA = 0.0  # Sentinel-2 NODATA special value (L1C and L2A)
+#: the product layouts the plugin reads, as the messages name them
+LAYOUTS = {
+    "landsat": "a Landsat 4-9 Level-1 or Collection-2 Level-2 folder with its *_MTL.txt/.json/.xml",
+    "sentinel2": "a Sentinel-2 L1C/L2A .SAFE folder (or its MTD_MSIL1C/MTD_MSIL2A.xml, or band files with "
+                 "MTD_TL.xml)",
+    "espa": "an ESPA surface-reflectance folder (<scene id>_sr_band3.tif or _b3.tif, with _cfmask.tif)",
+}
 
 
 @dataclass
@@ -68,8 +77,11 @@ class BandSource:
     path: Path
     scale: float  # reflectance = DN·scale + offset
     offset: float
-    nodata: float | None
+    nodata: float | None  # the product's fill DN (Landsat and Sentinel-2: 0), excluded when resampling
     res_m: float
+    #: the band file's own no-data value where it differs from the product's fill (masked as well): e.g. the 255
+    #: some tools tag on 8-bit TM bands, where DN 0 is still the Level-1 fill
+    file_nodata: float | None = None
 
 
 @dataclass
@@ -116,7 +128,39 @@ class Product:
         return xs[0], ys[0]
 
 
+def _other_nodata(file_nodata, fill: float) -> float | None:
+    return None if file_nodata is None or file_nodata == fill else float(file_nodata)
+
+
 # --------------------------------------------------------------------------- entry point
+
+def product_layout(path) -> str | None:
+    """Which product layout ``path`` (a folder or a metadata file) is: a key of :data:`LAYOUTS`, or None.
+
+    The one detection behind harmonizescene and compositescenes. Landsat's MTL comes first: a Collection-2
+    Level-2 folder also holds ``*_SR_B4.TIF`` files, which look like ESPA's band names to a pattern."""
+    from .espa import is_espa_folder
+
+    path = Path(path)
+    if path.is_file():
+        name = path.name.upper()
+        if "_MTL" in name or name.startswith("MTL"):
+            return "landsat"
+        if name.startswith("MTD_MSIL") or name == "MTD_TL.XML":
+            return "sentinel2"
+        return None
+    if not path.is_dir():
+        return None
+    if any(p.is_file() and re.search(r"_MTL\.(txt|json|xml)$", p.name, re.I) for p in path.iterdir()):
+        return "landsat"
+    if any((path / name).is_file() for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")):
+        return "sentinel2"
+    if is_espa_folder(path):
+        return "espa"
+    if _find_msi_bands(path):
+        return "sentinel2"
+    return None
+
 
 def open_product(path) -> Product:
     """Detect and open a Landsat or Sentinel-2 product from its folder or metadata file."""
@@ -124,6 +168,11 @@ def open_product(path) -> Product:
     if not path.exists():
         raise ForestCarbonError(f"'{path}' does not exist: give a product folder or its metadata file "
                                 "(Landsat *_MTL.txt/.json/.xml, Sentinel-2 MTD_MSIL2A.xml/MTD_MSIL1C.xml).")
+    if path.is_dir() and product_layout(path) == "espa":
+        raise ForestCarbonError(
+            f"'{path}' is an ESPA surface-reflectance folder: it has no MTL or sun/view angles to harmonize with. "
+            "Composite it as it is (forestcarbon:compositescenes reads ESPA folders), or harmonize the scene's "
+            "Collection-2 product with its MTL.")
     if path.is_file():
         name = path.name.upper()
         if "_MTL" in name or name.startswith("MTL"):
@@ -286,10 +335,11 @@ def _open_landsat(mtl_path: Path) -> Product:
                 scale, offset = lmult * k, ladd * k
                 notes["toa_formula"] = "π·(RADIANCE_MULT·Q + RADIANCE_ADD)·d²/(ESUN·cos θs), ESUN: Chander et al. 2009"
                 notes["earth_sun_distance_au"] = d_au
-        nodata, res = _band_profile(band_path)
-        if nodata is None and not is_sr:
-            nodata = 0.0  # Level-1 fill is DN 0
-        bands[name] = BandSource(name, f"B{number}", band_path, scale, offset, nodata, res)
+        file_nodata, res = _band_profile(band_path)
+        # DN 0 is fill in every Landsat product, Level-1 (outside the footprint) and Collection-2 Level-2 (USGS
+        # LSDS-1619 Landsat 8-9 C2 L2 Science Product Guide, SR fill value 0), whatever no-data the file carries
+        bands[name] = BandSource(name, f"B{number}", band_path, scale, offset, LANDSAT_FILL, res,
+                                 _other_nodata(file_nodata, LANDSAT_FILL))
     _check_bands(bands, LANDSAT_BANDS[sensor].values(), mtl_path, warnings)
     crs, bounds = _common_grid_info(bands)
     qa_name = _get(groups, "FILE_NAME_QUALITY_L1_PIXEL", default=None)
@@ -509,9 +559,11 @@ def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
             continue
         path = confined(folder, files[band_id].get(native) or files[band_id][min(files[band_id])],
                         "The product's file")
-        nodata, res = _band_profile(path)
+        file_nodata, res = _band_profile(path)
+        # DN 0 is NODATA in L1C and L2A alike (the product metadata's Special_Values), before BOA/RADIO_ADD_OFFSET:
+        # checked on the DN, never on the reflectance
         bands[name] = BandSource(name, band_id, path, 1.0 / quant, offsets.get(band_id, 0.0) / quant,
-                                 0.0 if nodata is None else nodata, res)
+                                 MSI_NODATA, res, _other_nodata(file_nodata, MSI_NODATA))
     bands = {k: bands[k] for k in OUTPUT_ORDER if k in bands}
     _check_bands(bands, [v[0] for v in MSI_BANDS.values()], folder, warnings)
     crs, bounds = _common_grid_info(bands)

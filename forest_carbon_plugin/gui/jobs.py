@@ -1,4 +1,5 @@
-"""The session's long runs: every QgsTask the plugin starts, listed by the jobs dock.
+"""The session's long runs, listed by the jobs dock: every Forest Carbon algorithm run and every QgsTask
+the plugin starts.
 
 Three ways in:
 
@@ -6,7 +7,6 @@ Three ways in:
   is listed while the plugin's GUI is loaded: :class:`RunListener` hears the algorithms' run wrapper
   (``processing_provider.base.RUN_LISTENERS``) and makes a :class:`RunJob` driven by the run's
   feedback (progress, log; Cancel cancels that feedback, as the toolbox dialog's own button does);
-
 - :func:`run_algorithm` — a Processing algorithm (``forestcarbon:predictraster``…) as a
   ``QgsProcessingAlgRunnerTask``; its log is the algorithm's feedback, its outputs the result paths.
 - :func:`register_task` — any ``QgsTask`` (a remote Dask job, a derived layer…)::

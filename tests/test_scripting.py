@@ -120,3 +120,32 @@ def test_modelinfo_with_its_first_output_only(tmp_path, forestcarbon_provider):
     assert [t["name"] for t in json.loads((tmp_path / "m.json").read_text())["model"]["inputs"]] == ["x"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["affine.onnx", "m.json"]
     assert "OUTPUT_HTML" not in result or not result["OUTPUT_HTML"]
+
+
+def test_carbonstock_and_trainmodel_with_their_first_output_only(tmp_path, forestcarbon_provider):
+    """The report the caller left out is written to a temporary file (the numbers' JSON lies beside it); nothing
+    is written beside the named output but what it always was."""
+    import processing
+
+    from .test_carbon import _scene_files
+    from .test_train import _smooth, _write
+
+    agb, _, projects = _scene_files(tmp_path)
+    out = tmp_path / "named" / "carbon.gpkg"
+    out.parent.mkdir()
+    carbon = processing.run("forestcarbon:carbonstock", {"AGB": agb, "PROJECTS": projects, "ECOZONE": 10,
+                                                         "OUTPUT": str(out)})
+    assert carbon["OUTPUT"] == str(out) and sorted(p.name for p in out.parent.iterdir()) == ["carbon.gpkg"]
+    assert json.loads(Path(carbon["OUTPUT_JSON"]).read_text())["records"][0]["co2e_total_t"] > 0
+
+    rng = np.random.default_rng(3)
+    fields = np.stack([_smooth(rng, (40, 40), 3) for _ in range(2)])
+    features = _write(tmp_path / "features.tif", fields, descriptions=["a", "b"])
+    target = _write(tmp_path / "target.tif", 10 + 4 * fields[0] + rng.normal(0, 0.5, (40, 40)), nodata=-9999)
+    model = tmp_path / "named" / "model.onnx"
+    trained = processing.run("forestcarbon:trainmodel", {"FEATURES": [str(features)], "TARGET": str(target),
+                                                         "MODEL_TYPE": 1, "FOLDS": 3, "MAX_SAMPLES": 500,
+                                                         "OUTPUT_MODEL": str(model)})
+    assert trained["OUTPUT_MODEL"] == str(model) and model.stat().st_size > 0
+    assert sorted(p.name for p in model.parent.iterdir()) == ["carbon.gpkg", "model.onnx"]
+    assert json.loads(Path(trained["OUTPUT_JSON"]).read_text())

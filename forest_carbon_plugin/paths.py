@@ -21,6 +21,8 @@ def _first_existing(name: str) -> Path:
 
 RESOURCES_DIR = _first_existing("resources")
 METADATA_FILE = _first_existing("metadata.txt")
+DOCS_DIR = _first_existing("docs")  #: shipped in the zip: the algorithms' help pages link to it offline
+README_FILE = _first_existing("README.md")
 ICON_SVG = RESOURCES_DIR / "icons" / "forest_carbon.svg"
 ICON_PNG = RESOURCES_DIR / "icons" / "icon.png"
 SAMPLE_DATA_DIR = RESOURCES_DIR / "sample_data"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import traceback
+from pathlib import Path
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -151,6 +152,9 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         process = cls.__dict__.get("processAlgorithm")
         if process is not None and not getattr(process, "_safe_outputs", False):
             cls.processAlgorithm = _safe_outputs(process)
+        helper = cls.__dict__.get("shortHelpString")
+        if helper is not None and not getattr(helper, "_with_labels", False):
+            cls.shortHelpString = _help_with_labels(helper)
 
     def parameterAsSink(self, parameters, name, context, *args, **kwargs):  # noqa: N802
         """QGIS's sink, remembered so that the run finalizes it before it returns (see :func:`_safe_outputs`)."""
@@ -186,6 +190,28 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self):
         return QIcon(str(ICON_SVG))
+
+    def shortDescription(self) -> str:  # noqa: N802
+        from .find_and_read import ALGORITHMS
+
+        return self.tr(ALGORITHMS.get(self._name, ("",))[0])
+
+    def tags(self) -> list:
+        from .find_and_read import ALGORITHMS
+
+        return [self.tr(tag) for tag in ALGORITHMS.get(self._name, ("", ()))[1]]
+
+    def helpUrl(self) -> str:  # noqa: N802
+        """A page written from this algorithm beside the profile: opens offline, never stale."""
+        from qgis.core import QgsApplication
+
+        from .find_and_read import help_page
+
+        try:
+            folder = Path(QgsApplication.qgisSettingsDirPath()) / "forest_carbon_help"
+            return help_page(self, folder).resolve().as_uri()
+        except OSError:
+            return ""  # a read-only profile: QGIS then hides the Help button rather than opening nothing
 
     def canExecute(self):  # noqa: N802
         missing = missing_dependencies(self.requirements)
@@ -305,6 +331,19 @@ def _tell_listeners(event: str, *args) -> list:
 
             QgsMessageLog.logMessage(traceback.format_exc(), "Forest Carbon", Qgis.MessageLevel.Warning)
     return answers
+
+
+def _help_with_labels(helper):
+    """A subclass's shortHelpString with parameter ids replaced by the labels the dialog shows."""
+
+    @functools.wraps(helper)
+    def short_help(self):
+        from .find_and_read import with_labels
+
+        return with_labels(self, helper(self))
+
+    short_help._with_labels = True
+    return short_help
 
 
 def _safe_outputs(process):

@@ -27,9 +27,10 @@ def test_hidden_onnxruntime_gives_message_and_clean_failure(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(report_path.read_text())
-    # the message bar names the package and the pip command for this Python
+    # the message bar names the package and offers the installer
     (warning,) = [w for w in report["warnings"] if "onnxruntime" in w]
-    assert "-m pip install" in warning
+    assert "Install dependencies" in warning
+    assert report["install_buttons"] == ["Install dependencies…"]
     # the algorithm that needs it fails with the pip command, and writes nothing
     assert "-m pip install" in report["modelinfo"] and "onnxruntime" in report["modelinfo"]
     assert "Traceback" not in report["modelinfo"]
@@ -73,3 +74,41 @@ def test_pip_command_targets_this_python():
     command = dependencies.pip_command([dependencies.DEPENDENCIES["laspy"]])
     assert command.startswith(dependencies.qgis_python_executable())
     assert "laspy" in command
+
+
+def test_install_command_per_platform(tmp_path):
+    deps = [dependencies.DEPENDENCIES["onnxruntime"], dependencies.DEPENDENCIES["laspy"]]
+    linux = dependencies.install_command(deps, tmp_path / "py311", tmp_path / "c.txt", python="/usr/bin/python3.11",
+                                         platform="linux")
+    assert linux == (f"/usr/bin/python3.11 -m pip install --target {tmp_path / 'py311'} -c {tmp_path / 'c.txt'} "
+                     "'onnxruntime>=1.17,<2' 'laspy>=2.5,<3'")
+    windows = dependencies.install_command(deps, r"C:\Users\a b\QGIS3\python\forest_carbon_deps\py312",
+                                           r"C:\c.txt", platform="win32")
+    # the OSGeo4W Shell's python is QGIS's; cmd.exe quotes with double quotes (and < > must be inside them)
+    assert windows == ('python -m pip install --target "C:\\Users\\a b\\QGIS3\\python\\forest_carbon_deps\\py312" '
+                       '-c "C:\\c.txt" "onnxruntime>=1.17,<2" "laspy>=2.5,<3"')
+    mac = dependencies.install_command(deps, "/t", "/c", python="/Applications/QGIS.app/Contents/MacOS/bin/python3",
+                                       platform="darwin")
+    assert mac.startswith("/Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip install --target /t -c /c ")
+
+
+def test_dependency_folder_comes_after_qgis_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = dependencies.deps_dir(tmp_path)
+    assert folder == tmp_path / "python" / "forest_carbon_deps" / f"py{sys.version_info[0]}{sys.version_info[1]}"
+    assert dependencies.add_deps_dir(folder) is False and str(folder) not in sys.path  # not made until installed
+    (folder / "fc_probe_pkg").mkdir(parents=True)
+    (folder / "fc_probe_pkg" / "__init__.py").write_text("VALUE = 7\n")
+    before = list(sys.path)
+    assert dependencies.add_deps_dir(folder) and dependencies.add_deps_dir(folder)
+    assert sys.path == before + [str(folder)]  # once, at the end
+    assert dependencies.is_available("fc_probe_pkg")
+
+
+def test_pins_are_what_this_python_runs():
+    import numpy
+
+    pins = dependencies.installed_pins()
+    assert pins["numpy"] == numpy.__version__.split("+")[0]
+    text = dependencies.constraints_text(pins)
+    assert f"numpy=={pins['numpy']}\n" in text and text.count("\n") == len(pins)

@@ -130,3 +130,41 @@ def test_install_dependencies_into_a_fresh_profile(tmp_path, local_index, plugin
     # the graph affine_model wrote: input x, (N, 3, H, W), read by the onnxruntime just installed
     text = json.dumps(json.loads((tmp_path / "model.json").read_text()))
     assert '"name": "x", "shape": ["N", 3, "H", "W"]' in text and "CPUExecutionProvider" in text
+
+
+def test_dialog_runs_pip_in_a_task_and_shows_its_log(qgis_app, qgis_iface, tmp_path, monkeypatch):
+    """The button's path in QGIS: the dialog lists what is missing, shows the copyable command, runs the
+    installer in a QgsTask (the UI keeps turning) and shows pip's own failure when the index has nothing."""
+    import time
+
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from forest_carbon_plugin.gui.installer import InstallDialog
+
+    fake = dependencies.Dependency("fc_no_such_module", "fc-no-such-module==1.0", "testing the installer")
+    monkeypatch.setitem(dependencies.DEPENDENCIES, fake.module, fake)
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")  # the discard port: nothing answers
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    dialog = InstallDialog()
+    assert [d.module for d in dialog.missing] == ["fc_no_such_module"]
+    assert "fc-no-such-module==1.0" in dialog.command.text() and "--target" in dialog.command.text()
+    assert dialog.install_button.isEnabled() and not dialog.cancel_button.isEnabled()
+    dialog.start()
+    assert dialog.task is not None and not dialog.close_button.isEnabled()
+    ticks, deadline = 0, time.monotonic() + 120
+    while dialog.task is not None and time.monotonic() < deadline:
+        QApplication.processEvents()
+        ticks += 1
+        time.sleep(0.02)
+    assert dialog.task is None, "the installer task did not end"
+    assert ticks > 5  # the event loop kept running while pip ran
+    log = dialog.log.toPlainText()
+    assert "--dry-run" in log and "fc-no-such-module" in log and "pip failed" in log
+    assert dialog.install_button.isEnabled() and dialog.close_button.isEnabled()
+    assert QgsApplication.taskManager().count() == 0 or all(
+        t.description() != "Forest Carbon: install dependencies" for t in QgsApplication.taskManager().activeTasks())
+    dialog.close()

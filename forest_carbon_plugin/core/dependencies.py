@@ -269,8 +269,9 @@ def install_command(deps, target, constraints, python: str | None = None, platfo
     else:
         quote = shlex.quote
         python = python or qgis_python_executable()
-    return " ".join([quote(python), "-m", "pip", "install", "--target", quote(str(target)),
-                     "-c", quote(str(constraints))] + [quote(r) for r in requirements])
+    program = python if python == "python" else quote(python)
+    return " ".join([program, "-m", "pip", "install", "--target", quote(str(target)), "-c", quote(str(constraints))]
+                    + [quote(r) for r in requirements])
 
 
 @dataclass

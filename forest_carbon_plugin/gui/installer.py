@@ -175,6 +175,9 @@ def _keep(plugin, dialog):
 def push_missing_message(plugin, text: str):
     """The message bar's warning, with a button that opens the installer."""
     bar = plugin.iface.messageBar()
+    if not hasattr(bar, "createMessage"):  # a stub iface (tests, scripts): the text alone
+        bar.pushMessage("Forest Carbon", text, level=Qgis.MessageLevel.Warning, duration=0)
+        return None
     first = text.split("\n", 1)[0]
     widget = bar.createMessage("Forest Carbon", first)
     button = QPushButton("Install dependencies…", widget)

@@ -18,7 +18,13 @@ def test_case(qgis_iface, qgis_processing, tmp_path):
         import onnxruntime  # noqa: F401
     plugin = forest_carbon_plugin.classFactory(qgis_iface)
     plugin.initGui()
-    report = {"warnings": qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)}
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    bar = qgis_iface.messageBar()
+    items = bar.items()  # the message pushed as a widget, with its Install dependencies… button
+    report = {"warnings": bar.get_messages(Qgis.MessageLevel.Warning) + [item.text() for item in items],
+              "install_buttons": [b.text() for item in items
+                                  for b in item.findChildren(QPushButton, "forestcarbon_install_button")]}
     import processing
 
     model = affine_model(tmp_path / "affine.onnx")

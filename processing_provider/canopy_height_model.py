@@ -9,6 +9,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
+from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES
 from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
@@ -23,6 +24,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
     METHOD = "METHOD"
     SUBCIRCLE = "SUBCIRCLE"
     FILL_EMPTY = "FILL_EMPTY"
+    NORMALIZE = "NORMALIZE"
     CRS = "CRS"
     EXTENT = "EXTENT"
     OUTPUT = "OUTPUT"
@@ -43,8 +45,14 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
             "returns, highest per cell, Delaunay layers for heights ≥ 0, 2, 5, 10, 15 m (triangles with an "
             "edge over 1 m dropped above 0 m), cell-wise maximum.\n\n"
             "FILL_EMPTY fills empty cells inside the data by linear interpolation (lidR's na.fill = tin()). "
-            "The output is in the units of Z: heights above ground for a normalized cloud, elevations "
-            "(a surface model) otherwise. The grid is snapped to multiples of RESOLUTION (m). Catalog "
+            "When most cells are empty at RESOLUTION (a sparse cloud), the log says so and suggests the "
+            "resolution at which about 90 % of cells get a first return, sqrt(ln 10 / first-return density).\n\n"
+            "NORMALIZE (Height normalization), as in canopymetrics: auto subtracts the ground (a TIN of the ground "
+            "returns, as forestcarbon:normalizeheight) from tiles whose Z are elevations and keeps Z that already are "
+            "heights above ground; always subtracts it; never keeps Z as it is (then the output of a cloud that is "
+            "not normalized holds elevations, a surface model). The log says what was done. Normalizing needs "
+            "ground returns (forestcarbon:classifyground).\n\n"
+            "The grid is snapped to multiples of RESOLUTION (m). Catalog "
             "tiles are processed with a buffer, so results across tile edges match one merged file."
         )
 
@@ -58,6 +66,8 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
             minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.FILL_EMPTY, self.tr("Fill empty cells"),
                                                         defaultValue=False))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.NORMALIZE, self.tr("Height normalization"), options=["auto", "always", "never"], defaultValue=0))
         self.add_crs_and_extent(extent=True)
         self.add_max_workers()
         add_execution_parameters(self)
@@ -73,10 +83,12 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         method = CHM_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         subcircle = self.parameterAsDouble(parameters, self.SUBCIRCLE, context)
         fill = self.parameterAsBool(parameters, self.FILL_EMPTY, context)
-        record = {"INPUT": source, "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill}
+        normalize = NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)]
+        record = {"INPUT": source, "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill,
+                  "NORMALIZE": normalize}
         with execution(self, parameters, context, feedback):
             grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
-                                  fill_empty=fill, crs=crs,
+                                  fill_empty=fill, crs=crs, normalize=normalize,
                                   progress=FeedbackProgress(feedback), parameters=record, extent=extent,
                                   extent_crs=extent_crs, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")

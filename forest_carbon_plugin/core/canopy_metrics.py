@@ -190,11 +190,14 @@ def _looks_normalized(z, classification) -> bool:
     return bool(flag)
 
 
-def _normalized(catalog, i, pts, name):
-    """Heights above the ground TIN (lidR's tin(), with a 30 m buffer of neighbours' ground)."""
+def _normalized(catalog, i, pts, name, stats: dict | None = None):
+    """Heights above the ground TIN (lidR's tin(), with a 30 m buffer of neighbours' ground).
+    ``stats``, when given, receives ``ground_points``: how many ground returns the TIN has."""
     from .normalize import GROUND_CLASSES, ground_surface_for_tile
 
     surface = ground_surface_for_tile(catalog, i)
+    if stats is not None:
+        stats["ground_points"] = len(surface.z)
     ground_z = surface(pts["x"], pts["y"])
     if np.isnan(ground_z).any():
         raise ForestCarbonError(

@@ -9,10 +9,12 @@ cells (or tops) that belong to it. Results near tile edges equal those of a merg
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
 
+from .canopy_metrics import NORMALIZE_MODES, _looks_normalized, _normalized
 from .catalog import buffered_points, cell_owner, open_catalog, read_tile, restrict
 from .tilemap import map_tiles
 from .chm import p2r, pitfree
@@ -21,10 +23,16 @@ from .grid import Grid
 from .outputs import provenance as make_provenance
 from .progress import NullProgress, Progress, check_cancel
 from .raster import write_raster
-from .treetops import TreeTops, local_maxima, raster_local_maxima
+from .treetops import TreeTops, local_maxima, raster_local_maxima, vwf_raster
 
 NODATA = -9999.0
 CHM_METHODS = ("p2r", "pitfree")
+TREETOP_METHODS = ("lmf", "vwf")
+# a p2r cell is empty when no return falls in it: with first returns spread at random (Poisson,
+# d per m²) a cell of side r is empty with probability exp(−d·r²), so ~90 % of cells get one from
+# r = sqrt(ln 10 / d) ≈ sqrt(2.3 / d) on
+FILLED_SHARE = 0.9
+EMPTY_WARN_SHARE = 0.5
 
 
 def _window_of(layer: np.ndarray):
@@ -37,24 +45,104 @@ def _window_of(layer: np.ndarray):
     return r0, r1, c0, c1, layer[r0:r1, c0:c1]
 
 
-def _p2r_task(path, grid, subcircle, data_bounds):
-    pts = read_tile(path, ("x", "y", "z"))
+def _heights(catalog, i, pts, normalize, mine=None):
+    """Z of ``pts`` as heights above ground per NORMALIZE, and what was done (for the log).
+
+    The decision of "auto" is canopymetrics' (lasinfo's test on the tile's own points)."""
+    own = pts if mine is None else {k: v[mine] for k, v in pts.items()}
+    z = pts["z"]
+    first = own["return_number"] == 1
+    info = {"zmin": float(own["z"].min()) if len(own["z"]) else np.nan,
+            "zmax": float(own["z"].max()) if len(own["z"]) else np.nan, "normalized": False, "ground": 0,
+            "looks_normalized": None, "first": int(first.sum())}
+    if normalize != "always" and len(own["z"]):
+        info["looks_normalized"] = _looks_normalized(own["z"], own["classification"])
+    if normalize == "always" or (normalize == "auto" and info["looks_normalized"] is False):
+        stats: dict = {}
+        z = _normalized(catalog, i, pts, Path(catalog.tiles[i].path).name, stats=stats)
+        info.update(normalized=True, ground=stats.get("ground_points", 0))
+    return z, info
+
+
+_FIELDS = ("x", "y", "z", "return_number", "classification")
+
+
+def _p2r_task(catalog, i, grid, subcircle, data_bounds, normalize="never"):
+    pts = read_tile(catalog.tiles[i].path, _FIELDS)
     if subcircle == 0:
         keep = grid.holds(pts["x"], pts["y"], data_bounds)
         pts = {k: v[keep] for k, v in pts.items()}
-    return _window_of(p2r(pts["x"], pts["y"], pts["z"], grid, subcircle))
+    z, info = _heights(catalog, i, pts, normalize)
+    return (*_window_of(p2r(pts["x"], pts["y"], z, grid, subcircle)), info)
 
 
-def _pitfree_task(catalog, i, grid, subcircle, buffer):
-    pts, _ = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number"))
-    return _window_of(pitfree(pts["x"], pts["y"], pts["z"], pts["return_number"] == 1, grid, subcircle=subcircle))
+def _pitfree_task(catalog, i, grid, subcircle, buffer, normalize="never"):
+    pts, mine = buffered_points(catalog, i, buffer, _FIELDS)
+    z, info = _heights(catalog, i, pts, normalize, mine)
+    return (*_window_of(pitfree(pts["x"], pts["y"], z, pts["return_number"] == 1, grid, subcircle=subcircle)),
+            info)
+
+
+def normalization_report(infos, normalize: str, progress: Progress) -> None:
+    """Say in the log what was done to Z: 'heights were elevations (449–557 m): normalized with …'."""
+    done = [f for f in infos if f["normalized"]]
+    kept = [f for f in infos if not f["normalized"] and np.isfinite(f["zmin"])]
+    tiles = len(infos)
+
+    def span(fs):
+        return f"{min(f['zmin'] for f in fs):,.1f}–{max(f['zmax'] for f in fs):,.1f} m"
+
+    if done:
+        what = "heights were elevations" if normalize == "auto" else "NORMALIZE is always"
+        where = "" if tiles == 1 else f" in {len(done)} of {tiles} tiles (each with its neighbours' ground within 30 m)"
+        progress.info(f"{what} (Z {span(done)}): normalized with the ground TIN of "
+                      f"{sum(f['ground'] for f in done):,} ground points{where}.")
+    if kept:
+        if normalize == "never" and any(f["looks_normalized"] is False for f in kept):
+            progress.warning(f"NORMALIZE is never and Z looks like elevations (Z {span(kept)}): the output holds "
+                             "elevations, not heights. Use NORMALIZE auto, or forestcarbon:normalizeheight first.")
+        elif normalize == "never":
+            progress.info(f"NORMALIZE is never: Z used as heights (Z {span(kept)}).")
+        else:
+            progress.info(f"Z already looks like heights above ground (Z {span(kept)}): used as it is"
+                          + ("" if tiles == 1 else f" in {len(kept)} of {tiles} tiles") + ".")
+
+
+def empty_cells_check(chm: np.ndarray, grid: Grid, catalog, infos, res: float, progress: Progress):
+    """Warn when most cells inside the tiles are empty, with a resolution from the first-return density.
+
+    Returns (share of empty cells, first returns per m², suggested resolution or None)."""
+    cx, cy = grid.centres()
+    inside = np.zeros(grid.shape, dtype=bool)
+    area = 0.0
+    for t in catalog.tiles:
+        inside |= (cx >= t.minx) & (cx <= t.maxx) & (cy >= t.miny) & (cy <= t.maxy)
+        area += max(min(t.maxx, grid.xmax) - max(t.minx, grid.xmin), 0) * \
+            max(min(t.maxy, grid.ymax) - max(t.miny, grid.ymin), 0)
+    if not inside.any() or area <= 0:
+        return 0.0, float("nan"), None
+    empty = float(np.isnan(chm[inside]).mean())
+    density = sum(f["first"] for f in infos) / area
+    if empty <= EMPTY_WARN_SHARE or density <= 0:
+        return empty, density, None
+    suggestion = math.ceil(math.sqrt(math.log(1 / (1 - FILLED_SHARE)) / density) * 10) / 10
+    progress.warning(
+        f"{empty:.0%} of the cells are empty at {res:g} m: the cloud has about {density:.2g} first returns "
+        f"per m². At a RESOLUTION of about {suggestion:g} m, ~{FILLED_SHARE:.0%} of the cells would get one "
+        "where returns are spread evenly (gaps in the data stay empty); or use FILL_EMPTY, SUBCIRCLE, or the "
+        "pit-free method.")
+    return empty, density, suggestion
 
 
 def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", subcircle: float = 0.0,
                         fill_empty: bool = False, crs: str | None = None, progress: Progress | None = None,
                         parameters: dict | None = None, extent=None, extent_crs: str | None = None,
-                        max_workers: int = 1) -> Grid:
+                        max_workers: int = 1, normalize: str = "auto") -> Grid:
+    """``normalize`` as canopymetrics': "auto" subtracts the ground TIN from tiles whose Z look like
+    elevations, "always" from every tile, "never" keeps Z."""
     progress = progress or NullProgress()
+    if normalize not in NORMALIZE_MODES:
+        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
     if not res > 0:
         raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
     if method not in CHM_METHODS:
@@ -66,24 +154,31 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
     grid = Grid.covering(*bounds, res)
     chm = np.full(grid.shape, np.nan)
     tiles = catalog.tiles
+    infos = []
     if method == "p2r":
-        args = [(tile.path, grid, subcircle, full.bounds) for tile in tiles]
+        args = [(catalog, i, grid, subcircle, full.bounds, normalize) for i in range(len(tiles))]
         with contextlib.closing(map_tiles(_p2r_task, args, max_workers, progress)) as parts:
-            for r0, r1, c0, c1, part in parts:
+            for r0, r1, c0, c1, part, info in parts:
                 chm[r0:r1, c0:c1] = np.fmax(chm[r0:r1, c0:c1], part)
+                infos.append(info)
     else:
         owner = cell_owner(catalog, grid)
         buffer = max(5.0, 10 * res) + subcircle
-        args = [(catalog, i, grid, subcircle, buffer) for i in range(len(tiles))]
+        args = [(catalog, i, grid, subcircle, buffer, normalize) for i in range(len(tiles))]
         with contextlib.closing(map_tiles(_pitfree_task, args, max_workers, progress)) as parts:
-            for i, (r0, r1, c0, c1, part) in enumerate(parts):
+            for i, (r0, r1, c0, c1, part, info) in enumerate(parts):
                 mine = owner[r0:r1, c0:c1] == i
                 chm[r0:r1, c0:c1][mine] = part[mine]
+                infos.append(info)
+    normalization_report(infos, normalize, progress)
+    if method == "p2r" and subcircle == 0:
+        empty_cells_check(chm, grid, catalog, infos, res, progress)
     if fill_empty:
         chm = fill_empty_cells(chm, grid)
     check_cancel(progress)
     record = make_provenance("forestcarbon:canopyheightmodel", parameters or {
-        "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill_empty},
+        "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill_empty,
+        "NORMALIZE": normalize},
         inputs=[t.path for t in tiles])
     data = np.where(np.isfinite(chm), chm, NODATA).astype(np.float32)
     write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=["canopy_height_m"],
@@ -104,22 +199,46 @@ def fill_empty_cells(chm: np.ndarray, grid: Grid) -> np.ndarray:
     return np.where(valid, chm, filled)
 
 
-def _tops_task(catalog, i, buffer, ws_intercept, ws_slope, hmin):
-    pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z"))
-    return local_maxima(pts["x"], pts["y"], pts["z"], ws_intercept, ws_slope, hmin, candidates_mask=mine)
+def _tops_task(catalog, i, buffer, ws_intercept, ws_slope, hmin, normalize="never"):
+    pts, mine = buffered_points(catalog, i, buffer, _FIELDS)
+    z, info = _heights(catalog, i, pts, normalize, mine)
+    return local_maxima(pts["x"], pts["y"], z, ws_intercept, ws_slope, hmin, candidates_mask=mine), info
+
+
+def _is_raster(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() not in (".las", ".laz")
 
 
 def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: float = 2.0,
-              crs: str | None = None, progress: Progress | None = None, max_workers: int = 1):
+              crs: str | None = None, progress: Progress | None = None, max_workers: int = 1,
+              method: str = "lmf", normalize: str = "auto"):
     """Tree tops from a LAS/LAZ file or catalog, or from a CHM raster (.tif and other GDAL rasters).
 
-    Returns ``(TreeTops, crs string)``.
+    ``method`` "lmf": lidR's ``lmf`` (window diameter ws_intercept + ws_slope·h) on points or CHM
+    cells; "vwf": ForestTools' ``vwf`` (window radius ws_intercept + ws_slope·h) on a CHM raster.
+    ``normalize`` (points only) as canopy_height_model's. Returns ``(TreeTops, crs string)``.
     """
     progress = progress or NullProgress()
+    if method not in TREETOP_METHODS:
+        raise ForestCarbonError(f"METHOD must be one of {TREETOP_METHODS} (got {method!r}).")
+    if normalize not in NORMALIZE_MODES:
+        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
     if ws_intercept <= 0 and ws_slope <= 0:
         raise ForestCarbonError("The window must have a positive size: set WS_INTERCEPT or WS_SLOPE above 0.")
     path = Path(source)
-    if path.is_file() and path.suffix.lower() not in (".las", ".laz"):
+    if method == "vwf":
+        if not _is_raster(path):
+            raise ForestCarbonError(
+                f"METHOD vwf (ForestTools) works on a canopy height model raster, and '{path.name}' is a point "
+                "cloud: make a CHM with forestcarbon:canopyheightmodel and run treetops on it, or use METHOD lmf.")
+        tops, raster_crs, warning = vwf_raster(path, ws_intercept, ws_slope, hmin, progress=progress)
+        if warning:
+            progress.warning(warning)
+        out_crs = crs or raster_crs
+        if out_crs is None:
+            raise ForestCarbonError(f"'{path.name}' has no CRS: set the CRS parameter.")
+        return tops, out_crs
+    if _is_raster(path):
         import rasterio
 
         try:
@@ -135,14 +254,16 @@ def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: fl
     catalog = open_catalog(source, crs)
     zmax = 80.0  # window radius bound for the buffer (heights above 80 m do not occur)
     buffer = (ws_intercept + max(ws_slope, 0) * zmax) / 2 + 0.01
-    args = [(catalog, i, buffer, ws_intercept, ws_slope, hmin) for i in range(len(catalog.tiles))]
-    parts = list(map_tiles(_tops_task, args, max_workers, progress, share=100.0))
+    args = [(catalog, i, buffer, ws_intercept, ws_slope, hmin, normalize) for i in range(len(catalog.tiles))]
+    results = list(map_tiles(_tops_task, args, max_workers, progress, share=100.0))
+    normalization_report([info for _, info in results], normalize, progress)
+    parts = [tops for tops, _ in results]
     result = TreeTops(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "z", "index")))
     return result, catalog.crs
 
 
 def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5, params=None,
-                progress: Progress | None = None, max_workers: int = 1):
+                progress: Progress | None = None, max_workers: int = 1, normalize: str = "auto"):
     """Crown polygons grown from ``tops`` on the CHM (the input raster, or a p2r CHM of the
     cloud at ``res`` with a 0.15 m subcircle, as lidR's examples). Returns a list of
     (top index, polygon, area m², crown diameter m, height m). Progress 0-100 % over the CHM
@@ -151,7 +272,7 @@ def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5
 
     progress = progress or NullProgress()
     path = Path(source)
-    if path.is_file() and path.suffix.lower() not in (".las", ".laz"):
+    if _is_raster(path):
         import rasterio
 
         with rasterio.open(path) as src:
@@ -162,9 +283,9 @@ def tree_crowns(source, tops: TreeTops, crs: str | None = None, res: float = 0.5
         catalog = open_catalog(source, crs)
         grid = Grid.covering(*catalog.bounds, res)
         chm = np.full(grid.shape, np.nan)
-        args = [(tile.path, grid, 0.15, catalog.bounds) for tile in catalog.tiles]
+        args = [(catalog, i, grid, 0.15, catalog.bounds, normalize) for i in range(len(catalog.tiles))]
         with contextlib.closing(map_tiles(_p2r_task, args, max_workers, progress, share=20.0)) as parts:
-            for r0, r1, c0, c1, part in parts:
+            for r0, r1, c0, c1, part, _ in parts:
                 chm[r0:r1, c0:c1] = np.fmax(chm[r0:r1, c0:c1], part)
         transform = grid.transform
         cell = res

@@ -8,6 +8,7 @@ says both, so that a user can fix the value without reading the algorithm's code
 
 from __future__ import annotations
 
+import functools
 import os
 
 import qgis.core as _qgis_core
@@ -55,6 +56,8 @@ if hasattr(_qgis_core, "QgsProcessingParameterPointCloudLayer"):
         def __init__(self, name, description, extensions=("las", "laz"), optional=False):
             super().__init__(name, description, optional=optional)
             self._extensions = tuple(extensions)
+            # QGIS's layer widget takes no folder (neither typed nor dropped): the toolbox dialog gets ours
+            self.setMetadata({"widget_wrapper": {"class": _CloudWidgetWrapperFactory}})
 
         def clone(self):
             return PointCloudInputParameter(self.name(), self.description(), self._extensions,
@@ -73,6 +76,99 @@ if hasattr(_qgis_core, "QgsProcessingParameterPointCloudLayer"):
                 return accepted
             return super().checkValueIsAcceptable(value, context) if context is not None \
                 else super().checkValueIsAcceptable(value)
+
+
+class _CloudWidgetWrapperFactory:
+    """Processing's dialogs build a parameter's widget from the ``widget_wrapper`` class in its metadata: the
+    toolbox dialog gets :class:`CloudWidgetWrapper`, the batch and model designers QGIS's own widgets."""
+
+    def __new__(cls, param, dialog, row=0, col=0, **kwargs):
+        from processing.gui.wrappers import dialogTypes
+        from qgis.gui import QgsGui
+
+        kind = type(dialog).__name__
+        if kind == "ModelerParametersDialog":
+            return QgsGui.processingGuiRegistry().createModelerParameterWidget(dialog.model, dialog.childId, param,
+                                                                               dialog.context)
+        standard = dialogTypes["AlgorithmDialog"]
+        dialog_type = dialogTypes.get(kind, standard)
+        wrapper = (cloud_widget_wrapper_class()(param, dialog_type) if dialog_type == standard
+                   else QgsGui.processingGuiRegistry().createParameterWidgetWrapper(param, dialog_type))
+        wrapper.setDialog(dialog)
+        return wrapper
+
+
+@functools.lru_cache(maxsize=None)
+def cloud_widget_wrapper_class():
+    """The toolbox dialog's widget for the point-cloud input (a class built on first use: it needs qgis.gui,
+    which a headless ``qgis_process`` run never loads)."""
+    from qgis.core import QgsPointCloudLayer, QgsProject
+    from qgis.gui import QgsAbstractProcessingParameterWidgetWrapper
+    from qgis.PyQt.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QMenu, QToolButton, QWidget
+
+    class CloudWidgetWrapper(QgsAbstractProcessingParameterWidgetWrapper):
+        """A dropdown of the project's point-cloud layers in which a file or folder path can also be typed or
+        pasted, and a ``…`` button to pick a LAS/LAZ/COPC/.vpc file or a folder of tiles."""
+
+        def createWidget(self):  # noqa: N802
+            widget = QWidget()
+            layout = QHBoxLayout(widget)
+            layout.setContentsMargins(0, 0, 0, 0)
+            self.combo = QComboBox()
+            self.combo.setEditable(True)
+            self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+            self.combo.lineEdit().setPlaceholderText("a point-cloud layer, or the path of a file or folder")
+            for layer in QgsProject.instance().mapLayers().values():
+                if isinstance(layer, QgsPointCloudLayer):
+                    self.combo.addItem(layer.name(), layer.id())
+            self.combo.setCurrentIndex(0 if self.combo.count() else -1)
+            self.combo.currentTextChanged.connect(lambda _text: self.widgetValueHasChanged.emit(self))
+            layout.addWidget(self.combo, 1)
+            button = QToolButton()
+            button.setText("…")
+            button.setToolTip("Pick a point-cloud file or a folder of tiles")
+            menu = QMenu(button)
+            menu.addAction("Select File…", self._pick_file)
+            menu.addAction("Select Folder of Tiles…", self._pick_folder)
+            button.setMenu(menu)
+            button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+            layout.addWidget(button)
+            return widget
+
+        def _pick_file(self):
+            path, _ = QFileDialog.getOpenFileName(self.combo, self.parameterDefinition().description(), "",
+                                                  self.parameterDefinition().createFileFilter())
+            if path:
+                self.combo.setEditText(path)
+
+        def _pick_folder(self):
+            path = QFileDialog.getExistingDirectory(self.combo, self.parameterDefinition().description())
+            if path:
+                self.combo.setEditText(path)
+
+        def setWidgetValue(self, value, context):  # noqa: N802
+            if isinstance(value, QgsMapLayer):
+                value = value.id()
+            text = "" if value is None else str(value)
+            if not text and self.combo.count() and not self.parameterDefinition().flags() & ParameterFlag.Optional:
+                self.combo.setCurrentIndex(0)  # as QGIS's layer widgets: no default means the first layer
+                return
+            index = self.combo.findData(text)
+            if index < 0:
+                index = self.combo.findText(text)
+            if index >= 0:
+                self.combo.setCurrentIndex(index)
+            else:
+                self.combo.setEditText(text)
+
+        def widgetValue(self):  # noqa: N802
+            text = self.combo.currentText().strip()
+            index = self.combo.currentIndex()
+            if index >= 0 and self.combo.itemText(index) == text:
+                return self.combo.itemData(index)
+            return text or None
+
+    return CloudWidgetWrapper
 
 
 def add_point_cloud_input(alg, label: str = "Point cloud (layer, LAS/LAZ/COPC file, .vpc or folder of tiles)",

@@ -168,3 +168,59 @@ def test_a_layer_value_is_read_as_the_layer_s_file(tmp_path, forestcarbon_provid
             point_cloud_source(algorithm, {}, context)
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_toolbox_dialog_takes_a_layer_a_file_or_a_folder(quarter_tiles, qgis_iface, forestcarbon_provider,
+                                                         monkeypatch):
+    """The dialog's INPUT: the project's point-cloud layers in a dropdown where a file or folder path can be typed,
+    as QGIS's own layer widget cannot; the model designer keeps QGIS's widget (model inputs, child outputs)."""
+    from qgis.core import (QgsApplication, QgsPointCloudLayer, QgsProcessingContext, QgsProcessingModelAlgorithm,
+                           QgsProcessingModelChildAlgorithm, QgsProject)
+    from qgis.gui import QgsProcessingModelerParameterWidget
+
+    from processing_provider.inputs import cloud_widget_wrapper_class, point_cloud_layers_available
+
+    if not point_cloud_layers_available():
+        pytest.skip("this QGIS loads no LAS/LAZ/COPC/.vpc layer: INPUT is the file-or-folder box (test_bad_inputs)")
+    import processing.gui.AlgorithmDialog
+    import processing.gui.ParametersPanel
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from processing.modeler.ModelerParametersDialog import ModelerParametersDialog
+
+    # pytest-qgis's stub iface hands MagicMocks (browserModel) to C++ on 3.44: the dialogs as in a standalone script
+    for module in (processing.gui.AlgorithmDialog, processing.gui.ParametersPanel):
+        monkeypatch.setattr(module, "iface", None, raising=False)
+
+    folder, paths, vpc = quarter_tiles
+    layer = QgsPointCloudLayer(str(vpc), "stand tiles", "vpc")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    context = QgsProcessingContext()
+    try:
+        dialog = AlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("forestcarbon:canopymetrics"),
+                                 False, None)
+        wrapper = dialog.mainWidget().wrappers["INPUT"]
+        assert isinstance(wrapper, cloud_widget_wrapper_class()) and wrapper.combo.isEditable()
+        assert dialog.createProcessingParameters()["INPUT"] == layer.id()  # the project's layer, preselected
+        for value in (str(folder), str(paths[0])):
+            wrapper.setWidgetValue(value, context)
+            assert dialog.createProcessingParameters()["INPUT"] == value
+        wrapper.combo.setEditText(str(folder))  # typed or pasted
+        assert dialog.createProcessingParameters()["INPUT"] == str(folder)
+        wrapper.setWidgetValue(layer, context)
+        assert dialog.createProcessingParameters()["INPUT"] == layer.id()
+        dialog.deleteLater()
+
+        model = QgsProcessingModelAlgorithm("m", "g")
+        child = QgsProcessingModelChildAlgorithm("forestcarbon:canopymetrics")
+        child.setChildId("metrics")
+        model.addChildAlgorithm(child)
+        designer = ModelerParametersDialog(model.childAlgorithm("metrics").algorithm(), model, "metrics")
+        assert isinstance(designer.widget.widget.wrappers["INPUT"], QgsProcessingModelerParameterWidget)
+        designer.deleteLater()
+        from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+
+        batch = BatchAlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("forestcarbon:canopymetrics"))
+        batch.deleteLater()  # QGIS's batch widgets: built without error
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())

@@ -215,7 +215,6 @@ class _Plan:
         self.readers = Readers(grid)
         self.valid = 0
         self._lock = threading.Lock()
-        self._grid_of: dict = {}
         target_res = grid.res[0] * _metres_per_unit(grid.crs)
         from rasterio.enums import Resampling
 
@@ -232,13 +231,10 @@ class _Plan:
             dn = self.readers.read(band.path, window, resampling=self.resampling[band.name],
                                    src_nodata=band.nodata, dtype="float64")
             valid &= ~np.ma.getmaskarray(dn)
-            if band.nodata is not None and self._on_grid(band):  # read as it is: only its file's no-data masked
+            if band.nodata is not None:
+                # a band on the output grid is read as it is, masked by its file's no-data only (resampled reads
+                # leave the fill out of their sums and mark what is fill alone)
                 valid &= np.ma.getdata(dn) != band.nodata
-            elif band.nodata is not None:
-                # resampling leaves fill out of its sums, so a pixel by the footprint's edge could take its value
-                # from valid neighbours alone: any fill under an output pixel makes it no-data, as the QA does
-                value = band.nodata
-                valid &= ~self._project_mask(band.path, window, lambda raw, v=value: raw == v)
             if band.file_nodata is not None:  # the file's own no-data besides the product's fill
                 value = band.file_nodata
                 valid &= ~self._project_mask(band.path, window, lambda raw, v=value: raw == v)
@@ -260,12 +256,6 @@ class _Plan:
         with self._lock:
             self.valid += int(valid.sum())
         return out
-
-    def _on_grid(self, band) -> bool:
-        """Whether ``band``'s file lies on the output grid (read without resampling)."""
-        if band.name not in self._grid_of:
-            self._grid_of[band.name] = same_grid(RasterGrid.of(self.readers.dataset(band.path)), self.grid)
-        return self._grid_of[band.name]
 
     # -- masks -------------------------------------------------------------------------
     def _mask(self, window) -> np.ndarray:

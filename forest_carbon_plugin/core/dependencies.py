@@ -88,6 +88,10 @@ def matching_python() -> str | None:
     stdlib = Path(os.__file__).resolve().parent
     stdlib_prefix = stdlib.parents[1]
     candidates = [Path(sys.executable or ""), Path(getattr(sys, "_base_executable", "") or "")]
+    if sys.executable:
+        # QGIS.app (macOS): sys.executable is Contents/MacOS/QGIS, its Python is Contents/MacOS/bin/python3
+        candidates += [Path(sys.executable).parent / "bin" / f"python{major}.{minor}",
+                       Path(sys.executable).parent / "bin" / "python3"]
     qgis_module = sys.modules.get("qgis")
     if qgis_module is not None and str(getattr(qgis_module, "__file__", "")).startswith("/usr/lib/python3/"):
         # a distribution's QGIS (Debian, Ubuntu, Fedora) runs the distribution's Python

@@ -1087,7 +1087,7 @@ def write_tile(folder, name: str, data, grid, row0: int, nodata=None) -> str:
 
 def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=None, descriptions=None,
                     tags=None, provenance=None, band_tags=None, folder=None, workers: int | None = None,
-                    streamed: bool = False) -> Path:
+                    streamed: bool = False, units=None) -> Path:
     """The output from its row-band tiles ``[(row0, row1, path)]``: a VRT of them (descriptions, nodata, tags and
     provenance in it) → GDAL's COG driver (tiles, averaged overviews, as the local path) inside ``atomic_output``.
     ``streamed``: the tiles' rows go in order through :mod:`.cog` instead (one float32 band with NaN nodata), as the
@@ -1098,7 +1098,7 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
     import numpy as np
 
     if streamed:
-        return _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, COMPRESS)
+        return _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, COMPRESS, units)
 
     dtype_name = np.dtype(dtype).name
     gdal_type = {"float32": "Float32", "float64": "Float64", "uint8": "Byte", "uint16": "UInt16", "int16": "Int16",
@@ -1124,6 +1124,8 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
         lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{b}">\n')
         if descriptions and len(descriptions) >= b and descriptions[b - 1]:
             lines.append(f"    <Description>{escape(str(descriptions[b - 1]))}</Description>\n")
+        if units and len(units) >= b and units[b - 1]:
+            lines.append(f"    <UnitType>{escape(str(units[b - 1]))}</UnitType>\n")
         if nodata is not None:
             lines.append(f"    <NoDataValue>{'nan' if isinstance(nodata, float) and math.isnan(nodata) else repr(nodata)}"
                          "</NoDataValue>\n")
@@ -1150,14 +1152,14 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
     return Path(out_path)
 
 
-def _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, compress) -> Path:
+def _assemble_streamed(grid, tiles, out_path, descriptions, tags, provenance, compress, units=None) -> Path:
     import rasterio
     from rasterio.windows import Window
 
     from .cog import cog_writer
 
     with cog_writer(grid, out_path, descriptions=descriptions, tags=tags, provenance=provenance,
-                    compress=compress) as dst:
+                    compress=compress, units=units) as dst:
         for row0, row1, path in sorted(tiles, key=lambda t: t[0]):
             with rasterio.open(path) as src:
                 for top in range(0, row1 - row0, 512):  # memory: 512 rows at a time, whatever the band's height

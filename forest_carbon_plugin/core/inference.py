@@ -442,7 +442,7 @@ def _predict_remote(executor, spec, requested, tags, description, record, progre
                 check_cancel(progress)
                 assemble_raster(grid, [(r0, r1, paths[i][kind]) for i, (r0, r1) in enumerate(bands)], requested[kind],
                                 1, "float32", float("nan"), descriptions=[description(kind)], tags=tags(kind),
-                                provenance=record, folder=folder, streamed=cog.available(COMPRESS))
+                                provenance=record, folder=folder, streamed=cog.available(COMPRESS), units=[card.unit])
     finally:  # a cancelled or failed job must not leave the model's bytes on the scheduler
         executor.release(members)
     progress.set_progress(100.0)

@@ -168,3 +168,44 @@ def test_dialog_runs_pip_in_a_task_and_shows_its_log(qgis_app, qgis_iface, tmp_p
     assert QgsApplication.taskManager().count() == 0 or all(
         t.description() != "Forest Carbon: install dependencies" for t in QgsApplication.taskManager().activeTasks())
     dialog.close()
+
+
+def test_cancel_stops_pip(qgis_app, tmp_path, monkeypatch):
+    """Cancel in the dialog ends a pip that is waiting on a silent index within seconds, not at pip's timeout."""
+    import socket
+    import time
+
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from forest_carbon_plugin.gui.installer import InstallDialog
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; nothing ever answers
+    fake = dependencies.Dependency("fc_no_such_module", "fc-no-such-module==1.0", "testing the installer")
+    monkeypatch.setitem(dependencies.DEPENDENCIES, fake.module, fake)
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/simple/")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "120")
+    try:
+        dialog = InstallDialog()
+        dialog.start()
+        deadline = time.monotonic() + 60
+        while "$ " not in dialog.log.toPlainText() and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.02)
+        time.sleep(1.5)  # pip is now waiting for the index
+        assert dialog.task is not None and dialog.cancel_button.isEnabled()
+        dialog.cancel_button.click()
+        cancelled_at = time.monotonic()
+        while dialog.task is not None and time.monotonic() < cancelled_at + 30:
+            QApplication.processEvents()
+            time.sleep(0.02)
+        assert dialog.task is None and time.monotonic() - cancelled_at < 10
+        assert "cancelled" in dialog.log.toPlainText().lower()
+        assert not dependencies.is_available("fc_no_such_module")
+        dialog.close()
+    finally:
+        silent.close()

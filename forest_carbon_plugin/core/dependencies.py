@@ -263,7 +263,9 @@ def install_command(deps, target, constraints, python: str | None = None, platfo
 
     Windows: for the OSGeo4W Shell, whose ``python`` is QGIS's. Elsewhere the interpreter QGIS runs,
     by its full path (Debian/Ubuntu: /usr/bin/python3; macOS: the python inside QGIS.app).
-    The constraints file pins what QGIS's Python has, so no other numpy can be chosen.
+    The constraints file pins what QGIS's Python has, so no other numpy can be chosen. ``--target`` makes pip
+    ignore what is installed, so this one-step form also copies what QGIS already has (at QGIS's versions,
+    shadowed by QGIS's own folders); :func:`install_dependencies` plans first and installs only what is missing.
     """
     platform = platform or sys.platform
     requirements = [d.requirement for d in deps]

@@ -190,7 +190,7 @@ def test_area_based_agb_against_the_simulated_truth(aba_products, tmp_path, fore
 
 # ----------------------------------------------------------------------------- acceptance 5: qgis_process, .model3
 
-def test_model3_is_current(qgis_processing):
+def test_model3_is_current(forestcarbon_provider):  # the build reads the children's parameter definitions
     """resources/models/area_based_approach.model3 is what scripts/make_models.py builds."""
     from qgis.core import QgsProcessingModelAlgorithm
 

@@ -44,3 +44,20 @@ def test_not_an_onnx_file(tmp_path, forestcarbon_provider):
         processing.run("forestcarbon:modelinfo", {"INPUT": str(bad), "OUTPUT_JSON": str(tmp_path / "m.json")})
     assert "weights.onnx" in str(excinfo.value) and "not a valid ONNX model" in str(excinfo.value)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_reports_the_unit_and_output_scaling_of_the_card(tmp_path, forestcarbon_provider):
+    import processing
+
+    card = {"mlm:input": [{"name": "x"}], "mlm:output": [{"name": "y", "forest_carbon:meaning": "mean"}],
+            "forest_carbon:target": "agb", "forest_carbon:unit": "Mg/ha"}
+    carded = affine_model(tmp_path / "carded.onnx", metadata={"model_card": card})
+    deepness = affine_model(tmp_path / "deepness.onnx", metadata={"model_type": "Regressor", "reg_output_scaling": 25})
+    docs = {}
+    for model in (carded, deepness):
+        processing.run("forestcarbon:modelinfo", {"INPUT": str(model), "OUTPUT_JSON": str(tmp_path / "m.json")})
+        docs[model.stem] = json.loads((tmp_path / "m.json").read_text())["model"]
+    assert (docs["carded"]["target"], docs["carded"]["unit"], docs["carded"]["card_source"]) == ("agb", "Mg/ha",
+                                                                                                  "metadata")
+    assert docs["carded"]["output_scale"] == 1.0
+    assert docs["deepness"]["card_source"] == "deepness" and docs["deepness"]["output_scale"] == 25.0

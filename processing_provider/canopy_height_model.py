@@ -47,7 +47,7 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
             "FILL_EMPTY fills empty cells inside the data by linear interpolation (lidR's na.fill = tin()). "
             "When most cells are empty at RESOLUTION (a sparse cloud), the log says so and suggests the "
             "resolution at which about 90 % of cells get a first return, sqrt(ln 10 / first-return density).\n\n"
-            "NORMALIZE (Height normalization), as in canopymetrics: auto subtracts the ground (a TIN of the ground "
+            "NORMALIZE, as in canopymetrics: auto subtracts the ground (a TIN of the ground "
             "returns, as forestcarbon:normalizeheight) from tiles whose Z are elevations and keeps Z that already are "
             "heights above ground; always subtracts it; never keeps Z as it is (then the output of a cloud that is "
             "not normalized holds elevations, a surface model). The log says what was done. Normalizing needs "

@@ -45,8 +45,8 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
             "Finds tree tops in a LAS/LAZ file, a folder of tiles, or a canopy height model raster, by a "
-            "local maximum filter whose window grows with height (Popescu & Wynne 2004). METHOD (Method) "
-            "chooses whose rules:\n"
+            "local maximum filter whose window grows with height (Popescu & Wynne 2004). METHOD chooses "
+            "whose rules:\n"
             "lmf (lidR), the default: as lidR's locate_trees(las, lmf(ws, hmin)) on returns or CHM cells: a "
             "return (or cell) is a tree top when it is at least MIN_HEIGHT (m) high and nothing in the "
             "circular window around it is higher; among equal heights in each other's window the first wins. "
@@ -59,7 +59,7 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
             "so every cell of a flat top (equal maxima) is a top, as ForestTools counts them. Windows over "
             "99 cells across are refused (ForestTools' maxWinDiameter). The same WS values thus give a "
             "window twice as wide with vwf as with lmf.\n\n"
-            "NORMALIZE (Height normalization), for point clouds: auto subtracts the ground TIN from tiles whose Z "
+            "NORMALIZE, for point clouds: auto subtracts the ground TIN from tiles whose Z "
             "are elevations (the log says so), always subtracts it, never uses Z as it is; as in canopymetrics.\n\n"
             "Output: points (3D) with tree_id, x, y and height_m. OUTPUT_CROWNS, optional: crown polygons grown "
             "from each top on the canopy height model (the input raster, or a p2r CHM of the cloud at 0.5 m) "

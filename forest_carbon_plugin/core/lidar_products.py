@@ -59,7 +59,13 @@ def _heights(catalog, i, pts, normalize, mine=None):
         info["looks_normalized"] = _looks_normalized(own["z"], own["classification"])
     if normalize == "always" or (normalize == "auto" and info["looks_normalized"] is False):
         stats: dict = {}
-        z = _normalized(catalog, i, pts, Path(catalog.tiles[i].path).name, stats=stats)
+        try:
+            z = _normalized(catalog, i, pts, Path(catalog.tiles[i].path).name, stats=stats)
+        except ForestCarbonError as exc:
+            why = "NORMALIZE is always" if normalize == "always" else \
+                f"its Z look like elevations ({info['zmin']:,.1f}–{info['zmax']:,.1f} m)"
+            raise ForestCarbonError(f"Heights above ground are needed ({why}), but: {exc} Or set NORMALIZE "
+                                    "(Height normalization) to never to use Z as it is.") from exc
         info.update(normalized=True, ground=stats.get("ground_points", 0))
     return z, info
 

@@ -263,9 +263,14 @@ def vwf_raster(path, ws_intercept: float = 0.5, ws_slope: float = 0.06, min_heig
             if progress is not None:
                 progress.set_progress(100.0 * (k + 1) / len(spans))
         crs = src.crs.to_string() if src.crs else None
+        warning = windows.warning
+        if src.crs is not None and src.crs.is_geographic:
+            warning = ((warning + " ") if warning else "") + (
+                f"'{name}' is in degrees: the window radius WS_INTERCEPT + WS_SLOPE × height is taken in degrees "
+                "too. Reproject the CHM to a CRS in metres.")
     row, col, z = np.concatenate(rows), np.concatenate(cols), np.concatenate(zs)
     order = np.lexsort((col, row))
     row, col, z = row[order], col[order], z[order]
     x = t.c + (col + 0.5) * t.a
     y = t.f + (row + 0.5) * t.e
-    return TreeTops(x, y, z, row.astype(np.int64) * ncols + col), crs, windows.warning
+    return TreeTops(x, y, z, row.astype(np.int64) * ncols + col), crs, warning

@@ -301,3 +301,38 @@ def test_composite_refuses_a_folder_it_cannot_read(tmp_path, forestcarbon_provid
                                                      r"Landsat.*Sentinel-2.*ESPA"):
         processing.run("forestcarbon:compositescenes", {"INPUTS": [str(odd)], "OUTPUT": str(tmp_path / "c.tif")})
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_composite_reads_sentinel2_and_landsat_level1_products(imagery_scene, tmp_path):
+    """A Sentinel-2 L2A .SAFE: (DN + BOA_ADD_OFFSET)/QUANTIFICATION on its 10 m grid, SCL 0/3/8/9/10/11 out; a
+    Landsat-5 TM Level-1 folder: TOA π·L·d²/(ESUN·cos θs) as harmonizescene computes it, fill and no-data out."""
+    from forest_carbon_plugin.simulate.optical import S2_BOA_ADD_OFFSET, S2_QUANTIFICATION
+
+    scene, manifest = imagery_scene
+    safe = scene / manifest["sentinel2"]["product"]
+    out = tmp_path / "s2.tif"
+    composite_scenes([str(safe)], out, "median")
+    names, data = _read_all(out)
+    b04 = rasterio.open(next(safe.rglob("*_B04_10m.tif"))).read(1).astype(float)
+    scl = rasterio.open(next(safe.rglob("*_SCL_20m.tif"))).read(1)
+    scl10 = np.kron(scl, np.ones((2, 2), scl.dtype))[:b04.shape[0], :b04.shape[1]]  # nearest onto 10 m
+    clear = ~np.isin(scl10, (0, 3, 8, 9, 10, 11))
+    assert data.shape[1:] == b04.shape and 0 < clear.mean() < 1
+    red = data[names.index("red")]
+    np.testing.assert_allclose(red[clear], ((b04 + S2_BOA_ADD_OFFSET) / S2_QUANTIFICATION)[clear], atol=1e-6)
+    assert np.isnan(red[~clear]).all()
+
+    folder = shared_file("imagery", "landsat5_tm_amazon")
+    out = tmp_path / "l1.tif"
+    progress = NullProgress()
+    composite_scenes([str(folder)], out, "median", progress=progress)
+    assert any("has no QA layer" in w for w in progress.warnings)
+    names, data = _read_all(out)
+    assert names == ["blue", "green", "red", "nir", "swir1", "swir2", "valid_count"]
+    dn = np.stack([rasterio.open(p).read(1).astype(float) for p in sorted(folder.glob("*_B[1-57].TIF"))])
+    valid = ((dn != 0) & (dn != 255)).all(axis=0)  # Level-1 fill and the files' own no-data
+    doy, elevation = 227, 49.75588889  # 14 Aug 1988 and SUN_ELEVATION, from the MTL
+    d = 1 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
+    expected = math.pi * (1.044 * dn[2] - 2.21398) * d ** 2 / (1536 * math.cos(math.radians(90 - elevation)))
+    np.testing.assert_allclose(data[2][valid], expected[valid], rtol=3e-4)  # red: band 3's gain, bias and ESUN
+    assert np.isnan(data[:6, ~valid]).all() and (data[6][~valid] == 0).all() and (data[6][valid] == 1).all()

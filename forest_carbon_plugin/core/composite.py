@@ -256,6 +256,10 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
     if not inputs:
         raise ForestCarbonError("No input scenes: give at least one raster or ESPA scene folder.")
     scenes = [open_scene(p) for p in inputs]
+    for scene in scenes:
+        if scene.layout in ("landsat", "sentinel2") and scene.mask is None and progress is not None:
+            progress.warning(f"'{Path(scene.source).name}' has no QA layer (QA_PIXEL, SCL or Fmask): its clouds and "
+                             "their shadows are not masked.")
     names = common_bands(scenes)
     red = nir = None
     if method == "max_ndvi":

@@ -144,7 +144,7 @@ def test_carbonstock_and_trainmodel_with_their_first_output_only(tmp_path, fores
     target = _write(tmp_path / "target.tif", 10 + 4 * fields[0] + rng.normal(0, 0.5, (40, 40)), nodata=-9999)
     model = tmp_path / "named" / "model.onnx"
     trained = processing.run("forestcarbon:trainmodel", {"FEATURES": [str(features)], "TARGET": str(target),
-                                                         "MODEL_TYPE": 1, "FOLDS": 3, "MAX_SAMPLES": 500,
+                                                         "MODEL_TYPE": 1, "FOLDS": 2, "MAX_SAMPLES": 300,
                                                          "OUTPUT_MODEL": str(model)})
     assert trained["OUTPUT_MODEL"] == str(model) and model.stat().st_size > 0
     assert sorted(p.name for p in model.parent.iterdir()) == ["carbon.gpkg", "model.onnx"]

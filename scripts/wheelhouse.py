@@ -10,6 +10,7 @@ configuration (index, find-links) is used for the download. A second run with th
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from forest_carbon_plugin.core import dependencies  # noqa: E402
+
+
+def _canonical(requirement: str) -> str:
+    name, _, version = requirement.partition("==")
+    return re.sub(r"[-_.]+", "-", name).lower() + "==" + version
 
 
 def main(out: Path) -> int:
@@ -37,6 +43,11 @@ def main(out: Path) -> int:
         return 0
     subprocess.run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
                     "--only-binary", ":all:", "-d", str(out), *plan.requirements], check=True)
+    keep = {_canonical(r) for r in plan.requirements}
+    for wheel in out.glob("*.whl"):  # an earlier plan's wheels: the test's index must serve this plan only
+        name, version = wheel.name.split("-")[:2]
+        if _canonical(f"{name}=={version}") not in keep:
+            wheel.unlink()
     wanted.write_text(text)  # written last: an interrupted download is redone
     print(f"wheelhouse: {len(plan.requirements)} distributions in {out}")
     return 0

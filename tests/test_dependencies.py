@@ -112,3 +112,15 @@ def test_pins_are_what_this_python_runs():
     assert pins["numpy"] == numpy.__version__.split("+")[0]
     text = dependencies.constraints_text(pins)
     assert f"numpy=={pins['numpy']}\n" in text and text.count("\n") == len(pins)
+
+
+def test_installer_pins_what_the_suite_runs():
+    """The installer's fixed versions are requirements.txt's (the tested set), and an installed package's own
+    version wins over them."""
+    requirements = (ROOT / "requirements.txt").read_text().splitlines()
+    for pin in dependencies.TESTED_PINS:
+        assert pin in requirements, pin
+    text = dependencies.install_constraints({"protobuf": "4.21.12", "numpy": "1.24.2"})
+    lines = text.splitlines()
+    assert "protobuf==4.21.12" in lines and "protobuf==5.29.5" not in lines
+    assert "skl2onnx==1.19.1" in lines and "numpy==1.24.2" in lines

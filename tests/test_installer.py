@@ -112,7 +112,7 @@ def test_install_dependencies_into_a_fresh_profile(tmp_path, local_index, plugin
     # every wheel came from the index on 127.0.0.1 (the server saw each one requested)
     assert sum(".whl" in line for line in served) >= len(first["installed"])
 
-    second = _fresh_qgis(config, {"steps": ["start_processing", "run"], "runs": [
+    second = _fresh_qgis(config, {"steps": ["start_processing", "run", "train"], "work": str(tmp_path), "runs": [
         ["forestcarbon:lidarinfo", {"INPUT": str(SAMPLE_LAZ), "OUTPUT_JSON": str(tmp_path / "info.json"),
                                     "OUTPUT_HTML": str(tmp_path / "info.html"),
                                     "OUTPUT_FOOTPRINTS": str(tmp_path / "fp.gpkg")}, "lidar"],
@@ -127,6 +127,10 @@ def test_install_dependencies_into_a_fresh_profile(tmp_path, local_index, plugin
 
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["summary"]["point_count"] == laspy.open(SAMPLE_LAZ).header.point_count
+    # training's export works with the versions installed (protobuf/onnx/skl2onnx pinned as the suite runs them):
+    # random forest gives mean and σ, the quantile model its three quantiles in one graph
+    assert len(second["train"]["fit_forest_ensemble"]) == 2 and len(second["train"]["fit_quantile_gbm"]) >= 1
+    assert all(shape[0] == 4 for shapes in second["train"].values() for shape in shapes)
     # the graph affine_model wrote: input x, (N, 3, H, W), read by the onnxruntime just installed
     text = json.dumps(json.loads((tmp_path / "model.json").read_text()))
     assert '"name": "x", "shape": ["N", 3, "H", "W"]' in text and "CPUExecutionProvider" in text

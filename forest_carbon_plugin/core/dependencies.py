@@ -156,7 +156,7 @@ def constraints_file(target) -> Path:
     """Write (beside ``target``) the pins of what QGIS's Python has, for the copyable command; its path."""
     target = Path(target)
     path = target.parent / f"constraints-{target.name}.txt"
-    text = constraints_text(installed_pins())
+    text = install_constraints(installed_pins())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -258,6 +258,26 @@ def constraints_text(pins: dict[str, str]) -> str:
     return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
 
 
+#: The versions requirements.txt (what the test suite runs) fixes because newer ones break training's export:
+#: protobuf 6+ rejects the numpy booleans that onnx 1.17's helpers pass when skl2onnx builds tree ensembles, and
+#: onnx 1.19+ needs protobuf 6 (trainmodel's quantile model then fails with "Unable to create node
+#: 'TreeEnsembleRegressor'"). Applied only to packages QGIS's Python lacks: an installed one is pinned as it is.
+TESTED_PINS = (
+    'onnx==1.17.0; python_version < "3.12"',
+    'onnx==1.18.0; python_version >= "3.12"',
+    "protobuf==5.29.5",
+    "skl2onnx==1.19.1",
+)
+
+
+def install_constraints(pins: dict[str, str]) -> str:
+    """The constraints file of an installation: what QGIS's Python has, then :data:`TESTED_PINS` it lacks."""
+    import re
+
+    extra = [c for c in TESTED_PINS if _canonical(re.split(r"[=<>!~;\s]", c, maxsplit=1)[0]) not in pins]
+    return constraints_text(pins) + "".join(f"{c}\n" for c in extra)
+
+
 def install_command(deps, target, constraints, python: str | None = None, platform: str | None = None) -> str:
     """A command a user can paste to install ``deps`` into ``target`` (the folder the plugin adds).
 
@@ -357,7 +377,7 @@ def plan_install(deps, target, *, python: str | None = None, pip_args=(), log=pr
     pins = installed_pins(sys.path + [str(target)])
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(constraints_text(pins), encoding="utf-8")
+        constraints.write_text(install_constraints(pins), encoding="utf-8")
         report = Path(tmp) / "report.json"
         _run_pip(python, ["install", "--dry-run", "--quiet", "--report", str(report), "-c", str(constraints),
                           *pip_args, *[d.requirement for d in deps]], log, cancelled, _pip_env(env))

@@ -3,7 +3,7 @@ does the steps named on the command line and writes what it saw as JSON. Run by 
 test_plugin_namespace.py as ``python fresh_qgis.py SPEC.json`` with QGIS_CUSTOM_CONFIG_PATH set to a
 throwaway folder (its profiles/default/python/plugins holds the unzipped plugin); never imported.
 
-SPEC: {"report": path, "steps": [...]}; steps: "start" (desktop start with a stub iface: initGui),
+SPEC: {"report": path, "steps": [...]}; steps: "start" (desktop start with a stub iface: initGui), "train" (export both model types to ONNX),
 "start_processing" (what qgis_process does: initProcessing only), "install" (the installer's core function,
 with SPEC["pip_args"]), "run" (SPEC["runs"]: [[algorithm id, parameters, key of the report]]), "edit_help"
 and "reload" (SPEC["edit"]: [file in the plugin, old, new]; then qgis.utils.reloadPlugin).
@@ -100,6 +100,23 @@ def main():
 
             REPORT["laspy_file"], REPORT["onnxruntime_file"] = laspy.__file__, onnxruntime.__file__
             snapshot("after_run")
+        elif step == "train":
+            # trainmodel's two model types exported to ONNX and run, with what the installer put in the folder
+            import numpy as np
+            import onnxruntime
+
+            from forest_carbon_plugin.core import training
+
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(300, 3)).astype(np.float32)
+            y = (x @ np.array([3.0, 2.0, 1.0]) + rng.normal(size=300)).astype(np.float32)
+            REPORT["train"] = {}
+            for fit in (training.fit_forest_ensemble, training.fit_quantile_gbm):
+                path = training.export_onnx(fit(x, y), os.path.join(SPEC["work"], fit.__name__ + ".onnx"),
+                                            {"target": "agb"}, 3)
+                session = onnxruntime.InferenceSession(str(path))
+                outputs = session.run(None, {session.get_inputs()[0].name: x[:4]})
+                REPORT["train"][fit.__name__] = [list(o.shape) for o in outputs]
         elif step == "edit_help":
             path, old, new = SPEC["edit"]
             full = os.path.join(plugins_dir, "forest_carbon_plugin", path)

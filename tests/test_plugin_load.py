@@ -31,7 +31,7 @@ def test_init_gui_and_unload_twice(qgis_app, qgis_iface, qgis_processing):
         assert registry.algorithmById("forestcarbon:lidarinfo") is not None
         names = [a.objectName() for a in _ours(main_window.findChildren(QAction))]
         assert {"forestcarbon_lidarinfo", "forestcarbon_modelinfo", "forestcarbon_show_uncertainty_dock",
-                "forestcarbon_show_jobs_dock"} <= set(names)
+                "forestcarbon_show_jobs_dock", "forestcarbon_install_dependencies"} <= set(names)
         assert len(names) == len(set(names))  # each once, though loaded twice
         plugin.initProcessing()  # QGIS may call it again: must not register twice
         assert [p.id() for p in registry.providers()].count("forestcarbon") == 1

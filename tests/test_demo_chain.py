@@ -68,7 +68,10 @@ def _check_outputs(paths: dict, manifest: dict) -> None:
     assert validation["metrics"]["n"] >= 8 and validation["metrics"]["rmse"] > 0
     carbon = json.loads(Path(paths["carbonstock:report"]).with_suffix(".json").read_text())
     for rec in carbon["records"]:
-        assert 0 < rec["co2e_ci_low_t"] <= rec["co2e_total_t"] <= rec["co2e_ci_high_t"]
+        # a lower bound of 0 is allowed: on this small scene (13 validation plots) the residual semivariogram cannot
+        # be fitted, carbonstock takes the errors as fully correlated, and simulated totals below 0 are censored at 0
+        assert rec["co2e_total_t"] > 0
+        assert 0 <= rec["co2e_ci_low_t"] <= rec["co2e_total_t"] <= rec["co2e_ci_high_t"]
 
 
 def test_model3_is_current(forestcarbon_provider):

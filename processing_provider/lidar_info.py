@@ -41,16 +41,19 @@ class LidarInfoAlgorithm(ForestCarbonAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
-            "Describes one LAS/LAZ file or every LAS/LAZ file of a folder (a tile catalog) before "
+            "Describes one LAS/LAZ file (COPC included), every LAS/LAZ file of a folder (a tile catalog) "
+            "or of a QGIS virtual point cloud (.vpc), or a point-cloud layer's file, before "
             "anything is computed from it: LAS version, point data format, point count, bounds, CRS "
             "(from the WKT or GeoTIFF-key VLRs, with its EPSG code), counts per ASPRS class and per "
             "return number, point and pulse (first-return) density per m² of the convex hull of the "
             "points, and whether heights look normalized (heights above ground rather than "
             "elevations).\n\n"
             "Outputs: an HTML report, the same as JSON (with provenance), and a polygon layer of the "
-            "tile footprints (header bounding boxes) carrying those values as fields.\n\n"
+            "tile footprints (header bounding boxes) carrying those values as fields; each is written only "
+            "when given (a script may ask for one of them, or none for the counts alone).\n\n"
             "Points are read in chunks of one million, so any file size fits in memory. A truncated "
-            "or corrupt file stops the run with its name. For a folder, type or paste its path.\n\n"
+            "or corrupt file stops the run with its name. For a folder, type or paste its path, or pick it "
+            "with the … button where the dialog offers one.\n\n"
             "Reference: ASPRS LAS Specification 1.4 R15 (2019)."
         )
 

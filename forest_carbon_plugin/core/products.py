@@ -128,6 +128,9 @@ class Product:
         return xs[0], ys[0]
 
 
+_MTL_FILE = re.compile(r"_MTL\.(txt|json|xml)$", re.I)
+
+
 def _other_nodata(file_nodata, fill: float) -> float | None:
     return None if file_nodata is None or file_nodata == fill else float(file_nodata)
 
@@ -151,7 +154,7 @@ def product_layout(path) -> str | None:
         return None
     if not path.is_dir():
         return None
-    if any(p.is_file() and re.search(r"_MTL\.(txt|json|xml)$", p.name, re.I) for p in path.iterdir()):
+    if any(p.is_file() and _MTL_FILE.search(p.name) for p in path.iterdir()):
         return "landsat"
     if any((path / name).is_file() for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")):
         return "sentinel2"
@@ -168,35 +171,31 @@ def open_product(path) -> Product:
     if not path.exists():
         raise ForestCarbonError(f"'{path}' does not exist: give a product folder or its metadata file "
                                 "(Landsat *_MTL.txt/.json/.xml, Sentinel-2 MTD_MSIL2A.xml/MTD_MSIL1C.xml).")
-    if path.is_dir() and product_layout(path) == "espa":
+    layout = product_layout(path)
+    if layout == "espa":
         raise ForestCarbonError(
             f"'{path}' is an ESPA surface-reflectance folder: it has no MTL or sun/view angles to harmonize with. "
             "Composite it as it is (forestcarbon:compositescenes reads ESPA folders), or harmonize the scene's "
             "Collection-2 product with its MTL.")
-    if path.is_file():
-        name = path.name.upper()
-        if "_MTL" in name or name.startswith("MTL"):
-            return _open_landsat(path)
-        if name.startswith("MTD_MSIL"):
-            return _open_sentinel2(path.parent, path)
-        if name == "MTD_TL.XML":
-            return _open_sentinel2(path.parent, None)
+    if layout is None and path.is_file():
         raise ForestCarbonError(f"'{path.name}' is not a product metadata file the plugin knows: give a "
                                 "Landsat MTL (.txt, .json, .xml), a Sentinel-2 MTD_MSIL2A.xml/MTD_MSIL1C.xml "
                                 "or MTD_TL.xml, or the product folder.")
-    mtls = sorted(p for p in path.iterdir() if p.is_file() and re.search(r"_MTL\.(txt|json|xml)$", p.name, re.I))
-    if mtls:
+    if layout is None:
+        raise ForestCarbonError(
+            f"No Landsat MTL or Sentinel-2 metadata or band files found in '{path}'. Give a Landsat Collection-2 "
+            "product folder (with its *_MTL.txt/.json/.xml), a Sentinel-2 .SAFE folder, or a folder of Sentinel-2 "
+            "band files (…_B04.jp2 or .tif) with MTD_TL.xml.")
+    if path.is_file():
+        if layout == "landsat":
+            return _open_landsat(path)
+        return _open_sentinel2(path.parent, path if path.name.upper().startswith("MTD_MSIL") else None)
+    if layout == "landsat":
+        mtls = sorted(p for p in path.iterdir() if p.is_file() and _MTL_FILE.search(p.name))
         # one product, several forms of its MTL: prefer the text form, the most complete
         return _open_landsat(sorted(mtls, key=lambda p: {".txt": 0, ".json": 1, ".xml": 2}[p.suffix.lower()])[0])
-    for name in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml"):
-        if (path / name).is_file():
-            return _open_sentinel2(path, path / name)
-    if _find_msi_bands(path):
-        return _open_sentinel2(path, None)
-    raise ForestCarbonError(
-        f"No Landsat MTL or Sentinel-2 metadata or band files found in '{path}'. Give a Landsat Collection-2 "
-        "product folder (with its *_MTL.txt/.json/.xml), a Sentinel-2 .SAFE folder, or a folder of Sentinel-2 "
-        "band files (…_B04.jp2 or .tif) with MTD_TL.xml.")
+    metadata = next((path / n for n in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml") if (path / n).is_file()), None)
+    return _open_sentinel2(path, metadata)
 
 
 # --------------------------------------------------------------------------- Landsat

@@ -56,7 +56,10 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
             "The grid is REFERENCE_GRID's when given, else the scene in TARGET_CRS (default: the scene's) at "
             "TARGET_RESOLUTION (m, default 30) with edges on multiples of the resolution. Output: float32 "
             "Cloud-Optimized GeoTIFF of reflectance (0-1), bands named coastal, blue, green, red, nir, swir1, "
-            "swir2 (+ re1, re2, re3, nir_broad for Sentinel-2), no-data where masked, and provenance tags."
+            "swir2 (+ re1, re2, re3, nir_broad for Sentinel-2), no-data where masked, and provenance tags. Fill is no-data "
+            "in every band: DN 0 of Landsat Level-1 and Level-2 and of Sentinel-2 L1C/L2A bands (tested on the DN, "
+            "before any offset), the band files' own no-data value, and QA fill. ESPA folders have no angles to "
+            "harmonize with: composite them as they are (Composite scenes)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802

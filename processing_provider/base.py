@@ -504,9 +504,21 @@ def _paths_of(value, context) -> list:
         return []
     plain = value.split("|")[0]
     if os.path.exists(plain):
-        return [plain]
+        return [plain, *_vpc_members(plain)]
     layer = QgsProcessingUtils.mapLayerFromString(value, context, False)
     return _layer_path(layer) if layer is not None else []
+
+
+def _vpc_members(path: str) -> list:
+    """The files a virtual point cloud (.vpc) lists, which the run reads as much as the .vpc itself."""
+    if not path.lower().endswith(".vpc"):
+        return []
+    from forest_carbon_plugin.core.vpc import vpc_files
+
+    try:
+        return [str(f) for f in vpc_files(path)]
+    except ForestCarbonError:  # the run itself says what is wrong with it
+        return []
 
 
 def _layer_path(layer) -> list:
@@ -517,7 +529,7 @@ def _layer_path(layer) -> list:
     except Exception:  # noqa: BLE001 - providers without decodeUri support
         path = None
     path = path or layer.source().split("|")[0]
-    return [path] if path and os.path.exists(path) else []
+    return [path, *_vpc_members(path)] if path and os.path.exists(path) else []
 
 
 def _destination_path(param, value, context):

@@ -225,3 +225,13 @@ def test_toolbox_dialog_takes_a_layer_a_file_or_a_folder(quarter_tiles, qgis_ifa
         batch.deleteLater()  # QGIS's batch widgets: built without error
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_an_output_onto_a_tile_of_the_vpc_is_refused(quarter_tiles, tmp_path, forestcarbon_provider):
+    import processing
+
+    folder, paths, vpc = quarter_tiles
+    before = paths[0].read_bytes()
+    with pytest.raises(QgsProcessingException, match="would overwrite it"):
+        processing.run("forestcarbon:normalizeheight", {"INPUT": str(vpc), "OUTPUT": str(paths[0])})
+    assert paths[0].read_bytes() == before

@@ -152,10 +152,18 @@ def configure_install_target(folder) -> None:
     _INSTALL_TARGET = None if folder is None else Path(folder)
 
 
+#: constraints files written this session (reading every distribution's metadata takes ~0.1 s, and the toolbox
+#: asks every algorithm's canExecute, whose message has the command); forgotten after an installation
+_WRITTEN: dict = {}
+
+
 def constraints_file(target) -> Path:
     """Write (beside ``target``) the pins of what QGIS's Python has, for the copyable command; its path."""
     target = Path(target)
     path = target.parent / f"constraints-{target.name}.txt"
+    if _WRITTEN.get(path):
+        return path
+    _WRITTEN[path] = True
     text = install_constraints(installed_pins())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,6 +407,7 @@ def install_dependencies(deps, target, *, python: str | None = None, pip_args=()
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
+    _WRITTEN.clear()  # what QGIS's Python has changes now
     deps = list(deps)
     if not deps:
         return InstallPlan([], [])
@@ -412,6 +421,7 @@ def install_dependencies(deps, target, *, python: str | None = None, pip_args=()
                                                "--no-warn-script-location", *pip_args, *plan.requirements],
                  log, cancelled, _pip_env(env))
     add_deps_dir(target)
+    _WRITTEN.clear()
     still = [d.module for d in deps if not is_available(d.module)]
     if still:
         raise ForestCarbonError(f"pip finished but {', '.join(still)} still cannot be found in {target}. "

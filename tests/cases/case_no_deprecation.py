@@ -35,10 +35,11 @@ def test_case(qgis_iface, qgis_processing, tmp_path):
 
         from ..conftest import SAMPLE_LAZ
 
-        make_models.area_based_approach()
-        make_models.forest_carbon_chain()
         plugin = forest_carbon_plugin.classFactory(qgis_iface)
         plugin.initGui()  # registers the provider: every algorithm's initAlgorithm runs
+        # the builds read their children's parameter definitions from the registered provider
+        make_models.area_based_approach()
+        make_models.forest_carbon_chain()
         provider = QgsApplication.processingRegistry().providerById("forestcarbon")
         algorithms = len(provider.algorithms())
         docks = plugin.docks

@@ -37,8 +37,8 @@ def test_workers_equal_one_process(tmp_path, forestcarbon_provider):
              OUTPUT_DTM=str(tmp_path / f"dtm{w}.tif"))
         _run("canopyheightmodel", INPUT=str(tmp_path / f"n{w}.laz"), METHOD=1, RESOLUTION=1, MAX_WORKERS=w,
              OUTPUT=str(tmp_path / f"pf{w}.tif"))
-        _run("canopyheightmodel", INPUT=str(folder), METHOD=0, RESOLUTION=1, MAX_WORKERS=w, NORMALIZE=2,
-             OUTPUT=str(tmp_path / f"p2r{w}.tif"))
+        _run("canopyheightmodel", INPUT=str(folder), METHOD=0, RESOLUTION=1, MAX_WORKERS=w,
+             OUTPUT=str(tmp_path / f"p2r{w}.tif"))  # raw elevations: NORMALIZE auto uses each tile's ground TIN
         tops = _run("treetops", INPUT=str(folder), WS_INTERCEPT=5, MIN_HEIGHT=2, MAX_WORKERS=w,
                     OUTPUT=str(tmp_path / f"tops{w}.gpkg"))
         out[w] = tops["TREE_COUNT"]
@@ -48,8 +48,20 @@ def test_workers_equal_one_process(tmp_path, forestcarbon_provider):
         a, b = laspy.read(tmp_path / f"{stem}1.laz"), laspy.read(tmp_path / f"{stem}2.laz")
         assert np.array_equal(a.classification, b.classification) and np.array_equal(a.z, b.z)
     assert out[1] == out[2] > 0
-    # tiles in workers = the merged file (p2r is cell-for-cell; of Z as it is: normalized, each tile has its
-    # own ground TIN, equal to the merged file's only within TIN tolerance)
-    _run("canopyheightmodel", INPUT=str(merged), METHOD=0, RESOLUTION=1, MAX_WORKERS=2, NORMALIZE=2,
+    # tiles in workers = the merged file. Each tile's ground TIN is built from its ground and its neighbours'
+    # within the 30 m buffer (lidR's catalog rule); it equals the merged file's TIN except where ground is so
+    # sparse that a Delaunay circle reaches past the buffer: 0.2 % of the points here (measured; before the TIN
+    # was built in local coordinates, 5.8 % of the points of another scene differed by up to 0.15 m)
+    _run("normalizeheight", INPUT=str(merged), OUTPUT=str(tmp_path / "n_merged.laz"))
+    a, b = laspy.read(tmp_path / "n2.laz"), laspy.read(tmp_path / "n_merged.laz")
+    ka, kb = (np.lexsort((np.asarray(p["Zref"]), p.y, p.x)) for p in (a, b))
+    assert np.array_equal(np.asarray(a.x)[ka], np.asarray(b.x)[kb])
+    dz = np.abs(np.asarray(a.z)[ka] - np.asarray(b.z)[kb])
+    assert (dz > 0.005).mean() < 0.005 and np.median(dz) == 0
+    _run("canopyheightmodel", INPUT=str(merged), METHOD=0, RESOLUTION=1, MAX_WORKERS=2,
          OUTPUT=str(tmp_path / "p2r_merged.tif"))
-    assert np.array_equal(_raster(tmp_path / "p2r2.tif"), _raster(tmp_path / "p2r_merged.tif"), equal_nan=True)
+    tiled, one = _raster(tmp_path / "p2r2.tif"), _raster(tmp_path / "p2r_merged.tif")
+    assert np.array_equal(np.isnan(tiled), np.isnan(one))
+    differ = np.abs(tiled - one)[~np.isnan(one)] > 0.005
+    print(f"cells of the tiled CHM that differ from the merged file's: {differ.mean():.2%}")
+    assert differ.mean() < 0.01

@@ -28,6 +28,7 @@ from .tin import bucket_index, interpolate, locate
 
 GROUND_CLASSES = (2, 9)
 BUFFER_M = 30.0
+ORIGIN_STEP_M = 1000.0
 IDW_K, IDW_POWER, IDW_RMAX = 3, 1.0, 50.0
 NODATA = -9999.0
 
@@ -42,7 +43,12 @@ class GroundSurface:
             raise ForestCarbonError(
                 f"Only {len(gx)} ground points (classes 2 and 9): a terrain needs at least 3. "
                 "Classify the ground first (forestcarbon:classifyground).")
-        self.points = np.column_stack([gx, gy])
+        # triangulate in coordinates local to a fixed 1 km origin: with map coordinates (10⁵-10⁶ m) qhull's
+        # lifted paraboloid loses the centimetres that decide which diagonal a near-square takes, so a tile's TIN
+        # and the merged file's differed far inside the tile (0.15 m, 6 % of points); the origin is a function of
+        # the coordinates alone, so neighbouring tiles mostly share one frame, and any frame of < 2 km keeps them
+        self.origin = np.floor(np.array([np.min(gx), np.min(gy)]) / ORIGIN_STEP_M) * ORIGIN_STEP_M
+        self.points = np.column_stack([gx, gy]) - self.origin
         self.z = np.asarray(gz, dtype=np.float64)
         try:
             self.tri = Delaunay(self.points)
@@ -55,7 +61,7 @@ class GroundSurface:
         self._buckets = bucket_index(self.tri)
 
     def __call__(self, x, y) -> np.ndarray:
-        q = np.column_stack([x, y])
+        q = np.column_stack([x, y]) - self.origin
         simplex = locate(self.tri, q[:, 0], q[:, 1], self._buckets)
         out = interpolate(self.tri, self.z, q[:, 0], q[:, 1], simplex)
         inside = simplex >= 0

@@ -233,7 +233,7 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     from qgis.core import (QgsMarkerSymbol, QgsPalLayerSettings, QgsReferencedRectangle, QgsSingleSymbolRenderer,
                            QgsTextBufferSettings, QgsTextFormat, QgsVectorLayerSimpleLabeling)
     from qgis.PyQt.QtCore import Qt
-    from qgis.PyQt.QtGui import QColor
+    from qgis.PyQt.QtGui import QColor, QFont
 
     # training and validation plots told apart by shape, fill and colour (legible in grey print and for the
     # colour-blind too): filled orange circles for the plots the model learned from, hollow magenta triangles
@@ -258,6 +258,7 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     labels.fieldName = "project || '\\n' || format_number(co2e_total_t, 0) || ' t CO2e'"
     labels.isExpression = True
     text = QgsTextFormat()
+    text.setFont(QFont(label_font_family()))
     text.setSize(10)
     text.setColor(QColor("black"))
     halo = QgsTextBufferSettings()  # a white halo: labels stay legible over the dark end of the AGB ramp
@@ -276,6 +277,7 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     # not the real samples, which lie elsewhere) with a small margin
     scene = scene_extent(layers[len(extra_rasters):], project)
     project.viewSettings().setDefaultViewExtent(QgsReferencedRectangle(scene, project.crs()))
+    pin_transformations(project, layers)
     qgz = Path(qgz)
     qgz.unlink(missing_ok=True)
     ok = project.write(str(qgz))
@@ -285,6 +287,41 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     if not ok:
         raise RuntimeError(f"Could not write {qgz}")
     return qgz
+
+
+def label_font_family() -> str:
+    """A font family this machine's desktop QGIS has. Without one, labels keep the default of the offscreen platform
+    that writes the project ('DejaVu LGC Sans', which Debian does not install), and QGIS desktop warns "Font not
+    available on system" as the project loads."""
+    from qgis.core import QgsFontUtils
+
+    for family in ("DejaVu Sans", "Sans Serif", "Arial", "Helvetica"):
+        if QgsFontUtils.fontFamilyMatchOnSystem(family)[0]:
+            return family
+    return "Sans Serif"
+
+
+def pin_transformations(project, layers) -> None:
+    """Record in the project the coordinate operation PROJ takes by default from each layer's CRS to the project's.
+
+    A layer in another datum (the real sample MixedConifer.laz is NAD83 / UTM 12N, the scene WGS 84 / UTM 33N)
+    otherwise makes QGIS desktop stop on "Multiple operations are possible…" when the project opens."""
+    from qgis.core import QgsCoordinateTransform, QgsCoordinateTransformContext, QgsCsException
+
+    context = project.transformContext()
+    for layer in layers:
+        crs = layer.crs()
+        if not crs.isValid() or crs == project.crs() or context.hasTransform(crs, project.crs()):
+            continue
+        transform = QgsCoordinateTransform(crs, project.crs(), QgsCoordinateTransformContext())
+        try:
+            transform.transform(layer.extent().center())  # instantiates the operation PROJ picks
+        except QgsCsException:
+            continue
+        proj = transform.instantiatedCoordinateOperationDetails().proj
+        if proj:
+            context.addCoordinateOperation(crs, project.crs(), proj)
+    project.setTransformContext(context)
 
 
 def scene_extent(layers, project, margin: float = 0.03):

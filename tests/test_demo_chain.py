@@ -219,12 +219,22 @@ def test_demo_project_opens_on_the_scene_with_haloed_labels_and_distinct_plots(t
     """scripts/demo.py's QGIS project (item 12): the default view extent is the scene's (QGIS opens a project without
     canvas settings there), the project labels have a text buffer, and training and validation plots differ in
     marker shape, fill and colour."""
-    from qgis.core import QgsProject, QgsSimpleMarkerSymbolLayerBase
+    from qgis.core import QgsFontUtils, QgsProject, QgsSimpleMarkerSymbolLayerBase
 
     from scripts import demo
 
     outputs, vectors, (xmin, ymin, xmax, ymax) = _tiny_chain_outputs(tmp_path)
-    qgz = demo.build_project(tmp_path / "demo.qgz", outputs, vectors)
+    # a real sample elsewhere in another datum (as MixedConifer.laz, NAD83 / UTM 12N): outside the view, and no
+    # "which transformation?" question when QGIS opens the project
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    sample = tmp_path / "sample_chm.tif"
+    with rasterio.open(sample, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32", crs="EPSG:26912",
+                       transform=from_origin(481_280.0, 3_813_020.0, 0.5, 0.5)) as dst:
+        dst.write(np.full((1, 8, 8), 12.0, "float32"))
+    qgz = demo.build_project(tmp_path / "demo.qgz", outputs, vectors, [("Real sample", sample)])
     project = QgsProject()
     assert project.read(str(qgz))
     try:
@@ -234,6 +244,8 @@ def test_demo_project_opens_on_the_scene_with_haloed_labels_and_distinct_plots(t
         margin = 0.03 * size
         assert view.xMinimum() == pytest.approx(xmin - margin) and view.xMaximum() == pytest.approx(xmax + margin)
         assert view.yMinimum() == pytest.approx(ymin - margin) and view.yMaximum() == pytest.approx(ymax + margin)
+        operation = project.transformContext().coordinateOperations()[("EPSG:26912", "EPSG:32633")]
+        assert "+proj=pipeline" in operation and "+zone=12" in operation and "+zone=33" in operation
 
         (carbon,) = project.mapLayersByName("Project carbon (t CO2e)")
         assert carbon.labelsEnabled()
@@ -241,6 +253,9 @@ def test_demo_project_opens_on_the_scene_with_haloed_labels_and_distinct_plots(t
         text = settings.format()  # held: buffer() is a reference into it
         buffer = text.buffer()
         assert buffer.enabled() and buffer.size() > 0 and buffer.color().name() == "#ffffff"
+        # a font this machine has (the offscreen platform's default, 'DejaVu LGC Sans', makes QGIS warn on loading)
+        assert text.font().family() != "DejaVu LGC Sans"
+        assert QgsFontUtils.fontFamilyMatchOnSystem(text.font().family())[0]
 
         def marker(name):
             (layer,) = project.mapLayersByName(name)

@@ -234,6 +234,18 @@ class UncertaintyDock(QDockWidget):
         self.polygon_combo = QgsMapLayerComboBox()
         self.polygon_combo.setObjectName("polygon_combo")
         self.polygon_combo.setFilters(LayerFilter.PolygonLayer)
+        # the error model's correlation range (default_correlation_range fills it from a carbonstock run or a
+        # validation report); its minimum means "not set": carbonstock's fully correlated errors
+        self.range_source = None
+        self.range_spin = QDoubleSpinBox(decimals=0, minimum=0.0, maximum=1_000_000.0, singleStep=50.0, value=0.0,
+                                         suffix=" m")
+        self.range_spin.setObjectName("range_spin")
+        self.range_spin.setSpecialValueText("not set: errors fully correlated")
+        self.range_spin.setToolTip("Distance over which pixel errors are correlated (carbonstock's CORRELATION_RANGE)")
+        self.polygon_combo.layerChanged.connect(lambda _layer: self.default_correlation_range())
+        polygon_form = _form()
+        polygon_form.addRow("Polygons", self.polygon_combo)
+        polygon_form.addRow("Error correlation", self.range_spin)
         self.polygon_button = QPushButton("Total of the selected polygons")
         self.polygon_button.clicked.connect(self.total_of_selection)
         self.polygon_label = QLabel()
@@ -244,7 +256,7 @@ class UncertaintyDock(QDockWidget):
         for title, parts in (("Layers", [layers, _buttons(self.style_button, self.identify_button), self.pixel_label]),
                              ("Current map extent", [stats_form, self.plot_canvas, self.clip_label,
                                                      _buttons(self.export_button)]),
-                             ("Polygon total", [self.polygon_combo, self.polygon_button, self.polygon_label])):
+                             ("Polygon total", [polygon_form, self.polygon_button, self.polygon_label])):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             for part in parts:

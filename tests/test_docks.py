@@ -377,6 +377,8 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
     polygons.selectByIds([next(polygons.getFeatures()).id()])
     dock.polygon_combo.setLayer(polygons)
     assert dock.correlation_range is None  # nothing recorded: carbonstock's conservative default
+    dock.range_spin.setValue(0.0)
+    assert dock.correlation_range == 0.0  # 0 is carbonstock's independent errors, not "not set"
     dock.range_spin.setValue(150.0)  # carbonstock's CORRELATION_RANGE, the same core function
     with qtbot.waitSignal(dock.polygonTotal, timeout=60000) as blocker:
         dock.total_of_selection()

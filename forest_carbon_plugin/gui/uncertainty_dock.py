@@ -235,9 +235,10 @@ class UncertaintyDock(QDockWidget):
         self.polygon_combo.setObjectName("polygon_combo")
         self.polygon_combo.setFilters(LayerFilter.PolygonLayer)
         # the error model's correlation range (default_correlation_range fills it from a carbonstock run or a
-        # validation report); its minimum means "not set": carbonstock's fully correlated errors
+        # validation report); its minimum, −1, means "not set": carbonstock's fully correlated errors (0 stays
+        # what it is in carbonstock, independent pixel errors, so that a run made with 0 is repeated as made)
         self.range_source = None
-        self.range_spin = QDoubleSpinBox(decimals=0, minimum=0.0, maximum=1_000_000.0, singleStep=50.0, value=0.0,
+        self.range_spin = QDoubleSpinBox(decimals=0, minimum=-1.0, maximum=1_000_000.0, singleStep=50.0, value=-1.0,
                                          suffix=" m")
         self.range_spin.setObjectName("range_spin")
         self.range_spin.setSpecialValueText("not set: errors fully correlated")
@@ -573,7 +574,7 @@ class UncertaintyDock(QDockWidget):
     def correlation_range(self) -> float | None:
         """The dock's range in metres; None = not set (carbonstock's conservative fully correlated errors)."""
         value = self.range_spin.value()
-        return None if value <= self.range_spin.minimum() else value
+        return None if value < 0 else value
 
     def total_of_selection(self) -> FunctionTask | None:
         """Area-weighted total of the selected polygons (as one area) and its interval, from the carbon

@@ -85,6 +85,21 @@ def test_the_range_fitted_from_a_report_recovers_the_simulated_range(tmp_path):
         resolve_correlation_range(None, bad)
 
 
+def test_a_flat_semivariogram_keeps_the_fully_correlated_bound(tmp_path):
+    """Independent residuals (no range for the plots to see): the report shows no range, and no range is taken
+    from it (the old rule, the shortest class distance, gave the demo's seed 5 a 155 m range and an interval
+    that missed a project's true total); the warning says why."""
+    rng = np.random.default_rng(5)
+    pts = rng.uniform(0, 2000, (200, 2))
+    _report(tmp_path / "validation_report.json", pts[:, 0], pts[:, 1], 40.0 * rng.standard_normal(200))
+    warnings = []
+    got = resolve_correlation_range(None, tmp_path / "validation_report.json", warn=warnings.append)
+    fit = got["variogram"]
+    assert fit["nugget_ratio"] > 0.9 or fit["practical_range"] < fit["lag"][0]
+    assert got["range_m"] == math.inf and got["source"].startswith("conservative")
+    assert "show no range" in warnings[0] and "FULLY CORRELATED" in warnings[0]
+
+
 def test_defaults_give_the_fully_correlated_bound_and_zero_the_independent_one(tmp_path):
     """Nothing but the required inputs: the run succeeds, R = 0 and the errors are fully correlated, so the
     half-width is z·Σ(w·a·σ) (hand computation: 100 whole 10 m pixels of σ 30 Mg/ha = 0.01 ha each); with

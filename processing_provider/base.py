@@ -377,7 +377,11 @@ def _checked_run(alg, process, parameters, context, feedback):
     files, folders = output_targets(alg, parameters, context)
     alg._in_safe_run = True
     try:
-        with OutputTransaction([path for _, path in files], [path for _, path in folders]):
+        with OutputTransaction([path for _, path in files], [path for _, path in folders]) as transaction:
+            if transaction.recovered and feedback is not None:
+                feedback.pushInfo(alg.tr("An earlier run that was killed before it finished was rolled back "
+                                         "(its partial outputs removed, the files it replaced put back): ")
+                                  + "; ".join(transaction.recovered))
             try:
                 results = process(alg, parameters, context, feedback)
                 if feedback is not None and feedback.isCanceled():

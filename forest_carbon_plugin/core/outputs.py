@@ -143,6 +143,12 @@ class OutputTransaction:
     manifests and raster provenance record the paths of their sibling outputs, which must be the final ones.
     Writers replace files (atomic_output renames, GDAL and OGR delete and create), so a kept hard link
     still holds the previous content.
+
+    A run killed outright (no ``__exit__``) leaves its journal (``journal.json`` in a hidden folder beside
+    the first output: the process, the outputs, what was there before and where it is kept). The next
+    transaction on the same outputs' folders rolls such a run back once its process is gone from this
+    machine, and lists it in :attr:`recovered`: the user's previous files come back, the killed run's
+    partial outputs go.
     """
 
     def __init__(self, files=(), folders=()):
@@ -152,8 +158,11 @@ class OutputTransaction:
         self._kept: dict[Path, Path] = {}  # entry -> its kept link
         self._undo_dirs: dict[Path, Path] = {}  # folder -> its hidden undo folder
         self._created: list[Path] = []  # folders that did not exist before the run, outermost first
+        self._journal: Path | None = None
+        self.recovered: list[str] = []  # journals of killed runs rolled back on entry
 
     def __enter__(self):
+        self.recovered = recover_killed_runs(self._neighbourhood())
         for path in self.files:
             self._note_missing(path.parent)
             for entry in self._matching(path):
@@ -162,6 +171,7 @@ class OutputTransaction:
             self._note_missing(folder)
             for entry in self._inside(folder):
                 self._keep(entry)
+        self._write_journal()
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -246,6 +256,89 @@ class OutputTransaction:
             shutil.rmtree(undo, ignore_errors=True)
         self._undo_dirs.clear()
         self._kept.clear()
+        if self._journal is not None:
+            shutil.rmtree(self._journal.parent, ignore_errors=True)
+            self._journal = None
+
+    def _neighbourhood(self) -> set:
+        """The folders where a killed run on the same outputs would have left its journal."""
+        places = set()
+        for place in [p.parent for p in self.files] + self.folders + [f.parent for f in self.folders]:
+            while not place.is_dir() and place.parent != place:
+                place = place.parent  # where _write_journal puts it when the run creates the folder
+            places.add(place)
+        return places
+
+    def _write_journal(self) -> None:
+        targets = self.files + self.folders
+        if not targets:
+            return
+        home = targets[0].parent
+        while not home.is_dir() and home.parent != home:
+            home = home.parent
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=UNDO_PREFIX, dir=home))
+            journal = {"pid": os.getpid(), "host": platform.node(), "files": [str(p) for p in self.files],
+                       "folders": [str(p) for p in self.folders],
+                       "before": [[str(k), list(v)] for k, v in self._before.items()],
+                       "kept": [[str(k), str(v)] for k, v in self._kept.items()],
+                       "undo_dirs": [[str(k), str(v)] for k, v in self._undo_dirs.items()],
+                       "created": [str(p) for p in self._created]}
+            (folder / JOURNAL).write_text(json.dumps(journal), encoding="utf-8")
+        except OSError:
+            return  # no journal, no recovery after a kill; the run itself is still all-or-nothing
+        self._journal = folder / JOURNAL
+
+    @classmethod
+    def _from_journal(cls, doc: dict) -> "OutputTransaction":
+        tx = cls(doc["files"], doc["folders"])
+        tx._before = {Path(k): tuple(v) for k, v in doc["before"]}
+        tx._kept = {Path(k): Path(v) for k, v in doc["kept"]}
+        tx._undo_dirs = {Path(k): Path(v) for k, v in doc["undo_dirs"]}
+        tx._created = [Path(p) for p in doc["created"]]
+        return tx
+
+
+JOURNAL = "journal.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def recover_killed_runs(folders) -> list:
+    """Roll back the runs whose journal lies in ``folders`` and whose process is no longer running on this
+    machine (killed: a cancel or an error would have rolled back or dropped its journal itself). Returns the
+    output lists of the runs rolled back. A journal from another machine (a shared disk) or of a running
+    process is left alone."""
+    recovered = []
+    for folder in folders:
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(UNDO_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            journal = Path(folder, name, JOURNAL)
+            try:
+                doc = json.loads(journal.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if doc.get("host") != platform.node() or _alive(int(doc.get("pid", 0))) or doc.get("pid") == os.getpid():
+                continue
+            try:
+                tx = OutputTransaction._from_journal(doc)
+            except (KeyError, TypeError, ValueError):
+                continue
+            tx._journal = journal
+            tx.rollback()
+            recovered.append(", ".join(doc["files"] + doc["folders"]))
+    return recovered
 
 
 def _identity(path: Path):

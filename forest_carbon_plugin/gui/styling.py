@@ -26,15 +26,27 @@ def legend_number(value: float, digits: int = LEGEND_DIGITS) -> str:
     return f"{value:.{digits - 1}e}"
 
 
+def raster_path(layer) -> str | None:
+    """The file behind a GDAL raster layer, or None (a WMS, a database, a layer of another kind)."""
+    from pathlib import Path
+
+    from qgis.core import QgsRasterLayer
+
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return None
+    path = layer.source().split("|")[0]
+    return path if Path(path).is_file() else None
+
+
 def layer_unit(layer) -> str:
     """The unit of a Forest Carbon raster (band metadata, tags or provenance: :func:`stats.read_output_info`),
     or '' for any other layer."""
     from .stats import read_output_info
 
-    path = layer.source().split("|")[0] if layer is not None else ""
+    path = raster_path(layer)
     try:
         return read_output_info(path).unit if path else ""
-    except Exception:  # noqa: BLE001 - a layer rasterio cannot open (a WMS, a database) has no unit of ours
+    except Exception:  # noqa: BLE001 - a file rasterio cannot read has no unit of ours
         return ""
 
 

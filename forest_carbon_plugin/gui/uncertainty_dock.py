@@ -57,7 +57,7 @@ from .connections import Connections
 from .jobs import register_task
 from .map_tools import PixelInfoTool
 from .stats import Sources, read_output_info, window_stats, write_value_by_alpha
-from .styling import apply_style, legend_number
+from .styling import apply_style, legend_number, raster_path
 from .tasks import FunctionTask
 
 STATS_DELAY_MS = 250  #: wait for the extent to stop changing before recomputing
@@ -65,14 +65,6 @@ HISTOGRAM_BINS = 40
 POLYGON_CONFIDENCE = 0.9
 POLYGON_SIMULATIONS = 10_000  #: carbonstock's default (ART-TREES: 10,000 Monte Carlo draws)
 CACHE_DIR = Path(tempfile.gettempdir()) / "forest_carbon_cache"  #: value-by-alpha rasters
-
-
-def raster_path(layer) -> str | None:
-    """The file behind a GDAL raster layer, or None."""
-    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
-        return None
-    path = layer.source().split("|")[0]
-    return path if Path(path).is_file() else None
 
 
 def cache_path(sources: Sources, threshold: float) -> Path:

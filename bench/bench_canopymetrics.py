@@ -40,7 +40,7 @@ RESULT = n
 
 METRICS = """
 import resource
-from forest_carbon_plugin.core.canopy_metrics import canopy_metrics
+from forest_carbon_plugin.core.lidar.pixel_metrics import canopy_metrics
 r = canopy_metrics({out!r}, {out!r} + "/../metrics_{w}.tif", res=20, normalize="never", max_workers={w})
 RESULT = {{"points": r.points, "children_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}
 """

@@ -30,9 +30,9 @@ tree_model({model!r}, n_features=3, n_trees=100, depth=6, seed=0)
 
 JOB = """
 import time
-from forest_carbon_plugin.core.inference import predict_raster
-from forest_carbon_plugin.core.cluster import DaskExecutor, local_cluster, close_local_clusters
-from forest_carbon_plugin.core.tilemap import executor_scope
+from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.parallel.cluster import DaskExecutor, local_cluster, close_local_clusters
+from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 workers = {workers}
 times = []
 if workers:

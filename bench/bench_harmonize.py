@@ -47,7 +47,7 @@ RESULT = n
 """
 
 HARMONIZE = """
-from forest_carbon_plugin.core.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
 result = harmonize_scene({folder!r}, {out!r}, max_workers={workers})
 RESULT = result.valid_fraction
 """

@@ -8,7 +8,7 @@ from .common import ROOT, measure
 CATALOG = ROOT.parent / "shared" / "data" / "lidar" / "bcts"
 
 DESCRIBE = """
-from forest_carbon_plugin.core.lasinfo import describe_catalog
+from forest_carbon_plugin.core.lidar.info import describe_catalog
 infos = describe_catalog({path!r})
 RESULT = sum(i.point_count for i in infos)
 """

@@ -65,8 +65,8 @@ RESULT = [time.perf_counter() - start, cold]
 
 FLOOR_PATCH = """
 import time, numpy as np, rasterio, concurrent.futures as cf
-from forest_carbon_plugin.core.inference import session_for
-from forest_carbon_plugin.core.blocks import default_workers
+from forest_carbon_plugin.core.models.predict import session_for
+from forest_carbon_plugin.core.raster.blocks import default_workers
 cores = default_workers(None)
 with rasterio.open({image!r}) as src:
     data = src.read()
@@ -96,8 +96,8 @@ RESULT = min(times)
 
 FLOOR_PIXEL = """
 import time, numpy as np, rasterio
-from forest_carbon_plugin.core.inference import session_for
-from forest_carbon_plugin.core.blocks import default_workers
+from forest_carbon_plugin.core.models.predict import session_for
+from forest_carbon_plugin.core.raster.blocks import default_workers
 session = session_for({model!r}, ["CPUExecutionProvider"], default_workers(None))
 with rasterio.open({image!r}) as src:
     data = src.read()

@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from forest_carbon_plugin.core.aggregate import aggregate_to_grid, parse_statistics
+from forest_carbon_plugin.core.raster.aggregate import aggregate_to_grid, parse_statistics
 from forest_carbon_plugin.core.errors import ForestCarbonError
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm

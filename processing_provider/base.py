@@ -517,7 +517,7 @@ def _vpc_members(path: str) -> list:
     """The files a virtual point cloud (.vpc) lists, which the run reads as much as the .vpc itself."""
     if not path.lower().endswith(".vpc"):
         return []
-    from forest_carbon_plugin.core.vpc import vpc_files
+    from forest_carbon_plugin.core.lidar.vpc import vpc_files
 
     try:
         return [str(f) for f in vpc_files(path)]

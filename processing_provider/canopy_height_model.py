@@ -9,8 +9,8 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES
-from forest_carbon_plugin.core.lidar_products import CHM_METHODS, canopy_height_model
+from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.products import CHM_METHODS, canopy_height_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType

@@ -11,7 +11,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES, canopy_metrics
+from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES, canopy_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType

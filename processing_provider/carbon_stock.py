@@ -20,7 +20,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from forest_carbon_plugin.core.carbon import (
+from forest_carbon_plugin.core.carbon.stock import (
     ALLOMETRIES,
     CARBON_FRACTION_CITATION,
     DEDUCTION_CITATION,
@@ -32,7 +32,7 @@ from forest_carbon_plugin.core.carbon import (
 )
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
-from forest_carbon_plugin.core.variogram import HOW_TO_CHOOSE, MIN_PAIRS
+from forest_carbon_plugin.core.carbon.variogram import HOW_TO_CHOOSE, MIN_PAIRS
 
 from .compat import FieldType, FileBehavior, NumberType, SourceType
 

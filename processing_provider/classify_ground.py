@@ -7,7 +7,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from forest_carbon_plugin.core.ground import CSF, SMRF, classify_ground
+from forest_carbon_plugin.core.lidar.ground import CSF, SMRF, classify_ground
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import NumberType

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from forest_carbon_plugin.core.composite import METHODS, composite_scenes
+from forest_carbon_plugin.core.imagery.composite import METHODS, composite_scenes
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
 from .compat import NumberType, ParameterFlag, SourceType

@@ -13,8 +13,8 @@
 ``execution(alg, parameters, context, feedback)`` is a context manager that connects (a clear
 error naming the address when it cannot), waits for a worker (``worker_wait`` seconds, 60 by default;
 ``FOREST_CARBON_WORKER_WAIT`` overrides it), refuses a cluster whose versions would change the results
-(:func:`forest_carbon_plugin.core.cluster.check_versions`) and makes the core functions called inside run
-their tiles on the cluster (:func:`forest_carbon_plugin.core.tilemap.executor_scope`).
+(:func:`forest_carbon_plugin.core.parallel.cluster.check_versions`) and makes the core functions called inside run
+their tiles on the cluster (:func:`forest_carbon_plugin.core.parallel.tilemap.executor_scope`).
 
 Settings live in ``QgsSettings`` under ``forest_carbon/cluster/…``; the dask-gateway password or
 token lives in the QGIS authentication database (a configuration whose id is stored as
@@ -33,9 +33,9 @@ from qgis.core import (
     QgsSettings,
 )
 
-from forest_carbon_plugin.core.cluster import DEFAULT_WORKER_WAIT, ClusterSpec, DaskExecutor, open_client
+from forest_carbon_plugin.core.parallel.cluster import DEFAULT_WORKER_WAIT, ClusterSpec, DaskExecutor, open_client
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.tilemap import executor_scope
+from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 
 from .base import FeedbackProgress
 from .compat import ParameterFlag

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from forest_carbon_plugin.core.highres import PIF_METHODS, REGRESSIONS, harmonize_highres
+from forest_carbon_plugin.core.imagery.highres import PIF_METHODS, REGRESSIONS, harmonize_highres
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
 from .compat import FieldType, SourceType, WkbType

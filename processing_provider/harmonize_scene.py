@@ -11,8 +11,8 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from forest_carbon_plugin.core.harmonize import harmonize_scene
-from forest_carbon_plugin.core.masks import DEFAULT_MASK, MASK_CLASSES
+from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.masks import DEFAULT_MASK, MASK_CLASSES
 
 from .base import FeedbackProgress, FileOrFolderParameter, ForestCarbonAlgorithm, RgbStyler
 from .compat import NumberType

@@ -22,7 +22,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QDateTime, Qt
 
-from forest_carbon_plugin.core.gedi import COLUMNS, read_gedi
+from forest_carbon_plugin.core.lidar.gedi import COLUMNS, read_gedi
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import FieldType, NumberType, SourceType, WkbType

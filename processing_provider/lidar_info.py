@@ -19,7 +19,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from forest_carbon_plugin.core import lasinfo
+from forest_carbon_plugin.core.lidar import info as lasinfo
 from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm

@@ -7,7 +7,7 @@ import json
 
 from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterFileDestination
 
-from forest_carbon_plugin.core import modelinfo
+from forest_carbon_plugin.core.models import info as modelinfo
 from forest_carbon_plugin.core.outputs import provenance, write_json, write_text
 
 from .base import ForestCarbonAlgorithm

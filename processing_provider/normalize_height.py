@@ -6,7 +6,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from forest_carbon_plugin.core.normalize import normalize_height
+from forest_carbon_plugin.core.lidar.normalize import normalize_height
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .inputs import point_cloud_source

@@ -18,9 +18,9 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES
-from forest_carbon_plugin.core.catalog import open_catalog
-from forest_carbon_plugin.core.plot_metrics import AREA_FIELD, Plot, plot_metrics
+from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.catalog import open_catalog
+from forest_carbon_plugin.core.lidar.plot_metrics import AREA_FIELD, Plot, plot_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import FieldType, GeometryType, NumberType, SourceType

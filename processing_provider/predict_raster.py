@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingOutputString,
 )
 
-from forest_carbon_plugin.core.inference import DEVICES, predict_raster
+from forest_carbon_plugin.core.models.predict import DEVICES, predict_raster
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType, SourceType

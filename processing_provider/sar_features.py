@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from forest_carbon_plugin.core.sar import BANDS, FILTERS, S1_IW_GRDH_LOOKS, sar_features
+from forest_carbon_plugin.core.imagery.sar import BANDS, FILTERS, S1_IW_GRDH_LOOKS, sar_features
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import NumberType

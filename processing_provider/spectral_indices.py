@@ -9,7 +9,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from forest_carbon_plugin.core.indices import DEFAULT_INDICES, INDICES, spectral_indices
+from forest_carbon_plugin.core.imagery.indices import DEFAULT_INDICES, INDICES, spectral_indices
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import NumberType

@@ -15,7 +15,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from forest_carbon_plugin.core.training import train_model
+from forest_carbon_plugin.core.models.train import train_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import LayerType, NumberType, SourceType

@@ -17,8 +17,8 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from forest_carbon_plugin.core.canopy_metrics import NORMALIZE_MODES
-from forest_carbon_plugin.core.lidar_products import TREETOP_METHODS, tree_crowns, tree_tops
+from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.products import TREETOP_METHODS, tree_crowns, tree_tops
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import FieldType, NumberType, SourceType, WkbType

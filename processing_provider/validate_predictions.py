@@ -13,7 +13,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from forest_carbon_plugin.core.validation import validate_predictions
+from forest_carbon_plugin.core.models.validate import validate_predictions
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import LayerType, NumberType

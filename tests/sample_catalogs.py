@@ -36,7 +36,7 @@ def mosaic(source, n: int = 4):
 def write_catalogs(root: Path, layout) -> tuple:
     """Folders of tiles laid out by ``layout`` (:func:`quarters`, :func:`mosaic`): the stand's elevations, and
     its heights above ground (normalized once, then tiled)."""
-    from forest_carbon_plugin.core.normalize import normalize_height
+    from forest_carbon_plugin.core.lidar.normalize import normalize_height
 
     normalize_height(SAMPLE_LAZ, root / "heights.laz")
     folders = []

@@ -290,7 +290,7 @@ def test_plots_without_a_target_are_skipped_and_counted(aba_products, tmp_path, 
     assert result["N_SAMPLES"] == 45
     assert any("3 plot(s) without a value in 'agb_mg_ha' were skipped" in line for line in feedback.lines), \
         feedback.lines
-    from forest_carbon_plugin.core.modelcard import read_card
+    from forest_carbon_plugin.core.models.card import read_card
 
     assert read_card(tmp_path / "n.onnx").extra["forest_carbon:training"]["skipped"]["no_target"] == 3
 
@@ -302,8 +302,8 @@ def test_plot_area_travels_to_the_card_and_predictraster_warns_on_other_cells(ab
 
     from qgis.core import QgsVectorLayer
 
-    from forest_carbon_plugin.core.inference import support_warning
-    from forest_carbon_plugin.core.modelcard import read_card
+    from forest_carbon_plugin.core.models.predict import support_warning
+    from forest_carbon_plugin.core.models.card import read_card
 
     layer = QgsVectorLayer(str(aba_products["plots"]), "plots")
     areas = [f["plot_area_m2"] for f in layer.getFeatures()]

@@ -791,7 +791,7 @@ def test_importgedi_removes_its_temporary_folder(tmp_path, monkeypatch, forestca
 def test_grid_limit_names_the_finest_resolution_that_fits():
     """1 km × 1 km at 1 cm is 10¹⁰ cells; 400 M cells fit at 1 cm × √(10¹⁰/4·10⁸) = 5 cm."""
     from forest_carbon_plugin.core.errors import ForestCarbonError
-    from forest_carbon_plugin.core.grid import MAX_MEMORY_CELLS, Grid
+    from forest_carbon_plugin.core.raster.grid import MAX_MEMORY_CELLS, Grid
 
     with pytest.raises(ForestCarbonError, match=r"100,000 × 100,000 cells .* at least 0\.05 "):
         Grid.covering(0.0, 0.0, 1000.0, 1000.0, 0.01)

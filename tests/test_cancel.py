@@ -12,8 +12,8 @@ import psutil
 import pytest
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
-from forest_carbon_plugin.core import workerpool
-from forest_carbon_plugin.core.crowns import Dalponte, crown_polygons, grow_crowns
+from forest_carbon_plugin.core.parallel import pool as workerpool
+from forest_carbon_plugin.core.lidar.crowns import Dalponte, crown_polygons, grow_crowns
 from tests import sample_catalogs
 
 

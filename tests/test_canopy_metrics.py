@@ -11,7 +11,7 @@ import rasterio
 from qgis.core import QgsProcessingException, QgsRasterLayer
 from scipy import stats
 
-from forest_carbon_plugin.core.metrics import STDMETRICS_Z
+from forest_carbon_plugin.core.lidar.metrics import STDMETRICS_Z
 
 from .conftest import SAMPLE_LAZ, SHARED_DATA, shared_file
 

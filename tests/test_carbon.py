@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from forest_carbon_plugin.core.carbon import (
+from forest_carbon_plugin.core.carbon.stock import (
     CO2_PER_C,
     OUTPUT_FIELDS,
     carbon_stock,
@@ -74,7 +74,7 @@ def _geod_area_ha(geom, crs):
 def test_pixel_weights_are_exact_intersection_areas():
     from shapely.geometry import box
 
-    from forest_carbon_plugin.core.blocks import RasterGrid
+    from forest_carbon_plugin.core.raster.blocks import RasterGrid
 
     grid = RasterGrid(UTM, Affine(10, 0, X0, 0, -10, Y0), 50, 50)
     for shape in _shapes():
@@ -379,8 +379,8 @@ def test_processing_run_without_uncertainty_and_errors(tmp_path, forestcarbon_pr
     assert frame["co2e_total_t"].notna()[0] and frame["co2e_ci_low_t"].isna().all()
     assert frame["deduction_pct"].isna().all()
     # VALIDATION_REPORT (the .html; its .json beside it) with CORRELATION_RANGE empty: the range is fitted to it
-    from forest_carbon_plugin.core.validation import semivariogram
-    from forest_carbon_plugin.core.variogram import resolve_correlation_range
+    from forest_carbon_plugin.core.models.validate import semivariogram
+    from forest_carbon_plugin.core.carbon.variogram import resolve_correlation_range
 
     rng = np.random.default_rng(4)
     x, y = rng.uniform(0, 2000, (2, 150))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from forest_carbon_plugin.core.carbon import CO2_PER_C, DEFAULT_CARBON_FRACTION, carbon_stock
-from forest_carbon_plugin.core.validation import semivariogram
-from forest_carbon_plugin.core.variogram import (
+from forest_carbon_plugin.core.carbon.stock import CO2_PER_C, DEFAULT_CARBON_FRACTION, carbon_stock
+from forest_carbon_plugin.core.models.validate import semivariogram
+from forest_carbon_plugin.core.carbon.variogram import (
     MIN_PAIRS,
     merge_lag_classes,
     recorded_error_model,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from forest_carbon_plugin.core.lidar_products import canopy_height_model, tree_tops
-from forest_carbon_plugin.core.normalize import normalize_height
+from forest_carbon_plugin.core.lidar.products import canopy_height_model, tree_tops
+from forest_carbon_plugin.core.lidar.normalize import normalize_height
 
 from .conftest import shared_file
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forest_carbon_plugin.core import cluster as cluster_module
-from forest_carbon_plugin.core.cluster import (
+from forest_carbon_plugin.core.parallel import cluster as cluster_module
+from forest_carbon_plugin.core.parallel.cluster import (
     JOB_OWNER,
     DaskExecutor,
     cache_folder,
@@ -33,8 +33,8 @@ from forest_carbon_plugin.core.cluster import (
     model_bundle,
 )
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.inference import predict_raster
-from forest_carbon_plugin.core.tilemap import executor_scope
+from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 
 from .onnx_models import conv_model
 from .test_remote import (  # noqa: F401 - fixtures
@@ -275,7 +275,7 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
     attribute 'a'); the job's tasks travel as plain data, so it runs, with a warning naming affine, and gives the
     local run's bits: predictraster (its grid), and harmonizescene (a product with CRS and transforms). The model keeps
     its weights in an external data file, which is sent with the job."""
-    from forest_carbon_plugin.core.harmonize import harmonize_scene
+    from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
 
     from affine import Affine
 

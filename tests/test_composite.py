@@ -10,14 +10,14 @@ import pytest
 import rasterio
 from affine import Affine
 
-from forest_carbon_plugin.core.composite import (
+from forest_carbon_plugin.core.imagery.composite import (
     composite_scenes,
     max_ndvi_composite,
     median_composite,
     medoid_composite,
 )
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.espa import read_espa_scene
+from forest_carbon_plugin.core.imagery.espa import read_espa_scene
 
 from .conftest import shared_file
 

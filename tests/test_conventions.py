@@ -19,11 +19,11 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from forest_carbon_plugin.core.composite import composite_scenes
+from forest_carbon_plugin.core.imagery.composite import composite_scenes
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.harmonize import harmonize_scene
-from forest_carbon_plugin.core.inference import predict_raster
-from forest_carbon_plugin.core.modelcard import read_card
+from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.models.card import read_card
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
 from forest_carbon_plugin.core.progress import NullProgress
 

@@ -47,12 +47,12 @@ def test_every_core_module_imports_without_qgis():
     assert report["failed"] == {}
     assert report["qgis_loaded"] == []
     # the modules that exist today must all have been tried
-    for name in ("forest_carbon_plugin.core.lasinfo", "forest_carbon_plugin.core.modelinfo",
+    for name in ("forest_carbon_plugin.core.lidar.info", "forest_carbon_plugin.core.models.info",
                  "forest_carbon_plugin.core.outputs", "forest_carbon_plugin.core.dependencies",
-                 "forest_carbon_plugin.paths", "forest_carbon_plugin.core.hls",
+                 "forest_carbon_plugin.paths", "forest_carbon_plugin.core.imagery.hls",
                  "forest_carbon_plugin.simulate.scene", "forest_carbon_plugin.simulate.lidar",
                  "forest_carbon_plugin.simulate.optical", "forest_carbon_plugin.simulate.__main__",
-                 "forest_carbon_plugin.core.blocks", "forest_carbon_plugin.core.harmonize",
-                 "forest_carbon_plugin.core.highres", "forest_carbon_plugin.core.sar",
-                 "forest_carbon_plugin.core.indices", "forest_carbon_plugin.core.composite"):
+                 "forest_carbon_plugin.core.raster.blocks", "forest_carbon_plugin.core.imagery.harmonize",
+                 "forest_carbon_plugin.core.imagery.highres", "forest_carbon_plugin.core.imagery.sar",
+                 "forest_carbon_plugin.core.imagery.indices", "forest_carbon_plugin.core.imagery.composite"):
         assert name in report["imported"]

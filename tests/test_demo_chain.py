@@ -61,7 +61,7 @@ def _check_outputs(paths: dict, manifest: dict) -> None:
         elif path.suffix == ".html":
             assert path.with_suffix(".json").is_file(), f"{key}: no JSON beside {path}"
         elif path.suffix == ".onnx":
-            from forest_carbon_plugin.core.modelcard import read_card
+            from forest_carbon_plugin.core.models.card import read_card
 
             assert read_card(path).bands  # a model card with the feature bands
     validation = json.loads(Path(paths["validatepredictions:report"]).with_suffix(".json").read_text())

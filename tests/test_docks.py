@@ -24,7 +24,7 @@ ROWS, COLS = 1500, 1600  # big enough that reading it at full resolution takes a
 def make_prediction(folder: Path, rows: int = ROWS, cols: int = COLS) -> dict:
     """Smooth 3-band features with a nodata hole → predictraster (a linear model with a log-variance
     head) → prediction, std, lower, upper COGs with their provenance. Returns kind → path."""
-    from forest_carbon_plugin.core.inference import predict_raster
+    from forest_carbon_plugin.core.models.predict import predict_raster
     from tests.onnx_models import pixel_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
     from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
     from shapely import wkt
 
-    from forest_carbon_plugin.core.carbon import carbon_stock
+    from forest_carbon_plugin.core.carbon.stock import carbon_stock
 
     polygons = QgsVectorLayer("Polygon?crs=EPSG:32633", "stands", "memory")
     shapes = ["POLYGON((501234 5996789, 503456 5996512, 503011 5994321, 501555 5994876, 501234 5996789))",

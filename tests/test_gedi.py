@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.gedi import POWER_BEAMS, read_gedi, to_datetime
+from forest_carbon_plugin.core.lidar.gedi import POWER_BEAMS, read_gedi, to_datetime
 
 from .conftest import shared_file
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from forest_carbon_plugin.core import hls, solar
+from forest_carbon_plugin.core.imagery import hls, solar
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
 from forest_carbon_plugin.core.progress import NullProgress
 from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
 

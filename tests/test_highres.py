@@ -9,8 +9,8 @@ import pytest
 import rasterio
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.harmonize import harmonize_scene
-from forest_carbon_plugin.core.highres import harmonize_highres, huber, irmad, rank_invariant, theil_sen
+from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.highres import harmonize_highres, huber, irmad, rank_invariant, theil_sen
 from forest_carbon_plugin.core.progress import NullProgress
 
 

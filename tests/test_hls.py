@@ -2,7 +2,7 @@
 
 import pytest
 
-from forest_carbon_plugin.core import hls
+from forest_carbon_plugin.core.imagery import hls
 
 
 @pytest.mark.parametrize("angles, k_vol, k_geo", [

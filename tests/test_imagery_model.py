@@ -50,7 +50,7 @@ def _model(path):
 
 
 def test_model_harmonizes_two_scenes_and_composites_them(imagery_scene, qgis_config, qgis_processing, tmp_path):
-    from forest_carbon_plugin.core.harmonize import harmonize_scene
+    from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
 
     out, manifest = imagery_scene
     path = tmp_path / "chain.model3"

@@ -8,7 +8,7 @@ import rasterio
 from affine import Affine
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.indices import spectral_indices
+from forest_carbon_plugin.core.imagery.indices import spectral_indices
 
 from .conftest import shared_file
 

@@ -13,8 +13,8 @@ from rasterio.transform import from_origin
 from scipy.stats import norm
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.inference import predict_raster
-from forest_carbon_plugin.core.modelcard import read_card
+from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.models.card import read_card
 from forest_carbon_plugin.core.progress import NullProgress
 
 from .conftest import shared_file
@@ -119,7 +119,8 @@ def test_patch_model_tiles_without_seams(tmp_path, shape, tile, overlap):
 def test_outputs_are_cogs_equal_to_the_gdal_path(tmp_path, monkeypatch):
     """The COGs written as the rows come (core.cog) pass GDAL's validator and hold the same pixels as the
     GDAL path (staged GeoTIFF + COG driver); an ensemble on a raster with nodata, std and bounds too."""
-    from forest_carbon_plugin.core import cog, inference
+    from forest_carbon_plugin.core.raster.write import cog
+    from forest_carbon_plugin.core.models import predict as inference
 
     if not cog.available("zstd"):
         pytest.skip("the zstandard package is not installed")
@@ -448,7 +449,7 @@ def test_strip_reads_equal_the_written_pixels(tmp_path, compress, interleave, ti
     the pixels written, and the nodata mask, for compressed and plain, tiled and striped, either interleave."""
     from rasterio.windows import Window
 
-    from forest_carbon_plugin.core.blocks import RasterGrid, Readers
+    from forest_carbon_plugin.core.raster.blocks import RasterGrid, Readers
 
     rng = np.random.default_rng(0)
     data = rng.integers(-100, 3000, (4, 700, 900)).astype("int16")

@@ -21,7 +21,7 @@ def test_zip_layout(plugin_zip):
     assert {n.split("/")[0] for n in names} == {"forest_carbon_plugin"}
     for required in ("metadata.txt", "__init__.py", "LICENSE", "processing_provider/provider.py",
                      "processing_provider/lidar_info.py", "resources/icons/icon.png",
-                     "resources/sample_data/sample_stand.laz", "core/lasinfo.py"):
+                     "resources/sample_data/sample_stand.laz", "core/lidar/info.py"):
         assert f"forest_carbon_plugin/{required}" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
 

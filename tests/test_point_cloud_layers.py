@@ -13,7 +13,7 @@ import rasterio
 from qgis.core import QgsProcessingException
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.lasinfo import las_files
+from forest_carbon_plugin.core.lidar.info import las_files
 
 from . import sample_catalogs
 from .conftest import SAMPLE_LAZ, shared_file

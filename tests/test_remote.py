@@ -22,10 +22,10 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from forest_carbon_plugin.core.cluster import DaskExecutor, check_address, connect, security
+from forest_carbon_plugin.core.parallel.cluster import DaskExecutor, check_address, connect, security
 from forest_carbon_plugin.core.errors import Cancelled, ForestCarbonError
-from forest_carbon_plugin.core.inference import predict_raster
-from forest_carbon_plugin.core.tilemap import executor_scope
+from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 
 from .onnx_models import conv_model, pixel_model, tree_model
 
@@ -63,9 +63,11 @@ def worker_venv():
     found = json.loads(probe.stdout)
     assert not found["qgis"] and not found["pyqt"], found
     installed = Path(found["core"])
-    stale = [p.name for p in (ROOT / "forest_carbon_plugin" / "core").glob("*.py")
-             if not (installed / p.name).exists()
-             or hashlib.sha256(p.read_bytes()).digest() != hashlib.sha256((installed / p.name).read_bytes()).digest()]
+    core = ROOT / "forest_carbon_plugin" / "core"
+    stale = [str(p.relative_to(core)) for p in core.rglob("*.py")
+             if not (installed / p.relative_to(core)).exists()
+             or hashlib.sha256(p.read_bytes()).digest()
+             != hashlib.sha256((installed / p.relative_to(core)).read_bytes()).digest()]
     assert not stale, f"{WORKER_VENV} holds an old copy of the core ({', '.join(stale)}): run `make setup`"
     return python
 

@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from forest_carbon_plugin.core.errors import Cancelled, ForestCarbonError
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
-from forest_carbon_plugin.core.sar import BANDS, gamma_map, refined_lee, sar_features, to_db
+from forest_carbon_plugin.core.imagery.sar import BANDS, gamma_map, refined_lee, sar_features, to_db
 
 L = 4.4  # Sentinel-1 IW GRDH
 CRS = "EPSG:32610"

@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.training import (
+from forest_carbon_plugin.core.models.train import (
     conformal_factor, conformal_scores, cross_validate, predict_intervals, random_folds, sample_training_data,
     spatial_folds, train_model)
 
@@ -54,8 +54,8 @@ def synthetic(tmp_path):
 def scene_model(tmp_path_factory):
     """A 1200 m scene, harmonized Sentinel-2 at 20 m, labels from its LiDAR (normalized, 2 m p2r CHM averaged to 20 m);
     a quarter of 100 m blocks held out (target set to nodata there), the rest trained on."""
-    from forest_carbon_plugin.core.harmonize import harmonize_scene
-    from forest_carbon_plugin.core.inference import predict_raster
+    from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+    from forest_carbon_plugin.core.models.predict import predict_raster
     from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
 
     root = tmp_path_factory.mktemp("train_scene")
@@ -69,8 +69,8 @@ def scene_model(tmp_path_factory):
         truth = src.read(1, out_shape=(h, w), resampling=Resampling.average)
     # labels from the simulated LiDAR: heights above the ground TIN, a 2 m p2r CHM (empty cells filled),
     # averaged onto the 20 m feature grid — what a user derives; the truth above only judges the result
-    from forest_carbon_plugin.core.lidar_products import canopy_height_model
-    from forest_carbon_plugin.core.normalize import normalize_height
+    from forest_carbon_plugin.core.lidar.products import canopy_height_model
+    from forest_carbon_plugin.core.lidar.normalize import normalize_height
 
     normalize_height(root / "scene" / "lidar", root / "norm.laz", max_workers=2)
     canopy_height_model(root / "norm.laz", root / "lidar_chm.tif", res=2.0, method="p2r", fill_empty=True)
@@ -101,7 +101,7 @@ def scene_model(tmp_path_factory):
 
 
 def test_held_out_blocks_rmse_and_calibrated_coverage(scene_model):
-    from forest_carbon_plugin.core.validation import interval_coverage, regression_metrics
+    from forest_carbon_plugin.core.models.validate import interval_coverage, regression_metrics
 
     doc, truth, held, maps = scene_model["doc"], scene_model["truth"], scene_model["held_out"], scene_model["maps"]
     labels = scene_model["labels"]
@@ -131,7 +131,7 @@ def test_held_out_blocks_rmse_and_calibrated_coverage(scene_model):
 
 
 def test_onnx_reproduces_the_model_and_the_card_round_trips(scene_model):
-    from forest_carbon_plugin.core.modelcard import read_card
+    from forest_carbon_plugin.core.models.card import read_card
 
     doc, maps, root = scene_model["doc"], scene_model["maps"], scene_model["root"]
     data = sample_training_data([scene_model["features"]], root / "test.tif", max_samples=10**6)
@@ -159,8 +159,8 @@ def test_onnx_reproduces_the_model_and_the_card_round_trips(scene_model):
 
 
 def test_forest_ensemble_exports_mean_and_variance(synthetic, tmp_path):
-    from forest_carbon_plugin.core.inference import predict_raster
-    from forest_carbon_plugin.core.validation import z_score
+    from forest_carbon_plugin.core.models.predict import predict_raster
+    from forest_carbon_plugin.core.models.validate import z_score
 
     feats, tgt, f, target = synthetic
     doc = train_model([feats], tgt, tmp_path / "rf.onnx", tmp_path / "rf_report.html", model_type=1,

@@ -14,7 +14,7 @@ import rasterio
 from affine import Affine
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.validation import (
+from forest_carbon_plugin.core.models.validate import (
     calibration_bins,
     fit_exponential,
     gaussian_intervals,
@@ -240,7 +240,7 @@ def test_polygon_area_weighted_mean_by_hand(tmp_path):
 
     from osgeo import ogr
 
-    from forest_carbon_plugin.core.validation import pixel_fractions
+    from forest_carbon_plugin.core.models.validate import pixel_fractions
 
     tri = ogr.CreateGeometryFromWkt(Polygon([(X0 + 2, Y0 - 38), (X0 + 38, Y0 - 38), (X0 + 20, Y0 - 2)]).wkt)
     frac = pixel_fractions(tri, Affine(10, 0, X0, 0, -10, Y0), (4, 4))

@@ -19,8 +19,8 @@ import rasterio
 from affine import Affine
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.lidar_products import tree_tops
-from forest_carbon_plugin.core.treetops import vwf_raster
+from forest_carbon_plugin.core.lidar.products import tree_tops
+from forest_carbon_plugin.core.lidar.treetops import vwf_raster
 
 from .conftest import shared_file
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from forest_carbon_plugin.core import dependencies, workerpool
+from forest_carbon_plugin.core import dependencies
+from forest_carbon_plugin.core.parallel import pool as workerpool
 from forest_carbon_plugin.core.errors import Cancelled, ForestCarbonError
 from tests import worker_tasks
 
@@ -182,7 +183,7 @@ def test_spawned_processes_do_not_rerun_a_script_without_main_guard(tmp_path):
     script.write_text(
         "import multiprocessing, os, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from forest_carbon_plugin.core.workerpool import main_hidden\n"
+        "from forest_carbon_plugin.core.parallel.pool import main_hidden\n"
         "print('TOP-LEVEL CODE', flush=True)\n"
         "ctx = multiprocessing.get_context('spawn')\n"
         "hide = main_hidden() if sys.argv[1] == 'hidden' else __import__('contextlib').nullcontext()\n"

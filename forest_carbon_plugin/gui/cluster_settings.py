@@ -30,7 +30,7 @@ from qgis.PyQt.QtWidgets import (
 from processing_provider.compat import QAction
 from processing_provider.execution import MODES, PREFIX, load_spec, save_spec, store_secret
 
-from ..core.cluster import ClusterSpec, check_versions, close_local_clusters, open_client, scheduler_address
+from ..core.parallel.cluster import ClusterSpec, check_versions, close_local_clusters, open_client, scheduler_address
 from ..core.errors import ForestCarbonError
 
 MODE_LABELS = ("Local cluster (worker processes on this machine)", "Dask scheduler (tcp:// or tls://)",

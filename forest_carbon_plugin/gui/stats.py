@@ -108,7 +108,7 @@ def sigma_of(std=None, lower=None, upper=None, coverage=None):
     if std is not None:
         return std
     if lower is not None and upper is not None and coverage is not None:
-        from ..core.validation import z_score
+        from ..core.models.validate import z_score
 
         return (upper - lower) / (2.0 * z_score(coverage))
     return None

@@ -548,7 +548,7 @@ class UncertaintyDock(QDockWidget):
         validation report (:func:`core.variogram.recorded_error_model`); leave it as it is when neither is found."""
         import math
 
-        from ..core.variogram import recorded_error_model
+        from ..core.carbon.variogram import recorded_error_model
 
         layer = self.polygon_combo.currentLayer()
         carbon = layer.source() if layer is not None and layer.providerType() == "ogr" else None
@@ -573,7 +573,7 @@ class UncertaintyDock(QDockWidget):
         core, in a background task; the result arrives through ``polygonTotal``."""
         from shapely import wkb
 
-        from ..core.carbon import carbon_stock
+        from ..core.carbon.stock import carbon_stock
 
         layer, sources = self.polygon_combo.currentLayer(), self.sources
         if layer is None or sources is None:

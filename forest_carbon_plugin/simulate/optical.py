@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from ..core import hls, solar
-from ..core.raster import block_mean, write_raster
+from ..core.imagery import hls, solar
+from ..core.raster.write import block_mean, write_raster
 from ..core.outputs import atomic_output
 from .world import EPSG, SceneConfig, rng_for
 

@@ -105,7 +105,7 @@ def main():
             import numpy as np
             import onnxruntime
 
-            from forest_carbon_plugin.core import training
+            from forest_carbon_plugin.core.models import train as training
 
             rng = np.random.default_rng(0)
             x = rng.normal(size=(300, 3)).astype(np.float32)

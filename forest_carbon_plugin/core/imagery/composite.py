@@ -1,0 +1,347 @@
+"""Per-pixel temporal composites of harmonized scenes: median, medoid, maximum NDVI.
+
+Inputs are rasters whose bands are described with the plugin's band names (red, nir, …;
+the output of ``harmonizescene``), or products as delivered, in every layout harmonizescene
+reads (:func:`.products.product_layout`, the one detection both use): Landsat Level-1 and
+Collection-2 Level-2 folders with their MTL, Sentinel-2 L1C/L2A folders, and ESPA scene
+folders (:mod:`.espa`). Bands are matched across scenes by description or common name
+(lower-cased; an undescribed band is named ``band_<n>`` and so matches by position); the
+composite holds the bands common to all scenes, in the first scene's order, each as DN × scale
++ offset: the GDAL scale/offset of a raster's band, the product's own scaling for a product
+(Landsat C2 L2 SR = DN·2.75e-5 − 0.2 or its MTL's values, Level-1 TOA from the MTL, Sentinel-2
+(DN + offset)/QUANTIFICATION_VALUE; :mod:`.products`), 1e-4 for ESPA. A folder in none of these
+layouts is refused with the layouts listed.
+
+An observation (a scene at a pixel) is invalid when any of its bands is no-data (the file's, or
+the product's fill: DN 0 for Landsat and Sentinel-2) or NaN, or when its QA says cloud, cloud
+shadow, cirrus or snow: CFmask classes 2 shadow, 3 snow, 4 cloud and 255 fill of a band
+described ``fmask`` or an ESPA/Landsat Fmask file (0 clear land and 1 water are kept); a
+Collection-2 QA_PIXEL's fill, dilated cloud, cirrus, cloud, shadow and snow bits; Sentinel-2 SCL
+classes 0, 3, 8, 9, 10, 11. Mask bands are not composited. A product's bands are read onto its
+finest band's grid. Scenes on another grid are read onto the first scene's grid with nearest
+neighbour (no mixing of dates or of cloud edges; harmonize scenes onto one grid first for a
+proper resampling).
+
+Methods, over the valid observations of each pixel:
+- ``median``: per band median (the mean of the two middle values for an even count);
+  bands may come from different dates.
+- ``medoid`` (Flood 2013, Remote Sensing 5:6481-6500): the observation whose sum of
+  Euclidean distances (across the composited bands) to all other valid observations is
+  smallest; all bands come from that one date. Ties: the earliest input.
+- ``max_ndvi``: the observation with the highest NDVI, (nir − red)/(nir + red) (``nir_broad``
+  when there is no ``nir``). Ties: the earliest input.
+
+The last output band, ``valid_count``, counts the valid observations. Where it is 0 the
+composite bands are NaN (the output's no-data) and ``valid_count`` holds 0, a valid value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..raster.blocks import RasterGrid, Readers, overlaps, process_blocks
+from ..errors import ForestCarbonError
+from .espa import FMASK_FILL, read_espa_scene
+from .masks import MASKERS
+from ..outputs import provenance
+from .products import LAYOUTS, open_product, product_layout
+
+METHODS = ("median", "medoid", "max_ndvi")
+MASK_NAME = "fmask"
+KEEP_CLASSES = (0, 1)  # CFmask clear land, water
+#: the classes a product's QA_PIXEL or SCL leaves out of a composite (fill always)
+QA_CLASSES = ("cloud", "cloud_shadow", "cirrus", "snow")
+#: the fill value of each QA layer a product may have (read as no-data when warped)
+QA_FILL = {"qa_pixel": 1, "scl": 0, "fmask": FMASK_FILL}
+#: the (scenes × bands) block buffer of one worker is kept under this many bytes
+BLOCK_BUDGET = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class SceneBand:
+    path: str
+    band: int  # 1-based band of path
+    name: str
+    scale: float
+    offset: float
+    nodata: float | None
+    #: the value that marks pixels outside the file when it is read onto another grid (None: the
+    #: file's own no-data; NaN or -0.5, which no integer takes, when it has none)
+    outside: float | None = None
+    #: the file's own no-data where a product's fill (``nodata``) is another value
+    file_nodata: float | None = None
+
+
+def _outside(src, band: int):
+    if src.nodatavals[band - 1] is not None:
+        return None
+    return float("nan") if np.dtype(src.dtypes[band - 1]).kind == "f" else -0.5
+
+
+@dataclass(frozen=True)
+class Scene:
+    source: str
+    bands: tuple[SceneBand, ...]
+    mask: SceneBand | None
+    grid: RasterGrid
+    mask_kind: str = "fmask"  # CFmask classes; or a product's "qa_pixel" / "scl" (:data:`.masks.MASKERS`)
+    layout: str = "raster"
+
+    def band(self, name: str) -> SceneBand:
+        return next(b for b in self.bands if b.name == name)
+
+
+def open_scene(source) -> Scene:
+    """A raster file or an ESPA scene folder as a :class:`Scene` (headers only)."""
+    import rasterio
+
+    path = Path(source)
+    layout = product_layout(path) if path.exists() else None
+    if path.is_dir() and layout is None:
+        raise ForestCarbonError(
+            f"The folder '{path}' is not a product layout the plugin reads: give " + "; ".join(LAYOUTS.values())
+            + "; or raster files whose bands are described red, nir, … (harmonizescene's outputs).")
+    if layout in ("landsat", "sentinel2"):
+        return _product_scene(path, layout)
+    if path.is_dir():
+        espa = read_espa_scene(path)
+        bands = []
+        for b in espa.bands:
+            with rasterio.open(b.path) as src:
+                bands.append(SceneBand(str(b.path), 1, b.name, b.scale, b.offset, b.nodata, _outside(src, 1)))
+                if len(bands) == 1:
+                    grid = RasterGrid.of(src)
+        mask = espa.mask and SceneBand(str(espa.mask.path), 1, MASK_NAME, 1.0, 0.0, float(FMASK_FILL))
+        return Scene(str(path), tuple(bands), mask, grid, layout="espa")
+    try:
+        src = rasterio.open(path)
+    except Exception as exc:  # noqa: BLE001 - rasterio raises several types
+        raise ForestCarbonError(f"{path} is not a readable raster ({exc}).") from exc
+    with src:
+        bands, mask = [], None
+        for i in range(1, src.count + 1):
+            name = (src.descriptions[i - 1] or "").strip().lower() or f"band_{i}"
+            if name == MASK_NAME:
+                mask = SceneBand(str(path), i, MASK_NAME, 1.0, 0.0, float(FMASK_FILL))
+                continue
+            if any(b.name == name for b in bands):
+                raise ForestCarbonError(f"{path} has two bands described {name!r}: band names must be unique to "
+                                        "match bands across scenes.")
+            bands.append(SceneBand(str(path), i, name, float(src.scales[i - 1] or 1.0),
+                                   float(src.offsets[i - 1] or 0.0), src.nodatavals[i - 1], _outside(src, i)))
+        return Scene(str(path), tuple(bands), mask, RasterGrid.of(src))
+
+
+def _product_scene(path: Path, layout: str) -> Scene:
+    """A Landsat or Sentinel-2 product (:func:`.products.open_product`) as a scene on its finest band's grid."""
+    import rasterio
+
+    product = open_product(path)
+    bands = []
+    for b in product.bands.values():
+        with rasterio.open(b.path) as src:
+            bands.append(SceneBand(str(b.path), 1, b.name, b.scale, b.offset, b.nodata, _outside(src, 1),
+                                   b.file_nodata))
+    finest = min(product.bands.values(), key=lambda b: b.res_m)
+    with rasterio.open(finest.path) as src:
+        grid = RasterGrid.of(src)
+    mask = None
+    if product.qa_path is not None:
+        mask = SceneBand(str(product.qa_path), 1, MASK_NAME, 1.0, 0.0, float(QA_FILL[product.qa_kind]))
+    return Scene(str(path), tuple(bands), mask, grid, mask_kind=product.qa_kind or "fmask", layout=layout)
+
+
+def common_bands(scenes: Sequence[Scene]) -> list[str]:
+    names = [b.name for b in scenes[0].bands]
+    for scene in scenes[1:]:
+        have = {b.name for b in scene.bands}
+        names = [n for n in names if n in have]
+    if not names:
+        listing = "; ".join(f"{Path(s.source).name}: {', '.join(b.name for b in s.bands)}" for s in scenes[:4])
+        raise ForestCarbonError(
+            "The scenes have no band in common (bands are matched by their descriptions): " + listing +
+            ". Harmonize the scenes first (forestcarbon:harmonizescene) or give scenes of one product.")
+    return names
+
+
+def nir_name(names: Sequence[str]) -> str | None:
+    return "nir" if "nir" in names else ("nir_broad" if "nir_broad" in names else None)
+
+
+# ---------------------------------------------------------------- array functions
+# stack: (scenes, bands, rows, cols), NaN where an observation is invalid (all its bands NaN)
+
+def valid_observations(stack: np.ndarray) -> np.ndarray:
+    """(scenes, rows, cols): True where every band of the observation is finite."""
+    return np.isfinite(stack).all(axis=1)
+
+
+def median_composite(stack: np.ndarray) -> np.ndarray:
+    """Per band median of the valid observations; NaN where there is none."""
+    stack = np.where(valid_observations(stack)[:, None], stack, np.nan)
+    out = np.full(stack.shape[1:], np.nan, dtype=np.float64)
+    any_valid = np.isfinite(stack).any(axis=0)
+    if any_valid.any():
+        # nanmedian over the pixels with data only (it warns on all-NaN slices)
+        out[any_valid] = np.nanmedian(stack.transpose(1, 2, 3, 0)[any_valid], axis=-1)
+    return out
+
+
+def _pick(stack: np.ndarray, index: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """The bands of observation ``index`` (rows, cols) at each pixel; NaN where not ``has``."""
+    picked = np.take_along_axis(stack, index[None, None], axis=0)[0].astype(np.float64)
+    picked[:, ~has] = np.nan
+    return picked
+
+
+def medoid_composite(stack: np.ndarray) -> np.ndarray:
+    """Flood's (2013) medoid: the valid observation with the smallest sum of Euclidean distances
+    to all the other valid observations. Memory: O(scenes × bands) per pixel, time O(scenes²)."""
+    valid = valid_observations(stack)
+    data = np.where(valid[:, None], stack, 0).astype(np.float64)
+    n = stack.shape[0]
+    total = np.zeros((n,) + stack.shape[2:], dtype=np.float64)
+    for i in range(n):
+        d = np.sqrt(np.sum((data - data[i]) ** 2, axis=1))  # (scenes, rows, cols)
+        total[i] = np.sum(np.where(valid, d, 0.0), axis=0)
+    total[~valid] = np.inf
+    return _pick(stack, np.argmin(total, axis=0), valid.any(axis=0))
+
+
+def ndvi_of(stack: np.ndarray, red: int, nir: int) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r, n = stack[:, red].astype(np.float64), stack[:, nir].astype(np.float64)
+        return (n - r) / (n + r)
+
+
+def max_ndvi_composite(stack: np.ndarray, red: int, nir: int) -> np.ndarray:
+    """The valid observation with the highest NDVI (bands ``red`` and ``nir`` of the stack)."""
+    valid = valid_observations(stack)
+    ndvi = ndvi_of(stack, red, nir)
+    # a valid observation whose NDVI is undefined (red + nir = 0) is taken only when alone
+    score = np.where(valid, np.where(np.isfinite(ndvi), ndvi, -np.inf), np.nan)
+    return _pick(stack, _nanargmax(score), valid.any(axis=0))
+
+
+def _nanargmax(score: np.ndarray) -> np.ndarray:
+    """argmax over axis 0 ignoring NaN (first index on ties; 0 where all are NaN)."""
+    filled = np.where(np.isnan(score), -np.inf, score)
+    best = np.argmax(filled, axis=0)
+    # all -inf columns where a valid -inf exists: argmax returns the first -inf, which may be an
+    # invalid one; take the first non-NaN instead
+    only_inf = np.all(filled == -np.inf, axis=0)
+    if only_inf.any():
+        first_valid = np.argmax(~np.isnan(score), axis=0)
+        best = np.where(only_inf, first_valid, best)
+    return best
+
+
+# ---------------------------------------------------------------- files
+
+def composite_scenes(inputs: Sequence, out_path, method: str = "median", progress=None,
+                     max_workers: int | None = None, parameters: dict | None = None) -> dict:
+    """Composite ``inputs`` (raster files or ESPA folders) into ``out_path`` (float32 COG).
+
+    Returns a summary: bands, scene count, pixels with at least one valid observation.
+    """
+    method = str(method).lower().replace("-", "_")
+    if method not in METHODS:
+        raise ForestCarbonError(f"Unknown compositing method {method!r}: use one of {', '.join(METHODS)}.")
+    inputs = [str(p) for p in inputs or []]
+    if not inputs:
+        raise ForestCarbonError("No input scenes: give at least one raster or ESPA scene folder.")
+    scenes = [open_scene(p) for p in inputs]
+    for scene in scenes:
+        if scene.layout in ("landsat", "sentinel2") and scene.mask is None and progress is not None:
+            progress.warning(f"'{Path(scene.source).name}' has no QA layer (QA_PIXEL, SCL or Fmask): its clouds and "
+                             "their shadows are not masked.")
+    names = common_bands(scenes)
+    red = nir = None
+    if method == "max_ndvi":
+        nir_band = nir_name(names)
+        if "red" not in names or nir_band is None:
+            raise ForestCarbonError(
+                "The max-NDVI composite needs bands described 'red' and 'nir' (or 'nir_broad') in every scene; "
+                f"the common bands are: {', '.join(names)}. Use the median or medoid method, or harmonize the "
+                "scenes first (forestcarbon:harmonizescene).")
+        red, nir = names.index("red"), names.index(nir_band)
+    grid = scenes[0].grid
+    for scene in scenes[1:]:
+        if not overlaps(grid, scene.grid):
+            raise ForestCarbonError(
+                f"The scene '{Path(scene.source).name}' does not overlap the first scene, "
+                f"'{Path(scenes[0].source).name}': scenes are composited on the first scene's grid, where it would "
+                "add nothing. Give scenes of one area (or mosaic them first), and check that their CRSs are set "
+                "correctly.")
+    n_scenes, n_bands = len(scenes), len(names)
+    # block side bounded so that one worker's float32 stack stays under BLOCK_BUDGET
+    side = int(math.sqrt(BLOCK_BUDGET / (4.0 * n_scenes * (n_bands + 1))))
+    block_size = int(min(512, max(64, side // 16 * 16)))
+    readers = Readers(grid)
+
+    def read_scene(scene: Scene, window, rows, cols):
+        from rasterio.enums import Resampling
+
+        out = np.empty((n_bands, rows, cols), dtype=np.float32)
+        invalid = np.zeros((rows, cols), dtype=bool)
+        for k, name in enumerate(names):
+            b = scene.band(name)
+            arr = readers.read(b.path, window, b.band, resampling=Resampling.nearest, src_nodata=b.outside)
+            data = np.asarray(np.ma.getdata(arr), dtype=np.float64)
+            invalid |= np.ma.getmaskarray(arr) | ~np.isfinite(data)
+            for nodata in (b.nodata, b.file_nodata):
+                if nodata is not None and not math.isnan(nodata):
+                    invalid |= data == nodata
+            out[k] = data * b.scale + b.offset
+        if scene.mask is not None:
+            m = readers.read(scene.mask.path, window, scene.mask.band, resampling=Resampling.nearest,
+                             src_nodata=scene.mask.nodata)
+            classes = np.asarray(np.ma.getdata(m))
+            if scene.mask_kind == "fmask":
+                invalid |= np.ma.getmaskarray(m) | ~np.isin(classes, KEEP_CLASSES)
+            else:
+                invalid |= np.ma.getmaskarray(m) | MASKERS[scene.mask_kind](classes, QA_CLASSES)
+        out[:, invalid] = np.nan
+        return out
+
+    def compute(window):
+        rows, cols = int(window.height), int(window.width)
+        stack = np.empty((n_scenes, n_bands, rows, cols), dtype=np.float32)
+        for s, scene in enumerate(scenes):
+            stack[s] = read_scene(scene, window, rows, cols)
+        count = valid_observations(stack).sum(axis=0)
+        if not seen["valid"] and count.any():
+            seen["valid"] = True
+        if method == "median":
+            comp = median_composite(stack)
+        elif method == "medoid":
+            comp = medoid_composite(stack)
+        else:
+            comp = max_ndvi_composite(stack, red, nir)
+        return np.concatenate([comp, count[None].astype(np.float64)]).astype(np.float32)
+
+    seen = {"valid": False}
+
+    def finish():
+        if not seen["valid"]:
+            raise ForestCarbonError(
+                f"No pixel of the first scene's grid has a valid observation in any of the {n_scenes} scene(s): "
+                "they are no-data, or masked (cloud, cloud shadow, snow, fill), everywhere. The composite would be "
+                "no-data everywhere, so nothing was written. Add clearer scenes.")
+
+    record = {"INPUTS": inputs, "METHOD": method}
+    record.update(parameters or {})
+    try:
+        process_blocks(grid, compute, out_path, count=n_bands + 1, dtype="float32", nodata=float("nan"),
+                       descriptions=names + ["valid_count"], tags={"COMPOSITE_METHOD": method,
+                                                                   "SCENE_COUNT": n_scenes},
+                       provenance=provenance("compositescenes", record, inputs), progress=progress,
+                       max_workers=max_workers, block_size=block_size, finish=finish)
+    finally:
+        readers.close()
+    return {"bands": names, "scenes": n_scenes, "method": method, "grid": grid}

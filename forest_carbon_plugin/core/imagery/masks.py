@@ -1,0 +1,98 @@
+"""Quality masks from the products' own QA layers (shared/notes/harmonization.md §1.4, §2).
+
+Every source maps onto the same user-facing classes (:data:`MASK_CLASSES`); fill/no-data
+is always masked. ``True`` in a mask means "do not use this pixel".
+
+* Landsat Collection-2 ``QA_PIXEL`` bits: 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud,
+  4 cloud shadow, 5 snow, 7 water; ``QA_RADSAT`` ≠ 0: saturated.
+* Sentinel-2 L2A ``SCL`` classes: 0 no data, 1 saturated/defective, 3 cloud shadow, 6 water,
+  8/9 cloud medium/high probability, 10 thin cirrus, 11 snow.
+* HLS ``Fmask`` bits: 0 cirrus, 1 cloud, 2 adjacent to cloud/shadow, 3 shadow, 4 snow,
+  5 water; 255 fill.
+* CFmask classes (ESPA, Landsat time series): 0 clear, 1 water, 2 shadow, 3 snow, 4 cloud,
+  255 fill.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MASK_CLASSES = ("cloud", "cloud_shadow", "cirrus", "snow", "water", "saturated")
+DEFAULT_MASK = ("cloud", "cloud_shadow", "cirrus", "saturated")
+
+
+def _bit(values, bit):
+    return (values.astype(np.int64) >> bit) & 1 == 1
+
+
+def qa_pixel_mask(qa: np.ndarray, classes) -> np.ndarray:
+    """Landsat C2 QA_PIXEL → mask (True = masked). The cloud class includes the dilated rim."""
+    mask = _bit(qa, 0)
+    if "cloud" in classes:
+        mask |= _bit(qa, 3) | _bit(qa, 1)
+    if "cloud_shadow" in classes:
+        mask |= _bit(qa, 4)
+    if "cirrus" in classes:
+        mask |= _bit(qa, 2)
+    if "snow" in classes:
+        mask |= _bit(qa, 5)
+    if "water" in classes:
+        mask |= _bit(qa, 7)
+    return mask
+
+
+SCL_CLASSES = {"cloud": (8, 9), "cloud_shadow": (3,), "cirrus": (10,), "snow": (11,), "water": (6,),
+               "saturated": (1,)}
+
+
+def scl_mask(scl: np.ndarray, classes) -> np.ndarray:
+    """Sentinel-2 L2A scene classification → mask (True = masked)."""
+    codes = [0] + [c for name in classes for c in SCL_CLASSES.get(name, ())]
+    return np.isin(scl, codes)
+
+
+def hls_fmask_mask(fmask: np.ndarray, classes) -> np.ndarray:
+    """HLS Fmask bit byte → mask. The cloud class includes bit 2 (adjacent to cloud/shadow)."""
+    mask = fmask == 255
+    bits = {"cirrus": (0,), "cloud": (1, 2), "cloud_shadow": (3,), "snow": (4,), "water": (5,)}
+    for name in classes:
+        for bit in bits.get(name, ()):
+            mask |= _bit(fmask, bit) & (fmask != 255)
+    return mask
+
+
+CFMASK_CLASSES = {"water": 1, "cloud_shadow": 2, "snow": 3, "cloud": 4}
+
+
+def cfmask_mask(fmask: np.ndarray, classes) -> np.ndarray:
+    """CFmask/Fmask classes (0 clear, 1 water, 2 shadow, 3 snow, 4 cloud, 255 fill) → mask."""
+    codes = [255] + [CFMASK_CLASSES[name] for name in classes if name in CFMASK_CLASSES]
+    return np.isin(fmask, codes)
+
+
+def radsat_mask(radsat: np.ndarray) -> np.ndarray:
+    """QA_RADSAT: any band saturated (bits 0-8) or terrain occlusion (bit 11)."""
+    return (radsat.astype(np.int64) & 0b100111111111) != 0
+
+
+MASKERS = {"qa_pixel": qa_pixel_mask, "scl": scl_mask, "fmask": cfmask_mask, "hls_fmask": hls_fmask_mask}
+
+
+def parse_classes(classes) -> tuple[str, ...]:
+    """Mask classes from names or from indices into :data:`MASK_CLASSES`."""
+    from ..errors import ForestCarbonError
+
+    out = []
+    for item in classes or ():
+        if isinstance(item, (int, np.integer)) or (isinstance(item, str) and item.strip().isdigit()):
+            index = int(item)
+            if not 0 <= index < len(MASK_CLASSES):
+                raise ForestCarbonError(f"Mask class {index} does not exist: use 0-{len(MASK_CLASSES) - 1} "
+                                        f"({', '.join(MASK_CLASSES)}).")
+            out.append(MASK_CLASSES[index])
+        else:
+            name = str(item).strip().lower().replace(" ", "_")
+            if name not in MASK_CLASSES:
+                raise ForestCarbonError(f"Unknown mask class '{item}': choose from {', '.join(MASK_CLASSES)}.")
+            out.append(name)
+    return tuple(dict.fromkeys(out))

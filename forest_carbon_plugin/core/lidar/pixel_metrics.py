@@ -1,0 +1,208 @@
+"""Canopy metrics on a raster grid from a LAS/LAZ file or catalog (lidR's ``pixel_metrics``).
+
+One pass over the tiles, each decoded once. Cells touched by a single tile are finished by
+the worker that reads it; cells straddling tile edges wait, as points, until every tile
+that touches them has been read, then are finished from all their points. So a catalog
+gives exactly the metrics of the same points merged into one file, and memory is bounded
+by one tile plus the edge strips. Tiles run in worker processes (``max_workers``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, open_catalog, read_tile, restrict
+from ..errors import ForestCarbonError
+from ..raster.grid import Grid
+from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
+from ..outputs import provenance as make_provenance
+from ..progress import NullProgress, Progress, check_cancel
+from ..raster.write import write_raster
+from ..parallel.tilemap import current_executor, map_tiles
+
+NODATA = -9999.0
+NORMALIZE_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class MetricsResult:
+    path: str
+    grid: Grid
+    bands: list
+    points: int
+    cells_with_data: int
+
+
+def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0, min_points: int = 4,
+                   intensity: bool = False, normalize: str = "auto", max_workers: int = 1,
+                   crs: str | None = None, progress: Progress | None = None,
+                   parameters: dict | None = None, extent=None, extent_crs: str | None = None) -> MetricsResult:
+    """Write one band per metric (lidR's ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``,
+    ``point_density``, ``pulse_density``, and with ``intensity`` lidR's ``stdmetrics_i``).
+
+    ``normalize``: "auto" subtracts the ground (lidR's tin()) from tiles whose Z are elevations,
+    "always" from every tile, "never" uses Z as heights.
+    """
+    progress = progress or NullProgress()
+    if not res > 0:
+        raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
+    if min_points < 1:
+        raise ForestCarbonError(f"MIN_POINTS must be at least 1 (got {min_points}).")
+    if normalize not in NORMALIZE_MODES:
+        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+    full = open_catalog(source, crs)
+    catalog, bounds = restrict(full, extent, extent_crs)
+    grid = Grid.covering(*bounds, res)
+    bands = metric_names(intensity)
+    values = compute_metrics(catalog, grid, bands, height_break, intensity, normalize, max_workers, progress,
+                             full.bounds)
+    n = values[bands.index("n")]
+    sparse = ~(n >= min_points)
+    values[:, sparse] = np.nan
+    data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
+    executor = current_executor()
+    record = make_provenance("forestcarbon:canopymetrics", parameters or {
+        "RESOLUTION": res, "HEIGHT_BREAK": height_break, "MIN_POINTS": min_points, "INTENSITY": intensity,
+        "NORMALIZE": normalize}, inputs=[t.path for t in catalog.tiles],
+        **(executor.describe() if executor is not None else {}))
+    check_cancel(progress)
+    write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
+                 provenance=record)
+    points = int(np.nansum(values[bands.index("n")]))
+    return MetricsResult(str(output), grid, bands, points, int((~sparse).sum()))
+
+
+def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity, normalize, max_workers,
+                    progress, data_bounds=None) -> np.ndarray:
+    """(bands, cells) float64 array; NaN where a cell has no point."""
+    data_bounds = data_bounds or catalog.bounds
+    need = np.zeros(grid.shape, dtype=np.int32)
+    rects = []
+    for tile in catalog.tiles:
+        r0, r1 = int(grid.rows([tile.maxy])[0]), int(grid.rows([tile.miny])[0])
+        c0, c1 = int(grid.cols([tile.minx])[0]), int(grid.cols([tile.maxx])[0])
+        need[r0:r1 + 1, c0:c1 + 1] += 1
+        rects.append((r0, r1, c0, c1))
+    out = np.full((len(bands), grid.size), np.nan)
+    done = np.zeros(grid.size, dtype=np.int32)
+    need_flat = need.ravel()
+    pending: list = []
+    tasks = [(catalog, i, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, height_break,
+              intensity, normalize, data_bounds) for i, rect in enumerate(rects)]
+
+    def collect(i, result):
+        exclusive_cells, exclusive_values, border = result
+        out[:, exclusive_cells] = exclusive_values
+        r0, r1, c0, c1 = rects[i]
+        rows, cols = np.mgrid[r0:r1 + 1, c0:c1 + 1]
+        done[(rows * grid.ncols + cols).ravel()] += 1
+        if border is not None and len(border["cell"]):
+            pending.append(border)
+        _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, grid.res)
+        progress.set_progress(100.0 * (i + 1) / len(tasks))
+
+    if current_executor() is None and (max_workers <= 1 or len(tasks) == 1):
+        # MAX_WORKERS bounds the cores: one worker decodes single-threaded too
+        for i, task in enumerate(tasks):
+            check_cancel(progress)
+            collect(i, _tile_task(*task, threads=max_workers > 1))
+    else:  # worker processes or a Dask cluster: one per core, each decoding single-threaded
+        with contextlib.closing(map_tiles(_tile_task, tasks, max_workers, progress, 100.0,
+                                          kwargs={"threads": False})) as results:
+            for i, result in enumerate(results):
+                collect(i, result)
+    if pending and any(len(p["cell"]) for p in pending):  # cannot happen: every cell's tiles were read
+        raise ForestCarbonError("Internal error: some edge cells were never completed.")
+    return out
+
+
+def _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, res):
+    if not pending:
+        return
+    merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+    complete = done[merged["cell"]] >= need_flat[merged["cell"]]
+    pending.clear()
+    if (~complete).any():
+        pending.append({k: v[~complete] for k, v in merged.items()})
+    if complete.any():
+        part = {k: v[complete] for k, v in merged.items() if k != "Z"}  # raw Z of different tiles do not compare
+        cells, values = _metrics_for(part, bands, height_break, intensity, res)
+        out[:, cells] = values
+
+
+def _metrics_for(points, bands, height_break, intensity, res):
+    """Metrics of the cells present in ``points`` → (cell ids, (bands, cells) values)."""
+    # compact cell ids without sorting: occupied cells, numbered in order
+    present = np.bincount(points["cell"])
+    cells = np.flatnonzero(present)
+    mapping = np.cumsum(present > 0) - 1
+    local = mapping[points["cell"]]
+    k = len(cells)
+    m = stdmetrics_z(points["z"], local, k, th=height_break, z_int=points.get("Z"))
+    m.update(cover_and_density(points["z"], points["first"], local, k, res * res, height_break))
+    if intensity:
+        m.update(stdmetrics_i(points["intensity"], points["z"], points["classification"], local, k))
+    return cells, np.vstack([m[b] for b in bands])
+
+
+def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize, data_bounds,
+               threads=True):
+    """Read one tile; finish the cells only it touches; return the others' points."""
+    path = catalog.tiles[i].path
+    fields = ["x", "y", "z", "Z", "return_number", "classification"] + (["intensity"] if intensity else [])
+    pts = read_tile(path, fields, threads=threads)
+    inside = grid.holds(pts["x"], pts["y"], data_bounds)  # a requested extent can cut the tile
+    if not inside.all():
+        pts = {k: v[inside] for k, v in pts.items()}
+    z = pts["z"]
+    raw_z = pts["Z"]
+    if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):
+        z = _normalized(catalog, i, pts, Path(path).name)
+        raw_z = None  # heights are no longer ordered like the raw Z
+    cell = grid.cell_index(pts["x"], pts["y"])
+    points = {"cell": cell, "z": z, "first": pts["return_number"] == 1, "classification": pts["classification"]}
+    if raw_z is not None:
+        points["Z"] = raw_z
+    if intensity:
+        points["intensity"] = pts["intensity"]
+    r0, r1, c0, c1 = rect
+    row, col = cell // grid.ncols, cell % grid.ncols
+    exclusive = need_rect[row - r0, col - c0] == 1
+    ex = {k: v[exclusive] for k, v in points.items()}
+    cells, values = _metrics_for(ex, bands, height_break, intensity, grid.res) if len(ex["cell"]) \
+        else (np.empty(0, np.int64), np.empty((len(bands), 0)))
+    border = {k: v[~exclusive] for k, v in points.items() if k != "Z"}
+    return cells, values, border
+
+
+def _looks_normalized(z, classification) -> bool:
+    """Heights above ground already? The heuristic lidarinfo reports (lasinfo.looks_normalized)."""
+    from .info import looks_normalized
+
+    ground = classification == 2
+    near = np.abs(z) <= 0.5
+    flag, _ = looks_normalized(int(ground.sum()), int((near & ground).sum()), len(z), int(near.sum()),
+                               float(z.min()), float(z.max()))
+    return bool(flag)
+
+
+def _normalized(catalog, i, pts, name, stats: dict | None = None):
+    """Heights above the ground TIN (lidR's tin(), with a 30 m buffer of neighbours' ground).
+    ``stats``, when given, receives ``ground_points``: how many ground returns the TIN has."""
+    from .normalize import GROUND_CLASSES, ground_surface_for_tile
+
+    surface = ground_surface_for_tile(catalog, i)
+    if stats is not None:
+        stats["ground_points"] = len(surface.z)
+    ground_z = surface(pts["x"], pts["y"])
+    if np.isnan(ground_z).any():
+        raise ForestCarbonError(
+            f"Some points of '{name}' are more than 50 m from any ground point: classify more ground "
+            "(forestcarbon:classifyground) or normalize with forestcarbon:normalizeheight first.")
+    height = pts["z"] - ground_z
+    height[np.isin(pts["classification"], GROUND_CLASSES)] = 0.0
+    return height

@@ -1,0 +1,1002 @@
+"""Validating a prediction raster (and its uncertainty) against independent references.
+
+Plain functions on arrays:
+
+- :func:`regression_metrics` — n, RMSE, MAE, bias (mean of prediction − reference), R² (1 − SSres/SStot),
+  relative RMSE (RMSE / mean reference, %).
+- :func:`gaussian_intervals`, :func:`interval_coverage` — central intervals ``pred ± z·σ`` and the share of
+  references inside them (PICP) with their mean width (MPIW).
+- :func:`calibration_bins` — Lang et al. (2022, 2023): bin the samples by predicted σ (equal-width bins, bins
+  with fewer than ``min_count`` samples dropped) and compare the observed RMSE with the predicted σ
+  (mean and RMS) in each bin; ENCE and UCE summarize it.
+- :func:`semivariogram`, :func:`fit_exponential` — the empirical residual semivariogram binned by distance,
+  fitted by ``γ(h) = nugget + psill·(1 − exp(−3h/r))`` with r the *practical* range (95 % of the sill).
+
+and :func:`validate_predictions`, which streams a prediction raster block by block against a raster
+or a point/polygon reference and writes an HTML report with a JSON of every number
+(:mod:`.report`). Exact sums over every valid pixel give the metrics and the coverages; a bounded,
+deterministic random sample (``MAX_SAMPLE`` pairs, seed ``SEED``) feeds the calibration curve, the
+plots and (``VARIOGRAM_POINTS`` of it) the semivariogram.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ForestCarbonError
+from ..progress import Progress, check_cancel
+
+LEVELS = (0.5, 0.68, 0.8, 0.9, 0.95)
+MAX_SAMPLE = 200_000
+VARIOGRAM_POINTS = 3000
+SEED = 20230
+BLOCK = 512
+
+__all__ = ["LEVELS", "regression_metrics", "interval_coverage", "gaussian_intervals", "z_score",
+           "calibration_bins", "semivariogram", "fit_exponential", "validate_predictions"]
+
+
+# ----------------------------------------------------------------------------- array functions
+
+def z_score(level: float) -> float:
+    """The standard normal quantile of a central interval of coverage ``level``: z(0.9) = 1.6449."""
+    from statistics import NormalDist
+
+    if not 0 < level < 1:
+        raise ForestCarbonError(f"A coverage or confidence level must lie between 0 and 1 (got {level}).")
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
+class _Sums:
+    """Exact streaming sums for the regression metrics (shifted by the first reference mean so that
+    SStot does not lose digits on large values)."""
+
+    def __init__(self):
+        self.n = 0
+        self.shift = None
+        self.s_res = self.s_res2 = self.s_abs = 0.0
+        self.s_ref = self.s_ref2 = self.s_pred = 0.0
+
+    def add(self, pred, ref) -> None:
+        pred = np.asarray(pred, dtype=np.float64).ravel()
+        ref = np.asarray(ref, dtype=np.float64).ravel()
+        if pred.size == 0:
+            return
+        if self.shift is None:
+            self.shift = float(ref.mean())
+        res = pred - ref
+        r = ref - self.shift
+        self.n += pred.size
+        self.s_res += res.sum()
+        self.s_res2 += np.dot(res, res)
+        self.s_abs += np.abs(res).sum()
+        self.s_ref += r.sum()
+        self.s_ref2 += np.dot(r, r)
+        self.s_pred += pred.sum()
+
+    def metrics(self) -> dict:
+        n = self.n
+        if n == 0:
+            return {"n": 0, "rmse": None, "mae": None, "bias": None, "r2": None, "relative_rmse_pct": None,
+                    "mean_reference": None, "mean_prediction": None}
+        mean_ref = self.shift + self.s_ref / n
+        ss_tot = self.s_ref2 - self.s_ref ** 2 / n
+        rmse = math.sqrt(max(self.s_res2, 0.0) / n)
+        return {
+            "n": int(n),
+            "rmse": rmse,
+            "mae": self.s_abs / n,
+            "bias": self.s_res / n,
+            "r2": 1.0 - self.s_res2 / ss_tot if ss_tot > 0 else None,
+            "relative_rmse_pct": 100.0 * rmse / mean_ref if mean_ref != 0 else None,
+            "mean_reference": mean_ref,
+            "mean_prediction": self.s_pred / n,
+        }
+
+
+def regression_metrics(pred, ref) -> dict:
+    """n, RMSE, MAE, bias (mean of pred − ref), R² (1 − SSres/SStot, None when the reference is
+    constant), relative RMSE (% of the mean reference), means. NaNs are left out pairwise."""
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    if pred.shape != ref.shape:
+        raise ForestCarbonError(f"Predictions ({pred.size}) and references ({ref.size}) differ in number.")
+    ok = np.isfinite(pred) & np.isfinite(ref)
+    sums = _Sums()
+    sums.add(pred[ok], ref[ok])
+    return sums.metrics()
+
+
+def gaussian_intervals(pred, std, levels=LEVELS) -> dict:
+    """``{level: (lower, upper)}``: central Gaussian intervals ``pred ± z(level)·std``."""
+    pred = np.asarray(pred, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    out = {}
+    for level in levels:
+        half = z_score(level) * std
+        out[float(level)] = (pred - half, pred + half)
+    return out
+
+
+def interval_coverage(ref, lower, upper) -> dict:
+    """Share of references with ``lower ≤ ref ≤ upper`` (PICP), mean width ``upper − lower`` (MPIW), n."""
+    ref, lower, upper = (np.asarray(a, dtype=np.float64).ravel() for a in (ref, lower, upper))
+    ok = np.isfinite(ref) & np.isfinite(lower) & np.isfinite(upper)
+    n = int(ok.sum())
+    if n == 0:
+        return {"n": 0, "coverage": None, "mean_width": None}
+    inside = (ref[ok] >= lower[ok]) & (ref[ok] <= upper[ok])
+    return {"n": n, "coverage": float(inside.mean()), "mean_width": float((upper[ok] - lower[ok]).mean())}
+
+
+def calibration_bins(pred_std, residual, n_bins: int = 10, min_count: int = 10) -> dict:
+    """Observed RMSE against predicted σ in ``n_bins`` equal-width bins of σ (Lang et al. 2022).
+
+    Returns ``{"bins": [...], "ence": ..., "uce": ...}``; each bin has its σ range, n, mean σ,
+    RMS σ (√mean σ²), RMSE and mean residual. Bins with fewer than ``min_count`` samples are dropped.
+    ENCE = mean over bins of |RMS σ − RMSE| / RMS σ; UCE = Σ (n_b/n)·|MSE_b − mean σ²_b|.
+    """
+    s = np.asarray(pred_std, dtype=np.float64).ravel()
+    r = np.asarray(residual, dtype=np.float64).ravel()
+    ok = np.isfinite(s) & np.isfinite(r)
+    s, r = s[ok], r[ok]
+    if s.size == 0:
+        return {"bins": [], "ence": None, "uce": None, "n": 0}
+    lo, hi = float(s.min()), float(s.max())
+    if hi <= lo:
+        hi = lo + max(abs(lo) * 1e-6, 1e-12)
+    edges = np.linspace(lo, hi, n_bins + 1)
+    index = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        sel = index == b
+        count = int(sel.sum())
+        if count < min_count:
+            continue
+        sb, rb = s[sel], r[sel]
+        bins.append({"std_from": float(edges[b]), "std_to": float(edges[b + 1]), "n": count,
+                     "mean_std": float(sb.mean()), "rms_std": float(math.sqrt(np.mean(sb ** 2))),
+                     "rmse": float(math.sqrt(np.mean(rb ** 2))), "mean_residual": float(rb.mean())})
+    n = sum(b["n"] for b in bins)
+    ence = float(np.mean([abs(b["rms_std"] - b["rmse"]) / b["rms_std"] for b in bins if b["rms_std"] > 0])) \
+        if bins and any(b["rms_std"] > 0 for b in bins) else None
+    uce = float(sum(b["n"] / n * abs(b["rmse"] ** 2 - b["rms_std"] ** 2) for b in bins)) if n else None
+    return {"bins": bins, "ence": ence, "uce": uce, "n": int(n)}
+
+
+def semivariogram(x, y, residual, n_lags: int = 15, max_distance: float | None = None) -> dict:
+    """Empirical semivariogram γ(h) = ½·mean((r_i − r_j)²) over pairs in ``n_lags`` equal distance bins.
+
+    ``max_distance`` defaults to half the largest pairwise distance. All pairs are used: keep the
+    points to a few thousand (n² / 2 pairs). Empty bins are dropped.
+    """
+    from scipy.spatial.distance import pdist
+
+    x, y, r = (np.asarray(a, dtype=np.float64).ravel() for a in (x, y, residual))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(r)
+    x, y, r = x[ok], y[ok], r[ok]
+    if r.size < 3:
+        return {"lag": [], "gamma": [], "pairs": [], "n_points": int(r.size), "max_distance": max_distance,
+                "variance": None}
+    xy = np.column_stack([x, y])
+    d = pdist(xy)
+    g = 0.5 * pdist(r[:, None], "sqeuclidean")
+    if max_distance is None:
+        max_distance = 0.5 * float(d.max())
+    if not max_distance > 0:
+        raise ForestCarbonError("The semivariogram needs points at distinct positions.")
+    keep = d <= max_distance
+    d, g = d[keep], g[keep]
+    edges = np.linspace(0.0, max_distance, n_lags + 1)
+    index = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, n_lags - 1)
+    counts = np.bincount(index, minlength=n_lags)
+    sum_d = np.bincount(index, weights=d, minlength=n_lags)
+    sum_g = np.bincount(index, weights=g, minlength=n_lags)
+    has = counts > 0
+    return {"lag": (sum_d[has] / counts[has]).tolist(), "gamma": (sum_g[has] / counts[has]).tolist(),
+            "pairs": counts[has].astype(int).tolist(), "n_points": int(r.size), "max_distance": float(max_distance),
+            "variance": float(np.var(r, ddof=1))}
+
+
+def exponential_model(h, nugget, partial_sill, practical_range):
+    """γ(h) = nugget + partial_sill·(1 − exp(−3h/practical_range)) (γ reaches 95 % of the partial sill at
+    the practical range)."""
+    return nugget + partial_sill * (1.0 - np.exp(-3.0 * np.asarray(h, dtype=np.float64) / practical_range))
+
+
+def fit_exponential(lag, gamma, pairs=None, max_distance: float | None = None) -> dict:
+    """Fit :func:`exponential_model` by ``scipy.optimize.curve_fit`` with Cressie's weights N(h)/γ(h)².
+
+    Returns nugget, partial_sill, sill, practical_range, range_parameter (= practical_range / 3,
+    the *a* of ``exp(−h/a)``), nugget_ratio and whether the fit converged. Bounds: nugget, psill ≥ 0;
+    practical range in (0, 3·max_distance]."""
+    from scipy.optimize import curve_fit
+
+    lag = np.asarray(lag, dtype=np.float64)
+    gamma = np.asarray(gamma, dtype=np.float64)
+    empty = {"model": "exponential", "nugget": None, "partial_sill": None, "sill": None, "practical_range": None,
+             "range_parameter": None, "nugget_ratio": None, "converged": False}
+    if lag.size < 3:
+        return empty
+    if max_distance is None:
+        max_distance = float(lag.max())
+    # Cressie's weights N(h)/γ(h)²: lags with many pairs and small γ (near the origin) count most
+    counts = np.ones_like(lag) if pairs is None else np.maximum(np.asarray(pairs, dtype=np.float64), 1.0)
+    sigma = np.maximum(gamma, 1e-12 * max(float(gamma.max()), 1e-300)) / np.sqrt(counts)
+    top = float(max(gamma.max(), 1e-12))
+    p0 = (float(max(gamma[0], 0.0)) * 0.5, max(top - 0.5 * float(max(gamma[0], 0.0)), 1e-12),
+          max_distance / 3.0)
+    upper = (2.0 * top, 2.0 * top, 3.0 * max_distance)
+    lower = (0.0, 0.0, 1e-6 * max_distance)
+    p0 = tuple(min(max(p, lo * 1.0001 + 1e-15), hi * 0.9999) for p, lo, hi in zip(p0, lower, upper))
+    try:
+        params, _ = curve_fit(exponential_model, lag, gamma, p0=p0, sigma=sigma, bounds=(lower, upper),
+                              maxfev=20000)
+    except (RuntimeError, ValueError):
+        return empty
+    nugget, psill, prange = (float(p) for p in params)
+    sill = nugget + psill
+    return {"model": "exponential", "nugget": nugget, "partial_sill": psill, "sill": sill,
+            "practical_range": prange, "range_parameter": prange / 3.0,
+            "nugget_ratio": nugget / sill if sill > 0 else None, "converged": True}
+
+
+# ----------------------------------------------------------------------------- streaming pieces
+
+class _Sample:
+    """A uniform random sample without replacement of at most ``size`` rows, deterministic for a
+    seed and a block order: every row gets a random key and the ``size`` smallest keys are kept."""
+
+    def __init__(self, size: int = MAX_SAMPLE, seed: int = SEED):
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.keys = np.empty(0)
+        self.columns: dict | None = None
+
+    def add(self, **columns) -> None:
+        n = len(next(iter(columns.values())))
+        if n == 0:
+            return
+        keys = self.rng.random(n)
+        if self.columns is None:
+            self.columns = {k: np.asarray(v) for k, v in columns.items()}
+            self.keys = keys
+        else:
+            self.columns = {k: np.concatenate([self.columns[k], np.asarray(columns[k])]) for k in self.columns}
+            self.keys = np.concatenate([self.keys, keys])
+        if self.keys.size > self.size:
+            keep = np.argpartition(self.keys, self.size)[:self.size]
+            self.keys = self.keys[keep]
+            self.columns = {k: v[keep] for k, v in self.columns.items()}
+
+    def ordered(self) -> dict:
+        if self.columns is None:
+            return {}
+        order = np.argsort(self.keys, kind="stable")
+        return {k: v[order] for k, v in self.columns.items()}
+
+
+@dataclass
+class _Interval:
+    source: str  # "std" or "bounds"
+    level: float
+    rescaled: bool = False  # bounds rescaled to another level (symmetric Gaussian assumption)
+    n: int = 0
+    inside: int = 0
+    width: float = 0.0
+
+    def add(self, ref, lower, upper) -> None:
+        ok = np.isfinite(lower) & np.isfinite(upper)
+        ref, lower, upper = ref[ok], lower[ok], upper[ok]
+        self.n += ref.size
+        self.inside += int(np.count_nonzero((ref >= lower) & (ref <= upper)))
+        self.width += float(np.sum(upper - lower, dtype=np.float64))
+
+    def result(self) -> dict:
+        return {"source": self.source, "level": self.level, "rescaled": self.rescaled, "n": int(self.n),
+                "coverage": self.inside / self.n if self.n else None,
+                "mean_width": self.width / self.n if self.n else None}
+
+
+@dataclass
+class _Accumulator:
+    """Everything accumulated over valid pairs: global sums, per-stratum sums, intervals, the sample."""
+
+    intervals: list
+    sums: _Sums = field(default_factory=_Sums)
+    strata: dict = field(default_factory=dict)
+    sample: _Sample = field(default_factory=_Sample)
+
+    def add(self, x, y, pred, ref, std=None, lower=None, upper=None, stratum=None, coverage=0.9) -> None:
+        self.sums.add(pred, ref)
+        sigma = None
+        if std is not None:
+            sigma = std
+            for iv in self.intervals:
+                if iv.source == "std":
+                    half = z_score(iv.level) * std
+                    iv.add(ref, pred - half, pred + half)
+        if lower is not None:
+            mid = 0.5 * (lower + upper)
+            half = 0.5 * (upper - lower)
+            zc = z_score(coverage)
+            for iv in self.intervals:
+                if iv.source == "bounds":
+                    h = half * (z_score(iv.level) / zc)
+                    iv.add(ref, mid - h, mid + h)
+            if sigma is None:
+                sigma = half / zc
+        if stratum is not None:
+            valid = np.isfinite(stratum)
+            codes = stratum[valid]
+            if codes.size:
+                p, r = pred[valid], ref[valid]
+                for code in np.unique(codes):
+                    sel = codes == code
+                    self.strata.setdefault(float(code), _Sums()).add(p[sel], r[sel])
+        cols = {"x": x, "y": y, "pred": pred, "ref": ref}
+        if sigma is not None:
+            cols["sigma"] = sigma
+        if stratum is not None:
+            cols["stratum"] = stratum
+        self.sample.add(**cols)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+@dataclass
+class _Vector:
+    path: str
+    layer: str | None
+
+
+def _parse_vector(source: str) -> _Vector | None:
+    """``path|layername=name`` (QGIS's source string) -> a vector; None for a plain path."""
+    text = str(source)
+    if "|" in text:
+        path, *options = text.split("|")
+        layer = None
+        for option in options:
+            if option.startswith("layername="):
+                layer = option.split("=", 1)[1]
+        return _Vector(path, layer)
+    return None
+
+
+def _is_raster(path: str) -> bool:
+    import rasterio
+
+    try:
+        with rasterio.open(path):
+            return True
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+def _open_vector(source, what: str):
+    """(dataset, layer) opened with OGR; raises a clear error when it cannot be opened."""
+    from ..dependencies import require
+
+    gdal, ogr = require("osgeo.gdal", "osgeo.ogr")
+    gdal.UseExceptions()
+    vec = _parse_vector(source) or _Vector(str(source), None)
+    try:
+        ds = gdal.OpenEx(vec.path, gdal.OF_VECTOR)
+    except RuntimeError:
+        ds = None
+    if ds is None or ds.GetLayerCount() == 0:
+        raise ForestCarbonError(f"{what} '{source}' is neither a raster nor a vector layer that GDAL can open. "
+                                "Give a GeoTIFF, or a GeoPackage/shapefile of points or polygons.")
+    layer = ds.GetLayerByName(vec.layer) if vec.layer else ds.GetLayer(0)
+    if layer is None:
+        raise ForestCarbonError(f"{what}: '{vec.path}' has no layer '{vec.layer}'.")
+    return ds, layer
+
+
+def _numeric_field(layer, name: str | None, what: str, param: str) -> str:
+    from osgeo import ogr
+
+    defn = layer.GetLayerDefn()
+    fields = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetType() for i in range(defn.GetFieldCount())}
+    numeric = [f for f, t in fields.items() if t in (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)]
+    if not name:
+        raise ForestCarbonError(f"{what} is a vector layer: set {param} to its numeric field with the reference "
+                                f"values (numeric fields: {', '.join(numeric) or 'none'}).")
+    if name not in fields:
+        raise ForestCarbonError(f"{what} has no field '{name}'. Fields: {', '.join(fields) or 'none'}.")
+    if name not in numeric:
+        raise ForestCarbonError(f"The field '{name}' of {what} is not numeric ({ogr.GetFieldTypeName(fields[name])}). "
+                                f"Choose a numeric field: {', '.join(numeric) or 'the layer has none'}.")
+    return name
+
+
+def _transform_to(layer, crs_wkt):
+    """An OGR coordinate transformation from the layer's CRS to ``crs_wkt`` (None if the same or unknown)."""
+    from osgeo import osr
+
+    source = layer.GetSpatialRef()
+    if source is None or not crs_wkt:
+        return None
+    target = osr.SpatialReference()
+    target.ImportFromWkt(crs_wkt)
+    for srs in (source, target):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    if source.IsSame(target):
+        return None
+    return osr.CoordinateTransformation(source, target)
+
+
+def _features(layer, field_name, crs_wkt, what):
+    """(geometry in the prediction CRS, value) of each feature with a geometry and a non-null value."""
+    transform = _transform_to(layer, crs_wkt)
+    layer.ResetReading()
+    out, skipped = [], 0
+    for feature in layer:
+        geom = feature.GetGeometryRef()
+        value = feature.GetField(field_name) if field_name is not None else None
+        if geom is None or geom.IsEmpty() or (field_name is not None and value is None):
+            skipped += 1
+            continue
+        geom = geom.Clone()
+        if transform is not None:
+            geom.Transform(transform)
+        out.append((geom, value))
+    return out, skipped
+
+
+def _kind(geom) -> str:
+    from osgeo import ogr
+
+    flat = ogr.GT_Flatten(geom.GetGeometryType())
+    if flat in (ogr.wkbPoint, ogr.wkbMultiPoint):
+        return "point"
+    if flat in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
+        return "polygon"
+    return ogr.GeometryTypeToName(flat)
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+@dataclass
+class _Inputs:
+    prediction: str
+    std: str | None
+    lower: str | None
+    upper: str | None
+    strata_raster: str | None
+    strata_polygons: list | None  # [(geometry, code)]
+    strata_labels: dict
+
+
+def validate_predictions(prediction, reference, out_html, std=None, lower=None, upper=None, coverage: float = 0.9,
+                         reference_field: str | None = None, strata=None, strata_field: str | None = None,
+                         progress: Progress | None = None, levels=LEVELS, max_sample: int = MAX_SAMPLE,
+                         variogram_points: int = VARIOGRAM_POINTS, n_bins: int = 10, n_lags: int = 15,
+                         seed: int = SEED, embed_figures: bool = False, parameters: dict | None = None) -> dict:
+    """Compare ``prediction`` with ``reference`` and write an HTML report (+ JSON, PNGs) to ``out_html``.
+
+    ``reference``: a raster (read onto the prediction grid: area average when the reference is finer,
+    nearest cell when it is coarser), or a point/polygon vector (``path`` or ``path|layername=x``) with a
+    numeric ``reference_field`` (points take the prediction pixel they fall in; polygons the area-weighted
+    mean of the pixels they cover). Intervals come from ``std`` (Gaussian, every level of ``levels``) and/or
+    ``lower``/``upper`` (nominal ``coverage``; other levels by rescaling the half-width around the midpoint,
+    which assumes a symmetric Gaussian). ``strata``: a class raster or a polygon layer with ``strata_field``.
+    Returns the JSON document (every number) with ``outputs`` (html, json, figures).
+    """
+    import rasterio
+
+    from ..raster.blocks import RasterGrid, overlaps
+    from ..outputs import provenance
+
+    coverage = float(coverage)
+    if not 0 < coverage < 1:
+        raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {coverage}).")
+    if (lower is None) != (upper is None):
+        given, missing = ("LOWER", "UPPER") if lower is not None else ("UPPER", "LOWER")
+        raise ForestCarbonError(f"{given} was given without {missing}: interval bounds need both LOWER and UPPER "
+                                "(or give STD instead).")
+    out_html = Path(out_html)
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise ForestCarbonError(f"The report '{out_html}' must end in .html.")
+    for name, path in (("PREDICTION", prediction), ("STD", std), ("LOWER", lower), ("UPPER", upper)):
+        if path is not None and not _is_raster(str(path)):
+            raise ForestCarbonError(f"{name} '{path}' cannot be opened as a raster.")
+    with rasterio.open(prediction) as src:
+        grid = RasterGrid.of(src)
+        crs_wkt = src.crs.to_wkt() if src.crs else None
+    for name, other in (("STD", std), ("LOWER", lower), ("UPPER", upper)):
+        if other is not None:
+            with rasterio.open(other) as src:
+                if not overlaps(grid, src):
+                    raise ForestCarbonError(
+                        f"{name} ('{Path(str(other)).name}') does not overlap PREDICTION "
+                        f"('{Path(str(prediction)).name}'): give the uncertainty rasters predictraster wrote with it.")
+    notes: list[str] = []
+
+    intervals = []
+    if std is not None:
+        intervals += [_Interval("std", lv) for lv in sorted(set(float(lv) for lv in levels) | {coverage})]
+    if lower is not None:
+        bound_levels = sorted(set(float(lv) for lv in levels) | {coverage})
+        intervals += [_Interval("bounds", lv, rescaled=not math.isclose(lv, coverage)) for lv in bound_levels]
+        notes.append(f"LOWER/UPPER are taken as a {coverage:g} central interval; coverage at other levels "
+                     "rescales their half-width by z(level)/z(COVERAGE) around the midpoint (a symmetric Gaussian "
+                     "assumption), and σ = half-width / z(COVERAGE) for the calibration curve.")
+    if not intervals:
+        notes.append("Neither STD nor LOWER/UPPER was given: interval coverage and the calibration curve are "
+                     "skipped.")
+
+    # strata
+    strata_raster, strata_polygons, strata_labels = None, None, {}
+    if strata is not None:
+        if _parse_vector(str(strata)) is None and _is_raster(str(strata)):
+            strata_raster = str(strata)
+        else:
+            _, slayer = _open_vector(strata, "STRATA")
+            if not strata_field:
+                raise ForestCarbonError("STRATA is a polygon layer: set STRATA_FIELD to the field naming each "
+                                        "stratum.")
+            defn = slayer.GetLayerDefn()
+            if defn.GetFieldIndex(strata_field) < 0:
+                names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+                raise ForestCarbonError(f"STRATA has no field '{strata_field}'. Fields: {', '.join(names) or 'none'}.")
+            feats, _ = _features(slayer, strata_field, crs_wkt, "STRATA")
+            codes = {}
+            strata_polygons = []
+            for geom, value in feats:
+                if _kind(geom) != "polygon":
+                    raise ForestCarbonError("STRATA must be a class raster or a polygon layer.")
+                code = codes.setdefault(str(value), float(len(codes) + 1))
+                strata_polygons.append((geom, code))
+            strata_labels = {code: label for label, code in codes.items()}
+    inputs = _Inputs(str(prediction), std and str(std), lower and str(lower), upper and str(upper), strata_raster,
+                     strata_polygons, strata_labels)
+    acc = _Accumulator(intervals, sample=_Sample(max_sample, seed))
+
+    ref_vector = _parse_vector(str(reference))
+    if ref_vector is None and _is_raster(str(reference)):
+        ref_kind = "raster"
+        notes += _stream_raster_reference(grid, inputs, str(reference), acc, coverage, progress)
+    else:
+        _, layer = _open_vector(reference, "REFERENCE")
+        field_name = _numeric_field(layer, reference_field, "REFERENCE", "REFERENCE_FIELD")
+        feats, skipped = _features(layer, field_name, crs_wkt, "REFERENCE")
+        if layer.GetSpatialRef() is None:
+            notes.append("REFERENCE has no CRS: its coordinates were taken to be in the prediction's CRS.")
+        if skipped:
+            notes.append(f"{skipped} reference feature(s) without a geometry or a value were left out.")
+        if not feats:
+            raise ForestCarbonError(
+                f"REFERENCE has no feature with both a geometry and a value of '{field_name}' ({skipped} feature(s) "
+                "without one): give a layer of plots whose reference field is filled in.")
+        kinds = {_kind(g) for g, _ in feats}
+        if not kinds <= {"point", "polygon"} or len(kinds) > 1:
+            raise ForestCarbonError(f"REFERENCE must hold points or polygons, one kind only (found: "
+                                    f"{', '.join(sorted(kinds)) or 'no features'}).")
+        ref_kind = kinds.pop() if kinds else "point"
+        if ref_kind == "point":
+            notes += _points_reference(grid, inputs, feats, acc, coverage, progress)
+        else:
+            notes += _polygons_reference(grid, inputs, feats, acc, coverage, progress)
+
+    metrics = acc.sums.metrics()
+    if metrics["n"] == 0:
+        raise ForestCarbonError(
+            "No valid pair of prediction and reference: they do not overlap, or every overlapping value is "
+            "no-data. Check that both cover the same area and that their CRSs are set correctly.")
+    check_cancel(progress)
+
+    sample = acc.sample.ordered()
+    document = {
+        "provenance": provenance("forestcarbon:validatepredictions", parameters or {
+            "PREDICTION": str(prediction), "REFERENCE": str(reference), "STD": std, "LOWER": lower, "UPPER": upper,
+            "COVERAGE": coverage, "REFERENCE_FIELD": reference_field, "STRATA": strata, "STRATA_FIELD": strata_field},
+            inputs=[p for p in (prediction, reference, std, lower, upper, strata) if p is not None]),
+        "reference_kind": ref_kind,
+        "units": "units of the prediction; bias = mean(prediction − reference)",
+        "metrics": metrics,
+        "intervals": [iv.result() for iv in intervals],
+        "interval_source": ("std" if std is not None else "bounds") if intervals else None,
+        "coverage_parameter": coverage,
+    }
+    if "sigma" in sample:
+        cal = calibration_bins(sample["sigma"], sample["pred"] - sample["ref"], n_bins=n_bins)
+        cal["sigma_source"] = "std" if std is not None else "bounds (half-width / z(COVERAGE))"
+        document["calibration"] = cal
+    else:
+        document["calibration"] = None
+    names = {code: strata_labels.get(code, _code_label(code)) for code in acc.strata}
+    document["strata"] = [dict(stratum=names[c], **acc.strata[c].metrics()) for c in sorted(acc.strata)]
+
+    sub = {k: v[:variogram_points] for k, v in sample.items()}
+    vario = semivariogram(sub["x"], sub["y"], sub["pred"] - sub["ref"], n_lags=n_lags)
+    vario["fit"] = fit_exponential(vario["lag"], vario["gamma"], vario["pairs"], vario["max_distance"])
+    document["semivariogram"] = vario
+    if vario["fit"]["converged"] and vario["fit"]["nugget_ratio"] is not None and vario["lag"]:
+        if vario["fit"]["practical_range"] < vario["lag"][0] or vario["fit"]["nugget_ratio"] > 0.9:
+            notes.append("The residuals show no spatial correlation at the sampled distances (the fitted range is "
+                         "below the first lag or the nugget is over 90% of the sill).")
+    document["sample"] = {"n_pairs_total": metrics["n"], "n_sampled": int(len(sample.get("x", []))),
+                          "max_sample": int(max_sample), "variogram_points": int(len(sub.get("x", []))),
+                          "seed": int(seed)}
+    document["notes"] = notes
+
+    from ..report import write_report
+
+    report = _build_report(document, sample)
+    outputs = write_report(out_html, report, document, embed=embed_figures)
+    document["outputs"] = outputs
+    if progress is not None:
+        progress.set_progress(100.0)
+    return document
+
+
+def _code_label(code: float):
+    return int(code) if float(code).is_integer() else code
+
+
+# ----------------------------------------------------------------------------- reference kinds
+
+def _read_extras(readers, inputs: _Inputs, window, transform, shape):
+    """std, lower, upper, stratum arrays (float64, NaN where invalid) on ``window`` of the prediction grid."""
+    out = {}
+    for key in ("std", "lower", "upper"):
+        path = getattr(inputs, key)
+        out[key] = None if path is None else _filled(readers.read(path, window))
+    if inputs.strata_raster is not None:
+        out["stratum"] = _filled(readers.read(inputs.strata_raster, window))
+    elif inputs.strata_polygons is not None:
+        out["stratum"] = _rasterize_strata(inputs.strata_polygons, transform, shape)
+    else:
+        out["stratum"] = None
+    return out
+
+
+def _filled(masked) -> np.ndarray:
+    arr = np.ma.asarray(masked).astype(np.float64)
+    return np.ma.filled(arr, np.nan)
+
+
+def _rasterize_strata(polygons, transform, shape):
+    import json as _json
+
+    from rasterio.features import rasterize
+
+    shapes = [(_json.loads(g.ExportToJson()), code) for g, code in polygons]
+    if not shapes:
+        return np.full(shape, np.nan)
+    burned = rasterize(shapes, out_shape=shape, transform=transform, fill=0.0, dtype="float64")
+    burned[burned == 0] = np.nan
+    return burned
+
+
+def _valid(pred, ref, extras):
+    ok = np.isfinite(pred) & np.isfinite(ref)
+    if extras["std"] is not None:
+        ok &= np.isfinite(extras["std"]) & (extras["std"] >= 0)
+    if extras["lower"] is not None:
+        ok &= np.isfinite(extras["lower"]) & np.isfinite(extras["upper"])
+    return ok
+
+
+def _add(acc, x, y, pred, ref, extras, ok, coverage):
+    pick = (lambda a: None if a is None else a[ok])
+    acc.add(x[ok], y[ok], pred[ok], ref[ok], std=pick(extras["std"]), lower=pick(extras["lower"]),
+            upper=pick(extras["upper"]), stratum=pick(extras["stratum"]), coverage=coverage)
+
+
+def _stream_raster_reference(grid, inputs, reference, acc, coverage, progress) -> list:
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from ..raster.blocks import Readers, RasterGrid, same_grid
+
+    notes = []
+    with rasterio.open(reference) as src:
+        ref_grid = RasterGrid.of(src)
+        same_crs = src.crs is None or grid.crs is None or src.crs == grid.crs
+    resampling = Resampling.nearest
+    if not same_grid(ref_grid, grid):
+        if same_crs and min(ref_grid.res) > max(grid.res) * (1 + 1e-9):
+            notes.append("The reference raster is coarser than the prediction: each prediction pixel was compared "
+                         "with the reference cell it lies in (nearest); n counts prediction pixels, which repeat "
+                         "reference values.")
+        else:
+            resampling = Resampling.average
+            notes.append("The reference raster is on another grid: it was averaged (area-weighted) onto the "
+                         "prediction's grid.")
+    readers = Readers(grid)
+    windows = list(grid.windows(BLOCK))
+    try:
+        for i, window in enumerate(windows):
+            check_cancel(progress)
+            pred = _filled(readers.read(inputs.prediction, window))
+            ref = _filled(readers.read(reference, window, resampling=resampling))
+            transform = grid.window_transform(window)
+            extras = _read_extras(readers, inputs, window, transform, pred.shape)
+            ok = _valid(pred, ref, extras)
+            if ok.any():
+                rows, cols = np.nonzero(ok)
+                x = np.zeros(pred.shape)
+                y = np.zeros(pred.shape)
+                x[rows, cols] = transform.c + (cols + 0.5) * transform.a
+                y[rows, cols] = transform.f + (rows + 0.5) * transform.e
+                _add(acc, x, y, pred, ref, extras, ok, coverage)
+            if progress is not None:
+                progress.set_progress(90.0 * (i + 1) / len(windows))
+    finally:
+        readers.close()
+    return notes
+
+
+def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
+    """Each point takes the prediction pixel it falls in (the other rasters: the same pixel of the
+    prediction grid)."""
+    from ..raster.blocks import Readers
+
+    xs, ys, vals = [], [], []
+    for geom, value in feats:
+        point = geom if geom.GetGeometryCount() == 0 else geom.GetGeometryRef(0)
+        xs.append(point.GetX())
+        ys.append(point.GetY())
+        vals.append(float(value))
+    xs, ys, vals = np.array(xs), np.array(ys), np.array(vals)
+    inv = ~grid.transform
+    col, row = inv * (xs, ys) if xs.size else (np.array([]), np.array([]))
+    col, row = np.floor(np.asarray(col)).astype(np.int64), np.floor(np.asarray(row)).astype(np.int64)
+    inside = (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
+    notes = []
+    if (~inside).any():
+        notes.append(f"{int((~inside).sum())} reference point(s) outside the prediction raster were left out.")
+    readers = Readers(grid)
+    windows = list(grid.windows(BLOCK))
+    try:
+        for i, window in enumerate(windows):
+            check_cancel(progress)
+            r0, c0 = int(window.row_off), int(window.col_off)
+            sel = inside & (row >= r0) & (row < r0 + window.height) & (col >= c0) & (col < c0 + window.width)
+            if not sel.any():
+                continue
+            pred_block = _filled(readers.read(inputs.prediction, window))
+            transform = grid.window_transform(window)
+            extras_block = _read_extras(readers, inputs, window, transform, pred_block.shape)
+            rr, cc = row[sel] - r0, col[sel] - c0
+            pred = pred_block[rr, cc]
+            extras = {k: None if v is None else v[rr, cc] for k, v in extras_block.items()}
+            ref = vals[sel]
+            ok = _valid(pred, ref, extras)
+            _add(acc, xs[sel], ys[sel], pred, ref, extras, ok, coverage)
+            if progress is not None:
+                progress.set_progress(90.0 * (i + 1) / len(windows))
+    finally:
+        readers.close()
+    return notes
+
+
+def pixel_fractions(geom, transform, shape) -> np.ndarray:
+    """The share of each pixel of a (rows, cols) grid covered by an OGR polygon (0-1). Pixels away from
+    the boundary are 0 or 1 by rasterization; those along it get their exact intersection area."""
+    import json as _json
+
+    from osgeo import ogr
+    from rasterio.features import rasterize
+    from scipy.ndimage import binary_dilation
+
+    gj = _json.loads(geom.ExportToJson())
+    touched = rasterize([(gj, 1)], out_shape=shape, transform=transform, fill=0, all_touched=True,
+                        dtype="uint8").astype(bool)
+    boundary = geom.GetBoundary()
+    edge = rasterize([(_json.loads(boundary.ExportToJson()), 1)], out_shape=shape, transform=transform, fill=0,
+                     all_touched=True, dtype="uint8").astype(bool)
+    edge = binary_dilation(edge) & touched
+    frac = (touched & ~edge).astype(np.float64)
+    pixel_area = abs(transform.a * transform.e)
+    for r, c in zip(*np.nonzero(edge)):
+        x0, y0 = transform * (c, r)
+        x1, y1 = transform * (c + 1, r + 1)
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for px, py in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)):
+            ring.AddPoint_2D(px, py)
+        box = ogr.Geometry(ogr.wkbPolygon)
+        box.AddGeometry(ring)
+        inter = box.Intersection(geom)
+        frac[r, c] = 0.0 if inter is None else inter.GetArea() / pixel_area
+    return np.clip(frac, 0.0, 1.0)
+
+
+def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
+    """Each polygon: area-weighted mean of the valid prediction pixels it covers (weights = covered share
+    of each pixel). σ and the bounds are averaged the same way (errors taken as fully correlated inside
+    a polygon, the conservative choice); the stratum is the one with most weight."""
+    from rasterio.windows import Window
+
+    from ..raster.blocks import Readers
+
+    notes = []
+    readers = Readers(grid)
+    inv = ~grid.transform
+    outside = 0
+    rows = {k: [] for k in ("x", "y", "pred", "ref", "std", "lower", "upper", "stratum")}
+    try:
+        for i, (geom, value) in enumerate(feats):
+            check_cancel(progress)
+            xmin, xmax, ymin, ymax = geom.GetEnvelope()
+            cols, rws = zip(*(inv * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
+            c0, c1 = max(0, int(math.floor(min(cols)))), min(grid.width, int(math.ceil(max(cols))))
+            r0, r1 = max(0, int(math.floor(min(rws)))), min(grid.height, int(math.ceil(max(rws))))
+            if c1 <= c0 or r1 <= r0:
+                outside += 1
+                continue
+            window = Window(c0, r0, c1 - c0, r1 - r0)
+            transform = grid.window_transform(window)
+            pred = _filled(readers.read(inputs.prediction, window))
+            extras = _read_extras(readers, inputs, window, transform, pred.shape)
+            w = pixel_fractions(geom, transform, pred.shape)
+            ok = (w > 0) & _valid(pred, np.zeros_like(pred), extras)
+            if not ok.any() or w[ok].sum() <= 0:
+                outside += 1
+                continue
+            wk = w[ok]
+
+            def mean(a):
+                return None if a is None else float(np.sum(a[ok] * wk) / wk.sum())
+
+            centroid = geom.Centroid()
+            rows["x"].append(centroid.GetX())
+            rows["y"].append(centroid.GetY())
+            rows["pred"].append(mean(pred))
+            rows["ref"].append(float(value))
+            for key in ("std", "lower", "upper"):
+                rows[key].append(mean(extras[key]))
+            stratum = extras["stratum"]
+            if stratum is not None:
+                s = stratum[ok]
+                good = np.isfinite(s)
+                if good.any():
+                    codes, inverse = np.unique(s[good], return_inverse=True)
+                    rows["stratum"].append(float(codes[np.argmax(np.bincount(inverse, weights=wk[good]))]))
+                else:
+                    rows["stratum"].append(np.nan)
+            if progress is not None:
+                progress.set_progress(90.0 * (i + 1) / max(1, len(feats)))
+    finally:
+        readers.close()
+    if outside:
+        notes.append(f"{outside} reference polygon(s) without a valid prediction pixel were left out.")
+    notes.append("Polygon references are compared with the area-weighted mean of the prediction over each polygon "
+                 "(weights = share of each pixel inside it); σ and bounds are averaged the same way.")
+    if rows["pred"]:
+        arr = {k: (np.array(v, dtype=np.float64) if v else None) for k, v in rows.items()}
+        if inputs.std is None:
+            arr["std"] = None
+        if inputs.lower is None:
+            arr["lower"] = arr["upper"] = None
+        ok = np.ones(arr["pred"].size, dtype=bool)
+        _add(acc, arr["x"], arr["y"], arr["pred"], arr["ref"],
+             {"std": arr["std"], "lower": arr["lower"], "upper": arr["upper"], "stratum": arr["stratum"]}, ok,
+             coverage)
+    return notes
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _build_report(doc: dict, sample: dict):
+    from ..report import Report
+
+    m = doc["metrics"]
+    rep = Report("Validation of predictions")
+    rep.paragraph(f"Prediction: {doc['provenance']['inputs'][0]}. Reference ({doc['reference_kind']}): "
+                  f"{doc['provenance']['inputs'][1]}.")
+    rep.heading("Accuracy")
+    rep.table(["n", "RMSE", "MAE", "bias (pred − ref)", "R²", "relative RMSE (%)", "mean reference",
+               "mean prediction"],
+              [[m["n"], m["rmse"], m["mae"], m["bias"], m["r2"], m["relative_rmse_pct"], m["mean_reference"],
+                m["mean_prediction"]]],
+              caption="Over every valid pair (exact sums). R² = 1 − SSres/SStot.")
+    if doc["intervals"]:
+        rep.heading("Interval coverage")
+        rep.table(["source", "nominal level", "observed coverage", "mean width", "n", "rescaled"],
+                  [[iv["source"], iv["level"], iv["coverage"], iv["mean_width"], iv["n"], iv["rescaled"]]
+                   for iv in doc["intervals"]],
+                  caption="Share of references inside the central interval (PICP) and its mean width (MPIW). "
+                          "From STD: prediction ± z·σ (Gaussian).")
+        rep.figure("coverage", lambda fig: _plot_coverage(fig, doc["intervals"]),
+                   "Observed against nominal coverage; the diagonal is perfect calibration.")
+    cal = doc.get("calibration")
+    if cal and cal["bins"]:
+        rep.heading("Calibration of σ")
+        rep.table(["σ from", "σ to", "n", "mean σ", "RMS σ", "RMSE", "mean residual"],
+                  [[b["std_from"], b["std_to"], b["n"], b["mean_std"], b["rms_std"], b["rmse"], b["mean_residual"]]
+                   for b in cal["bins"]],
+                  caption=f"Equal-width bins of predicted σ ({cal['sigma_source']}); ENCE = "
+                          f"{_num(cal['ence'])}, UCE = {_num(cal['uce'])}. Computed on the random sample.")
+        rep.figure("calibration", lambda fig: _plot_calibration(fig, cal["bins"]),
+                   "Observed RMSE against mean predicted σ per bin (Lang et al. 2023), with the 1:1 line.")
+    rep.heading("Residuals")
+    rep.figure("scatter", lambda fig: _plot_scatter(fig, sample), "Prediction against reference (1:1 line).")
+    rep.figure("residuals", lambda fig: _plot_residuals(fig, sample),
+               "Residual (prediction − reference) against prediction.")
+    if doc["strata"]:
+        rep.heading("Per stratum")
+        rep.table(["stratum", "n", "RMSE", "MAE", "bias", "R²", "relative RMSE (%)", "mean reference"],
+                  [[s["stratum"], s["n"], s["rmse"], s["mae"], s["bias"], s["r2"], s["relative_rmse_pct"],
+                    s["mean_reference"]] for s in doc["strata"]])
+    vario = doc["semivariogram"]
+    rep.heading("Residual semivariogram")
+    fit = vario["fit"]
+    rep.paragraph(f"Empirical semivariogram of the residuals of {vario['n_points']} randomly sampled "
+                  f"{'pixels' if doc['reference_kind'] == 'raster' else 'references'}, fitted with an exponential "
+                  f"model γ(h) = nugget + psill·(1 − exp(−3h/range)): nugget {_num(fit['nugget'])}, partial sill "
+                  f"{_num(fit['partial_sill'])}, practical range {_num(fit['practical_range'])} (CRS units).")
+    if vario["lag"]:
+        rep.figure("semivariogram", lambda fig: _plot_variogram(fig, vario), "Residual semivariogram.")
+    if doc["notes"]:
+        rep.heading("Notes")
+        for note in doc["notes"]:
+            rep.paragraph(note)
+    return rep
+
+
+def _num(v):
+    return "–" if v is None else f"{v:.4g}"
+
+
+def _plot_coverage(fig, intervals):
+    ax = fig.add_subplot(111)
+    for source, marker in (("std", "o"), ("bounds", "s")):
+        pts = [(iv["level"], iv["coverage"]) for iv in intervals if iv["source"] == source and iv["coverage"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=f"from {source}")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="1:1")
+    ax.set(xlabel="nominal coverage", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1))
+    ax.legend()
+
+
+def _plot_calibration(fig, bins):
+    ax = fig.add_subplot(111)
+    s = [b["mean_std"] for b in bins]
+    e = [b["rmse"] for b in bins]
+    ax.plot(s, e, "o-", label="observed RMSE")
+    top = max(max(s), max(e)) * 1.05
+    ax.plot([0, top], [0, top], "k--", lw=1, label="1:1")
+    ax.set(xlabel="mean predicted σ", ylabel="RMSE", xlim=(0, top), ylim=(0, top))
+    ax.legend()
+
+
+def _hexbin_or_scatter(ax, x, y):
+    if x.size > 2000:
+        ax.hexbin(x, y, gridsize=60, bins="log", mincnt=1, cmap="viridis")
+    else:
+        ax.scatter(x, y, s=6, alpha=0.6)
+
+
+def _plot_scatter(fig, sample):
+    ax = fig.add_subplot(111)
+    x, y = sample["ref"], sample["pred"]
+    _hexbin_or_scatter(ax, x, y)
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="reference", ylabel="prediction")
+
+
+def _plot_residuals(fig, sample):
+    ax = fig.add_subplot(111)
+    _hexbin_or_scatter(ax, sample["pred"], sample["pred"] - sample["ref"])
+    ax.axhline(0, color="k", lw=1, ls="--")
+    ax.set(xlabel="prediction", ylabel="residual (prediction − reference)")
+
+
+def _plot_variogram(fig, vario):
+    ax = fig.add_subplot(111)
+    ax.plot(vario["lag"], vario["gamma"], "o", label="empirical")
+    fit = vario["fit"]
+    if fit["converged"]:
+        h = np.linspace(0, vario["max_distance"], 200)
+        ax.plot(h, exponential_model(h, fit["nugget"], fit["partial_sill"], fit["practical_range"]), "-",
+                label="exponential fit")
+    ax.set(xlabel="distance", ylabel="semivariance", xlim=(0, None), ylim=(0, None))
+    ax.legend()

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from forest_carbon_plugin.core.raster.write import aggregate
+from forest_carbon_plugin.core.raster import aggregate
 from forest_carbon_plugin.core.raster.aggregate import aggregate_to_grid, parse_statistics
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY

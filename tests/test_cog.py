@@ -11,7 +11,7 @@ from rasterio.crs import CRS
 from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine, from_origin
 
-from forest_carbon_plugin.core.raster.write import cog
+from forest_carbon_plugin.core.raster import cog
 from forest_carbon_plugin.core.raster.blocks import RasterGrid
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY

@@ -119,7 +119,7 @@ def test_patch_model_tiles_without_seams(tmp_path, shape, tile, overlap):
 def test_outputs_are_cogs_equal_to_the_gdal_path(tmp_path, monkeypatch):
     """The COGs written as the rows come (core.cog) pass GDAL's validator and hold the same pixels as the
     GDAL path (staged GeoTIFF + COG driver); an ensemble on a raster with nodata, std and bounds too."""
-    from forest_carbon_plugin.core.raster.write import cog
+    from forest_carbon_plugin.core.raster import cog
     from forest_carbon_plugin.core.models import predict as inference
 
     if not cog.available("zstd"):

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +31,3 @@ def measure(code: str, timeout: float = 1800) -> dict:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-4000:])
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")][-1]
     return json.loads(line[len("BENCH_RESULT "):])
-
-
-def timed(function, *args, **kwargs):
-    start = time.perf_counter()
-    value = function(*args, **kwargs)
-    return time.perf_counter() - start, value

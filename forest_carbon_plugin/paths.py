@@ -25,4 +25,3 @@ DOCS_DIR = _first_existing("docs")  #: shipped in the zip: the algorithms' help 
 README_FILE = _first_existing("README.md")
 ICON_SVG = RESOURCES_DIR / "icons" / "forest_carbon.svg"
 ICON_PNG = RESOURCES_DIR / "icons" / "icon.png"
-SAMPLE_DATA_DIR = RESOURCES_DIR / "sample_data"

@@ -91,10 +91,6 @@ class Job(QObject):
         self.outputs = [str(p) for p in paths]
         self.changed.emit()
 
-    def set_message(self, message: str) -> None:
-        self.message = message
-        self.changed.emit()
-
     def cancel(self) -> None:
         if self.running and self.task is not None:
             self.cancel_requested = True

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.outputs import PROVENANCE_KEY
+from ..core.stats import sigma_from_bounds
 
 UNCERTAINTY_KINDS = ("std", "lower", "upper")
 #: predictions below this share of the extent's large values (its 99th percentile of |prediction|) are ≈ 0
@@ -92,11 +93,6 @@ class Sources:
     upper: str | None = None
     coverage: float | None = None  #: needed when σ comes from lower/upper
 
-    @classmethod
-    def from_provenance(cls, prediction) -> "Sources":
-        info = read_output_info(prediction)
-        return cls(str(prediction), *(info.siblings.get(k) for k in UNCERTAINTY_KINDS), coverage=info.coverage)
-
     @property
     def has_uncertainty(self) -> bool:
         return self.std is not None or (self.lower is not None and self.upper is not None
@@ -108,9 +104,7 @@ def sigma_of(std=None, lower=None, upper=None, coverage=None):
     if std is not None:
         return std
     if lower is not None and upper is not None and coverage is not None:
-        from ..core.models.validate import z_score
-
-        return (upper - lower) / (2.0 * z_score(coverage))
+        return sigma_from_bounds(lower, upper, coverage)
     return None
 
 

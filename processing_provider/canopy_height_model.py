@@ -9,7 +9,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
 from forest_carbon_plugin.core.lidar.products import CHM_METHODS, canopy_height_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader

@@ -11,7 +11,8 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES, canopy_metrics
+from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.pixel_metrics import canopy_metrics
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType

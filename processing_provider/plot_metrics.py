@@ -18,7 +18,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
 from forest_carbon_plugin.core.lidar.catalog import open_catalog
 from forest_carbon_plugin.core.lidar.plot_metrics import AREA_FIELD, Plot, plot_metrics
 

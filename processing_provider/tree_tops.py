@@ -17,7 +17,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from forest_carbon_plugin.core.lidar.pixel_metrics import NORMALIZE_MODES
+from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
 from forest_carbon_plugin.core.lidar.products import TREETOP_METHODS, tree_crowns, tree_tops
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader

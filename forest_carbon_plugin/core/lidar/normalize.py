@@ -24,6 +24,7 @@ from ..raster.grid import Grid
 from ..outputs import atomic_output, provenance as make_provenance
 from ..progress import NullProgress, Progress, check_cancel
 from ..raster.write import write_raster
+from .info import looks_normalized
 from .tin import bucket_index, interpolate, locate
 
 GROUND_CLASSES = (2, 9)
@@ -31,6 +32,9 @@ BUFFER_M = 30.0
 ORIGIN_STEP_M = 1000.0
 IDW_K, IDW_POWER, IDW_RMAX = 3, 1.0, 50.0
 NODATA = -9999.0
+# what the drivers (canopy height model, tree tops, metrics) do to Z: "auto" subtracts the ground from
+# tiles whose Z look like elevations, "always" from every tile, "never" uses Z as heights
+NORMALIZE_MODES = ("auto", "always", "never")
 
 
 class GroundSurface:
@@ -98,6 +102,73 @@ def ground_surface_for_tile(catalog: Catalog, i: int, buffer: float = BUFFER_M) 
             f"'{Path(catalog.tiles[i].path).name}' has no ground points (classes 2 and 9) to normalize "
             "heights with: classify the ground first (forestcarbon:classifyground).")
     return GroundSurface(g[:, 0], g[:, 1], g[:, 2])
+
+
+def check_normalize_mode(normalize: str) -> None:
+    """Refuse a ``normalize`` that is not one of :data:`NORMALIZE_MODES`."""
+    if normalize not in NORMALIZE_MODES:
+        raise ForestCarbonError(f"normalize must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+
+
+def looks_normalized_z(z: np.ndarray, classification: np.ndarray) -> bool:
+    """Whether heights ``z`` already look like heights above ground.
+
+    The heuristic lidarinfo reports (:func:`.info.looks_normalized`), on the points themselves.
+
+    Parameters
+    ----------
+    z : ndarray
+        Z of the points (m), at least one.
+    classification : ndarray
+        ASPRS classes of the points (2 = ground).
+
+    Returns
+    -------
+    bool
+    """
+    ground = classification == 2
+    near = np.abs(z) <= 0.5
+    flag, _ = looks_normalized(int(ground.sum()), int((near & ground).sum()), len(z), int(near.sum()),
+                               float(z.min()), float(z.max()))
+    return bool(flag)
+
+
+def wants_heights(normalize: str, z: np.ndarray, classification: np.ndarray) -> bool:
+    """Whether ``normalize`` asks for these points' Z to be replaced by heights above ground."""
+    return normalize == "always" or (normalize == "auto" and not looks_normalized_z(z, classification))
+
+
+def normalized_heights(catalog: Catalog, i: int, pts: dict, stats: dict | None = None) -> np.ndarray:
+    """Heights above the ground TIN of tile ``i`` (lidR's ``tin()``, with a 30 m buffer of neighbours' ground).
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The tiles; tile ``i``'s neighbours lend their ground returns within the buffer.
+    i : int
+        Index of the tile the points come from.
+    pts : dict
+        Arrays ``x``, ``y``, ``z`` (m) and ``classification`` of the points.
+    stats : dict, optional
+        Receives ``ground_points``: how many ground returns the TIN has.
+
+    Returns
+    -------
+    ndarray
+        Height above ground (m) of each point; exactly 0 for ground and water returns (classes 2, 9).
+    """
+    surface = ground_surface_for_tile(catalog, i)
+    if stats is not None:
+        stats["ground_points"] = len(surface.z)
+    ground_z = surface(pts["x"], pts["y"])
+    if np.isnan(ground_z).any():
+        raise ForestCarbonError(
+            f"Some points of '{Path(catalog.tiles[i].path).name}' are more than {IDW_RMAX:g} m from any ground "
+            "point: classify more ground (forestcarbon:classifyground) or normalize with "
+            "forestcarbon:normalizeheight first.")
+    height = pts["z"] - ground_z
+    height[np.isin(pts["classification"], GROUND_CLASSES)] = 0.0
+    return height
 
 
 def _surface_task(catalog, i):

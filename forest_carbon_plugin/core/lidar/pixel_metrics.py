@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -19,13 +18,13 @@ from .catalog import Catalog, open_catalog, read_tile, restrict
 from ..errors import ForestCarbonError
 from ..raster.grid import Grid
 from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
+from .normalize import check_normalize_mode, normalized_heights, wants_heights
 from ..outputs import provenance as make_provenance
 from ..progress import NullProgress, Progress, check_cancel
 from ..raster.write import write_raster
 from ..parallel.tilemap import current_executor, map_tiles
 
 NODATA = -9999.0
-NORMALIZE_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -52,8 +51,7 @@ def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0,
         raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
     if min_points < 1:
         raise ForestCarbonError(f"MIN_POINTS must be at least 1 (got {min_points}).")
-    if normalize not in NORMALIZE_MODES:
-        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+    check_normalize_mode(normalize)
     full = open_catalog(source, crs)
     catalog, bounds = restrict(full, extent, extent_crs)
     grid = Grid.covering(*bounds, res)
@@ -160,8 +158,8 @@ def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity
         pts = {k: v[inside] for k, v in pts.items()}
     z = pts["z"]
     raw_z = pts["Z"]
-    if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):
-        z = _normalized(catalog, i, pts, Path(path).name)
+    if wants_heights(normalize, z, pts["classification"]):
+        z = normalized_heights(catalog, i, pts)
         raw_z = None  # heights are no longer ordered like the raw Z
     cell = grid.cell_index(pts["x"], pts["y"])
     points = {"cell": cell, "z": z, "first": pts["return_number"] == 1, "classification": pts["classification"]}
@@ -177,32 +175,3 @@ def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity
         else (np.empty(0, np.int64), np.empty((len(bands), 0)))
     border = {k: v[~exclusive] for k, v in points.items() if k != "Z"}
     return cells, values, border
-
-
-def _looks_normalized(z, classification) -> bool:
-    """Heights above ground already? The heuristic lidarinfo reports (lasinfo.looks_normalized)."""
-    from .info import looks_normalized
-
-    ground = classification == 2
-    near = np.abs(z) <= 0.5
-    flag, _ = looks_normalized(int(ground.sum()), int((near & ground).sum()), len(z), int(near.sum()),
-                               float(z.min()), float(z.max()))
-    return bool(flag)
-
-
-def _normalized(catalog, i, pts, name, stats: dict | None = None):
-    """Heights above the ground TIN (lidR's tin(), with a 30 m buffer of neighbours' ground).
-    ``stats``, when given, receives ``ground_points``: how many ground returns the TIN has."""
-    from .normalize import GROUND_CLASSES, ground_surface_for_tile
-
-    surface = ground_surface_for_tile(catalog, i)
-    if stats is not None:
-        stats["ground_points"] = len(surface.z)
-    ground_z = surface(pts["x"], pts["y"])
-    if np.isnan(ground_z).any():
-        raise ForestCarbonError(
-            f"Some points of '{name}' are more than 50 m from any ground point: classify more ground "
-            "(forestcarbon:classifyground) or normalize with forestcarbon:normalizeheight first.")
-    height = pts["z"] - ground_z
-    height[np.isin(pts["classification"], GROUND_CLASSES)] = 0.0
-    return height

@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .pixel_metrics import NORMALIZE_MODES, _looks_normalized, _normalized
 from .catalog import open_catalog, read_tile
 from ..errors import ForestCarbonError
 from .metrics import cover_and_density, metric_names, stdmetrics_z
+from .normalize import check_normalize_mode, normalized_heights, wants_heights
 from ..progress import NullProgress, Progress
 from ..parallel.tilemap import map_tiles
 
@@ -110,8 +109,8 @@ def _plots_in_tile(catalog, i, near, normalize):
     tile = catalog.tiles[i]
     pts = read_tile(tile.path, ("x", "y", "z", "return_number", "classification"))
     z = pts["z"]
-    if normalize == "always" or (normalize == "auto" and not _looks_normalized(z, pts["classification"])):
-        z = _normalized(catalog, i, pts, Path(tile.path).name)
+    if wants_heights(normalize, z, pts["classification"]):
+        z = normalized_heights(catalog, i, pts)
     cell, height, first = [], [], []
     for k, plot, box in near:
         inside = (pts["x"] >= box[0]) & (pts["x"] <= box[2]) & (pts["y"] >= box[1]) & (pts["y"] <= box[3])
@@ -135,8 +134,7 @@ def plot_metrics(source, plots: list, height_break: float = 2.0, normalize: str 
                  progress: Progress | None = None, max_workers: int = 1) -> PlotMetricsResult:
     """Metrics of the points inside each plot (in the cloud's CRS); tiles in ``max_workers`` processes."""
     progress = progress or NullProgress()
-    if normalize not in NORMALIZE_MODES:
-        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+    check_normalize_mode(normalize)
     for plot in plots:
         if plot is not None and plot.centre is not None and not (plot.radius_m and plot.radius_m > 0):
             raise ForestCarbonError(f"The plot radius must be greater than 0 m (got {plot.radius_m}): set RADIUS "

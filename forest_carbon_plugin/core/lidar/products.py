@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pixel_metrics import NORMALIZE_MODES, _looks_normalized, _normalized
+from .normalize import check_normalize_mode, looks_normalized_z, normalized_heights
 from .catalog import buffered_points, cell_owner, open_catalog, read_tile, restrict
 from ..parallel.tilemap import map_tiles
 from .chm import p2r, pitfree
@@ -56,11 +56,11 @@ def _heights(catalog, i, pts, normalize, mine=None):
             "zmax": float(own["z"].max()) if len(own["z"]) else np.nan, "normalized": False, "ground": 0,
             "looks_normalized": None, "first": int(first.sum())}
     if normalize != "always" and len(own["z"]):
-        info["looks_normalized"] = _looks_normalized(own["z"], own["classification"])
+        info["looks_normalized"] = looks_normalized_z(own["z"], own["classification"])
     if normalize == "always" or (normalize == "auto" and info["looks_normalized"] is False):
         stats: dict = {}
         try:
-            z = _normalized(catalog, i, pts, Path(catalog.tiles[i].path).name, stats=stats)
+            z = normalized_heights(catalog, i, pts, stats=stats)
         except ForestCarbonError as exc:
             why = "NORMALIZE is always" if normalize == "always" else \
                 f"its Z look like elevations ({info['zmin']:,.1f}–{info['zmax']:,.1f} m)"
@@ -147,8 +147,7 @@ def canopy_height_model(source, output, res: float = 0.5, method: str = "p2r", s
     """``normalize`` as canopymetrics': "auto" subtracts the ground TIN from tiles whose Z look like
     elevations, "always" from every tile, "never" keeps Z."""
     progress = progress or NullProgress()
-    if normalize not in NORMALIZE_MODES:
-        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+    check_normalize_mode(normalize)
     if not res > 0:
         raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
     if method not in CHM_METHODS:
@@ -227,8 +226,7 @@ def tree_tops(source, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: fl
     progress = progress or NullProgress()
     if method not in TREETOP_METHODS:
         raise ForestCarbonError(f"METHOD must be one of {TREETOP_METHODS} (got {method!r}).")
-    if normalize not in NORMALIZE_MODES:
-        raise ForestCarbonError(f"NORMALIZE must be one of {NORMALIZE_MODES} (got {normalize!r}).")
+    check_normalize_mode(normalize)
     if ws_intercept <= 0 and ws_slope <= 0:
         raise ForestCarbonError("The window must have a positive size: set WS_INTERCEPT or WS_SLOPE above 0.")
     path = Path(source)

@@ -160,7 +160,7 @@ def test_onnx_reproduces_the_model_and_the_card_round_trips(scene_model):
 
 def test_forest_ensemble_exports_mean_and_variance(synthetic, tmp_path):
     from forest_carbon_plugin.core.models.predict import predict_raster
-    from forest_carbon_plugin.core.models.validate import z_score
+    from forest_carbon_plugin.core.stats import z_score
 
     feats, tgt, f, target = synthetic
     doc = train_model([feats], tgt, tmp_path / "rf.onnx", tmp_path / "rf_report.html", model_type=1,

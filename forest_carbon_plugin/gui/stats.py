@@ -1,7 +1,5 @@
 """What the uncertainty explorer computes, without QGIS: testable against numpy and rasterio.
 
-- :func:`read_output_info` — the tags ``predictraster`` writes on each output (kind, unit, coverage,
-  model) and, from its provenance record, the paths of the sibling outputs of the same run.
 - :func:`window_stats` — histograms of the prediction and of its relative uncertainty over a map
   extent, read with a rasterio window (never the whole raster) at a resolution bounded by the canvas.
 - :func:`sample_pixel` — one pixel's value, interval and relative uncertainty.
@@ -16,14 +14,12 @@ pixels are counted apart (``rel_near_zero``), outside its histogram, median and 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core.outputs import PROVENANCE_KEY
 from ..core.stats import sigma_from_bounds
 
 UNCERTAINTY_KINDS = ("std", "lower", "upper")
@@ -31,56 +27,6 @@ UNCERTAINTY_KINDS = ("std", "lower", "upper")
 NEAR_ZERO_FRACTION = 0.01
 #: the relative-uncertainty histogram spans these percentiles (and the threshold); the rest is in the end bins
 REL_PERCENTILES = (1.0, 99.0)
-
-
-# ----------------------------------------------------------------------------- provenance
-
-@dataclass
-class OutputInfo:
-    """What a Forest Carbon raster says about itself (empty fields for any other raster)."""
-
-    path: str
-    kind: str | None = None  #: prediction, std, lower or upper
-    unit: str = ""
-    coverage: float | None = None  #: of the lower/upper interval
-    model_id: str | None = None
-    model: str | None = None  #: the model file or card the run used
-    target: str | None = None
-    execution_provider: str | None = None
-    algorithm: str | None = None
-    siblings: dict = field(default_factory=dict)  #: kind -> path of the run's outputs that exist
-
-
-def read_output_info(path) -> OutputInfo:
-    """Read the GDAL tags and provenance of ``path`` (a raster file)."""
-    import rasterio
-
-    info = OutputInfo(str(path))
-    with rasterio.open(path) as src:
-        tags = src.tags()
-        band_tags = src.tags(1) if src.count else {}
-        band_unit = (src.units[0] if src.count and src.units else None) or ""
-    try:
-        record = json.loads(tags.get(PROVENANCE_KEY) or "{}")
-    except ValueError:
-        record = {}
-    info.kind = tags.get("OUTPUT_KIND") or None
-    # predictraster writes the model card's unit as the band's unit type and as tags; older outputs have
-    # only the provenance record (which also keeps the model card's unit)
-    card = record.get("model_card") if isinstance(record.get("model_card"), dict) else {}
-    info.unit = (band_unit or band_tags.get("unit") or band_tags.get("UNIT") or tags.get("unit") or tags.get("UNIT")
-                 or record.get("unit") or card.get("unit") or card.get("forest_carbon:unit") or "")
-    info.model_id = tags.get("MODEL_ID") or record.get("model_id")
-    info.model = record.get("model")
-    info.target = record.get("target")
-    info.execution_provider = tags.get("EXECUTION_PROVIDER") or record.get("execution_provider")
-    info.algorithm = record.get("algorithm")
-    coverage = tags.get("COVERAGE") or (record.get("parameters") or {}).get("coverage")
-    info.coverage = float(coverage) if coverage not in (None, "") else None
-    for kind, sibling in (record.get("outputs") or {}).items():
-        if sibling and Path(sibling).is_file():
-            info.siblings[kind] = str(sibling)
-    return info
 
 
 @dataclass

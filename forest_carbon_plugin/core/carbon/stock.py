@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import ForestCarbonError
 from ..progress import NullProgress, Progress, check_cancel
-from ..models.validate import z_score
+from ..stats import sigma_from_bounds, z_score
 
 __all__ = ["ALLOMETRIES", "ECOZONES", "CO2_PER_C", "pixel_weights", "equal_area_ha", "correlated_field",
            "root_shoot_ratio", "carbon_stock", "OUTPUT_FIELDS"]
@@ -521,7 +521,8 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     if agb_std is not None and agb_lower is not None:
         raise ForestCarbonError("Give AGB_STD or AGB_LOWER/AGB_UPPER, not both.")
     interval_source = "std" if agb_std is not None else ("bounds" if agb_lower is not None else None)
-    z_cov = z_score(coverage) if interval_source == "bounds" else None
+    if interval_source == "bounds":
+        z_score(coverage)  # a bad COVERAGE fails before any pixel is read
 
     allo = None
     if height is not None:
@@ -702,7 +703,7 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
                 lo = readers.read(agb_lower, window, dtype="float64")
                 hi = readers.read(agb_upper, window, dtype="float64")
                 s_ok = ~np.ma.getmaskarray(lo) & ~np.ma.getmaskarray(hi)
-                sigma = (np.ma.getdata(hi) - np.ma.getdata(lo)) / (2.0 * z_cov)
+                sigma = sigma_from_bounds(np.ma.getdata(lo), np.ma.getdata(hi), coverage)
                 s_ok &= np.isfinite(sigma)
             missing = valid & ~s_ok
             if missing.any():

@@ -46,7 +46,7 @@ from .card import ModelCard, read_card
 from ..outputs import provenance as make_provenance
 from ..progress import NullProgress, Progress, check_cancel
 from ..parallel.tilemap import current_executor
-from .validate import z_score
+from ..stats import sigma_from_bounds, z_score
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "directml", "coreml")
 PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -196,7 +196,7 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
         result["prediction"] = centre
         lower = centre - factor * (centre - lower)
         upper = centre + factor * (upper - centre)
-        result.update(lower=lower, upper=upper, std=(upper - lower) / (2 * z))  # Gaussian-equivalent σ
+        result.update(lower=lower, upper=upper, std=sigma_from_bounds(lower, upper, coverage))
         return result
     total = np.zeros_like(prediction)
     has_spread = False

@@ -52,9 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import vector
 from ..dependencies import require
 from ..errors import ForestCarbonError
 from ..progress import NullProgress, Progress, check_cancel
+from ..stats import z_score
 
 MODEL_TYPES = ("quantile_gbm", "forest_ensemble")
 MIN_PER_FOLD = 10  # samples per fold at least
@@ -125,16 +127,9 @@ def _read_features(readers, sources, window) -> tuple[np.ndarray, np.ndarray]:
     return data, valid
 
 
-def _is_raster(path) -> bool:
-    import rasterio
-
-    if "|" in str(path):
-        return False
-    try:
-        with rasterio.open(path) as src:
-            return src.count > 0 and src.width > 0
-    except Exception:  # noqa: BLE001 - rasterio raises several types for non-rasters
-        return False
+def _is_raster_source(source) -> bool:
+    """A plain path that GDAL opens as a raster (a QGIS ``path|layername=`` source is a vector layer)."""
+    return "|" not in str(source) and vector.is_raster(source)
 
 
 def _stratified(y: np.ndarray, cap: int, rng) -> np.ndarray:
@@ -166,7 +161,7 @@ def sample_training_data(features, target, target_field: str | None = None, max_
     grid, sources, names, notes = _feature_sources(features)
     if target is None or str(target) == "":
         raise ForestCarbonError("Give a TARGET: a raster, or a point/polygon layer with a numeric TARGET_FIELD.")
-    if _is_raster(target):
+    if _is_raster_source(target):
         data = _sample_raster_target(grid, sources, Path(target), max_samples, seed, progress)
     else:
         data = _sample_vector_target(grid, sources, target, target_field, max_samples, seed, progress)
@@ -253,11 +248,11 @@ def _sample_vector_target(grid, sources, target, target_field, max_samples, seed
     from rasterio.windows import Window
 
     from ..raster.blocks import Readers
-    from .validate import _features, _kind, _numeric_field, _open_vector, pixel_fractions
+    from .validate import pixel_fractions
 
-    ds, layer = _open_vector(target, "TARGET")
-    field_name = _numeric_field(layer, target_field, "TARGET", "TARGET_FIELD")
-    feats, skipped = _features(layer, field_name, CRS.from_user_input(grid.crs).to_wkt(), "TARGET")
+    ds, layer = vector.open_vector(target, "TARGET")
+    field_name = vector.numeric_field(layer, target_field, "TARGET", "TARGET_FIELD")
+    feats, skipped = vector.features(layer, field_name, CRS.from_user_input(grid.crs).to_wkt())
     del ds
     if not feats:
         raise ForestCarbonError(f"TARGET has no feature with a geometry and a value in '{field_name}'.")
@@ -268,7 +263,7 @@ def _sample_vector_target(grid, sources, target, target_field, max_samples, seed
     try:
         for i, (geom, value) in enumerate(feats):
             check_cancel(progress)
-            kind = _kind(geom)
+            kind = vector.geometry_kind(geom)
             kinds.add(kind)
             if kind == "point":
                 pt = geom if geom.GetGeometryCount() == 0 else geom.GetGeometryRef(0)
@@ -333,7 +328,7 @@ CLUSTERED_R = 0.7  # Clark-Evans aggregation index below which plots are taken a
 def is_vector_features(features) -> bool:
     """True when FEATURES is one vector layer (plot data) rather than rasters."""
     paths = [features] if isinstance(features, (str, Path)) else list(features or [])
-    return len(paths) == 1 and not _is_raster(paths[0])
+    return len(paths) == 1 and not _is_raster_source(paths[0])
 
 
 def default_feature_fields(numeric_fields, target_field: str) -> list:
@@ -353,18 +348,16 @@ def sample_plot_data(features, target_field: str | None, feature_fields=None,
     or with a missing feature are left out (counted in the notes); plots are located at their point or centroid."""
     from osgeo import ogr
 
-    from .validate import _open_vector, _numeric_field
-
     progress = progress or NullProgress()
     source = features if isinstance(features, (str, Path)) else list(features)[0]
-    ds, layer = _open_vector(source, "FEATURES")
+    ds, layer = vector.open_vector(source, "FEATURES")
     defn = layer.GetLayerDefn()
     types = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetType() for i in range(defn.GetFieldCount())}
     numeric = [f for f, t in types.items() if t in (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)]
     if not target_field:
         raise ForestCarbonError("FEATURES is a vector layer (plots): set TARGET_FIELD to its numeric field with the "
                                 f"plot measurement (numeric fields: {', '.join(numeric) or 'none'}).")
-    target_field = _numeric_field(layer, target_field, "FEATURES", "TARGET_FIELD")
+    target_field = vector.numeric_field(layer, target_field, "FEATURES", "TARGET_FIELD")
     if isinstance(feature_fields, str):
         feature_fields = [f.strip() for f in feature_fields.split(",") if f.strip()]
     if feature_fields:
@@ -644,7 +637,6 @@ def predict_intervals(model: FittedModel, X) -> dict:
 
         lower, median, upper = quantile_interval(raw["lower"], raw["median"], raw["upper"])
         return {"prediction": median, "lower": lower, "upper": upper}
-    from .validate import z_score
 
     mean = model.models["mean"].predict(X)
     var = np.maximum(model.models["variance"].predict(X), 0.0)
@@ -1031,7 +1023,6 @@ def _importances(model: FittedModel, data: TrainingData, seed: int) -> list:
 
 def _build_report(doc, data: TrainingData, cv_spatial, cv_random):
     from ..report import Report
-    from .validate import z_score
 
     rep = Report("Model training and validation")
     rep.paragraph(f"Model: {doc['model_type']} predicting {doc['target']} {('(' + doc['unit'] + ')') if doc['unit'] else ''} "

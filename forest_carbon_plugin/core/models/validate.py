@@ -29,6 +29,8 @@ import numpy as np
 
 from ..errors import ForestCarbonError
 from ..progress import Progress, check_cancel
+from ..vector import features, geometry_kind, is_raster, numeric_field, open_vector
+from ..stats import z_score
 
 LEVELS = (0.5, 0.68, 0.8, 0.9, 0.95)
 MAX_SAMPLE = 200_000
@@ -36,20 +38,11 @@ VARIOGRAM_POINTS = 3000
 SEED = 20230
 BLOCK = 512
 
-__all__ = ["LEVELS", "regression_metrics", "interval_coverage", "gaussian_intervals", "z_score",
+__all__ = ["LEVELS", "regression_metrics", "interval_coverage", "gaussian_intervals",
            "calibration_bins", "semivariogram", "fit_exponential", "validate_predictions"]
 
 
 # ----------------------------------------------------------------------------- array functions
-
-def z_score(level: float) -> float:
-    """The standard normal quantile of a central interval of coverage ``level``: z(0.9) = 1.6449."""
-    from statistics import NormalDist
-
-    if not 0 < level < 1:
-        raise ForestCarbonError(f"A coverage or confidence level must lie between 0 and 1 (got {level}).")
-    return NormalDist().inv_cdf(0.5 + level / 2.0)
-
 
 class _Sums:
     """Exact streaming sums for the regression metrics (shifted by the first reference mean so that
@@ -346,119 +339,6 @@ class _Accumulator:
         self.sample.add(**cols)
 
 
-# ----------------------------------------------------------------------------- inputs
-
-@dataclass
-class _Vector:
-    path: str
-    layer: str | None
-
-
-def _parse_vector(source: str) -> _Vector | None:
-    """``path|layername=name`` (QGIS's source string) -> a vector; None for a plain path."""
-    text = str(source)
-    if "|" in text:
-        path, *options = text.split("|")
-        layer = None
-        for option in options:
-            if option.startswith("layername="):
-                layer = option.split("=", 1)[1]
-        return _Vector(path, layer)
-    return None
-
-
-def _is_raster(path: str) -> bool:
-    import rasterio
-
-    try:
-        with rasterio.open(path):
-            return True
-    except rasterio.errors.RasterioIOError:
-        return False
-
-
-def _open_vector(source, what: str):
-    """(dataset, layer) opened with OGR; raises a clear error when it cannot be opened."""
-    from ..dependencies import require
-
-    gdal, ogr = require("osgeo.gdal", "osgeo.ogr")
-    gdal.UseExceptions()
-    vec = _parse_vector(source) or _Vector(str(source), None)
-    try:
-        ds = gdal.OpenEx(vec.path, gdal.OF_VECTOR)
-    except RuntimeError:
-        ds = None
-    if ds is None or ds.GetLayerCount() == 0:
-        raise ForestCarbonError(f"{what} '{source}' is neither a raster nor a vector layer that GDAL can open. "
-                                "Give a GeoTIFF, or a GeoPackage/shapefile of points or polygons.")
-    layer = ds.GetLayerByName(vec.layer) if vec.layer else ds.GetLayer(0)
-    if layer is None:
-        raise ForestCarbonError(f"{what}: '{vec.path}' has no layer '{vec.layer}'.")
-    return ds, layer
-
-
-def _numeric_field(layer, name: str | None, what: str, param: str) -> str:
-    from osgeo import ogr
-
-    defn = layer.GetLayerDefn()
-    fields = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetType() for i in range(defn.GetFieldCount())}
-    numeric = [f for f, t in fields.items() if t in (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)]
-    if not name:
-        raise ForestCarbonError(f"{what} is a vector layer: set {param} to its numeric field with the reference "
-                                f"values (numeric fields: {', '.join(numeric) or 'none'}).")
-    if name not in fields:
-        raise ForestCarbonError(f"{what} has no field '{name}'. Fields: {', '.join(fields) or 'none'}.")
-    if name not in numeric:
-        raise ForestCarbonError(f"The field '{name}' of {what} is not numeric ({ogr.GetFieldTypeName(fields[name])}). "
-                                f"Choose a numeric field: {', '.join(numeric) or 'the layer has none'}.")
-    return name
-
-
-def _transform_to(layer, crs_wkt):
-    """An OGR coordinate transformation from the layer's CRS to ``crs_wkt`` (None if the same or unknown)."""
-    from osgeo import osr
-
-    source = layer.GetSpatialRef()
-    if source is None or not crs_wkt:
-        return None
-    target = osr.SpatialReference()
-    target.ImportFromWkt(crs_wkt)
-    for srs in (source, target):
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    if source.IsSame(target):
-        return None
-    return osr.CoordinateTransformation(source, target)
-
-
-def _features(layer, field_name, crs_wkt, what):
-    """(geometry in the prediction CRS, value) of each feature with a geometry and a non-null value."""
-    transform = _transform_to(layer, crs_wkt)
-    layer.ResetReading()
-    out, skipped = [], 0
-    for feature in layer:
-        geom = feature.GetGeometryRef()
-        value = feature.GetField(field_name) if field_name is not None else None
-        if geom is None or geom.IsEmpty() or (field_name is not None and value is None):
-            skipped += 1
-            continue
-        geom = geom.Clone()
-        if transform is not None:
-            geom.Transform(transform)
-        out.append((geom, value))
-    return out, skipped
-
-
-def _kind(geom) -> str:
-    from osgeo import ogr
-
-    flat = ogr.GT_Flatten(geom.GetGeometryType())
-    if flat in (ogr.wkbPoint, ogr.wkbMultiPoint):
-        return "point"
-    if flat in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
-        return "polygon"
-    return ogr.GeometryTypeToName(flat)
-
-
 # ----------------------------------------------------------------------------- the algorithm
 
 @dataclass
@@ -503,7 +383,7 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
     if out_html.suffix.lower() not in (".html", ".htm"):
         raise ForestCarbonError(f"The report '{out_html}' must end in .html.")
     for name, path in (("PREDICTION", prediction), ("STD", std), ("LOWER", lower), ("UPPER", upper)):
-        if path is not None and not _is_raster(str(path)):
+        if path is not None and not is_raster(str(path)):
             raise ForestCarbonError(f"{name} '{path}' cannot be opened as a raster.")
     with rasterio.open(prediction) as src:
         grid = RasterGrid.of(src)
@@ -533,10 +413,10 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
     # strata
     strata_raster, strata_polygons, strata_labels = None, None, {}
     if strata is not None:
-        if _parse_vector(str(strata)) is None and _is_raster(str(strata)):
+        if "|" not in str(strata) and is_raster(str(strata)):
             strata_raster = str(strata)
         else:
-            _, slayer = _open_vector(strata, "STRATA")
+            _, slayer = open_vector(strata, "STRATA")
             if not strata_field:
                 raise ForestCarbonError("STRATA is a polygon layer: set STRATA_FIELD to the field naming each "
                                         "stratum.")
@@ -544,11 +424,11 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
             if defn.GetFieldIndex(strata_field) < 0:
                 names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
                 raise ForestCarbonError(f"STRATA has no field '{strata_field}'. Fields: {', '.join(names) or 'none'}.")
-            feats, _ = _features(slayer, strata_field, crs_wkt, "STRATA")
+            feats, _ = features(slayer, strata_field, crs_wkt)
             codes = {}
             strata_polygons = []
             for geom, value in feats:
-                if _kind(geom) != "polygon":
+                if geometry_kind(geom) != "polygon":
                     raise ForestCarbonError("STRATA must be a class raster or a polygon layer.")
                 code = codes.setdefault(str(value), float(len(codes) + 1))
                 strata_polygons.append((geom, code))
@@ -557,14 +437,13 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
                      strata_polygons, strata_labels)
     acc = _Accumulator(intervals, sample=_Sample(max_sample, seed))
 
-    ref_vector = _parse_vector(str(reference))
-    if ref_vector is None and _is_raster(str(reference)):
+    if "|" not in str(reference) and is_raster(str(reference)):
         ref_kind = "raster"
         notes += _stream_raster_reference(grid, inputs, str(reference), acc, coverage, progress)
     else:
-        _, layer = _open_vector(reference, "REFERENCE")
-        field_name = _numeric_field(layer, reference_field, "REFERENCE", "REFERENCE_FIELD")
-        feats, skipped = _features(layer, field_name, crs_wkt, "REFERENCE")
+        _, layer = open_vector(reference, "REFERENCE")
+        field_name = numeric_field(layer, reference_field, "REFERENCE", "REFERENCE_FIELD")
+        feats, skipped = features(layer, field_name, crs_wkt)
         if layer.GetSpatialRef() is None:
             notes.append("REFERENCE has no CRS: its coordinates were taken to be in the prediction's CRS.")
         if skipped:
@@ -573,7 +452,7 @@ def validate_predictions(prediction, reference, out_html, std=None, lower=None, 
             raise ForestCarbonError(
                 f"REFERENCE has no feature with both a geometry and a value of '{field_name}' ({skipped} feature(s) "
                 "without one): give a layer of plots whose reference field is filled in.")
-        kinds = {_kind(g) for g, _ in feats}
+        kinds = {geometry_kind(g) for g, _ in feats}
         if not kinds <= {"point", "polygon"} or len(kinds) > 1:
             raise ForestCarbonError(f"REFERENCE must hold points or polygons, one kind only (found: "
                                     f"{', '.join(sorted(kinds)) or 'no features'}).")

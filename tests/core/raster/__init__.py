@@ -1,0 +1,1 @@
+"""The raster core without QGIS."""

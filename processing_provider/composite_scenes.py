@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from forest_carbon_plugin.core.imagery.composite import METHODS, composite_scenes
+from forest_carbon_plugin.core.imagery.composite import MaxNDVI, Median, Medoid, composite_scenes
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
 from .compat import NumberType, ParameterFlag, SourceType
@@ -55,6 +55,9 @@ class CompositeScenesAlgorithm(ForestCarbonAlgorithm):
     METHOD = "METHOD"
     MAX_WORKERS = "MAX_WORKERS"
     OUTPUT = "OUTPUT"
+
+    #: the METHOD menu's entries, as the core's methods
+    METHODS = (Median(), Medoid(), MaxNDVI())
 
     _name = "compositescenes"
     _display = "Composite scenes (median, medoid, max-NDVI)"
@@ -118,12 +121,12 @@ class CompositeScenesAlgorithm(ForestCarbonAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
         sources = self._sources(parameters, context)
-        method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        method = self.METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         result = self.call_core(composite_scenes, sources, output, method=method,
                                 progress=FeedbackProgress(feedback),
                                 max_workers=self.parameterAsInt(parameters, self.MAX_WORKERS, context) or None)
-        feedback.pushInfo(self.tr(f"{method} composite of {result['scenes']} scenes; bands "
+        feedback.pushInfo(self.tr(f"{method.name} composite of {result['scenes']} scenes; bands "
                                   f"{', '.join(result['bands'])} + valid_count."))
         RgbStyler.attach(context, output)
         return {self.OUTPUT: output}

@@ -11,6 +11,9 @@ import rasterio
 from affine import Affine
 
 from forest_carbon_plugin.core.imagery.composite import (
+    MaxNDVI,
+    Median,
+    Medoid,
     composite_scenes,
     max_ndvi_composite,
     median_composite,
@@ -23,6 +26,7 @@ from .conftest import shared_file
 
 T0 = Affine(10, 0, 300000, 0, -10, 5000000)
 NAMES = ("red", "nir", "swir1")
+METHOD = {"median": Median(), "medoid": Medoid(), "max_ndvi": MaxNDVI()}
 
 
 def _write(path, bands: dict, dtype="float32", nodata=float("nan"), transform=T0, scales=None):
@@ -105,7 +109,7 @@ def synthetic(tmp_path):
 def test_valid_count_and_masking(synthetic, tmp_path):
     paths, stack, valid = synthetic
     out = tmp_path / "median.tif"
-    summary = composite_scenes(paths, out, "median", max_workers=2)
+    summary = composite_scenes(paths, out, Median(), max_workers=2)
     data, names, nodata = _read(out)
     assert names == ["red", "nir", "swir1", "valid_count"] and np.isnan(nodata)
     assert summary["bands"] == ["red", "nir", "swir1"] and summary["scenes"] == 4
@@ -121,7 +125,7 @@ def test_valid_count_and_masking(synthetic, tmp_path):
 def test_medoid_and_max_ndvi_by_brute_force(synthetic, tmp_path, method):
     paths, stack, valid = synthetic
     out = tmp_path / f"{method}.tif"
-    composite_scenes(paths, out, method)
+    composite_scenes(paths, out, METHOD[method])
     data, _, _ = _read(out)
     np.testing.assert_allclose(data[:3], _per_pixel(stack, valid, method), rtol=0, atol=1e-6)
 
@@ -130,7 +134,7 @@ def test_no_valid_observation_is_nodata_with_zero_count(tmp_path):
     a = _write(tmp_path / "a.tif", {"red": [[0.1, np.nan]], "nir": [[0.3, 0.3]]})
     b = _write(tmp_path / "b.tif", {"red": [[0.2, 0.1]], "nir": [[0.4, 0.3]], "fmask": [[0, 4]]})
     for method in ("median", "medoid", "max_ndvi"):
-        composite_scenes([a, b], tmp_path / f"{method}.tif", method)
+        composite_scenes([a, b], tmp_path / f"{method}.tif", METHOD[method])
         data, _, _ = _read(tmp_path / f"{method}.tif")
         assert np.isnan(data[:2, 0, 1]).all() and data[2, 0, 1] == 0 and data[2, 0, 0] == 2
     assert _read(tmp_path / "max_ndvi.tif")[0][:2, 0, 0] == pytest.approx([0.1, 0.3])  # NDVI .5 > .333
@@ -185,7 +189,7 @@ def test_landsat_2010_median_and_max_ndvi(tmp_path):
     assert len(folders) == 18
     stack, valid = _landsat_stack(folders)
     out = tmp_path / "median.tif"
-    composite_scenes(folders, out, "median")
+    composite_scenes(folders, out, Median())
     data, names, _ = _read(out)
     assert names == ["red", "nir", "swir1", "valid_count"]
     np.testing.assert_array_equal(data[3], valid.sum(axis=0))
@@ -197,7 +201,7 @@ def test_landsat_2010_median_and_max_ndvi(tmp_path):
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(stack, axis=0)
     np.testing.assert_allclose(data[:3], expected, rtol=0, atol=1e-6)
-    composite_scenes(folders, tmp_path / "maxndvi.tif", "max_ndvi")
+    composite_scenes(folders, tmp_path / "maxndvi.tif", MaxNDVI())
     picked = _read(tmp_path / "maxndvi.tif")[0]
     with np.errstate(all="ignore"):
         ndvi = (stack[:, 1] - stack[:, 0]) / (stack[:, 1] + stack[:, 0])
@@ -210,7 +214,7 @@ def test_landsat_medoid_against_pairwise_distances(tmp_path):
     folders = _landsat(2011)
     stack, valid = _landsat_stack(folders)
     out = tmp_path / "medoid.tif"
-    composite_scenes(folders, out, "medoid")
+    composite_scenes(folders, out, Medoid())
     data = _read(out)[0]
     # full (scenes × scenes) distance matrix per pixel
     diff = np.nan_to_num(stack[:, None] - stack[None, :])
@@ -236,7 +240,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ForestCarbonError, match="no band in common"):
         composite_scenes([a, b], out)
     with pytest.raises(ForestCarbonError, match="max-NDVI composite needs bands described 'red' and 'nir'"):
-        composite_scenes([a, c], out, "max_ndvi")
+        composite_scenes([a, c], out, MaxNDVI())
     with pytest.raises(ForestCarbonError, match="not a readable raster"):
         composite_scenes([a, str(tmp_path / "missing.tif")], out)
     with pytest.raises(ForestCarbonError, match=r"is not a product layout the plugin reads: give a Landsat .*MTL.*"

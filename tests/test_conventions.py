@@ -19,7 +19,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from forest_carbon_plugin.core.imagery.composite import composite_scenes
+from forest_carbon_plugin.core.imagery.composite import Median, composite_scenes
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
 from forest_carbon_plugin.core.models.predict import predict_raster
@@ -272,7 +272,7 @@ def test_composite_of_collection2_level2_folders(imagery_scene, tmp_path):
         _edit_band(path, lambda dn: (dn + 200).astype(dn.dtype))
     _edit_band(next(cloudy.glob("*_QA_PIXEL.TIF")), lambda qa: np.full_like(qa, 1 << 3))  # cloud bit everywhere
     out = tmp_path / "median.tif"
-    composite_scenes([str(a), str(cloudy), str(b)], out, "median")
+    composite_scenes([str(a), str(cloudy), str(b)], out, Median())
     names, data = _read_all(out)
     assert names[-1] == "valid_count" and {"red", "nir"} <= set(names)
     qa = rasterio.open(next(a.glob("*_QA_PIXEL.TIF"))).read(1).astype(int)
@@ -311,7 +311,7 @@ def test_composite_reads_sentinel2_and_landsat_level1_products(imagery_scene, tm
     scene, manifest = imagery_scene
     safe = scene / manifest["sentinel2"]["product"]
     out = tmp_path / "s2.tif"
-    composite_scenes([str(safe)], out, "median")
+    composite_scenes([str(safe)], out, Median())
     names, data = _read_all(out)
     b04 = rasterio.open(next(safe.rglob("*_B04_10m.tif"))).read(1).astype(float)
     scl = rasterio.open(next(safe.rglob("*_SCL_20m.tif"))).read(1)
@@ -325,7 +325,7 @@ def test_composite_reads_sentinel2_and_landsat_level1_products(imagery_scene, tm
     folder = shared_file("imagery", "landsat5_tm_amazon")
     out = tmp_path / "l1.tif"
     progress = NullProgress()
-    composite_scenes([str(folder)], out, "median", progress=progress)
+    composite_scenes([str(folder)], out, Median(), progress=progress)
     assert any("has no QA layer" in w for w in progress.warnings)
     names, data = _read_all(out)
     assert names == ["blue", "green", "red", "nir", "swir1", "swir2", "valid_count"]

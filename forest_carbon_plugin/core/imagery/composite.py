@@ -22,13 +22,13 @@ finest band's grid. Scenes on another grid are read onto the first scene's grid 
 neighbour (no mixing of dates or of cloud edges; harmonize scenes onto one grid first for a
 proper resampling).
 
-Methods, over the valid observations of each pixel:
-- ``median``: per band median (the mean of the two middle values for an even count);
+Methods (:class:`Median`, :class:`Medoid`, :class:`MaxNDVI`), over the valid observations of each pixel:
+- ``Median()``: per band median (the mean of the two middle values for an even count);
   bands may come from different dates.
-- ``medoid`` (Flood 2013, Remote Sensing 5:6481-6500): the observation whose sum of
+- ``Medoid()`` (Flood 2013, Remote Sensing 5:6481-6500): the observation whose sum of
   Euclidean distances (across the composited bands) to all other valid observations is
   smallest; all bands come from that one date. Ties: the earliest input.
-- ``max_ndvi``: the observation with the highest NDVI, (nir − red)/(nir + red) (``nir_broad``
+- ``MaxNDVI()``: the observation with the highest NDVI, (nir − red)/(nir + red) (``nir_broad``
   when there is no ``nir``). Ties: the earliest input.
 
 The last output band, ``valid_count``, counts the valid observations. Where it is 0 the
@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -51,7 +51,6 @@ from .masks import MASKERS
 from ..outputs import provenance
 from .products import LAYOUTS, open_product, product_layout
 
-METHODS = ("median", "medoid", "max_ndvi")
 MASK_NAME = "fmask"
 KEEP_CLASSES = (0, 1)  # CFmask clear land, water
 #: the classes a product's QA_PIXEL or SCL leaves out of a composite (fill always)
@@ -241,57 +240,169 @@ def _nanargmax(score: np.ndarray) -> np.ndarray:
     return best
 
 
+# ---------------------------------------------------------------- methods
+
+class CompositeMethod:
+    """A compositing method: :meth:`composite` of a block's stack; :meth:`check` refuses, before any
+    block is read, the band sets it cannot composite."""
+
+    name: ClassVar[str] = ""
+
+    def check(self, names: Sequence[str]) -> None:
+        """Any band set will do."""
+
+    def composite(self, stack: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """(bands, rows, cols) composite of the (scenes, bands, rows, cols) ``stack``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Median(CompositeMethod):
+    """Per band median of the valid observations (bands may come from different dates)."""
+
+    name: ClassVar[str] = "median"
+
+    def composite(self, stack, names):
+        return median_composite(stack)
+
+
+@dataclass(frozen=True)
+class Medoid(CompositeMethod):
+    """Flood's (2013) medoid: every band from the one observation nearest to all the others."""
+
+    name: ClassVar[str] = "medoid"
+
+    def composite(self, stack, names):
+        return medoid_composite(stack)
+
+
+@dataclass(frozen=True)
+class MaxNDVI(CompositeMethod):
+    """The observation of highest NDVI, from the bands named ``red`` and ``nir`` (or ``nir_broad``)."""
+
+    name: ClassVar[str] = "max_ndvi"
+
+    def check(self, names: Sequence[str]) -> None:
+        """Refuses band sets without red and NIR."""
+        if "red" not in names or nir_name(names) is None:
+            raise ForestCarbonError(
+                "The max-NDVI composite needs bands described 'red' and 'nir' (or 'nir_broad') in every scene; "
+                f"the common bands are: {', '.join(names)}. Use the median or medoid method, or harmonize the "
+                "scenes first (forestcarbon:harmonizescene).")
+
+    def composite(self, stack: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        return max_ndvi_composite(stack, list(names).index("red"), list(names).index(nir_name(names)))
+
+
 # ---------------------------------------------------------------- files
 
-def composite_scenes(inputs: Sequence, out_path, method: str = "median", progress=None,
+def composite_scenes(inputs: Sequence, out_path, method=Median(), progress=None,
                      max_workers: int | None = None, parameters: dict | None = None) -> dict:
-    """Composite ``inputs`` (raster files or ESPA folders) into ``out_path`` (float32 COG).
+    """Composite ``inputs`` into ``out_path`` (float32 COG), per pixel over the valid observations.
 
-    Returns a summary: bands, scene count, pixels with at least one valid observation.
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        Raster files with described bands, or product folders (Landsat, Sentinel-2, ESPA).
+    out_path : str or Path
+        The output GeoTIFF, on the first scene's grid.
+    method : Median, Medoid or MaxNDVI
+        The compositing method (module docstring).
+    progress : Progress, optional
+        Receives progress, warnings and cancellation.
+    max_workers : int, optional
+        Worker threads (None: the default).
+    parameters : dict, optional
+        Extra entries for the provenance record.
+
+    Returns
+    -------
+    dict
+        ``bands`` (composited band names), ``scenes`` (count), ``method`` (name), ``grid``.
     """
-    method = str(method).lower().replace("-", "_")
-    if method not in METHODS:
-        raise ForestCarbonError(f"Unknown compositing method {method!r}: use one of {', '.join(METHODS)}.")
+    if not isinstance(method, CompositeMethod):
+        raise ForestCarbonError(f"Unknown compositing method {method!r}: use Median(), Medoid() or MaxNDVI().")
     inputs = [str(p) for p in inputs or []]
     if not inputs:
         raise ForestCarbonError("No input scenes: give at least one raster or ESPA scene folder.")
+    scenes = open_scenes(inputs, progress)
+    names = common_bands(scenes)
+    method.check(names)
+    check_overlap(scenes)
+    grid = scenes[0].grid
+    compositor = _Compositor(scenes, names, method, Readers(grid))
+    record = {"INPUTS": inputs, "METHOD": method.name}
+    record.update(parameters or {})
+    try:
+        process_blocks(grid, compositor.compute, out_path, count=len(names) + 1, dtype="float32",
+                       nodata=float("nan"), descriptions=names + ["valid_count"],
+                       tags={"COMPOSITE_METHOD": method.name, "SCENE_COUNT": len(scenes)},
+                       provenance=provenance("compositescenes", record, inputs), progress=progress,
+                       max_workers=max_workers, block_size=block_size(len(scenes), len(names)),
+                       finish=compositor.finish)
+    finally:
+        compositor.readers.close()
+    return {"bands": names, "scenes": len(scenes), "method": method.name, "grid": grid}
+
+
+def open_scenes(inputs: Sequence[str], progress=None) -> list[Scene]:
+    """:func:`open_scene` of each input; a warning for each product without a QA layer."""
     scenes = [open_scene(p) for p in inputs]
     for scene in scenes:
         if scene.layout in ("landsat", "sentinel2") and scene.mask is None and progress is not None:
             progress.warning(f"'{Path(scene.source).name}' has no QA layer (QA_PIXEL, SCL or Fmask): its clouds and "
                              "their shadows are not masked.")
-    names = common_bands(scenes)
-    red = nir = None
-    if method == "max_ndvi":
-        nir_band = nir_name(names)
-        if "red" not in names or nir_band is None:
-            raise ForestCarbonError(
-                "The max-NDVI composite needs bands described 'red' and 'nir' (or 'nir_broad') in every scene; "
-                f"the common bands are: {', '.join(names)}. Use the median or medoid method, or harmonize the "
-                "scenes first (forestcarbon:harmonizescene).")
-        red, nir = names.index("red"), names.index(nir_band)
-    grid = scenes[0].grid
+    return scenes
+
+
+def check_overlap(scenes: Sequence[Scene]) -> None:
+    """Refuses a scene that does not overlap the first one (it would add nothing to the composite)."""
     for scene in scenes[1:]:
-        if not overlaps(grid, scene.grid):
+        if not overlaps(scenes[0].grid, scene.grid):
             raise ForestCarbonError(
                 f"The scene '{Path(scene.source).name}' does not overlap the first scene, "
                 f"'{Path(scenes[0].source).name}': scenes are composited on the first scene's grid, where it would "
                 "add nothing. Give scenes of one area (or mosaic them first), and check that their CRSs are set "
                 "correctly.")
-    n_scenes, n_bands = len(scenes), len(names)
-    # block side bounded so that one worker's float32 stack stays under BLOCK_BUDGET
+
+
+def block_size(n_scenes: int, n_bands: int) -> int:
+    """The block side (pixels, a multiple of 16 in 64-512) that keeps one worker's float32 stack of
+    ``n_scenes`` × (``n_bands`` + 1) layers under :data:`BLOCK_BUDGET`."""
     side = int(math.sqrt(BLOCK_BUDGET / (4.0 * n_scenes * (n_bands + 1))))
-    block_size = int(min(512, max(64, side // 16 * 16)))
-    readers = Readers(grid)
+    return int(min(512, max(64, side // 16 * 16)))
 
-    def read_scene(scene: Scene, window, rows, cols):
-        from rasterio.enums import Resampling
 
-        out = np.empty((n_bands, rows, cols), dtype=np.float32)
+class _Compositor:
+    """The per-block work of :func:`composite_scenes`; ``compute`` runs in worker threads."""
+
+    def __init__(self, scenes: Sequence[Scene], names: list[str], method, readers: Readers):
+        from rasterio.enums import Resampling  # rasterio is optional until a raster is read
+
+        self.scenes, self.names, self.method, self.readers = scenes, names, method, readers
+        # nearest neighbour: no mixing of dates or of cloud edges
+        self.resampling = Resampling.nearest
+        self.any_valid = False
+
+    def compute(self, window) -> np.ndarray:
+        rows, cols = int(window.height), int(window.width)
+        stack = np.empty((len(self.scenes), len(self.names), rows, cols), dtype=np.float32)
+        for s, scene in enumerate(self.scenes):
+            stack[s] = self.read_scene(scene, window)
+        count = valid_observations(stack).sum(axis=0)
+        if count.any():
+            self.any_valid = True
+        comp = self.method.composite(stack, self.names)
+        return np.concatenate([comp, count[None].astype(np.float64)]).astype(np.float32)
+
+    def read_scene(self, scene: Scene, window) -> np.ndarray:
+        """(bands, rows, cols) reflectance of ``scene`` on ``window``, NaN where the observation is invalid."""
+        rows, cols = int(window.height), int(window.width)
+        out = np.empty((len(self.names), rows, cols), dtype=np.float32)
         invalid = np.zeros((rows, cols), dtype=bool)
-        for k, name in enumerate(names):
+        for k, name in enumerate(self.names):
             b = scene.band(name)
-            arr = readers.read(b.path, window, b.band, resampling=Resampling.nearest, src_nodata=b.outside)
+            arr = self.readers.read(b.path, window, b.band, resampling=self.resampling, src_nodata=b.outside)
             data = np.asarray(np.ma.getdata(arr), dtype=np.float64)
             invalid |= np.ma.getmaskarray(arr) | ~np.isfinite(data)
             for nodata in (b.nodata, b.file_nodata):
@@ -299,49 +410,22 @@ def composite_scenes(inputs: Sequence, out_path, method: str = "median", progres
                     invalid |= data == nodata
             out[k] = data * b.scale + b.offset
         if scene.mask is not None:
-            m = readers.read(scene.mask.path, window, scene.mask.band, resampling=Resampling.nearest,
-                             src_nodata=scene.mask.nodata)
-            classes = np.asarray(np.ma.getdata(m))
-            if scene.mask_kind == "fmask":
-                invalid |= np.ma.getmaskarray(m) | ~np.isin(classes, KEEP_CLASSES)
-            else:
-                invalid |= np.ma.getmaskarray(m) | MASKERS[scene.mask_kind](classes, QA_CLASSES)
+            invalid |= self.masked(scene, window)
         out[:, invalid] = np.nan
         return out
 
-    def compute(window):
-        rows, cols = int(window.height), int(window.width)
-        stack = np.empty((n_scenes, n_bands, rows, cols), dtype=np.float32)
-        for s, scene in enumerate(scenes):
-            stack[s] = read_scene(scene, window, rows, cols)
-        count = valid_observations(stack).sum(axis=0)
-        if not seen["valid"] and count.any():
-            seen["valid"] = True
-        if method == "median":
-            comp = median_composite(stack)
-        elif method == "medoid":
-            comp = medoid_composite(stack)
-        else:
-            comp = max_ndvi_composite(stack, red, nir)
-        return np.concatenate([comp, count[None].astype(np.float64)]).astype(np.float32)
+    def masked(self, scene: Scene, window) -> np.ndarray:
+        """True where the scene's QA layer says fill, cloud, cloud shadow, cirrus or snow."""
+        m = self.readers.read(scene.mask.path, window, scene.mask.band, resampling=self.resampling,
+                              src_nodata=scene.mask.nodata)
+        classes = np.asarray(np.ma.getdata(m))
+        if scene.mask_kind == "fmask":
+            return np.ma.getmaskarray(m) | ~np.isin(classes, KEEP_CLASSES)
+        return np.ma.getmaskarray(m) | MASKERS[scene.mask_kind](classes, QA_CLASSES)
 
-    seen = {"valid": False}
-
-    def finish():
-        if not seen["valid"]:
+    def finish(self) -> None:
+        if not self.any_valid:
             raise ForestCarbonError(
-                f"No pixel of the first scene's grid has a valid observation in any of the {n_scenes} scene(s): "
-                "they are no-data, or masked (cloud, cloud shadow, snow, fill), everywhere. The composite would be "
-                "no-data everywhere, so nothing was written. Add clearer scenes.")
-
-    record = {"INPUTS": inputs, "METHOD": method}
-    record.update(parameters or {})
-    try:
-        process_blocks(grid, compute, out_path, count=n_bands + 1, dtype="float32", nodata=float("nan"),
-                       descriptions=names + ["valid_count"], tags={"COMPOSITE_METHOD": method,
-                                                                   "SCENE_COUNT": n_scenes},
-                       provenance=provenance("compositescenes", record, inputs), progress=progress,
-                       max_workers=max_workers, block_size=block_size, finish=finish)
-    finally:
-        readers.close()
-    return {"bands": names, "scenes": n_scenes, "method": method, "grid": grid}
+                f"No pixel of the first scene's grid has a valid observation in any of the {len(self.scenes)} "
+                "scene(s): they are no-data, or masked (cloud, cloud shadow, snow, fill), everywhere. The composite "
+                "would be no-data everywhere, so nothing was written. Add clearer scenes.")

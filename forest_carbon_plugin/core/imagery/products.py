@@ -269,14 +269,56 @@ def _get(groups: dict, key: str, *preferred: str, default=None):
 def _open_landsat(mtl_path: Path) -> Product:
     groups = read_mtl(mtl_path)
     folder = mtl_path.parent
+    spacecraft = _landsat_spacecraft(groups, mtl_path)
+    sensor = SENSOR_OF[spacecraft]
+    level_text = str(_get(groups, "PROCESSING_LEVEL", default=_get(groups, "DATA_TYPE", default="L1"))).upper()
+    is_sr = level_text.startswith("L2")
+    acquired = _landsat_acquired(groups, mtl_path)
+    sun_elev, sun_az = _landsat_sun(groups, mtl_path)
+    warnings: list[str] = []
+    notes: dict = {}
+    scaling = _LandsatScaling(groups, mtl_path, spacecraft, is_sr, sun_elev, acquired.date(), notes)
+    bands: dict = {}
+    for number, name in LANDSAT_BANDS[sensor].items():
+        file_name = _get(groups, f"FILE_NAME_BAND_{number}", "PRODUCT_CONTENTS", "LEVEL2_PROCESSING_RECORD",
+                         "PRODUCT_METADATA")
+        band_path = _resolve_band_file(folder, file_name, number, is_sr)
+        if band_path is None:
+            continue
+        scale, offset = scaling.of_band(number)
+        file_nodata, res = _band_profile(band_path)
+        # DN 0 is fill in every Landsat product, Level-1 (outside the footprint) and Collection-2 Level-2 (USGS
+        # LSDS-1619 Landsat 8-9 C2 L2 Science Product Guide, SR fill value 0), whatever no-data the file carries
+        bands[name] = BandSource(name, f"B{number}", band_path, scale, offset, LANDSAT_FILL, res,
+                                 _other_nodata(file_nodata, LANDSAT_FILL))
+    _check_bands(bands, LANDSAT_BANDS[sensor].values(), mtl_path, warnings)
+    crs, bounds = _common_grid_info(bands)
+    qa_kind, qa_path, radsat_path = _landsat_qa(groups, folder)
+    product = Product(sensor=sensor, platform=spacecraft, level="SR" if is_sr else "TOA", acquired=acquired,
+                      crs=crs, bounds=bounds, bands=bands, metadata_path=mtl_path, qa_kind=qa_kind,
+                      qa_path=qa_path, radsat_path=radsat_path, sun_zenith_deg=90.0 - sun_elev,
+                      sun_azimuth_deg=sun_az, warnings=warnings, notes=notes)
+    angle_files = _landsat_angle_files(folder, mtl_path)
+    if angle_files:
+        product.angle_files = angle_files
+        product.angle_source = "per-pixel angle bands"
+    else:
+        product.view_zenith_deg, product.view_azimuth_deg = 0.0, 0.0
+        product.angle_source = "scene sun angles of the MTL, nadir view"
+    return _confine_product(product, folder)
+
+
+def _landsat_spacecraft(groups: dict, mtl_path: Path) -> str:
     spacecraft = str(_get(groups, "SPACECRAFT_ID", default="")).upper().replace('"', "")
     if spacecraft not in SENSOR_OF:
         raise ForestCarbonError(
             f"Unknown or unsupported sensor '{spacecraft or 'none given'}' in '{mtl_path.name}': harmonization "
             "supports Landsat 4/5 TM, 7 ETM+, 8/9 OLI and Sentinel-2 MSI.")
-    sensor = SENSOR_OF[spacecraft]
-    level_text = str(_get(groups, "PROCESSING_LEVEL", default=_get(groups, "DATA_TYPE", default="L1"))).upper()
-    is_sr = level_text.startswith("L2")
+    return spacecraft
+
+
+def _landsat_acquired(groups: dict, mtl_path: Path) -> _dt.datetime:
+    """DATE_ACQUIRED and SCENE_CENTER_TIME (UTC; noon when the MTL has no time)."""
     date_text = str(_get(groups, "DATE_ACQUIRED", default="")).strip('"')
     try:
         date = _dt.date.fromisoformat(date_text)
@@ -287,60 +329,27 @@ def _open_landsat(mtl_path: Path) -> Product:
     time_text = str(_get(groups, "SCENE_CENTER_TIME", default="12:00:00")).strip('"Z')
     try:
         hh, mm, ss = (time_text.split(":") + ["0", "0"])[:3]
-        acquired = _dt.datetime(date.year, date.month, date.day, int(hh), int(mm), int(float(ss)),
-                                tzinfo=_dt.timezone.utc)
+        return _dt.datetime(date.year, date.month, date.day, int(hh), int(mm), int(float(ss)),
+                            tzinfo=_dt.timezone.utc)
     except ValueError:
         raise ForestCarbonError(
             f"The MTL '{mtl_path.name}' has an invalid SCENE_CENTER_TIME '{time_text}' (expected HH:MM:SS): "
             "download the product's MTL again.") from None
+
+
+def _landsat_sun(groups: dict, mtl_path: Path) -> tuple[float, float]:
+    """(sun elevation, sun azimuth) in degrees; a sun below the horizon is refused."""
     sun_elev = _mtl_number(groups, "SUN_ELEVATION", mtl_path)
     sun_az = _mtl_number(groups, "SUN_AZIMUTH", mtl_path)
     if not 0 < sun_elev <= 90:
         raise ForestCarbonError(
             f"The MTL '{mtl_path.name}' gives SUN_ELEVATION {sun_elev:g}°: reflectance needs the sun above the "
             "horizon (0-90°). A night or polar-winter scene cannot be harmonized.")
-    sza = 90.0 - sun_elev
-    warnings: list[str] = []
-    bands: dict = {}
-    notes: dict = {}
-    sr_group = ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS",)
-    l1_groups = ("LEVEL1_RADIOMETRIC_RESCALING", "RADIOMETRIC_RESCALING")
-    esd = _get(groups, "EARTH_SUN_DISTANCE")
-    d_au = _mtl_number(groups, "EARTH_SUN_DISTANCE", mtl_path) if esd not in (None, "") \
-        else solar.earth_sun_distance_au(date)
-    for number, name in LANDSAT_BANDS[sensor].items():
-        file_name = _get(groups, f"FILE_NAME_BAND_{number}", "PRODUCT_CONTENTS", "LEVEL2_PROCESSING_RECORD",
-                         "PRODUCT_METADATA")
-        band_path = _resolve_band_file(folder, file_name, number, is_sr)
-        if band_path is None:
-            continue
-        if is_sr:
-            scale = _mtl_number(groups, f"REFLECTANCE_MULT_BAND_{number}", mtl_path, *sr_group, default=L2_SR_MULT)
-            offset = _mtl_number(groups, f"REFLECTANCE_ADD_BAND_{number}", mtl_path, *sr_group, default=L2_SR_ADD)
-            if "LEVEL2_SURFACE_REFLECTANCE_PARAMETERS" not in groups:
-                scale, offset = L2_SR_MULT, L2_SR_ADD  # only L1 rescaling in this MTL form: C2 L2 values
-        else:
-            mult = _get(groups, f"REFLECTANCE_MULT_BAND_{number}", *l1_groups)
-            add = _get(groups, f"REFLECTANCE_ADD_BAND_{number}", *l1_groups)
-            sin_e = math.sin(math.radians(sun_elev))
-            if mult not in (None, ""):
-                scale = _mtl_number(groups, f"REFLECTANCE_MULT_BAND_{number}", mtl_path, *l1_groups) / sin_e
-                offset = _mtl_number(groups, f"REFLECTANCE_ADD_BAND_{number}", mtl_path, *l1_groups) / sin_e
-                notes["toa_formula"] = "(REFLECTANCE_MULT·Q + REFLECTANCE_ADD)/sin(SUN_ELEVATION)"
-            else:
-                lmult, ladd = _radiance_rescaling(groups, number, mtl_path)
-                esun = ESUN[spacecraft][number]
-                k = math.pi * d_au ** 2 / (esun * math.cos(math.radians(sza)))
-                scale, offset = lmult * k, ladd * k
-                notes["toa_formula"] = "π·(RADIANCE_MULT·Q + RADIANCE_ADD)·d²/(ESUN·cos θs), ESUN: Chander et al. 2009"
-                notes["earth_sun_distance_au"] = d_au
-        file_nodata, res = _band_profile(band_path)
-        # DN 0 is fill in every Landsat product, Level-1 (outside the footprint) and Collection-2 Level-2 (USGS
-        # LSDS-1619 Landsat 8-9 C2 L2 Science Product Guide, SR fill value 0), whatever no-data the file carries
-        bands[name] = BandSource(name, f"B{number}", band_path, scale, offset, LANDSAT_FILL, res,
-                                 _other_nodata(file_nodata, LANDSAT_FILL))
-    _check_bands(bands, LANDSAT_BANDS[sensor].values(), mtl_path, warnings)
-    crs, bounds = _common_grid_info(bands)
+    return sun_elev, sun_az
+
+
+def _landsat_qa(groups: dict, folder: Path):
+    """(QA kind, QA file, QA_RADSAT file): QA_PIXEL where there is one, else an Fmask band."""
     qa_name = _get(groups, "FILE_NAME_QUALITY_L1_PIXEL", default=None)
     qa_path = _existing(folder, qa_name) if qa_name else None
     if qa_path is None:
@@ -348,19 +357,52 @@ def _open_landsat(mtl_path: Path) -> Product:
     radsat_name = _get(groups, "FILE_NAME_QUALITY_L1_RADIOMETRIC_SATURATION", default=None)
     radsat_path = _existing(folder, radsat_name) if radsat_name else None
     fmask = next(iter(sorted(folder.glob("*[Ff]mask*.tif")) + sorted(folder.glob("*[Ff]mask*.TIF"))), None)
-    product = Product(sensor=sensor, platform=spacecraft, level="SR" if is_sr else "TOA", acquired=acquired,
-                      crs=crs, bounds=bounds, bands=bands, metadata_path=mtl_path,
-                      qa_kind="qa_pixel" if qa_path else ("fmask" if fmask else None),
-                      qa_path=qa_path or fmask, radsat_path=radsat_path,
-                      sun_zenith_deg=sza, sun_azimuth_deg=sun_az, warnings=warnings, notes=notes)
-    angle_files = _landsat_angle_files(folder, mtl_path)
-    if angle_files:
-        product.angle_files = angle_files
-        product.angle_source = "per-pixel angle bands"
-    else:
-        product.view_zenith_deg, product.view_azimuth_deg = 0.0, 0.0
-        product.angle_source = "scene sun angles of the MTL, nadir view"
-    return _confine_product(product, folder)
+    qa_kind = "qa_pixel" if qa_path else ("fmask" if fmask else None)
+    return qa_kind, qa_path or fmask, radsat_path
+
+
+@dataclass
+class _LandsatScaling:
+    """DN → reflectance of each band from one MTL: Level-2 SR, Level-1 TOA from the reflectance rescaling,
+    or from radiance and ESUN for MTLs without it (USGS LSDS-1619 and LSDS-1328; Chander et al. 2009).
+    Records the formula used in ``notes``."""
+
+    groups: dict
+    mtl_path: Path
+    spacecraft: str
+    is_sr: bool
+    sun_elevation_deg: float
+    date: _dt.date
+    notes: dict
+
+    def of_band(self, number: int) -> tuple[float, float]:
+        """(scale, offset) of band ``number``."""
+        groups, mtl_path = self.groups, self.mtl_path
+        if self.is_sr:
+            sr_group = ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS",)
+            if sr_group[0] not in groups:
+                return L2_SR_MULT, L2_SR_ADD  # only L1 rescaling in this MTL form: C2 L2 values
+            return (_mtl_number(groups, f"REFLECTANCE_MULT_BAND_{number}", mtl_path, *sr_group, default=L2_SR_MULT),
+                    _mtl_number(groups, f"REFLECTANCE_ADD_BAND_{number}", mtl_path, *sr_group, default=L2_SR_ADD))
+        l1_groups = ("LEVEL1_RADIOMETRIC_RESCALING", "RADIOMETRIC_RESCALING")
+        if _get(groups, f"REFLECTANCE_MULT_BAND_{number}", *l1_groups) not in (None, ""):
+            sin_e = math.sin(math.radians(self.sun_elevation_deg))
+            self.notes["toa_formula"] = "(REFLECTANCE_MULT·Q + REFLECTANCE_ADD)/sin(SUN_ELEVATION)"
+            return (_mtl_number(groups, f"REFLECTANCE_MULT_BAND_{number}", mtl_path, *l1_groups) / sin_e,
+                    _mtl_number(groups, f"REFLECTANCE_ADD_BAND_{number}", mtl_path, *l1_groups) / sin_e)
+        lmult, ladd = _radiance_rescaling(groups, number, mtl_path)
+        d_au = self.earth_sun_distance_au()
+        cos_sza = math.cos(math.radians(90.0 - self.sun_elevation_deg))
+        k = math.pi * d_au ** 2 / (ESUN[self.spacecraft][number] * cos_sza)
+        self.notes["toa_formula"] = ("π·(RADIANCE_MULT·Q + RADIANCE_ADD)·d²/(ESUN·cos θs), "
+                                     "ESUN: Chander et al. 2009")
+        self.notes["earth_sun_distance_au"] = d_au
+        return lmult * k, ladd * k
+
+    def earth_sun_distance_au(self) -> float:
+        if _get(self.groups, "EARTH_SUN_DISTANCE") in (None, ""):
+            return solar.earth_sun_distance_au(self.date)
+        return _mtl_number(self.groups, "EARTH_SUN_DISTANCE", self.mtl_path)
 
 
 def _mtl_number(groups: dict, key: str, mtl_path: Path, *preferred: str, default=None) -> float:
@@ -483,75 +525,128 @@ def _find_msi_bands(folder: Path) -> dict:
     return found
 
 
+@dataclass
+class _S2Metadata:
+    """What the product metadata (MTD_MSIL2A/MTD_MSIL1C.xml) and the tile metadata (MTD_TL.xml) give;
+    None where neither does (ESA Sentinel-2 Products Specification Document, S2-PDGS-TAS-DI-PSD)."""
+
+    level: str | None = None
+    quantification: float | None = None
+    offsets: dict = field(default_factory=dict)
+    platform: str | None = None
+    acquired: _dt.datetime | None = None
+    baseline: str | None = None
+
+
 def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
     warnings: list[str] = []
-    notes: dict = {}
     files = _find_msi_bands(folder)
     tile_xml = next(iter(sorted(folder.rglob("MTD_TL.xml"))), None)
-    quant, offsets, platform, level, acquired, baseline = None, {}, None, None, None, None
-    if product_xml is not None:
-        root = _parse_xml(product_xml)
-        level = "SR" if "L2A" in product_xml.name.upper() else "TOA"
-        quant = _xml_float(root, "BOA_QUANTIFICATION_VALUE" if level == "SR" else "QUANTIFICATION_VALUE")
-        tag = "BOA_ADD_OFFSET" if level == "SR" else "RADIO_ADD_OFFSET"
-        for element in root.iter():
-            if _local(element.tag) == tag:
-                try:
-                    offsets[MSI_PHYSICAL[int(element.get("band_id"))]] = float(element.text)
-                except (TypeError, ValueError, IndexError):
-                    raise ForestCarbonError(
-                        f"'{product_xml.name}' has an invalid {tag} (band_id {element.get('band_id')!r}, value "
-                        f"{element.text!r}): the product metadata is damaged. Download the product again.") from None
-        spacecraft = _xml_text(root, "SPACECRAFT_NAME") or ""
-        platform = {"Sentinel-2A": "S2A", "Sentinel-2B": "S2B", "Sentinel-2C": "S2C"}.get(spacecraft.strip())
-        start = _xml_text(root, "PRODUCT_START_TIME")
-        acquired = _parse_time(start, product_xml, "PRODUCT_START_TIME") if start else None
-        baseline = _xml_text(root, "PROCESSING_BASELINE")
+    meta = _s2_product_metadata(product_xml) if product_xml is not None else _S2Metadata()
     tile_root = _parse_xml(tile_xml) if tile_xml is not None else None
-    if tile_root is not None and acquired is None:
-        sensing = _xml_text(tile_root, "SENSING_TIME")
-        acquired = _parse_time(sensing, tile_xml, "SENSING_TIME") if sensing else None
-    if tile_root is not None and platform is None:
-        tile_id = _xml_text(tile_root, "TILE_ID") or ""
-        platform = tile_id[:3] if tile_id[:3] in ("S2A", "S2B", "S2C") else None
+    if tile_root is not None:
+        _s2_tile_metadata(tile_root, tile_xml, meta)
     if not files:
         raise ForestCarbonError(f"No Sentinel-2 band files (…_B02.jp2 or .tif) found under '{folder}'.")
-    if level is None:
-        has_scl = any(folder.rglob("*_SCL*"))
-        level = "SR" if has_scl else "TOA"
-    if acquired is None:
-        stamp = next((re.search(r"(\d{8}T\d{6})", p.name) for res in files.values() for p in res.values()), None)
-        if stamp is None:
-            raise ForestCarbonError(
-                f"The Sentinel-2 bands in '{folder}' come without metadata and without a date in their names: "
-                "put the product's MTD_MSIL2A.xml/MTD_MSIL1C.xml or MTD_TL.xml beside them.")
-        try:
-            acquired = _dt.datetime.strptime(stamp.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
-        except ValueError:
-            raise ForestCarbonError(f"The Sentinel-2 band names in '{folder}' carry '{stamp.group(1)}', not a valid "
-                                    "sensing time: put the product's MTD_MSIL2A.xml/MTD_MSIL1C.xml beside them.") \
-                from None
-    if quant is None:
-        quant = 10000.0
-        default_offset = -1000.0 if acquired.date() >= S2_BASELINE_04_START else 0.0
-        offsets = {b: default_offset for b in MSI_PHYSICAL}
+    if meta.level is None:
+        meta.level = "SR" if any(folder.rglob("*_SCL*")) else "TOA"
+    if meta.acquired is None:
+        meta.acquired = _s2_time_from_names(folder, files)
+    _s2_defaults(meta, warnings)
+    bands = _s2_bands(folder, files, meta)
+    _check_bands(bands, [v[0] for v in MSI_BANDS.values()], folder, warnings)
+    crs, bounds = _common_grid_info(bands)
+    scl = next(iter(sorted(p for p in folder.rglob("*_SCL*") if p.suffix.lower() in (".jp2", ".tif", ".tiff"))), None)
+    fmask = next(iter(sorted(p for p in folder.rglob("*[Ff]mask*") if p.suffix.lower() in (".tif", ".tiff"))), None)
+    notes = {"processing_baseline": meta.baseline} if meta.baseline else {}
+    product = Product(sensor="MSI", platform=meta.platform, level=meta.level, acquired=meta.acquired, crs=crs,
+                      bounds=bounds, bands=bands, metadata_path=product_xml or tile_xml,
+                      qa_kind="scl" if scl else ("fmask" if fmask else None), qa_path=scl or fmask,
+                      warnings=warnings, notes=notes)
+    if tile_root is not None:
+        _s2_angles(tile_root, product)
+    else:
+        lon, lat = product.center_lonlat
+        product.sun_zenith_deg, product.sun_azimuth_deg = solar.sun_position(meta.acquired, lat, lon)
+        product.view_zenith_deg, product.view_azimuth_deg = 0.0, 0.0
+        product.angle_source = "sun position computed from the sensing time, nadir view (no MTD_TL.xml)"
+    return _confine_product(product, folder)
+
+
+def _s2_product_metadata(product_xml: Path) -> _S2Metadata:
+    """Level, quantification value, per-band offsets, unit, start time and baseline of the product metadata."""
+    root = _parse_xml(product_xml)
+    meta = _S2Metadata(level="SR" if "L2A" in product_xml.name.upper() else "TOA")
+    meta.quantification = _xml_float(root, "BOA_QUANTIFICATION_VALUE" if meta.level == "SR"
+                                     else "QUANTIFICATION_VALUE")
+    tag = "BOA_ADD_OFFSET" if meta.level == "SR" else "RADIO_ADD_OFFSET"
+    for element in root.iter():
+        if _local(element.tag) == tag:
+            try:
+                meta.offsets[MSI_PHYSICAL[int(element.get("band_id"))]] = float(element.text)
+            except (TypeError, ValueError, IndexError):
+                raise ForestCarbonError(
+                    f"'{product_xml.name}' has an invalid {tag} (band_id {element.get('band_id')!r}, value "
+                    f"{element.text!r}): the product metadata is damaged. Download the product again.") from None
+    spacecraft = _xml_text(root, "SPACECRAFT_NAME") or ""
+    meta.platform = {"Sentinel-2A": "S2A", "Sentinel-2B": "S2B", "Sentinel-2C": "S2C"}.get(spacecraft.strip())
+    start = _xml_text(root, "PRODUCT_START_TIME")
+    meta.acquired = _parse_time(start, product_xml, "PRODUCT_START_TIME") if start else None
+    meta.baseline = _xml_text(root, "PROCESSING_BASELINE")
+    return meta
+
+
+def _s2_tile_metadata(tile_root, tile_xml: Path, meta: _S2Metadata) -> None:
+    """The sensing time and unit from MTD_TL.xml where the product metadata gave none."""
+    if meta.acquired is None:
+        sensing = _xml_text(tile_root, "SENSING_TIME")
+        meta.acquired = _parse_time(sensing, tile_xml, "SENSING_TIME") if sensing else None
+    if meta.platform is None:
+        tile_id = _xml_text(tile_root, "TILE_ID") or ""
+        meta.platform = tile_id[:3] if tile_id[:3] in ("S2A", "S2B", "S2C") else None
+
+
+def _s2_time_from_names(folder: Path, files: dict) -> _dt.datetime:
+    """The sensing time in the band files' names (…_20200612T100031_B04…), for bands without metadata."""
+    stamp = next((re.search(r"(\d{8}T\d{6})", p.name) for res in files.values() for p in res.values()), None)
+    if stamp is None:
+        raise ForestCarbonError(
+            f"The Sentinel-2 bands in '{folder}' come without metadata and without a date in their names: "
+            "put the product's MTD_MSIL2A.xml/MTD_MSIL1C.xml or MTD_TL.xml beside them.")
+    try:
+        return _dt.datetime.strptime(stamp.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        raise ForestCarbonError(f"The Sentinel-2 band names in '{folder}' carry '{stamp.group(1)}', not a valid "
+                                "sensing time: put the product's MTD_MSIL2A.xml/MTD_MSIL1C.xml beside them.") \
+            from None
+
+
+def _s2_defaults(meta: _S2Metadata, warnings: list) -> None:
+    """The quantification, offsets and unit the metadata leave out, from the sensing date (offsets of
+    processing baseline 04.00 on, 25 January 2022; none before), with a warning for each guess."""
+    if meta.quantification is None:
+        meta.quantification = 10000.0
+        default_offset = -1000.0 if meta.acquired.date() >= S2_BASELINE_04_START else 0.0
+        meta.offsets = {b: default_offset for b in MSI_PHYSICAL}
         warnings.append(f"No product metadata (MTD_MSIL2A/MTD_MSIL1C.xml): assumed QUANTIFICATION_VALUE 10000 and "
                         f"offset {default_offset:g} (processing baseline {'≥' if default_offset else '<'} 04.00 "
                         "by the sensing date). Put the metadata beside the bands to use the product's values.")
-    if platform is None:
-        if acquired.date() < S2B_LAUNCH:
-            platform = "S2A"
-        else:
-            platform = "S2A"
+    if meta.platform is None:
+        meta.platform = "S2A"
+        if meta.acquired.date() >= S2B_LAUNCH:
             warnings.append("The Sentinel-2 unit (2A/2B/2C) is not in the metadata: the S2A bandpass "
                             "coefficients are used (they differ from S2B/S2C by < 1.5%).")
     try:
-        baseline_number = float(baseline) if baseline else None
+        baseline_number = float(meta.baseline) if meta.baseline else None
     except ValueError:
-        raise ForestCarbonError(f"The product metadata gives PROCESSING_BASELINE '{baseline}', not a number like "
-                                "04.00: it is damaged. Download the product again.") from None
-    if baseline_number is not None and level == "SR" and baseline_number < 4.0:
-        offsets = {b: 0.0 for b in MSI_PHYSICAL}
+        raise ForestCarbonError(f"The product metadata gives PROCESSING_BASELINE '{meta.baseline}', not a number "
+                                "like 04.00: it is damaged. Download the product again.") from None
+    if baseline_number is not None and meta.level == "SR" and baseline_number < 4.0:
+        meta.offsets = {b: 0.0 for b in MSI_PHYSICAL}
+
+
+def _s2_bands(folder: Path, files: dict, meta: _S2Metadata) -> dict:
+    """Common name → :class:`BandSource` at each band's native resolution, in :data:`OUTPUT_ORDER`."""
     bands = {}
     for band_id, (name, native) in MSI_BANDS.items():
         if band_id not in files:
@@ -561,27 +656,10 @@ def _open_sentinel2(folder: Path, product_xml: Path | None) -> Product:
         file_nodata, res = _band_profile(path)
         # DN 0 is NODATA in L1C and L2A alike (the product metadata's Special_Values), before BOA/RADIO_ADD_OFFSET:
         # checked on the DN, never on the reflectance
-        bands[name] = BandSource(name, band_id, path, 1.0 / quant, offsets.get(band_id, 0.0) / quant,
+        quant = meta.quantification
+        bands[name] = BandSource(name, band_id, path, 1.0 / quant, meta.offsets.get(band_id, 0.0) / quant,
                                  MSI_NODATA, res, _other_nodata(file_nodata, MSI_NODATA))
-    bands = {k: bands[k] for k in OUTPUT_ORDER if k in bands}
-    _check_bands(bands, [v[0] for v in MSI_BANDS.values()], folder, warnings)
-    crs, bounds = _common_grid_info(bands)
-    scl = next(iter(sorted(p for p in folder.rglob("*_SCL*") if p.suffix.lower() in (".jp2", ".tif", ".tiff"))), None)
-    fmask = next(iter(sorted(p for p in folder.rglob("*[Ff]mask*") if p.suffix.lower() in (".tif", ".tiff"))), None)
-    product = Product(sensor="MSI", platform=platform, level=level, acquired=acquired, crs=crs, bounds=bounds,
-                      bands=bands, metadata_path=product_xml or tile_xml,
-                      qa_kind="scl" if scl else ("fmask" if fmask else None), qa_path=scl or fmask,
-                      warnings=warnings, notes=notes)
-    if tile_root is not None:
-        _s2_angles(tile_root, product)
-    else:
-        lon, lat = product.center_lonlat
-        product.sun_zenith_deg, product.sun_azimuth_deg = solar.sun_position(acquired, lat, lon)
-        product.view_zenith_deg, product.view_azimuth_deg = 0.0, 0.0
-        product.angle_source = "sun position computed from the sensing time, nadir view (no MTD_TL.xml)"
-    if baseline:
-        notes["processing_baseline"] = baseline
-    return _confine_product(product, folder)
+    return {k: bands[k] for k in OUTPUT_ORDER if k in bands}
 
 
 def _s2_angles(root, product: Product) -> None:

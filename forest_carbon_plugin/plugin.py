@@ -14,6 +14,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .core import dependencies
 from .core.dependencies import missing_dependencies, missing_message
+from .gui import LOG_TAG, MENU
 from .paths import ICON_SVG
 
 # The repository keeps processing_provider/ at the top level (tests and scripts import it so); the plugin
@@ -24,9 +25,6 @@ from processing_provider.compat import QAction  # noqa: E402
 _PLUGIN_DIR = Path(__file__).resolve().parent
 #: True for the installed plugin (processing_provider/ inside the package), False in the repository
 INSTALLED = (_PLUGIN_DIR / "processing_provider").is_dir()
-
-MENU = "&Forest Carbon"
-LOG_TAG = "Forest Carbon"
 
 
 class ForestCarbonPlugin:
@@ -41,7 +39,9 @@ class ForestCarbonPlugin:
         if self.provider is not None:
             return
         use_dependency_folder()
-        from processing_provider.provider import ForestCarbonProvider  # relative in the zip (package.py)
+        # imported only now (here and in initGui): the core they import may need packages of the profile's
+        # dependency folder, which the line above puts on sys.path; relative in the zip (package.py)
+        from processing_provider.provider import ForestCarbonProvider
 
         self.provider = ForestCarbonProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
@@ -56,13 +56,11 @@ class ForestCarbonPlugin:
         self._add_action("Describe LAS/LAZ files…", "forestcarbon:lidarinfo")
         self._add_action("Describe an ONNX model…", "forestcarbon:modelinfo")
         from .gui.cluster_settings import add_menu_action
-
-        add_menu_action(self)  # "Cluster settings…" (remote jobs); removed with self.actions in unload()
         from .gui.docks import DockManager
-
-        self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks
         from .gui.installer import add_install_action, push_missing_message
 
+        add_menu_action(self)  # "Cluster settings…" (remote jobs); removed with self.actions in unload()
+        self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks
         add_install_action(self)  # "Install dependencies…"
         if self.dependency_message:
             push_missing_message(self, self.dependency_message)

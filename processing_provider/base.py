@@ -23,9 +23,13 @@ from qgis.PyQt.QtGui import QIcon
 
 from forest_carbon_plugin.core.dependencies import missing_dependencies, missing_message
 from forest_carbon_plugin.core.errors import ForestCarbonError
+from forest_carbon_plugin.core.lidar.vpc import vpc_files
 from forest_carbon_plugin.core.outputs import OutputTransaction
 from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
+from forest_carbon_plugin.styling import rescale_ramp
 from .compat import FileBehavior, NumberType, ParameterFlag, PropertyType, RangeLimit
+from .find_and_read import ALGORITHMS, help_page, with_labels
+from .inputs import add_point_cloud_input, explain_invalid
 
 
 class FeedbackProgress:
@@ -48,14 +52,6 @@ class FeedbackProgress:
     def warning(self, message: str) -> None:
         if self.feedback is not None:
             self.feedback.reportError(message, fatalError=False)
-
-
-def rescale_ramp(layer, low: float = 0.02, high: float = 0.98) -> None:
-    """Stretch a single-band pseudocolour ramp to the layer's cumulative ``low``-``high`` range, with legend
-    labels in the output's unit and the legend refreshed (:func:`forest_carbon_plugin.gui.styling.rescale_ramp`)."""
-    from forest_carbon_plugin.gui.styling import rescale_ramp as rescale
-
-    rescale(layer, low, high)
 
 
 class StyleLoader(QgsProcessingLayerPostProcessorInterface):
@@ -192,20 +188,14 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         return QIcon(str(ICON_SVG))
 
     def shortDescription(self) -> str:  # noqa: N802
-        from .find_and_read import ALGORITHMS
-
         return self.tr(ALGORITHMS.get(self._name, ("",))[0])
 
     def tags(self) -> list:
-        from .find_and_read import ALGORITHMS
-
         return [self.tr(tag) for tag in ALGORITHMS.get(self._name, ("", ()))[1]]
 
     def helpUrl(self) -> str:  # noqa: N802
         """A page written from this algorithm beside the profile: opens offline, never stale."""
         from qgis.core import QgsApplication
-
-        from .find_and_read import help_page
 
         try:
             folder = Path(QgsApplication.qgisSettingsDirPath()) / "forest_carbon_help"
@@ -229,8 +219,6 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
                         extensions=("las", "laz")) -> None:
         """INPUT: a point-cloud layer, one point-cloud file, a .vpc or a folder of tiles (a catalog); read it
         with :func:`.inputs.point_cloud_source`."""
-        from .inputs import add_point_cloud_input
-
         add_point_cloud_input(self, label, extensions)
 
     def add_resolution(self, default: float, name: str = "RESOLUTION", label: str = "Resolution (m)") -> None:
@@ -282,8 +270,6 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
         """QGIS's check, with a message that names the value refused and what would be accepted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            from .inputs import explain_invalid
-
             message = explain_invalid(self, parameters, context) or message
         return ok, message
 
@@ -338,8 +324,6 @@ def _help_with_labels(helper):
 
     @functools.wraps(helper)
     def short_help(self):
-        from .find_and_read import with_labels
-
         return with_labels(self, helper(self))
 
     short_help._with_labels = True
@@ -517,8 +501,6 @@ def _vpc_members(path: str) -> list:
     """The files a virtual point cloud (.vpc) lists, which the run reads as much as the .vpc itself."""
     if not path.lower().endswith(".vpc"):
         return []
-    from forest_carbon_plugin.core.lidar.vpc import vpc_files
-
     try:
         return [str(f) for f in vpc_files(path)]
     except ForestCarbonError:  # the run itself says what is wrong with it

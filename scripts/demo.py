@@ -194,7 +194,7 @@ def build_project(qgz, outputs: dict, vectors: dict, extra_rasters=()) -> Path:
     """A QGIS project with the chain's outputs styled by resources/styles (ramps stretched to each layer)."""
     from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 
-    from processing_provider.base import rescale_ramp
+    from forest_carbon_plugin.styling import rescale_ramp
 
     styles = ROOT / "resources" / "styles"
     extra_rasters = list(extra_rasters)

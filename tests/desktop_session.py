@@ -85,7 +85,7 @@ def session() -> None:
     report["plugin_loaded"] = "forest_carbon_plugin" in plugins
     plugin = plugins["forest_carbon_plugin"]
     from forest_carbon_plugin.gui.jobs import RunJob, manager
-    from forest_carbon_plugin.gui.styling import legend_number
+    from forest_carbon_plugin.styling import legend_number
 
     # the uncertainty explorer, opened from its menu action, at the width QGIS gives it
     action = next(a for a in window.findChildren(type(plugin.docks.actions[0]))

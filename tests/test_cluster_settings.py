@@ -16,7 +16,7 @@ def clean_settings(qgis_app):
     """Run with empty cluster settings; put the user's back afterwards."""
     from qgis.core import QgsSettings
 
-    from processing_provider.execution import PREFIX
+    from forest_carbon_plugin.settings import PREFIX
 
     settings = QgsSettings()
     saved = {k: settings.value(PREFIX + k) for k in KEYS if settings.contains(PREFIX + k)}
@@ -37,7 +37,7 @@ def _all_values(settings):
 
 def test_dialog_stores_settings_and_reloads_them(clean_settings, tmp_path):
     from forest_carbon_plugin.gui.cluster_settings import ClusterSettingsDialog
-    from processing_provider.execution import load_spec
+    from forest_carbon_plugin.settings import load_spec
 
     assert load_spec().mode == "local"  # nothing configured: the local cluster
     dialog = ClusterSettingsDialog()
@@ -70,7 +70,7 @@ def test_gateway_secret_goes_to_the_auth_database(clean_settings, tmp_path):
     from qgis.core import QgsApplication
 
     from forest_carbon_plugin.gui.cluster_settings import ClusterSettingsDialog
-    from processing_provider.execution import load_spec
+    from forest_carbon_plugin.settings import load_spec
 
     manager = QgsApplication.authManager()
     if manager.isDisabled():

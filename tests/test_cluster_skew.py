@@ -152,7 +152,7 @@ class _Http:
 def test_a_listener_that_is_not_dask_fails_within_the_timeout(listener, features, tmp_path, forestcarbon_provider):
     from qgis.core import QgsProcessingException
 
-    from processing_provider.execution import load_spec
+    from forest_carbon_plugin.settings import load_spec
 
     timeout = load_spec().timeout
     server = listener()

@@ -23,7 +23,7 @@ except ImportError:
     qgis_importable = False
 
 import forest_carbon_plugin
-GUI = {"forest_carbon_plugin.plugin", "forest_carbon_plugin.gui"}
+GUI = {"forest_carbon_plugin.plugin", "forest_carbon_plugin.settings", "forest_carbon_plugin.gui"}
 imported, failed = [], {}
 for info in pkgutil.walk_packages(forest_carbon_plugin.__path__, "forest_carbon_plugin."):
     if any(info.name == g or info.name.startswith(g + ".") for g in GUI):

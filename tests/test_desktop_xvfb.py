@@ -128,7 +128,7 @@ def test_the_dock_reports_what_the_raster_holds(desktop):
     with rasterio.open(run["std"]) as src:
         std = src.read(1).astype("float64")[r0:r0 + hh, c0:c0 + ww]
     assert report["stats"]["shape"] == [hh, ww]  # read at full resolution: the canvas is larger than the window
-    from forest_carbon_plugin.gui.styling import legend_number
+    from forest_carbon_plugin.styling import legend_number
 
     assert labels["mean_label"] == f"{legend_number(np.nanmean(pred))} Mg/ha"
     valid = np.isfinite(pred)

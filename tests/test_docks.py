@@ -402,7 +402,7 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
 # ----------------------------------------------------------------------------- styling and plots
 
 def test_legend_numbers_keep_three_significant_digits():
-    from forest_carbon_plugin.gui.styling import legend_number
+    from forest_carbon_plugin.styling import legend_number
 
     cases = {51.32795: "51.3", 199.537: "200", 4.2449: "4.24", 0.012345: "0.0123", 12345.6: "12,300",
              -3.4567: "-3.46", 0.0: "0", 5.0: "5.00", 0.00001234: "1.23e-05"}
@@ -415,7 +415,7 @@ def test_the_legend_follows_a_rescaled_ramp_at_once(run, project):
     from qgis.core import QgsColorRampLegendNode, QgsLayerTreeModel, QgsRasterLayer
     from qgis.PyQt import sip
 
-    from forest_carbon_plugin.gui.styling import apply_style
+    from forest_carbon_plugin.styling import apply_style
 
     layer = QgsRasterLayer(str(run["prediction"]), "agb")
     project.addMapLayer(layer)

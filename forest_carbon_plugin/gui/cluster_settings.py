@@ -28,10 +28,11 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from processing_provider.compat import QAction
-from processing_provider.execution import MODES, PREFIX, load_spec, save_spec, store_secret
 
-from ..core.parallel.cluster import ClusterSpec, check_versions, close_local_clusters, open_client, scheduler_address
 from ..core.errors import ForestCarbonError
+from ..core.parallel.cluster import ClusterSpec, check_versions, close_local_clusters, open_client, scheduler_address
+from ..settings import MODES, PREFIX, load_spec, read_secret, save_spec, store_secret
+from . import MENU
 
 MODE_LABELS = ("Local cluster (worker processes on this machine)", "Dask scheduler (tcp:// or tls://)",
                "dask-gateway")
@@ -201,8 +202,6 @@ class ClusterSettingsDialog(QDialog):
         if spec.gateway_secret or (spec.gateway_user and spec.mode == "gateway"):
             secret = spec.gateway_secret
             if not secret and authcfg:
-                from processing_provider.execution import read_secret
-
                 secret = read_secret(authcfg)[1]
             authcfg = store_secret(spec.gateway_user, secret, authcfg)
         save_spec(spec, authcfg)
@@ -256,8 +255,6 @@ def open_dialog(parent=None) -> bool:
 def add_menu_action(plugin) -> QAction:
     """Add "Cluster settings…" to the plugin's menu; ``plugin.unload()`` removes it with the plugin's other
     actions, and the session's local Dask clusters stop when it goes."""
-    from ..plugin import MENU
-
     action = QAction("Cluster settings…", plugin.iface.mainWindow())
     action.setObjectName("forestcarbon_cluster_settings")
     action.triggered.connect(lambda _checked=False: open_dialog(plugin.iface.mainWindow()))

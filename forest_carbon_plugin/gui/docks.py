@@ -9,6 +9,8 @@ from processing_provider.compat import QAction
 
 from ..paths import ICON_SVG
 from .jobs import RunListener
+from .jobs_dock import JobsDock
+from .uncertainty_dock import UncertaintyDock
 
 
 class DockManager:
@@ -35,8 +37,6 @@ class DockManager:
         return action
 
     def show_uncertainty_dock(self):
-        from .uncertainty_dock import UncertaintyDock
-
         if self.uncertainty_dock is None:
             self.uncertainty_dock = UncertaintyDock(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.uncertainty_dock)
@@ -44,8 +44,6 @@ class DockManager:
         return self.uncertainty_dock
 
     def show_jobs_dock(self):
-        from .jobs_dock import JobsDock
-
         if self.jobs_dock is None:
             self.jobs_dock = JobsDock(self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.jobs_dock)

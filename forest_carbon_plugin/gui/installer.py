@@ -26,8 +26,7 @@ from processing_provider.compat import QAction
 
 from ..core import dependencies
 from ..core.errors import Cancelled
-
-LOG_TAG = "Forest Carbon"
+from . import LOG_TAG, MENU
 
 
 class InstallTask(QgsTask):
@@ -158,8 +157,6 @@ def open_installer(plugin=None, parent=None) -> InstallDialog:
 
 def add_install_action(plugin) -> QAction:
     """Add "Install dependencies…" to the plugin's menu (removed with ``plugin.actions`` in unload())."""
-    from ..plugin import MENU
-
     action = QAction("Install dependencies…", plugin.iface.mainWindow())
     action.setObjectName("forestcarbon_install_dependencies")
     action.triggered.connect(lambda _checked=False: _keep(plugin, open_installer(plugin, plugin.iface.mainWindow())))

@@ -33,6 +33,8 @@ from qgis.core import QgsApplication, QgsProcessingFeedback, QgsTask
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 
+from processing_provider.base import RUN_LISTENERS
+
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
 ENDED = (FINISHED, FAILED, CANCELLED)
 
@@ -188,15 +190,11 @@ class RunListener(QObject):
         self._run_ended.connect(self._on_ended)
 
     def install(self) -> "RunListener":
-        from processing_provider.base import RUN_LISTENERS
-
         if self not in RUN_LISTENERS:
             RUN_LISTENERS.append(self)
         return self
 
     def uninstall(self) -> None:
-        from processing_provider.base import RUN_LISTENERS
-
         while self in RUN_LISTENERS:
             RUN_LISTENERS.remove(self)
 

@@ -22,15 +22,14 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..output_info import read_output_info
+from ..styling import style_by_kind
 from .connections import Connections
 from .jobs import FAILED, FINISHED, Job, manager
 
 
 def add_outputs_to_map(paths) -> list:
     """Add each output file to the project (rasters styled by their OUTPUT_KIND tag); returns the layers."""
-    from .stats import read_output_info
-    from .styling import style_by_kind
-
     layers = []
     for path in paths:
         name = Path(path).stem

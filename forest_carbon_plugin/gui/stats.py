@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import Cancelled
+from ..core.outputs import atomic_output, gdal_tags, provenance
 from ..core.stats import sigma_from_bounds
 
 UNCERTAINTY_KINDS = ("std", "lower", "upper")
@@ -259,9 +261,6 @@ def write_value_by_alpha(sources: Sources, out_path, threshold: float = 0.2, min
     run leaves nothing). QGIS shows it with ``value_by_alpha.qml`` (the prediction's ramp, alpha band 2)."""
     import rasterio
     from rasterio.windows import Window
-
-    from ..core.errors import Cancelled
-    from ..core.outputs import atomic_output, gdal_tags, provenance
 
     if not sources.has_uncertainty:
         raise ValueError("value by alpha needs a std layer, or lower and upper layers with their coverage")

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 from pathlib import Path
 
@@ -53,11 +54,14 @@ from qgis.PyQt.QtWidgets import (
 
 from processing_provider.compat import LayerFilter
 
+from ..core.carbon.stock import carbon_stock
+from ..core.carbon.variogram import recorded_error_model
+from ..output_info import read_output_info
+from ..styling import apply_style, legend_number, raster_path
 from .connections import Connections
 from .jobs import register_task
 from .map_tools import PixelInfoTool
-from .stats import Sources, read_output_info, window_stats, write_value_by_alpha
-from .styling import apply_style, legend_number, raster_path
+from .stats import Sources, window_stats, write_value_by_alpha
 from .tasks import FunctionTask
 
 STATS_DELAY_MS = 250  #: wait for the extent to stop changing before recomputing
@@ -546,10 +550,6 @@ class UncertaintyDock(QDockWidget):
     def default_correlation_range(self) -> None:
         """Set the range spin box from the chosen polygon layer's carbonstock run, else from the prediction's
         validation report (:func:`core.variogram.recorded_error_model`); leave it as it is when neither is found."""
-        import math
-
-        from ..core.carbon.variogram import recorded_error_model
-
         layer = self.polygon_combo.currentLayer()
         carbon = layer.source() if layer is not None and layer.providerType() == "ogr" else None
         try:
@@ -572,8 +572,6 @@ class UncertaintyDock(QDockWidget):
         """Area-weighted total of the selected polygons (as one area) and its interval, from the carbon
         core, in a background task; the result arrives through ``polygonTotal``."""
         from shapely import wkb
-
-        from ..core.carbon.stock import carbon_stock
 
         layer, sources = self.polygon_combo.currentLayer(), self.sources
         if layer is None or sources is None:

@@ -1,10 +1,18 @@
-"""Layer styles of resources/styles/ applied to Forest Carbon outputs, and their legends."""
+"""Layer styles of resources/styles/ applied to Forest Carbon outputs, and their legends.
+
+Used by the Processing adapters (styles of the outputs they load) and by the docks alike, so it lives
+beside them rather than in either. QGIS is imported in the functions: importing this module needs no QGIS.
+"""
 
 from __future__ import annotations
 
-from ..paths import RESOURCES_DIR
+from math import floor, log10
+from pathlib import Path
 
-#: the style of each OUTPUT_KIND tag (stats.read_output_info)
+from .output_info import read_output_info
+from .paths import RESOURCES_DIR
+
+#: the style of each OUTPUT_KIND tag (:func:`.output_info.read_output_info`)
 STYLE_OF_KIND = {"prediction": "prediction", "lower": "prediction", "upper": "prediction", "std": "uncertainty",
                  "value_by_alpha": "value_by_alpha"}
 
@@ -17,8 +25,6 @@ def legend_number(value: float, digits: int = LEGEND_DIGITS) -> str:
     (0.0123, 1.23, 123, 12,300): what a legend reader compares with other maps."""
     if value == 0 or not abs(value) < 1e15:
         return f"{value:g}"
-    from math import floor, log10
-
     decimals = digits - 1 - floor(log10(abs(value)))  # negative from 1,000 on: 12,345.6 → 12,300
     rounded = round(value, decimals)
     if abs(rounded) >= 1e-4 or rounded == 0:
@@ -28,8 +34,6 @@ def legend_number(value: float, digits: int = LEGEND_DIGITS) -> str:
 
 def raster_path(layer) -> str | None:
     """The file behind a GDAL raster layer, or None (a WMS, a database, a layer of another kind)."""
-    from pathlib import Path
-
     from qgis.core import QgsRasterLayer
 
     if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
@@ -39,10 +43,8 @@ def raster_path(layer) -> str | None:
 
 
 def layer_unit(layer) -> str:
-    """The unit of a Forest Carbon raster (band metadata, tags or provenance: :func:`stats.read_output_info`),
+    """The unit of a Forest Carbon raster (band metadata, tags or provenance: :func:`.output_info.read_output_info`),
     or '' for any other layer."""
-    from .stats import read_output_info
-
     path = raster_path(layer)
     try:
         return read_output_info(path).unit if path else ""

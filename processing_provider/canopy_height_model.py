@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
 
+from forest_carbon_plugin.core.lidar.canopy import canopy_height_model
+from forest_carbon_plugin.core.lidar.catalog import Extent
+from forest_carbon_plugin.core.lidar.chm import P2R, PitFree
 from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
-from forest_carbon_plugin.core.lidar.products import CHM_METHODS, canopy_height_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType
 from .execution import add_execution_parameters, execution
 from .inputs import point_cloud_source
+
+# the METHOD menu, in order: its name in the provenance record and the core's algorithm
+METHODS = (("p2r", P2R), ("pitfree", PitFree))
 
 
 class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
@@ -77,20 +83,23 @@ class CanopyHeightModelAlgorithm(ForestCarbonAlgorithm):
         self.check_requirements()
         source = point_cloud_source(self, parameters, context)
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+        if not res > 0:
+            raise QgsProcessingException(f"The resolution (RESOLUTION) must be positive (got {res} m).")
         crs = self.crs_wkt(parameters, context, self.CRS)
         extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        method = CHM_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        name, algorithm = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         subcircle = self.parameterAsDouble(parameters, self.SUBCIRCLE, context)
         fill = self.parameterAsBool(parameters, self.FILL_EMPTY, context)
         normalize = NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)]
-        record = {"INPUT": source, "RESOLUTION": res, "METHOD": method, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill,
+        record = {"INPUT": source, "RESOLUTION": res, "METHOD": name, "SUBCIRCLE": subcircle, "FILL_EMPTY": fill,
                   "NORMALIZE": normalize}
         with execution(self, parameters, context, feedback):
-            grid = self.call_core(canopy_height_model, source, output, res=res, method=method, subcircle=subcircle,
-                                  fill_empty=fill, crs=crs, normalize=normalize,
-                                  progress=FeedbackProgress(feedback), parameters=record, extent=extent,
-                                  extent_crs=extent_crs, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
-        feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({method}).")
+            grid = self.call_core(canopy_height_model, source, output, res_m=res,
+                                  method=algorithm(subcircle_m=subcircle, fill_empty=fill), normalize=normalize,
+                                  crs=crs, extent=Extent(extent, extent_crs) if extent else None,
+                                  max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context),
+                                  progress=FeedbackProgress(feedback), parameters=record)
+        feedback.pushInfo(f"{grid.ncols} × {grid.nrows} cells of {res:g} m ({name}).")
         StyleLoader.attach(context, output, "canopy_height")
         return {self.OUTPUT: output}

@@ -10,6 +10,7 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsPoint,
+    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
@@ -18,11 +19,15 @@ from qgis.core import (
 )
 
 from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
-from forest_carbon_plugin.core.lidar.products import TREETOP_METHODS, tree_crowns, tree_tops
+from forest_carbon_plugin.core.lidar.treetops import LMF, VWF
+from forest_carbon_plugin.core.lidar.trees import tree_crowns, tree_tops
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import FieldType, NumberType, SourceType, WkbType
 from .inputs import point_cloud_source
+
+# the METHOD menu, in order: its name in the log and the core's algorithm
+METHODS = (("lmf", LMF), ("vwf", VWF))
 
 
 class TreeTopsAlgorithm(ForestCarbonAlgorithm):
@@ -102,14 +107,16 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
         self.check_requirements()
         source = point_cloud_source(self, parameters, context)
         crs = self.crs_wkt(parameters, context, self.CRS)
-        method = TREETOP_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        method, algorithm = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         normalize = NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)]
+        intercept = self.parameterAsDouble(parameters, self.WS_INTERCEPT, context)
+        slope = self.parameterAsDouble(parameters, self.WS_SLOPE, context)
+        min_height = self.parameterAsDouble(parameters, self.MIN_HEIGHT, context)
+        if intercept <= 0 and slope <= 0:
+            raise QgsProcessingException("The window must have a positive size: set WS_INTERCEPT or WS_SLOPE above 0.")
         tops, crs_text = self.call_core(
-            tree_tops, source, self.parameterAsDouble(parameters, self.WS_INTERCEPT, context),
-            self.parameterAsDouble(parameters, self.WS_SLOPE, context),
-            self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
-            crs, FeedbackProgress(feedback), max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context),
-            method=method, normalize=normalize)
+            tree_tops, source, algorithm(intercept, slope, min_height), normalize=normalize, crs=crs,
+            max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context), progress=FeedbackProgress(feedback))
         fields = QgsFields()
         for name, kind in (("tree_id", FieldType.Int), ("x", FieldType.Double), ("y", FieldType.Double),
                            ("height_m", FieldType.Double)):
@@ -125,9 +132,9 @@ class TreeTopsAlgorithm(ForestCarbonAlgorithm):
                                                       WkbType.MultiPolygon, out_crs)
         # the crowns first (minutes on a large catalog, cancellable): a cancelled run then has no features to
         # flush into the tops' GeoPackage before it is removed
-        crowns = self.call_core(tree_crowns, source, tops, crs, progress=FeedbackProgress(feedback),
+        crowns = self.call_core(tree_crowns, source, tops, normalize=normalize, crs=crs,
                                 max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context),
-                                normalize=normalize) \
+                                progress=FeedbackProgress(feedback)) \
             if crown_sink is not None else None
         for i, (x, y, z) in enumerate(zip(tops.x, tops.y, tops.z), start=1):
             feature = QgsFeature(fields)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from forest_carbon_plugin.core.lidar.products import canopy_height_model, tree_tops
+from forest_carbon_plugin.core.lidar.canopy import canopy_height_model
+from forest_carbon_plugin.core.lidar.treetops import LMF
+from forest_carbon_plugin.core.lidar.trees import tree_tops
 from forest_carbon_plugin.core.lidar.normalize import normalize_height
 
 from .conftest import shared_file
@@ -58,18 +60,18 @@ def test_raw_and_normalized_clouds_give_the_same_chm(tmp_path, topography):
     raw, normalized = topography
     las = laspy.read(raw)
     ground = int(np.isin(las.classification, (2, 9)).sum())  # 12,056, none sharing an (x, y)
-    a, log = _chm(tmp_path, raw, "raw.tif", res=1.0)
-    b, log_n = _chm(tmp_path, normalized, "norm.tif", res=1.0)
+    a, log = _chm(tmp_path, raw, "raw.tif", res_m=1.0)
+    b, log_n = _chm(tmp_path, normalized, "norm.tif", res_m=1.0)
     assert np.array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) <= 0.001  # the normalized file stores heights at the LAS scale, 0.00025 m
     assert 15 < np.nanmax(a) < 40 and np.nanmin(a) > -5  # heights, not 789–830 m elevations
     assert log.infos == [f"heights were elevations (Z {las.z.min():,.1f}–{las.z.max():,.1f} m): normalized "
                          f"with the ground TIN of {ground:,} ground points."]
     assert "already looks like heights" in log_n.infos[0]
-    never, log = _chm(tmp_path, raw, "never.tif", res=1.0, normalize="never")
+    never, log = _chm(tmp_path, raw, "never.tif", res_m=1.0, normalize="never")
     assert np.nanmin(never) > 780 and np.nanmax(never) == pytest.approx(las.z.max(), abs=1e-3)
     assert any("elevations, not heights" in w for w in log.warnings)
-    always, _ = _chm(tmp_path, normalized, "always.tif", res=1.0, normalize="always")
+    always, _ = _chm(tmp_path, normalized, "always.tif", res_m=1.0, normalize="always")
     assert np.nanmax(np.abs(always - b)) < 0.01  # a second normalization of heights changes nothing
 
 
@@ -88,8 +90,8 @@ def test_simulated_catalog_at_one_pulse_per_m2(tmp_path):
         las = laspy.read(tmp_path / "scene" / tile)
         first += int((las.return_number == 1).sum())
         area += (las.header.maxs[0] - las.header.mins[0]) * (las.header.maxs[1] - las.header.mins[1])
-    a, log = _chm(tmp_path, folder, "raw.tif", res=0.5)
-    b, _ = _chm(tmp_path, normalized, "norm.tif", res=0.5)
+    a, log = _chm(tmp_path, folder, "raw.tif", res_m=0.5)
+    b, _ = _chm(tmp_path, normalized, "norm.tif", res_m=0.5)
     assert np.array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) <= 0.006  # heights stored at the LAS scale of 0.01 m
     assert np.nanmin(a) > -1 and 20 < np.nanmax(a) < 60
@@ -105,13 +107,13 @@ def test_simulated_catalog_at_one_pulse_per_m2(tmp_path):
 def test_tree_tops_on_a_raw_cloud(topography):
     raw, normalized = topography
     log = Log()
-    tops_raw, _ = tree_tops(raw, 3.0, 0.07, 2.0, progress=log)
-    tops_norm, _ = tree_tops(normalized, 3.0, 0.07, 2.0)
+    tops_raw, _ = tree_tops(raw, LMF(3.0, 0.07, 2.0), progress=log)
+    tops_norm, _ = tree_tops(normalized, LMF(3.0, 0.07, 2.0))
     assert len(tops_raw) > 1000 and "heights were elevations" in log.infos[0]
     assert {(round(x, 2), round(y, 2)) for x, y in zip(tops_raw.x, tops_raw.y)} == \
         {(round(x, 2), round(y, 2)) for x, y in zip(tops_norm.x, tops_norm.y)}
     assert np.allclose(np.sort(tops_raw.z), np.sort(tops_norm.z), atol=0.001)
-    kept, _ = tree_tops(raw, 3.0, 0.0, 2.0, normalize="never")  # (a slope on 800 m "heights": 59 m windows)
+    kept, _ = tree_tops(raw, LMF(3.0, 0.0, 2.0), normalize="never")  # (a slope on 800 m "heights": 59 m windows)
     assert kept.z.min() > 780
 
 
@@ -119,14 +121,14 @@ def test_sparse_cloud_warns_with_a_resolution_that_fills(tmp_path, topography):
     _, raw = topography  # the normalized copy: the same returns, and no TIN to build each time
     las = laspy.read(raw)
     density = (las.return_number == 1).sum() / ((las.x.max() - las.x.min()) * (las.y.max() - las.y.min()))
-    chm, log = _chm(tmp_path, raw, "fine.tif", res=0.5)
+    chm, log = _chm(tmp_path, raw, "fine.tif", res_m=0.5)
     empty = np.isnan(chm).mean()
     assert empty > 0.75  # measured 81 %: exp(−0.65 × 0.25) = 85 % for returns placed at random
     assert len(log.warnings) == 1 and f"{empty:.0%} of the cells are empty at 0.5 m" in log.warnings[0]
     assert f"about {density:.2g} first returns per m²" in log.warnings[0]
     suggested = float(log.warnings[0].split("At a RESOLUTION of about ")[1].split(" m")[0])
     assert np.sqrt(2 / density) <= suggested <= np.sqrt(3 / density)  # ~90 % of cells for returns at random
-    coarse, log = _chm(tmp_path, raw, "coarse.tif", res=suggested)
+    coarse, log = _chm(tmp_path, raw, "coarse.tif", res_m=suggested)
     # measured 17 % empty at 1.9 m: the file has gaps (about 10 % of cells stay empty even at 4.5 m)
     assert np.isnan(coarse).mean() < 0.2 and not log.warnings
 

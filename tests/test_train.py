@@ -54,7 +54,7 @@ def synthetic(tmp_path):
 def scene_model(tmp_path_factory):
     """A 1200 m scene, harmonized Sentinel-2 at 20 m, labels from its LiDAR (normalized, 2 m p2r CHM averaged to 20 m);
     a quarter of 100 m blocks held out (target set to nodata there), the rest trained on."""
-    from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+    from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
     from forest_carbon_plugin.core.models.predict import predict_raster
     from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
 
@@ -62,18 +62,19 @@ def scene_model(tmp_path_factory):
     manifest = simulate_scene(root / "scene", SceneConfig(size_m=1200, seed=5, pulse_density=0.5,
                                                           cloud_fraction=0.05, workers=4))
     features = root / "s2_20m.tif"
-    harmonize_scene(root / "scene" / manifest["sentinel2"]["product"], features, resolution_m=20)
+    harmonize_scene(root / "scene" / manifest["sentinel2"]["product"], features, TargetGrid(resolution_m=20))
     with rasterio.open(features) as src:
         profile, transform, (h, w) = src.profile, src.transform, src.shape
     with rasterio.open(root / "scene" / manifest["truth"]["chm_1m"]) as src:
         truth = src.read(1, out_shape=(h, w), resampling=Resampling.average)
     # labels from the simulated LiDAR: heights above the ground TIN, a 2 m p2r CHM (empty cells filled),
     # averaged onto the 20 m feature grid — what a user derives; the truth above only judges the result
-    from forest_carbon_plugin.core.lidar.products import canopy_height_model
+    from forest_carbon_plugin.core.lidar.canopy import canopy_height_model
+    from forest_carbon_plugin.core.lidar.chm import P2R
     from forest_carbon_plugin.core.lidar.normalize import normalize_height
 
     normalize_height(root / "scene" / "lidar", root / "norm.laz", max_workers=2)
-    canopy_height_model(root / "norm.laz", root / "lidar_chm.tif", res=2.0, method="p2r", fill_empty=True)
+    canopy_height_model(root / "norm.laz", root / "lidar_chm.tif", res_m=2.0, method=P2R(fill_empty=True))
     with rasterio.open(root / "lidar_chm.tif") as src:
         window = src.window(*rasterio.transform.array_bounds(h, w, transform))
         labels = src.read(1, window=window, out_shape=(h, w), resampling=Resampling.average, masked=True)

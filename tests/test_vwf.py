@@ -19,8 +19,8 @@ import rasterio
 from affine import Affine
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.lidar.products import tree_tops
-from forest_carbon_plugin.core.lidar.treetops import vwf_raster
+from forest_carbon_plugin.core.lidar.treetops import LMF, VWF, vwf_raster
+from forest_carbon_plugin.core.lidar.trees import tree_tops
 
 from .conftest import shared_file
 
@@ -121,7 +121,7 @@ def test_plateau_and_radius_quantization(tmp_path):
         for w in (1.4, 1.5, 1.6):
             assert _cells(vwf_raster(p, w, 0.0, 2.0)[0], p) == reference_vwf(c, 1.0, w, 0.0, 2.0)
     # lmf on the same CHM keeps one top of the plateau (the first), vwf both
-    lmf, _ = tree_tops(path, 2.8, 0.0, 2.0, method="lmf")
+    lmf, _ = tree_tops(path, LMF(2.8, 0.0, 2.0))
     assert sum(1 for x, y in zip(lmf.x, lmf.y) if abs(y - (5500000 - 2.5)) < 1e-6 and x < 500004) == 1
 
 
@@ -135,7 +135,7 @@ def test_vwf_refusals(tmp_path):
     with pytest.raises(ForestCarbonError, match="MIN_HEIGHT"):
         vwf_raster(path, 0.5, 0.06, 25.0)
     with pytest.raises(ForestCarbonError, match="canopy height model raster"):
-        tree_tops(shared_file("lidar", "MixedConifer.laz"), 0.5, 0.06, 2.0, method="vwf")
+        tree_tops(shared_file("lidar", "MixedConifer.laz"), VWF(0.5, 0.06, 2.0))
     # a radius under one cell rounds up to one cell, the 3 × 3 queen window
     tops, _, warning = vwf_raster(path, 0.1, 0.0, 2.0)
     assert warning is None and len(tops) == 1

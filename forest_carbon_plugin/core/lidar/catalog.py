@@ -182,6 +182,42 @@ def restrict(catalog: Catalog, extent, extent_crs: str | None = None):
     return Catalog(tiles, catalog.crs_wkt, catalog.epsg, catalog.warnings), (ix0, iy0, ix1, iy1)
 
 
+@dataclass(frozen=True)
+class Extent:
+    """An area to process: ``bounds`` (xmin, ymin, xmax, ymax) in ``crs`` (WKT or "EPSG:n"; None: the cloud's)."""
+
+    bounds: tuple
+    crs: str | None = None
+
+
+def open_extent(source, crs: str | None = None, extent: Extent | None = None):
+    """The catalog of ``source`` and its tiles that overlap ``extent``.
+
+    Parameters
+    ----------
+    source : str or Path
+        A LAS/LAZ file, a .vpc or a folder of tiles.
+    crs : str, optional
+        The CRS to assume when the files have none.
+    extent : Extent, optional
+        The area wanted; None: the whole cloud.
+
+    Returns
+    -------
+    full : Catalog
+        Every tile (its bounds are the data's, which a cell's points must fall in).
+    catalog : Catalog
+        The tiles that overlap the extent.
+    bounds : tuple
+        The overlap of the cloud and the extent, in the cloud's CRS.
+    """
+    full = open_catalog(source, crs)
+    if extent is None:
+        return full, full, full.bounds
+    catalog, bounds = restrict(full, extent.bounds, extent.crs)
+    return full, catalog, bounds
+
+
 def buffered_points(catalog: Catalog, i: int, buffer: float, fields):
     """Points of tile ``i`` and of the other tiles within ``buffer`` of it; and a mask of tile i's own."""
     tile = catalog.tiles[i]

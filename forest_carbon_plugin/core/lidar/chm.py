@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..raster.grid import Grid
@@ -19,6 +21,44 @@ from .tin import interpolate, locate
 
 PITFREE_THRESHOLDS = (0.0, 2.0, 5.0, 10.0, 15.0)
 PITFREE_MAX_EDGE = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class P2R:
+    """lidR's ``p2r(subcircle, na.fill)``: the highest return per cell.
+
+    Parameters
+    ----------
+    subcircle_m : float
+        Radius (m) of the circle of 8 points that replaces each return; 0 keeps the returns.
+    fill_empty : bool
+        Fill empty cells inside the data by linear interpolation (lidR's ``na.fill = tin()``).
+    """
+
+    subcircle_m: float = 0.0
+    fill_empty: bool = False
+
+
+@dataclass(frozen=True)
+class PitFree:
+    """lidR's ``pitfree(thresholds, max_edge, subcircle)`` (Khosravipour et al. 2014).
+
+    Parameters
+    ----------
+    thresholds_m : tuple of float
+        Heights (m) from which each Delaunay layer is built.
+    max_edge_m : tuple of float
+        Longest triangle edge kept (m; 0 keeps all): the first for threshold 0, the second for the others.
+    subcircle_m : float
+        Radius (m) of the circle of 8 points that replaces each first return; 0 keeps the returns.
+    fill_empty : bool
+        Fill empty cells inside the data by linear interpolation (lidR's ``na.fill = tin()``).
+    """
+
+    thresholds_m: tuple = PITFREE_THRESHOLDS
+    max_edge_m: tuple = PITFREE_MAX_EDGE
+    subcircle_m: float = 0.0
+    fill_empty: bool = False
 
 
 def subcircle_points(x, y, z, radius: float):

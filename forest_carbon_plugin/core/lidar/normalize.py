@@ -171,6 +171,89 @@ def normalized_heights(catalog: Catalog, i: int, pts: dict, stats: dict | None =
     return height
 
 
+def tile_heights(catalog: Catalog, i: int, pts: dict, normalize: str, mine=None):
+    """Z of ``pts`` (tile ``i``, maybe with a buffer) as heights above ground per ``normalize``.
+
+    The decision of "auto" is taken on the tile's own points (``mine``, all when None), with
+    lidarinfo's test.
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The tiles.
+    i : int
+        Index of the tile.
+    pts : dict
+        Arrays ``x``, ``y``, ``z`` (m), ``return_number`` and ``classification``.
+    normalize : {"auto", "always", "never"}
+        See :data:`NORMALIZE_MODES`.
+    mine : ndarray of bool, optional
+        Which of ``pts`` belong to tile ``i`` (the others are its buffer).
+
+    Returns
+    -------
+    z : ndarray
+        Heights (m) of all ``pts``.
+    info : dict
+        What was done, for :func:`normalization_report`: ``zmin``, ``zmax`` (m), ``normalized``,
+        ``ground`` (ground points of the TIN), ``looks_normalized`` and ``first`` (first returns).
+    """
+    own = pts if mine is None else {k: v[mine] for k, v in pts.items()}
+    z = pts["z"]
+    first = own["return_number"] == 1
+    info = {"zmin": float(own["z"].min()) if len(own["z"]) else np.nan,
+            "zmax": float(own["z"].max()) if len(own["z"]) else np.nan, "normalized": False, "ground": 0,
+            "looks_normalized": None, "first": int(first.sum())}
+    if normalize != "always" and len(own["z"]):
+        info["looks_normalized"] = looks_normalized_z(own["z"], own["classification"])
+    if normalize == "always" or (normalize == "auto" and info["looks_normalized"] is False):
+        stats: dict = {}
+        try:
+            z = normalized_heights(catalog, i, pts, stats=stats)
+        except ForestCarbonError as exc:
+            why = "NORMALIZE is always" if normalize == "always" else \
+                f"its Z look like elevations ({info['zmin']:,.1f}–{info['zmax']:,.1f} m)"
+            raise ForestCarbonError(f"Heights above ground are needed ({why}), but: {exc} Or set NORMALIZE "
+                                    "(Height normalization) to never to use Z as it is.") from exc
+        info.update(normalized=True, ground=stats.get("ground_points", 0))
+    return z, info
+
+
+def normalization_report(infos: list, normalize: str, progress: Progress) -> None:
+    """Say in the log what was done to Z: 'heights were elevations (449–557 m): normalized with …'.
+
+    Parameters
+    ----------
+    infos : list of dict
+        :func:`tile_heights`' ``info`` of every tile.
+    normalize : {"auto", "always", "never"}
+        The mode the tiles were read with.
+    progress : Progress
+        Where the lines go (info, or a warning when "never" kept elevations).
+    """
+    done = [f for f in infos if f["normalized"]]
+    kept = [f for f in infos if not f["normalized"] and np.isfinite(f["zmin"])]
+    tiles = len(infos)
+
+    def span(fs):
+        return f"{min(f['zmin'] for f in fs):,.1f}–{max(f['zmax'] for f in fs):,.1f} m"
+
+    if done:
+        what = "heights were elevations" if normalize == "auto" else "NORMALIZE is always"
+        where = "" if tiles == 1 else f" in {len(done)} of {tiles} tiles (each with its neighbours' ground within 30 m)"
+        progress.info(f"{what} (Z {span(done)}): normalized with the ground TIN of "
+                      f"{sum(f['ground'] for f in done):,} ground points{where}.")
+    if kept:
+        if normalize == "never" and any(f["looks_normalized"] is False for f in kept):
+            progress.warning(f"NORMALIZE is never and Z looks like elevations (Z {span(kept)}): the output holds "
+                             "elevations, not heights. Use NORMALIZE auto, or forestcarbon:normalizeheight first.")
+        elif normalize == "never":
+            progress.info(f"NORMALIZE is never: Z used as heights (Z {span(kept)}).")
+        else:
+            progress.info(f"Z already looks like heights above ground (Z {span(kept)}): used as it is"
+                          + ("" if tiles == 1 else f" in {len(kept)} of {tiles} tiles") + ".")
+
+
 def _surface_task(catalog, i):
     """The ground TIN of tile ``i`` (with its neighbours' ground within the buffer)."""
     return ground_surface_for_tile(catalog, i)

@@ -1,7 +1,7 @@
 """Tree tops by local maximum filter, as lidR's ``locate_trees(las, lmf(ws, hmin))``.
 
-Popescu & Wynne (2004), PE&RS 70(5):589-604; lidR ``src/LAS.cpp::filter_local_maxima``
-(shared/notes/lidar_metrics.md §3.2). The window is circular with diameter
+Popescu & Wynne (2004), PE&RS 70(5):589-604; lidR 4.3.2 ``src/LAS.cpp::filter_local_maxima``
+(Roussel et al. 2020, Remote Sensing of Environment 251:112061). The window is circular with diameter
 ``ws = intercept + slope × Z``; a point is a tree top when Z ≥ ``hmin`` and no point in
 its window is strictly higher; among equal-height maxima within each other's window the
 first in point order wins.
@@ -22,6 +22,44 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..raster.grid import Grid
 from ..progress import check_cancel
+
+
+@dataclass(frozen=True)
+class LMF:
+    """lidR's ``lmf(ws, hmin, shape = "circular")`` with ``ws = ws_intercept_m + ws_slope × height``.
+
+    Parameters
+    ----------
+    ws_intercept_m : float
+        Window diameter (m) at height 0.
+    ws_slope : float
+        Growth of the diameter per m of height.
+    hmin_m : float
+        Lowest height (m) of a tree top.
+    """
+
+    ws_intercept_m: float = 5.0
+    ws_slope: float = 0.0
+    hmin_m: float = 2.0
+
+
+@dataclass(frozen=True)
+class VWF:
+    """ForestTools' ``vwf(CHM, winFun, minHeight)`` with ``winFun(h) = ws_intercept_m + ws_slope × h``.
+
+    Parameters
+    ----------
+    ws_intercept_m : float
+        Window radius (m) at height 0 (half lmf's diameter for the same value).
+    ws_slope : float
+        Growth of the radius per m of height.
+    min_height_m : float
+        Cells below this height (m) are masked.
+    """
+
+    ws_intercept_m: float = 0.5
+    ws_slope: float = 0.06
+    min_height_m: float = 2.0
 
 
 @dataclass

@@ -15,12 +15,16 @@ from qgis.PyQt.QtGui import QIcon
 from .core import dependencies
 from .core.dependencies import missing_dependencies, missing_message
 from .gui import LOG_TAG, MENU
+from .gui.cluster_settings import add_menu_action
+from .gui.docks import DockManager
+from .gui.installer import add_install_action, push_missing_message
 from .paths import ICON_SVG
 
 # The repository keeps processing_provider/ at the top level (tests and scripts import it so); the plugin
 # zip puts it inside this package and scripts/package.py makes these imports relative there, so the
 # installed plugin adds no generic top-level name (nothing but the plugins folder) to sys.path.
 from processing_provider.compat import QAction  # noqa: E402
+from processing_provider.provider import ForestCarbonProvider  # noqa: E402
 
 _PLUGIN_DIR = Path(__file__).resolve().parent
 #: True for the installed plugin (processing_provider/ inside the package), False in the repository
@@ -38,11 +42,7 @@ class ForestCarbonPlugin:
     def initProcessing(self):  # noqa: N802
         if self.provider is not None:
             return
-        use_dependency_folder()
-        # imported only now (here and in initGui): the core they import may need packages of the profile's
-        # dependency folder, which the line above puts on sys.path; relative in the zip (package.py)
-        from processing_provider.provider import ForestCarbonProvider
-
+        use_dependency_folder()  # before any algorithm runs: the core imports its dependencies when it needs them
         self.provider = ForestCarbonProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
         missing = missing_dependencies()
@@ -55,10 +55,6 @@ class ForestCarbonPlugin:
         self.initProcessing()
         self._add_action("Describe LAS/LAZ files…", "forestcarbon:lidarinfo")
         self._add_action("Describe an ONNX model…", "forestcarbon:modelinfo")
-        from .gui.cluster_settings import add_menu_action
-        from .gui.docks import DockManager
-        from .gui.installer import add_install_action, push_missing_message
-
         add_menu_action(self)  # "Cluster settings…" (remote jobs); removed with self.actions in unload()
         self.docks = DockManager(self.iface, MENU)  # uncertainty explorer and jobs docks
         add_install_action(self)  # "Install dependencies…"

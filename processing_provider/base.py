@@ -14,7 +14,6 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterCrs,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
 )
@@ -27,7 +26,7 @@ from forest_carbon_plugin.core.lidar.vpc import vpc_files
 from forest_carbon_plugin.core.outputs import OutputTransaction
 from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
 from forest_carbon_plugin.styling import rescale_ramp
-from .compat import FileBehavior, NumberType, ParameterFlag, PropertyType, RangeLimit
+from .compat import NumberType, PropertyType, RangeLimit
 from .find_and_read import ALGORITHMS, help_page, with_labels
 from .inputs import add_point_cloud_input, explain_invalid
 
@@ -105,34 +104,6 @@ class RgbStyler(QgsProcessingLayerPostProcessorInterface):
             styler = cls()
             cls._alive.append(styler)
             context.layerToLoadOnCompletionDetails(output).setPostProcessor(styler)
-
-
-class FileOrFolderParameter(QgsProcessingParameterFile):
-    """A file with one of ``extensions``, or a folder (a catalog of tiles).
-
-    QGIS 3.22's file parameter accepts either files or folders, never both; LiDAR tools
-    take a tile or a catalog alike (as lidR's ``readLAScatalog``). The widget is the file
-    picker; a folder path can be typed or pasted into it.
-    """
-
-    def __init__(self, name, description, extensions=(), optional=False):
-        patterns = " ".join(f"*.{e} *.{e.upper()}" for e in extensions)
-        super().__init__(name, description, behavior=FileBehavior.File,
-                         fileFilter=f"Files or folders ({patterns});;All files (*)", optional=optional)
-        self._extensions = tuple(extensions)
-
-    def clone(self):
-        return FileOrFolderParameter(self.name(), self.description(), self._extensions,
-                                     bool(self.flags() & ParameterFlag.Optional))
-
-    def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
-        if isinstance(value, str) and os.path.isdir(value):
-            return True
-        if isinstance(value, str) and value and not os.path.splitext(value)[1].lower().lstrip(".") \
-                in self._extensions:
-            return False
-        return super().checkValueIsAcceptable(value, context) if context is not None \
-            else super().checkValueIsAcceptable(value)
 
 
 class ForestCarbonAlgorithm(QgsProcessingAlgorithm):

@@ -12,13 +12,48 @@ import functools
 import os
 
 import qgis.core as _qgis_core
-from qgis.core import QgsMapLayer, QgsProcessingException, QgsProcessingUtils, QgsProperty, QgsProviderRegistry
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessingException,
+    QgsProcessingParameterFile,
+    QgsProcessingUtils,
+    QgsProperty,
+    QgsProviderRegistry,
+)
 
 from .compat import FileBehavior, ParameterFlag, PropertyType
 
 #: providers that open local point-cloud files as layers (3.22 from Debian has only 'ept'; 3.44 'copc', 'vpc')
 _LOCAL_CLOUD_PROVIDERS = ("pdal", "copc", "vpc")
 _CLOUD_SUFFIXES = (".vpc",)  # besides the algorithm's own (las, laz: COPC's .copc.laz included)
+
+
+class FileOrFolderParameter(QgsProcessingParameterFile):
+    """A file with one of ``extensions``, or a folder (a catalog of tiles).
+
+    QGIS 3.22's file parameter accepts either files or folders, never both; LiDAR tools
+    take a tile or a catalog alike (as lidR's ``readLAScatalog``). The widget is the file
+    picker; a folder path can be typed or pasted into it.
+    """
+
+    def __init__(self, name, description, extensions=(), optional=False):
+        patterns = " ".join(f"*.{e} *.{e.upper()}" for e in extensions)
+        super().__init__(name, description, behavior=FileBehavior.File,
+                         fileFilter=f"Files or folders ({patterns});;All files (*)", optional=optional)
+        self._extensions = tuple(extensions)
+
+    def clone(self):
+        return FileOrFolderParameter(self.name(), self.description(), self._extensions,
+                                     bool(self.flags() & ParameterFlag.Optional))
+
+    def checkValueIsAcceptable(self, value, context=None):  # noqa: N802
+        if isinstance(value, str) and os.path.isdir(value):
+            return True
+        if isinstance(value, str) and value and not os.path.splitext(value)[1].lower().lstrip(".") \
+                in self._extensions:
+            return False
+        return super().checkValueIsAcceptable(value, context) if context is not None \
+            else super().checkValueIsAcceptable(value)
 
 
 def point_cloud_layers_available() -> bool:
@@ -178,8 +213,6 @@ def add_point_cloud_input(alg, label: str = "Point cloud (layer, LAS/LAZ/COPC fi
     if point_cloud_layers_available():
         alg.addParameter(PointCloudInputParameter(name, alg.tr(label), extensions=extensions))
     else:
-        from .base import FileOrFolderParameter
-
         alg.addParameter(FileOrFolderParameter(name, alg.tr(label), extensions=tuple(extensions) + ("vpc",)))
 
 

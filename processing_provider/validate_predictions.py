@@ -13,7 +13,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from forest_carbon_plugin.core.models.validate import validate_predictions
+from forest_carbon_plugin.core.models.validate import Uncertainty, validate_predictions
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import LayerType, NumberType
@@ -116,9 +116,10 @@ class ValidatePredictionsAlgorithm(ForestCarbonAlgorithm):
         record = {"PREDICTION": prediction, "STD": std, "LOWER": lower, "UPPER": upper, "COVERAGE": coverage,
                   "REFERENCE": reference, "REFERENCE_FIELD": reference_field, "STRATA": strata,
                   "STRATA_FIELD": strata_field}
-        doc = self.call_core(validate_predictions, prediction, reference, out_html, std=std, lower=lower,
-                             upper=upper, coverage=coverage, reference_field=reference_field, strata=strata,
-                             strata_field=strata_field, progress=FeedbackProgress(feedback), parameters=record)
+        doc = self.call_core(validate_predictions, prediction, reference, out_html,
+                             uncertainty=Uncertainty(std=std, lower=lower, upper=upper, coverage=coverage),
+                             reference_field=reference_field, strata=strata, strata_field=strata_field,
+                             progress=FeedbackProgress(feedback), parameters=record)
         m = doc["metrics"]
         feedback.pushInfo(f"n = {m['n']}, RMSE = {m['rmse']:.4g}, bias = {m['bias']:.4g}, "
                           f"R² = {m['r2'] if m['r2'] is None else format(m['r2'], '.4g')}")

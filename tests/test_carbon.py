@@ -379,7 +379,7 @@ def test_processing_run_without_uncertainty_and_errors(tmp_path, forestcarbon_pr
     assert frame["co2e_total_t"].notna()[0] and frame["co2e_ci_low_t"].isna().all()
     assert frame["deduction_pct"].isna().all()
     # VALIDATION_REPORT (the .html; its .json beside it) with CORRELATION_RANGE empty: the range is fitted to it
-    from forest_carbon_plugin.core.models.validate import semivariogram
+    from forest_carbon_plugin.core.models.accuracy import semivariogram
     from forest_carbon_plugin.core.carbon.variogram import resolve_correlation_range
 
     rng = np.random.default_rng(4)

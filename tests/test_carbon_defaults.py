@@ -12,7 +12,7 @@ import pytest
 from affine import Affine
 
 from forest_carbon_plugin.core.carbon.stock import CO2_PER_C, DEFAULT_CARBON_FRACTION, carbon_stock
-from forest_carbon_plugin.core.models.validate import semivariogram
+from forest_carbon_plugin.core.models.accuracy import semivariogram
 from forest_carbon_plugin.core.carbon.variogram import (
     MIN_PAIRS,
     merge_lag_classes,

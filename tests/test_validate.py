@@ -14,15 +14,15 @@ import rasterio
 from affine import Affine
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.models.validate import (
+from forest_carbon_plugin.core.models.accuracy import (
     calibration_bins,
     fit_exponential,
     gaussian_intervals,
     interval_coverage,
     regression_metrics,
     semivariogram,
-    validate_predictions,
 )
+from forest_carbon_plugin.core.models.validate import Uncertainty, validate_predictions
 
 CRS = "EPSG:32633"
 X0, Y0 = 500_000.0, 6_000_000.0
@@ -108,7 +108,7 @@ def _coverage(doc, source, level):
 
 def test_gaussian_coverage_and_overconfident_calibration(noisy, tmp_path):
     d, p, (truth, pred, sigma) = noisy
-    doc = validate_predictions(p["pred"], p["truth"], tmp_path / "ok.html", std=p["std"])
+    doc = validate_predictions(p["pred"], p["truth"], tmp_path / "ok.html", uncertainty=Uncertainty(std=p["std"]))
     assert doc["metrics"]["n"] == 320 * 320
     expected = regression_metrics(pred.astype(np.float32), truth.astype(np.float32))
     for key in ("rmse", "mae", "bias", "r2"):
@@ -119,7 +119,8 @@ def test_gaussian_coverage_and_overconfident_calibration(noisy, tmp_path):
     ratios = [b["rmse"] / b["mean_std"] for b in doc["calibration"]["bins"]]
     assert len(ratios) == 10 and all(0.93 < r < 1.07 for r in ratios)
 
-    over = validate_predictions(p["pred"], p["truth"], tmp_path / "over.html", std=p["half_std"])
+    over = validate_predictions(p["pred"], p["truth"], tmp_path / "over.html",
+                                uncertainty=Uncertainty(std=p["half_std"]))
     for level in (0.5, 0.9, 0.95):
         # the interval ±z·σ/2 holds a N(0, σ) residual with probability 2Φ(z/2) − 1
         z = NormalDist().inv_cdf(0.5 + level / 2)
@@ -132,8 +133,8 @@ def test_gaussian_coverage_and_overconfident_calibration(noisy, tmp_path):
 
 def test_bounds_coverage_and_rescaled_levels(noisy, tmp_path):
     d, p, _ = noisy
-    doc = validate_predictions(p["pred"], p["truth"], tmp_path / "b.html", lower=p["lower"], upper=p["upper"],
-                               coverage=0.9)
+    doc = validate_predictions(p["pred"], p["truth"], tmp_path / "b.html",
+                               uncertainty=Uncertainty(lower=p["lower"], upper=p["upper"], coverage=0.9))
     assert doc["interval_source"] == "bounds"
     assert 0.88 <= _coverage(doc, "bounds", 0.9) <= 0.92
     for level in (0.5, 0.68, 0.8, 0.95):  # rescaled half-widths: Gaussian errors, so right too
@@ -194,8 +195,9 @@ def test_points_equal_the_raster_comparison_on_their_pixels(noisy, tmp_path):
     only = np.full(truth.shape, np.nan)
     only[rows, cols] = ref32
     sparse = write_tif(tmp_path / "sparse.tif", only)
-    a = validate_predictions(p["pred"], points, tmp_path / "a.html", std=p["std"], reference_field="height")
-    b = validate_predictions(p["pred"], sparse, tmp_path / "b.html", std=p["std"])
+    a = validate_predictions(p["pred"], points, tmp_path / "a.html", uncertainty=Uncertainty(std=p["std"]),
+                             reference_field="height")
+    b = validate_predictions(p["pred"], sparse, tmp_path / "b.html", uncertainty=Uncertainty(std=p["std"]))
     assert a["reference_kind"] == "point" and a["metrics"]["n"] == b["metrics"]["n"] == rows.size
     for key in ("rmse", "mae", "bias", "r2", "mean_reference"):
         assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-12)
@@ -232,7 +234,8 @@ def test_polygon_area_weighted_mean_by_hand(tmp_path):
     triangle = Polygon([(X0 + 31, Y0 - 39), (X0 + 39, Y0 - 39), (X0 + 39, Y0 - 31)])
     refs = [expected_square + 1.0, 15.0 - 2.0]
     gpkg = write_gpkg(tmp_path / "poly.gpkg", [square, triangle], refs, field="agb")
-    doc = validate_predictions(pred, gpkg, tmp_path / "r.html", std=std, reference_field="agb")
+    doc = validate_predictions(pred, gpkg, tmp_path / "r.html", uncertainty=Uncertainty(std=std),
+                               reference_field="agb")
     assert doc["reference_kind"] == "polygon" and doc["metrics"]["n"] == 2
     # residuals pred − ref: −1 and +2
     assert doc["metrics"]["bias"] == pytest.approx(0.5)
@@ -299,7 +302,7 @@ def _numbers(obj):
 def test_report_html_pngs_and_json(noisy, tmp_path):
     d, p, _ = noisy
     out = tmp_path / "rep" / "validation.html"
-    doc = validate_predictions(p["pred"], p["truth"], out, std=p["std"])
+    doc = validate_predictions(p["pred"], p["truth"], out, uncertainty=Uncertainty(std=p["std"]))
     html = out.read_text(encoding="utf-8")
     images = re.findall(r'<img src="([^"]+)"', html)
     assert {"validation_coverage.png", "validation_calibration.png", "validation_scatter.png",
@@ -340,7 +343,7 @@ def test_bad_inputs_are_clear_errors_without_a_report(noisy, tmp_path):
     with pytest.raises(ForestCarbonError, match="set REFERENCE_FIELD"):
         validate_predictions(p["pred"], text, tmp_path / "b.html")
     with pytest.raises(ForestCarbonError, match="LOWER was given without UPPER"):
-        validate_predictions(p["pred"], p["truth"], tmp_path / "c.html", lower=p["lower"])
+        validate_predictions(p["pred"], p["truth"], tmp_path / "c.html", uncertainty=Uncertainty(lower=p["lower"]))
     assert not list(tmp_path.glob("[abc]*"))
 
 

@@ -73,7 +73,7 @@ def _report_json(path) -> Path:
 def range_from_report(path) -> dict:
     """Refit the residual semivariogram of a ``validatepredictions`` report; returns the fit with ``lag``,
     ``gamma``, ``pairs`` (merged classes), ``n_points``, ``n_pairs`` and ``practical_range`` (None when no fit)."""
-    from ..models.validate import fit_exponential
+    from ..models.accuracy import fit_exponential
 
     p = _report_json(path)
     try:

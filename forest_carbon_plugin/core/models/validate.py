@@ -1,20 +1,8 @@
 """Validating a prediction raster (and its uncertainty) against independent references.
 
-Plain functions on arrays:
-
-- :func:`regression_metrics` — n, RMSE, MAE, bias (mean of prediction − reference), R² (1 − SSres/SStot),
-  relative RMSE (RMSE / mean reference, %).
-- :func:`gaussian_intervals`, :func:`interval_coverage` — central intervals ``pred ± z·σ`` and the share of
-  references inside them (PICP) with their mean width (MPIW).
-- :func:`calibration_bins` — Lang et al. (2022, 2023): bin the samples by predicted σ (equal-width bins, bins
-  with fewer than ``min_count`` samples dropped) and compare the observed RMSE with the predicted σ
-  (mean and RMS) in each bin; ENCE and UCE summarize it.
-- :func:`semivariogram`, :func:`fit_exponential` — the empirical residual semivariogram binned by distance,
-  fitted by ``γ(h) = nugget + psill·(1 − exp(−3h/r))`` with r the *practical* range (95 % of the sill).
-
-and :func:`validate_predictions`, which streams a prediction raster block by block against a raster
-or a point/polygon reference and writes an HTML report with a JSON of every number
-(:mod:`.report`). Exact sums over every valid pixel give the metrics and the coverages; a bounded,
+:func:`validate_predictions` streams a prediction raster block by block against a raster or a
+point/polygon reference and writes an HTML report with a JSON of every number (:mod:`..report`).
+Exact sums over every valid pixel give the metrics and the coverages (:mod:`.accuracy`); a bounded,
 deterministic random sample (``MAX_SAMPLE`` pairs, seed ``SEED``) feeds the calibration curve, the
 plots and (``VARIOGRAM_POINTS`` of it) the semivariogram.
 """
@@ -28,214 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ForestCarbonError
+from ..outputs import provenance
 from ..progress import Progress, check_cancel
-from ..vector import features, geometry_kind, is_raster, numeric_field, open_vector
+from ..raster.grid import RasterGrid
+from ..raster.read import Readers, overlaps, same_grid
+from ..report import Report, write_report
 from ..stats import z_score
+from ..vector import features, geometry_kind, is_raster, numeric_field, open_vector
+from .accuracy import LEVELS, StreamingSums, calibration_bins, exponential_model, fit_exponential, semivariogram
 
-LEVELS = (0.5, 0.68, 0.8, 0.9, 0.95)
 MAX_SAMPLE = 200_000
 VARIOGRAM_POINTS = 3000
 SEED = 20230
 BLOCK = 512
 
-__all__ = ["LEVELS", "regression_metrics", "interval_coverage", "gaussian_intervals",
-           "calibration_bins", "semivariogram", "fit_exponential", "validate_predictions"]
-
-
-# ----------------------------------------------------------------------------- array functions
-
-class _Sums:
-    """Exact streaming sums for the regression metrics (shifted by the first reference mean so that
-    SStot does not lose digits on large values)."""
-
-    def __init__(self):
-        self.n = 0
-        self.shift = None
-        self.s_res = self.s_res2 = self.s_abs = 0.0
-        self.s_ref = self.s_ref2 = self.s_pred = 0.0
-
-    def add(self, pred, ref) -> None:
-        pred = np.asarray(pred, dtype=np.float64).ravel()
-        ref = np.asarray(ref, dtype=np.float64).ravel()
-        if pred.size == 0:
-            return
-        if self.shift is None:
-            self.shift = float(ref.mean())
-        res = pred - ref
-        r = ref - self.shift
-        self.n += pred.size
-        self.s_res += res.sum()
-        self.s_res2 += np.dot(res, res)
-        self.s_abs += np.abs(res).sum()
-        self.s_ref += r.sum()
-        self.s_ref2 += np.dot(r, r)
-        self.s_pred += pred.sum()
-
-    def metrics(self) -> dict:
-        n = self.n
-        if n == 0:
-            return {"n": 0, "rmse": None, "mae": None, "bias": None, "r2": None, "relative_rmse_pct": None,
-                    "mean_reference": None, "mean_prediction": None}
-        mean_ref = self.shift + self.s_ref / n
-        ss_tot = self.s_ref2 - self.s_ref ** 2 / n
-        rmse = math.sqrt(max(self.s_res2, 0.0) / n)
-        return {
-            "n": int(n),
-            "rmse": rmse,
-            "mae": self.s_abs / n,
-            "bias": self.s_res / n,
-            "r2": 1.0 - self.s_res2 / ss_tot if ss_tot > 0 else None,
-            "relative_rmse_pct": 100.0 * rmse / mean_ref if mean_ref != 0 else None,
-            "mean_reference": mean_ref,
-            "mean_prediction": self.s_pred / n,
-        }
-
-
-def regression_metrics(pred, ref) -> dict:
-    """n, RMSE, MAE, bias (mean of pred − ref), R² (1 − SSres/SStot, None when the reference is
-    constant), relative RMSE (% of the mean reference), means. NaNs are left out pairwise."""
-    pred = np.asarray(pred, dtype=np.float64).ravel()
-    ref = np.asarray(ref, dtype=np.float64).ravel()
-    if pred.shape != ref.shape:
-        raise ForestCarbonError(f"Predictions ({pred.size}) and references ({ref.size}) differ in number.")
-    ok = np.isfinite(pred) & np.isfinite(ref)
-    sums = _Sums()
-    sums.add(pred[ok], ref[ok])
-    return sums.metrics()
-
-
-def gaussian_intervals(pred, std, levels=LEVELS) -> dict:
-    """``{level: (lower, upper)}``: central Gaussian intervals ``pred ± z(level)·std``."""
-    pred = np.asarray(pred, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
-    out = {}
-    for level in levels:
-        half = z_score(level) * std
-        out[float(level)] = (pred - half, pred + half)
-    return out
-
-
-def interval_coverage(ref, lower, upper) -> dict:
-    """Share of references with ``lower ≤ ref ≤ upper`` (PICP), mean width ``upper − lower`` (MPIW), n."""
-    ref, lower, upper = (np.asarray(a, dtype=np.float64).ravel() for a in (ref, lower, upper))
-    ok = np.isfinite(ref) & np.isfinite(lower) & np.isfinite(upper)
-    n = int(ok.sum())
-    if n == 0:
-        return {"n": 0, "coverage": None, "mean_width": None}
-    inside = (ref[ok] >= lower[ok]) & (ref[ok] <= upper[ok])
-    return {"n": n, "coverage": float(inside.mean()), "mean_width": float((upper[ok] - lower[ok]).mean())}
-
-
-def calibration_bins(pred_std, residual, n_bins: int = 10, min_count: int = 10) -> dict:
-    """Observed RMSE against predicted σ in ``n_bins`` equal-width bins of σ (Lang et al. 2022).
-
-    Returns ``{"bins": [...], "ence": ..., "uce": ...}``; each bin has its σ range, n, mean σ,
-    RMS σ (√mean σ²), RMSE and mean residual. Bins with fewer than ``min_count`` samples are dropped.
-    ENCE = mean over bins of |RMS σ − RMSE| / RMS σ; UCE = Σ (n_b/n)·|MSE_b − mean σ²_b|.
-    """
-    s = np.asarray(pred_std, dtype=np.float64).ravel()
-    r = np.asarray(residual, dtype=np.float64).ravel()
-    ok = np.isfinite(s) & np.isfinite(r)
-    s, r = s[ok], r[ok]
-    if s.size == 0:
-        return {"bins": [], "ence": None, "uce": None, "n": 0}
-    lo, hi = float(s.min()), float(s.max())
-    if hi <= lo:
-        hi = lo + max(abs(lo) * 1e-6, 1e-12)
-    edges = np.linspace(lo, hi, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_bins - 1)
-    bins = []
-    for b in range(n_bins):
-        sel = index == b
-        count = int(sel.sum())
-        if count < min_count:
-            continue
-        sb, rb = s[sel], r[sel]
-        bins.append({"std_from": float(edges[b]), "std_to": float(edges[b + 1]), "n": count,
-                     "mean_std": float(sb.mean()), "rms_std": float(math.sqrt(np.mean(sb ** 2))),
-                     "rmse": float(math.sqrt(np.mean(rb ** 2))), "mean_residual": float(rb.mean())})
-    n = sum(b["n"] for b in bins)
-    ence = float(np.mean([abs(b["rms_std"] - b["rmse"]) / b["rms_std"] for b in bins if b["rms_std"] > 0])) \
-        if bins and any(b["rms_std"] > 0 for b in bins) else None
-    uce = float(sum(b["n"] / n * abs(b["rmse"] ** 2 - b["rms_std"] ** 2) for b in bins)) if n else None
-    return {"bins": bins, "ence": ence, "uce": uce, "n": int(n)}
-
-
-def semivariogram(x, y, residual, n_lags: int = 15, max_distance: float | None = None) -> dict:
-    """Empirical semivariogram γ(h) = ½·mean((r_i − r_j)²) over pairs in ``n_lags`` equal distance bins.
-
-    ``max_distance`` defaults to half the largest pairwise distance. All pairs are used: keep the
-    points to a few thousand (n² / 2 pairs). Empty bins are dropped.
-    """
-    from scipy.spatial.distance import pdist
-
-    x, y, r = (np.asarray(a, dtype=np.float64).ravel() for a in (x, y, residual))
-    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(r)
-    x, y, r = x[ok], y[ok], r[ok]
-    if r.size < 3:
-        return {"lag": [], "gamma": [], "pairs": [], "n_points": int(r.size), "max_distance": max_distance,
-                "variance": None}
-    xy = np.column_stack([x, y])
-    d = pdist(xy)
-    g = 0.5 * pdist(r[:, None], "sqeuclidean")
-    if max_distance is None:
-        max_distance = 0.5 * float(d.max())
-    if not max_distance > 0:
-        raise ForestCarbonError("The semivariogram needs points at distinct positions.")
-    keep = d <= max_distance
-    d, g = d[keep], g[keep]
-    edges = np.linspace(0.0, max_distance, n_lags + 1)
-    index = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, n_lags - 1)
-    counts = np.bincount(index, minlength=n_lags)
-    sum_d = np.bincount(index, weights=d, minlength=n_lags)
-    sum_g = np.bincount(index, weights=g, minlength=n_lags)
-    has = counts > 0
-    return {"lag": (sum_d[has] / counts[has]).tolist(), "gamma": (sum_g[has] / counts[has]).tolist(),
-            "pairs": counts[has].astype(int).tolist(), "n_points": int(r.size), "max_distance": float(max_distance),
-            "variance": float(np.var(r, ddof=1))}
-
-
-def exponential_model(h, nugget, partial_sill, practical_range):
-    """γ(h) = nugget + partial_sill·(1 − exp(−3h/practical_range)) (γ reaches 95 % of the partial sill at
-    the practical range)."""
-    return nugget + partial_sill * (1.0 - np.exp(-3.0 * np.asarray(h, dtype=np.float64) / practical_range))
-
-
-def fit_exponential(lag, gamma, pairs=None, max_distance: float | None = None) -> dict:
-    """Fit :func:`exponential_model` by ``scipy.optimize.curve_fit`` with Cressie's weights N(h)/γ(h)².
-
-    Returns nugget, partial_sill, sill, practical_range, range_parameter (= practical_range / 3,
-    the *a* of ``exp(−h/a)``), nugget_ratio and whether the fit converged. Bounds: nugget, psill ≥ 0;
-    practical range in (0, 3·max_distance]."""
-    from scipy.optimize import curve_fit
-
-    lag = np.asarray(lag, dtype=np.float64)
-    gamma = np.asarray(gamma, dtype=np.float64)
-    empty = {"model": "exponential", "nugget": None, "partial_sill": None, "sill": None, "practical_range": None,
-             "range_parameter": None, "nugget_ratio": None, "converged": False}
-    if lag.size < 3:
-        return empty
-    if max_distance is None:
-        max_distance = float(lag.max())
-    # Cressie's weights N(h)/γ(h)²: lags with many pairs and small γ (near the origin) count most
-    counts = np.ones_like(lag) if pairs is None else np.maximum(np.asarray(pairs, dtype=np.float64), 1.0)
-    sigma = np.maximum(gamma, 1e-12 * max(float(gamma.max()), 1e-300)) / np.sqrt(counts)
-    top = float(max(gamma.max(), 1e-12))
-    p0 = (float(max(gamma[0], 0.0)) * 0.5, max(top - 0.5 * float(max(gamma[0], 0.0)), 1e-12),
-          max_distance / 3.0)
-    upper = (2.0 * top, 2.0 * top, 3.0 * max_distance)
-    lower = (0.0, 0.0, 1e-6 * max_distance)
-    p0 = tuple(min(max(p, lo * 1.0001 + 1e-15), hi * 0.9999) for p, lo, hi in zip(p0, lower, upper))
-    try:
-        params, _ = curve_fit(exponential_model, lag, gamma, p0=p0, sigma=sigma, bounds=(lower, upper),
-                              maxfev=20000)
-    except (RuntimeError, ValueError):
-        return empty
-    nugget, psill, prange = (float(p) for p in params)
-    sill = nugget + psill
-    return {"model": "exponential", "nugget": nugget, "partial_sill": psill, "sill": sill,
-            "practical_range": prange, "range_parameter": prange / 3.0,
-            "nugget_ratio": nugget / sill if sill > 0 else None, "converged": True}
+__all__ = ["Uncertainty", "ValidationSettings", "validate_predictions", "pixel_fractions"]
 
 
 # ----------------------------------------------------------------------------- streaming pieces
@@ -300,7 +95,7 @@ class _Accumulator:
     """Everything accumulated over valid pairs: global sums, per-stratum sums, intervals, the sample."""
 
     intervals: list
-    sums: _Sums = field(default_factory=_Sums)
+    sums: StreamingSums = field(default_factory=StreamingSums)
     strata: dict = field(default_factory=dict)
     sample: _Sample = field(default_factory=_Sample)
 
@@ -330,7 +125,7 @@ class _Accumulator:
                 p, r = pred[valid], ref[valid]
                 for code in np.unique(codes):
                     sel = codes == code
-                    self.strata.setdefault(float(code), _Sums()).add(p[sel], r[sel])
+                    self.strata.setdefault(float(code), StreamingSums()).add(p[sel], r[sel])
         cols = {"x": x, "y": y, "pred": pred, "ref": ref}
         if sigma is not None:
             cols["sigma"] = sigma
@@ -340,6 +135,38 @@ class _Accumulator:
 
 
 # ----------------------------------------------------------------------------- the algorithm
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """The uncertainty rasters of a prediction (each optional).
+
+    ``std``: the standard deviation (Gaussian intervals at every level); ``lower``/``upper``: the bounds of a
+    central interval of nominal ``coverage`` (both or neither).
+    """
+
+    std: str | None = None
+    lower: str | None = None
+    upper: str | None = None
+    coverage: float = 0.9
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """How much of the data feeds the sampled parts of the report, and how it is binned.
+
+    ``levels``: nominal coverages checked; ``max_sample``: pairs kept (uniformly at random, ``seed``) for the
+    calibration curve and the plots; ``variogram_points`` of them for the semivariogram (n² / 2 pairs);
+    ``n_bins`` bins of σ; ``n_lags`` distance bins; ``embed_figures``: figures inlined in the HTML.
+    """
+
+    levels: tuple = LEVELS
+    max_sample: int = MAX_SAMPLE
+    variogram_points: int = VARIOGRAM_POINTS
+    n_bins: int = 10
+    n_lags: int = 15
+    seed: int = SEED
+    embed_figures: bool = False
+
 
 @dataclass
 class _Inputs:
@@ -352,166 +179,218 @@ class _Inputs:
     strata_labels: dict
 
 
-def validate_predictions(prediction, reference, out_html, std=None, lower=None, upper=None, coverage: float = 0.9,
+def validate_predictions(prediction, reference, out_html, uncertainty: Uncertainty | None = None,
                          reference_field: str | None = None, strata=None, strata_field: str | None = None,
-                         progress: Progress | None = None, levels=LEVELS, max_sample: int = MAX_SAMPLE,
-                         variogram_points: int = VARIOGRAM_POINTS, n_bins: int = 10, n_lags: int = 15,
-                         seed: int = SEED, embed_figures: bool = False, parameters: dict | None = None) -> dict:
-    """Compare ``prediction`` with ``reference`` and write an HTML report (+ JSON, PNGs) to ``out_html``.
+                         settings: ValidationSettings | None = None, progress: Progress | None = None,
+                         parameters: dict | None = None) -> dict:
+    """Compare a prediction raster with independent references and write an HTML report.
 
-    ``reference``: a raster (read onto the prediction grid: area average when the reference is finer,
-    nearest cell when it is coarser), or a point/polygon vector (``path`` or ``path|layername=x``) with a
-    numeric ``reference_field`` (points take the prediction pixel they fall in; polygons the area-weighted
-    mean of the pixels they cover). Intervals come from ``std`` (Gaussian, every level of ``levels``) and/or
-    ``lower``/``upper`` (nominal ``coverage``; other levels by rescaling the half-width around the midpoint,
-    which assumes a symmetric Gaussian). ``strata``: a class raster or a polygon layer with ``strata_field``.
-    Returns the JSON document (every number) with ``outputs`` (html, json, figures).
+    Parameters
+    ----------
+    prediction : str or os.PathLike
+        The prediction raster (band 1).
+    reference : str or os.PathLike
+        A raster, read onto the prediction grid (area average when it is finer, nearest cell when it is
+        coarser), or a point/polygon vector (``path`` or ``path|layername=x``): points take the prediction
+        pixel they fall in, polygons the area-weighted mean of the pixels they cover.
+    out_html : str or os.PathLike
+        The report (``.html``); a JSON of every number and PNG figures are written beside it.
+    uncertainty : Uncertainty, optional
+        σ and/or interval bounds; bounds are rescaled to other levels around their midpoint (a symmetric
+        Gaussian assumption).
+    reference_field : str, optional
+        The numeric field of a vector reference.
+    strata : str or os.PathLike, optional
+        A class raster, or a polygon layer whose ``strata_field`` names each stratum.
+    strata_field : str, optional
+    settings : ValidationSettings, optional
+    progress : Progress, optional
+    parameters : dict, optional
+        The parameters recorded in the provenance (default: these arguments).
+
+    Returns
+    -------
+    dict
+        The JSON document: ``metrics``, ``intervals``, ``calibration``, ``strata``, ``semivariogram``,
+        ``sample``, ``notes``, ``provenance`` and ``outputs`` (html, json, figures).
+
+    References
+    ----------
+    Lang, N. et al. (2023). A high-resolution canopy height model of the Earth. Nature Ecology & Evolution
+    7:1778–1789 (calibration of σ). Gneiting, T. & Raftery, A. E. (2007), JASA 102:359–378 (coverage and width).
     """
-    import rasterio
-
-    from ..raster.blocks import RasterGrid, overlaps
-    from ..outputs import provenance
-
-    coverage = float(coverage)
-    if not 0 < coverage < 1:
-        raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {coverage}).")
-    if (lower is None) != (upper is None):
-        given, missing = ("LOWER", "UPPER") if lower is not None else ("UPPER", "LOWER")
-        raise ForestCarbonError(f"{given} was given without {missing}: interval bounds need both LOWER and UPPER "
-                                "(or give STD instead).")
-    out_html = Path(out_html)
-    if out_html.suffix.lower() not in (".html", ".htm"):
-        raise ForestCarbonError(f"The report '{out_html}' must end in .html.")
-    for name, path in (("PREDICTION", prediction), ("STD", std), ("LOWER", lower), ("UPPER", upper)):
-        if path is not None and not is_raster(str(path)):
-            raise ForestCarbonError(f"{name} '{path}' cannot be opened as a raster.")
-    with rasterio.open(prediction) as src:
-        grid = RasterGrid.of(src)
-        crs_wkt = src.crs.to_wkt() if src.crs else None
-    for name, other in (("STD", std), ("LOWER", lower), ("UPPER", upper)):
-        if other is not None:
-            with rasterio.open(other) as src:
-                if not overlaps(grid, src):
-                    raise ForestCarbonError(
-                        f"{name} ('{Path(str(other)).name}') does not overlap PREDICTION "
-                        f"('{Path(str(prediction)).name}'): give the uncertainty rasters predictraster wrote with it.")
-    notes: list[str] = []
-
-    intervals = []
-    if std is not None:
-        intervals += [_Interval("std", lv) for lv in sorted(set(float(lv) for lv in levels) | {coverage})]
-    if lower is not None:
-        bound_levels = sorted(set(float(lv) for lv in levels) | {coverage})
-        intervals += [_Interval("bounds", lv, rescaled=not math.isclose(lv, coverage)) for lv in bound_levels]
-        notes.append(f"LOWER/UPPER are taken as a {coverage:g} central interval; coverage at other levels "
-                     "rescales their half-width by z(level)/z(COVERAGE) around the midpoint (a symmetric Gaussian "
-                     "assumption), and σ = half-width / z(COVERAGE) for the calibration curve.")
-    if not intervals:
-        notes.append("Neither STD nor LOWER/UPPER was given: interval coverage and the calibration curve are "
-                     "skipped.")
-
-    # strata
-    strata_raster, strata_polygons, strata_labels = None, None, {}
-    if strata is not None:
-        if "|" not in str(strata) and is_raster(str(strata)):
-            strata_raster = str(strata)
-        else:
-            _, slayer = open_vector(strata, "STRATA")
-            if not strata_field:
-                raise ForestCarbonError("STRATA is a polygon layer: set STRATA_FIELD to the field naming each "
-                                        "stratum.")
-            defn = slayer.GetLayerDefn()
-            if defn.GetFieldIndex(strata_field) < 0:
-                names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
-                raise ForestCarbonError(f"STRATA has no field '{strata_field}'. Fields: {', '.join(names) or 'none'}.")
-            feats, _ = features(slayer, strata_field, crs_wkt)
-            codes = {}
-            strata_polygons = []
-            for geom, value in feats:
-                if geometry_kind(geom) != "polygon":
-                    raise ForestCarbonError("STRATA must be a class raster or a polygon layer.")
-                code = codes.setdefault(str(value), float(len(codes) + 1))
-                strata_polygons.append((geom, code))
-            strata_labels = {code: label for label, code in codes.items()}
-    inputs = _Inputs(str(prediction), std and str(std), lower and str(lower), upper and str(upper), strata_raster,
-                     strata_polygons, strata_labels)
-    acc = _Accumulator(intervals, sample=_Sample(max_sample, seed))
-
-    if "|" not in str(reference) and is_raster(str(reference)):
-        ref_kind = "raster"
-        notes += _stream_raster_reference(grid, inputs, str(reference), acc, coverage, progress)
-    else:
-        _, layer = open_vector(reference, "REFERENCE")
-        field_name = numeric_field(layer, reference_field, "REFERENCE", "REFERENCE_FIELD")
-        feats, skipped = features(layer, field_name, crs_wkt)
-        if layer.GetSpatialRef() is None:
-            notes.append("REFERENCE has no CRS: its coordinates were taken to be in the prediction's CRS.")
-        if skipped:
-            notes.append(f"{skipped} reference feature(s) without a geometry or a value were left out.")
-        if not feats:
-            raise ForestCarbonError(
-                f"REFERENCE has no feature with both a geometry and a value of '{field_name}' ({skipped} feature(s) "
-                "without one): give a layer of plots whose reference field is filled in.")
-        kinds = {geometry_kind(g) for g, _ in feats}
-        if not kinds <= {"point", "polygon"} or len(kinds) > 1:
-            raise ForestCarbonError(f"REFERENCE must hold points or polygons, one kind only (found: "
-                                    f"{', '.join(sorted(kinds)) or 'no features'}).")
-        ref_kind = kinds.pop() if kinds else "point"
-        if ref_kind == "point":
-            notes += _points_reference(grid, inputs, feats, acc, coverage, progress)
-        else:
-            notes += _polygons_reference(grid, inputs, feats, acc, coverage, progress)
-
+    unc = uncertainty or Uncertainty()
+    settings = settings or ValidationSettings()
+    out_html = _check_arguments(prediction, unc, out_html)
+    grid, crs_wkt = _prediction_grid(prediction, unc)
+    intervals, notes = _intervals(unc, settings.levels)
+    inputs = _Inputs(str(prediction), unc.std and str(unc.std), unc.lower and str(unc.lower),
+                     unc.upper and str(unc.upper), *_read_strata(strata, strata_field, crs_wkt))
+    acc = _Accumulator(intervals, sample=_Sample(settings.max_sample, settings.seed))
+    ref_kind, ref_notes = _accumulate_reference(grid, inputs, (reference, reference_field, crs_wkt), acc,
+                                                unc.coverage, progress)
+    notes += ref_notes
     metrics = acc.sums.metrics()
     if metrics["n"] == 0:
         raise ForestCarbonError(
             "No valid pair of prediction and reference: they do not overlap, or every overlapping value is "
             "no-data. Check that both cover the same area and that their CRSs are set correctly.")
     check_cancel(progress)
-
     sample = acc.sample.ordered()
     document = {
         "provenance": provenance("forestcarbon:validatepredictions", parameters or {
-            "PREDICTION": str(prediction), "REFERENCE": str(reference), "STD": std, "LOWER": lower, "UPPER": upper,
-            "COVERAGE": coverage, "REFERENCE_FIELD": reference_field, "STRATA": strata, "STRATA_FIELD": strata_field},
-            inputs=[p for p in (prediction, reference, std, lower, upper, strata) if p is not None]),
+            "PREDICTION": str(prediction), "REFERENCE": str(reference), "STD": unc.std, "LOWER": unc.lower,
+            "UPPER": unc.upper, "COVERAGE": unc.coverage, "REFERENCE_FIELD": reference_field, "STRATA": strata,
+            "STRATA_FIELD": strata_field},
+            inputs=[p for p in (prediction, reference, unc.std, unc.lower, unc.upper, strata) if p is not None]),
         "reference_kind": ref_kind,
         "units": "units of the prediction; bias = mean(prediction − reference)",
         "metrics": metrics,
         "intervals": [iv.result() for iv in intervals],
-        "interval_source": ("std" if std is not None else "bounds") if intervals else None,
-        "coverage_parameter": coverage,
+        "interval_source": ("std" if unc.std is not None else "bounds") if intervals else None,
+        "coverage_parameter": unc.coverage,
+        "calibration": _calibration(sample, unc, settings.n_bins),
+        "strata": _strata_metrics(acc.strata, inputs.strata_labels),
     }
-    if "sigma" in sample:
-        cal = calibration_bins(sample["sigma"], sample["pred"] - sample["ref"], n_bins=n_bins)
-        cal["sigma_source"] = "std" if std is not None else "bounds (half-width / z(COVERAGE))"
-        document["calibration"] = cal
-    else:
-        document["calibration"] = None
-    names = {code: strata_labels.get(code, _code_label(code)) for code in acc.strata}
-    document["strata"] = [dict(stratum=names[c], **acc.strata[c].metrics()) for c in sorted(acc.strata)]
-
-    sub = {k: v[:variogram_points] for k, v in sample.items()}
-    vario = semivariogram(sub["x"], sub["y"], sub["pred"] - sub["ref"], n_lags=n_lags)
-    vario["fit"] = fit_exponential(vario["lag"], vario["gamma"], vario["pairs"], vario["max_distance"])
+    vario, sub = _residual_semivariogram(sample, settings, notes)
     document["semivariogram"] = vario
-    if vario["fit"]["converged"] and vario["fit"]["nugget_ratio"] is not None and vario["lag"]:
-        if vario["fit"]["practical_range"] < vario["lag"][0] or vario["fit"]["nugget_ratio"] > 0.9:
-            notes.append("The residuals show no spatial correlation at the sampled distances (the fitted range is "
-                         "below the first lag or the nugget is over 90% of the sill).")
     document["sample"] = {"n_pairs_total": metrics["n"], "n_sampled": int(len(sample.get("x", []))),
-                          "max_sample": int(max_sample), "variogram_points": int(len(sub.get("x", []))),
-                          "seed": int(seed)}
+                          "max_sample": int(settings.max_sample), "variogram_points": int(len(sub.get("x", []))),
+                          "seed": int(settings.seed)}
     document["notes"] = notes
-
-    from ..report import write_report
-
-    report = _build_report(document, sample)
-    outputs = write_report(out_html, report, document, embed=embed_figures)
-    document["outputs"] = outputs
+    document["outputs"] = write_report(out_html, _build_report(document, sample), document,
+                                       embed=settings.embed_figures)
     if progress is not None:
         progress.set_progress(100.0)
     return document
+
+
+def _check_arguments(prediction, unc: Uncertainty, out_html) -> Path:
+    """Refuse a bad coverage, half a pair of bounds, a report not named .html, or rasters GDAL cannot open."""
+    if not 0 < float(unc.coverage) < 1:
+        raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {unc.coverage}).")
+    if (unc.lower is None) != (unc.upper is None):
+        given, missing = ("LOWER", "UPPER") if unc.lower is not None else ("UPPER", "LOWER")
+        raise ForestCarbonError(f"{given} was given without {missing}: interval bounds need both LOWER and UPPER "
+                                "(or give STD instead).")
+    out_html = Path(out_html)
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise ForestCarbonError(f"The report '{out_html}' must end in .html.")
+    for name, path in (("PREDICTION", prediction), ("STD", unc.std), ("LOWER", unc.lower), ("UPPER", unc.upper)):
+        if path is not None and not is_raster(str(path)):
+            raise ForestCarbonError(f"{name} '{path}' cannot be opened as a raster.")
+    return out_html
+
+
+def _prediction_grid(prediction, unc: Uncertainty):
+    """The prediction's grid and CRS (WKT); the uncertainty rasters must overlap it."""
+    import rasterio
+
+    with rasterio.open(prediction) as src:
+        grid = RasterGrid.of(src)
+        crs_wkt = src.crs.to_wkt() if src.crs else None
+    for name, other in (("STD", unc.std), ("LOWER", unc.lower), ("UPPER", unc.upper)):
+        if other is not None:
+            with rasterio.open(other) as src:
+                if not overlaps(grid, src):
+                    raise ForestCarbonError(
+                        f"{name} ('{Path(str(other)).name}') does not overlap PREDICTION "
+                        f"('{Path(str(prediction)).name}'): give the uncertainty rasters predictraster wrote with it.")
+    return grid, crs_wkt
+
+
+def _intervals(unc: Uncertainty, levels) -> tuple[list, list]:
+    """The interval counters to fill (from σ at every level, from the bounds at every level) and notes."""
+    coverage = float(unc.coverage)
+    every = sorted(set(float(lv) for lv in levels) | {coverage})
+    intervals, notes = [], []
+    if unc.std is not None:
+        intervals += [_Interval("std", lv) for lv in every]
+    if unc.lower is not None:
+        intervals += [_Interval("bounds", lv, rescaled=not math.isclose(lv, coverage)) for lv in every]
+        notes.append(f"LOWER/UPPER are taken as a {coverage:g} central interval; coverage at other levels "
+                     "rescales their half-width by z(level)/z(COVERAGE) around the midpoint (a symmetric Gaussian "
+                     "assumption), and σ = half-width / z(COVERAGE) for the calibration curve.")
+    if not intervals:
+        notes.append("Neither STD nor LOWER/UPPER was given: interval coverage and the calibration curve are "
+                     "skipped.")
+    return intervals, notes
+
+
+def _read_strata(strata, strata_field, crs_wkt) -> tuple:
+    """(class raster, [(polygon, code)], {code: label}) of ``strata``; (None, None, {}) without strata."""
+    if strata is None:
+        return None, None, {}
+    if "|" not in str(strata) and is_raster(str(strata)):
+        return str(strata), None, {}
+    _, slayer = open_vector(strata, "STRATA")
+    if not strata_field:
+        raise ForestCarbonError("STRATA is a polygon layer: set STRATA_FIELD to the field naming each stratum.")
+    defn = slayer.GetLayerDefn()
+    if defn.GetFieldIndex(strata_field) < 0:
+        names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+        raise ForestCarbonError(f"STRATA has no field '{strata_field}'. Fields: {', '.join(names) or 'none'}.")
+    feats, _ = features(slayer, strata_field, crs_wkt)
+    codes, polygons = {}, []
+    for geom, value in feats:
+        if geometry_kind(geom) != "polygon":
+            raise ForestCarbonError("STRATA must be a class raster or a polygon layer.")
+        polygons.append((geom, codes.setdefault(str(value), float(len(codes) + 1))))
+    return None, polygons, {code: label for label, code in codes.items()}
+
+
+def _accumulate_reference(grid, inputs, reference_spec, acc, coverage, progress) -> tuple[str, list]:
+    """Feed every valid (prediction, reference) pair to ``acc``; returns the reference's kind and notes.
+    ``reference_spec``: (source, numeric field, CRS WKT the vector is read in)."""
+    reference, reference_field, crs_wkt = reference_spec
+    if "|" not in str(reference) and is_raster(str(reference)):
+        return "raster", _stream_raster_reference(grid, inputs, str(reference), acc, coverage, progress)
+    _, layer = open_vector(reference, "REFERENCE")
+    field_name = numeric_field(layer, reference_field, "REFERENCE", "REFERENCE_FIELD")
+    feats, skipped = features(layer, field_name, crs_wkt)
+    notes = []
+    if layer.GetSpatialRef() is None:
+        notes.append("REFERENCE has no CRS: its coordinates were taken to be in the prediction's CRS.")
+    if skipped:
+        notes.append(f"{skipped} reference feature(s) without a geometry or a value were left out.")
+    if not feats:
+        raise ForestCarbonError(
+            f"REFERENCE has no feature with both a geometry and a value of '{field_name}' ({skipped} feature(s) "
+            "without one): give a layer of plots whose reference field is filled in.")
+    kinds = {geometry_kind(g) for g, _ in feats}
+    if not kinds <= {"point", "polygon"} or len(kinds) > 1:
+        raise ForestCarbonError(f"REFERENCE must hold points or polygons, one kind only (found: "
+                                f"{', '.join(sorted(kinds)) or 'no features'}).")
+    kind = kinds.pop() if kinds else "point"
+    stream = _points_reference if kind == "point" else _polygons_reference
+    return kind, notes + stream(grid, inputs, feats, acc, coverage, progress)
+
+
+def _calibration(sample: dict, unc: Uncertainty, n_bins: int) -> dict | None:
+    """Observed RMSE against predicted σ on the sample (σ from STD, or half-width / z(COVERAGE))."""
+    if "sigma" not in sample:
+        return None
+    cal = calibration_bins(sample["sigma"], sample["pred"] - sample["ref"], n_bins=n_bins)
+    cal["sigma_source"] = "std" if unc.std is not None else "bounds (half-width / z(COVERAGE))"
+    return cal
+
+
+def _strata_metrics(strata: dict, labels: dict) -> list:
+    """The metrics of each stratum, in code order, named by the polygon layer's labels or by code."""
+    return [dict(stratum=labels.get(code, _code_label(code)), **strata[code].metrics()) for code in sorted(strata)]
+
+
+def _residual_semivariogram(sample: dict, settings: ValidationSettings, notes: list) -> tuple[dict, dict]:
+    """The residuals' semivariogram and exponential fit on the first ``variogram_points`` of the sample
+    (a random subset: the sample is in random-key order); a note when it shows no spatial correlation."""
+    sub = {k: v[:settings.variogram_points] for k, v in sample.items()}
+    vario = semivariogram(sub["x"], sub["y"], sub["pred"] - sub["ref"], n_lags=settings.n_lags)
+    vario["fit"] = fit = fit_exponential(vario["lag"], vario["gamma"], vario["pairs"], vario["max_distance"])
+    if fit["converged"] and fit["nugget_ratio"] is not None and vario["lag"]:
+        if fit["practical_range"] < vario["lag"][0] or fit["nugget_ratio"] > 0.9:
+            notes.append("The residuals show no spatial correlation at the sampled distances (the fitted range is "
+                         "below the first lag or the nugget is over 90% of the sill).")
+    return vario, sub
 
 
 def _code_label(code: float):
@@ -572,8 +451,6 @@ def _stream_raster_reference(grid, inputs, reference, acc, coverage, progress) -
     import rasterio
     from rasterio.enums import Resampling
 
-    from ..raster.blocks import Readers, RasterGrid, same_grid
-
     notes = []
     with rasterio.open(reference) as src:
         ref_grid = RasterGrid.of(src)
@@ -615,8 +492,6 @@ def _stream_raster_reference(grid, inputs, reference, acc, coverage, progress) -
 def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
     """Each point takes the prediction pixel it falls in (the other rasters: the same pixel of the
     prediction grid)."""
-    from ..raster.blocks import Readers
-
     xs, ys, vals = [], [], []
     for geom, value in feats:
         point = geom if geom.GetGeometryCount() == 0 else geom.GetGeometryRef(0)
@@ -693,8 +568,6 @@ def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
     a polygon, the conservative choice); the stratum is the one with most weight."""
     from rasterio.windows import Window
 
-    from ..raster.blocks import Readers
-
     notes = []
     readers = Readers(grid)
     inv = ~grid.transform
@@ -764,8 +637,6 @@ def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
 # ----------------------------------------------------------------------------- the report
 
 def _build_report(doc: dict, sample: dict):
-    from ..report import Report
-
     m = doc["metrics"]
     rep = Report("Validation of predictions")
     rep.paragraph(f"Prediction: {doc['provenance']['inputs'][0]}. Reference ({doc['reference_kind']}): "

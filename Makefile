@@ -17,7 +17,7 @@ export QT_QPA_PLATFORM := offscreen
 export PROJ_DATA := /usr/share/proj
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
-.PHONY: setup system-packages deb-packages test test-lts demo package deploy bench clean
+.PHONY: setup system-packages deb-packages test test-core test-lts demo package deploy bench clean
 
 setup: system-packages $(VENV)/.installed $(WORKER_VENV)/.installed $(WHEELHOUSE)/plan.txt
 
@@ -70,6 +70,17 @@ $(WHEELHOUSE)/plan.txt: forest_carbon_plugin/core/dependencies.py scripts/wheelh
 test: setup
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The QGIS-free tests (tests/core and the layering test) in the Dask worker's environment: no QGIS, no PyQt,
+# only `pip install .[worker]` plus pytest at .venv's pin; they import the checkout's sources (pythonpath = .).
+# `make test` runs them too, in .venv.
+$(WORKER_VENV)/.pytest: $(WORKER_VENV)/.installed requirements.txt
+	$(WORKER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-worker.txt \
+	  "$$(grep -E '^pytest==' requirements.txt)"
+	touch $@
+
+test-core: $(WORKER_VENV)/.pytest
+	$(WORKER_VENV)/bin/python -m pytest -p no:qgis tests/core tests/test_layers.py $(PYTEST_ARGS)
 
 # The whole suite on Debian 13 with QGIS 3.44 LTR, in a chroot built once with debootstrap (scripts/lts_root.sh)
 test-lts:

@@ -40,8 +40,9 @@ RESULT = n
 
 METRICS = """
 import resource
-from forest_carbon_plugin.core.lidar.pixel_metrics import canopy_metrics
-r = canopy_metrics({out!r}, {out!r} + "/../metrics_{w}.tif", res=20, normalize="never", max_workers={w})
+from forest_carbon_plugin.core.lidar.pixel_metrics import MetricsSettings, canopy_metrics
+r = canopy_metrics({out!r}, {out!r} + "/../metrics_{w}.tif", MetricsSettings(res_m=20, normalize="never"),
+                   max_workers={w})
 RESULT = {{"points": r.points, "children_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}
 """
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterNumber,
@@ -12,17 +11,14 @@ from qgis.core import (
 )
 
 from forest_carbon_plugin.core.lidar.normalize import NORMALIZE_MODES
-from forest_carbon_plugin.core.lidar.pixel_metrics import canopy_metrics
+from forest_carbon_plugin.core.lidar.catalog import Extent
+from forest_carbon_plugin.core.lidar.pixel_metrics import MetricsSettings, canopy_metrics
+from forest_carbon_plugin.core.parallel.pool import default_workers
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType
 from .execution import add_execution_parameters, execution
 from .inputs import point_cloud_source
-
-
-def default_workers() -> int:
-    """One worker per core, at most 4 (each worker decodes single-threaded)."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
@@ -90,23 +86,25 @@ class CanopyMetricsAlgorithm(ForestCarbonAlgorithm):
         self.check_requirements()
         source = point_cloud_source(self, parameters, context)
         res = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+        if not res > 0:
+            raise QgsProcessingException(f"The resolution (RESOLUTION) must be positive (got {res} m).")
         crs = self.crs_wkt(parameters, context, self.CRS)
         extent, extent_crs = self.extent_of(parameters, context, self.EXTENT)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        settings = {
-            "res": res,
-            "height_break": self.parameterAsDouble(parameters, self.HEIGHT_BREAK, context),
-            "min_points": self.parameterAsInt(parameters, self.MIN_POINTS, context),
-            "intensity": self.parameterAsBool(parameters, self.INTENSITY, context),
-            "normalize": NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)],
-            "max_workers": self.parameterAsInt(parameters, self.MAX_WORKERS, context),
-            "crs": crs,
-        }
-        record = {k.upper(): v for k, v in settings.items() if k != "crs"}
-        record["INPUT"] = source
+        settings = MetricsSettings(
+            res_m=res,
+            height_break_m=self.parameterAsDouble(parameters, self.HEIGHT_BREAK, context),
+            min_points=self.parameterAsInt(parameters, self.MIN_POINTS, context),
+            intensity=self.parameterAsBool(parameters, self.INTENSITY, context),
+            normalize=NORMALIZE_MODES[self.parameterAsEnum(parameters, self.NORMALIZE, context)])
+        max_workers = self.parameterAsInt(parameters, self.MAX_WORKERS, context)
+        record = {"RESOLUTION": res, "HEIGHT_BREAK": settings.height_break_m, "MIN_POINTS": settings.min_points,
+                  "INTENSITY": settings.intensity, "NORMALIZE": settings.normalize, "MAX_WORKERS": max_workers,
+                  "INPUT": source}
         with execution(self, parameters, context, feedback):
-            result = self.call_core(canopy_metrics, source, output, progress=FeedbackProgress(feedback),
-                                    parameters=record, extent=extent, extent_crs=extent_crs, **settings)
+            result = self.call_core(canopy_metrics, source, output, settings, crs=crs,
+                                    extent=Extent(extent, extent_crs) if extent else None, max_workers=max_workers,
+                                    progress=FeedbackProgress(feedback), parameters=record)
         feedback.pushInfo(f"{result.points:,} points; {result.grid.ncols} × {result.grid.nrows} cells of "
                           f"{res:g} m, {result.cells_with_data:,} with data; {len(result.bands)} bands.")
         StyleLoader.attach(context, output, "canopy_metrics")

@@ -10,21 +10,55 @@ by one tile plus the edge strips. Tiles run in worker processes (``max_workers``
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .catalog import Catalog, open_catalog, read_tile, restrict
 from ..errors import ForestCarbonError
+from ..outputs import provenance as make_provenance
+from ..parallel.tilemap import current_executor, map_tiles
+from ..progress import NullProgress, Progress, check_cancel
 from ..raster.grid import Grid
+from ..raster.write import write_raster
+from .catalog import Catalog, Extent, open_extent, read_tile
 from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
 from .normalize import check_normalize_mode, normalized_heights, wants_heights
-from ..outputs import provenance as make_provenance
-from ..progress import NullProgress, Progress, check_cancel
-from ..raster.write import write_raster
-from ..parallel.tilemap import current_executor, map_tiles
 
 NODATA = -9999.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """What :func:`canopy_metrics` computes.
+
+    Parameters
+    ----------
+    res_m : float
+        Cell size (m); the grid is snapped to multiples of it.
+    height_break_m : float
+        Height (m) above which returns count for ``cover`` and ``pzabove``.
+    min_points : int
+        Cells with fewer points are nodata.
+    intensity : bool
+        Add lidR's ``stdmetrics_i`` bands.
+    normalize : {"auto", "always", "never"}
+        "auto" subtracts the ground (lidR's ``tin()``) from tiles whose Z are elevations, "always"
+        from every tile, "never" uses Z as heights.
+    """
+
+    res_m: float = 20.0
+    height_break_m: float = 2.0
+    min_points: int = 4
+    intensity: bool = False
+    normalize: str = "auto"
+
+    def check(self) -> None:
+        """Refuse settings that cannot make a grid, naming the argument."""
+        if not self.res_m > 0:
+            raise ForestCarbonError(f"res_m must be positive (got {self.res_m} m).")
+        if self.min_points < 1:
+            raise ForestCarbonError(f"min_points must be at least 1 (got {self.min_points}).")
+        check_normalize_mode(self.normalize)
 
 
 @dataclass
@@ -36,42 +70,62 @@ class MetricsResult:
     cells_with_data: int
 
 
-def canopy_metrics(source, output, res: float = 20.0, height_break: float = 2.0, min_points: int = 4,
-                   intensity: bool = False, normalize: str = "auto", max_workers: int = 1,
-                   crs: str | None = None, progress: Progress | None = None,
-                   parameters: dict | None = None, extent=None, extent_crs: str | None = None) -> MetricsResult:
-    """Write one band per metric (lidR's ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``,
-    ``point_density``, ``pulse_density``, and with ``intensity`` lidR's ``stdmetrics_i``).
+def canopy_metrics(source, output, settings: MetricsSettings = MetricsSettings(), crs: str | None = None,
+                   extent: Extent | None = None, max_workers: int = 1, progress: Progress | None = None,
+                   parameters: dict | None = None) -> MetricsResult:
+    """Write one band per metric, as lidR's ``pixel_metrics(las, ~stdmetrics_z(Z), res)``.
 
-    ``normalize``: "auto" subtracts the ground (lidR's tin()) from tiles whose Z are elevations,
-    "always" from every tile, "never" uses Z as heights.
+    Bands: lidR's ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``, ``point_density``,
+    ``pulse_density``, and with ``settings.intensity`` lidR's ``stdmetrics_i``.
+
+    Parameters
+    ----------
+    source : str or Path
+        A LAS/LAZ file, a .vpc or a folder of tiles.
+    output : str or Path
+        The GeoTIFF to write (float32, one band per metric, named after it).
+    settings : MetricsSettings
+        Resolution, height break, minimum points, intensity and height normalization.
+    crs : str, optional
+        The CRS to assume when the files have none.
+    extent : Extent, optional
+        The area to compute; None: the whole cloud.
+    max_workers : int
+        Tiles read in parallel worker processes (each decoding on one core).
+    progress : Progress, optional
+        Progress and cancel.
+    parameters : dict, optional
+        The parameters recorded in the output's provenance (default: ``settings``).
+
+    Returns
+    -------
+    MetricsResult
+        The path, grid, band names, number of points and of cells with data.
+
+    References
+    ----------
+    Roussel et al. (2020) lidR, Remote Sensing of Environment 251:112061; McGaughey (2021)
+    FUSION/LDV manual (cover).
     """
     progress = progress or NullProgress()
-    if not res > 0:
-        raise ForestCarbonError(f"The resolution (RESOLUTION) must be positive (got {res} m).")
-    if min_points < 1:
-        raise ForestCarbonError(f"MIN_POINTS must be at least 1 (got {min_points}).")
-    check_normalize_mode(normalize)
-    full = open_catalog(source, crs)
-    catalog, bounds = restrict(full, extent, extent_crs)
-    grid = Grid.covering(*bounds, res)
-    bands = metric_names(intensity)
-    values = compute_metrics(catalog, grid, bands, height_break, intensity, normalize, max_workers, progress,
-                             full.bounds)
+    settings.check()
+    full, catalog, bounds = open_extent(source, crs, extent)
+    grid = Grid.covering(*bounds, settings.res_m)
+    bands = metric_names(settings.intensity)
+    values = compute_metrics(catalog, grid, bands, settings.height_break_m, settings.intensity, settings.normalize,
+                             max_workers, progress, full.bounds)
     n = values[bands.index("n")]
-    sparse = ~(n >= min_points)
+    sparse = ~(n >= settings.min_points)
     values[:, sparse] = np.nan
     data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
     executor = current_executor()
-    record = make_provenance("forestcarbon:canopymetrics", parameters or {
-        "RESOLUTION": res, "HEIGHT_BREAK": height_break, "MIN_POINTS": min_points, "INTENSITY": intensity,
-        "NORMALIZE": normalize}, inputs=[t.path for t in catalog.tiles],
-        **(executor.describe() if executor is not None else {}))
+    record = make_provenance("forestcarbon:canopymetrics", parameters or asdict(settings),
+                             inputs=[t.path for t in catalog.tiles],
+                             **(executor.describe() if executor is not None else {}))
     check_cancel(progress)
     write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
                  provenance=record)
-    points = int(np.nansum(values[bands.index("n")]))
-    return MetricsResult(str(output), grid, bands, points, int((~sparse).sum()))
+    return MetricsResult(str(output), grid, bands, int(np.nansum(n)), int((~sparse).sum()))
 
 
 def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity, normalize, max_workers,
@@ -89,8 +143,9 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
     done = np.zeros(grid.size, dtype=np.int32)
     need_flat = need.ravel()
     pending: list = []
-    tasks = [(catalog, i, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, height_break,
-              intensity, normalize, data_bounds) for i, rect in enumerate(rects)]
+    settings = MetricsSettings(res_m=grid.res, height_break_m=height_break, intensity=intensity, normalize=normalize)
+    tasks = [(catalog, i, grid, rect, need[rect[0]:rect[1] + 1, rect[2]:rect[3] + 1].copy(), bands, settings,
+              data_bounds) for i, rect in enumerate(rects)]
 
     def collect(i, result):
         exclusive_cells, exclusive_values, border = result
@@ -100,7 +155,7 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
         done[(rows * grid.ncols + cols).ravel()] += 1
         if border is not None and len(border["cell"]):
             pending.append(border)
-        _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, grid.res)
+        _finish_complete(pending, done, need_flat, out, bands, settings)
         progress.set_progress(100.0 * (i + 1) / len(tasks))
 
     if current_executor() is None and (max_workers <= 1 or len(tasks) == 1):
@@ -118,7 +173,7 @@ def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity
     return out
 
 
-def _finish_complete(pending, done, need_flat, out, bands, height_break, intensity, res):
+def _finish_complete(pending, done, need_flat, out, bands, settings: MetricsSettings):
     if not pending:
         return
     merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
@@ -128,11 +183,11 @@ def _finish_complete(pending, done, need_flat, out, bands, height_break, intensi
         pending.append({k: v[~complete] for k, v in merged.items()})
     if complete.any():
         part = {k: v[complete] for k, v in merged.items() if k != "Z"}  # raw Z of different tiles do not compare
-        cells, values = _metrics_for(part, bands, height_break, intensity, res)
+        cells, values = _metrics_for(part, bands, settings)
         out[:, cells] = values
 
 
-def _metrics_for(points, bands, height_break, intensity, res):
+def _metrics_for(points, bands, settings: MetricsSettings):
     """Metrics of the cells present in ``points`` → (cell ids, (bands, cells) values)."""
     # compact cell ids without sorting: occupied cells, numbered in order
     present = np.bincount(points["cell"])
@@ -140,17 +195,18 @@ def _metrics_for(points, bands, height_break, intensity, res):
     mapping = np.cumsum(present > 0) - 1
     local = mapping[points["cell"]]
     k = len(cells)
-    m = stdmetrics_z(points["z"], local, k, th=height_break, z_int=points.get("Z"))
-    m.update(cover_and_density(points["z"], points["first"], local, k, res * res, height_break))
-    if intensity:
+    m = stdmetrics_z(points["z"], local, k, th=settings.height_break_m, z_int=points.get("Z"))
+    cell_area_m2 = settings.res_m * settings.res_m
+    m.update(cover_and_density(points["z"], points["first"], local, k, cell_area_m2, settings.height_break_m))
+    if settings.intensity:
         m.update(stdmetrics_i(points["intensity"], points["z"], points["classification"], local, k))
     return cells, np.vstack([m[b] for b in bands])
 
 
-def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity, normalize, data_bounds,
-               threads=True):
+def _tile_task(catalog, i, grid, rect, need_rect, bands, settings: MetricsSettings, data_bounds, threads=True):
     """Read one tile; finish the cells only it touches; return the others' points."""
     path = catalog.tiles[i].path
+    intensity = settings.intensity
     fields = ["x", "y", "z", "Z", "return_number", "classification"] + (["intensity"] if intensity else [])
     pts = read_tile(path, fields, threads=threads)
     inside = grid.holds(pts["x"], pts["y"], data_bounds)  # a requested extent can cut the tile
@@ -158,7 +214,7 @@ def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity
         pts = {k: v[inside] for k, v in pts.items()}
     z = pts["z"]
     raw_z = pts["Z"]
-    if wants_heights(normalize, z, pts["classification"]):
+    if wants_heights(settings.normalize, z, pts["classification"]):
         z = normalized_heights(catalog, i, pts)
         raw_z = None  # heights are no longer ordered like the raw Z
     cell = grid.cell_index(pts["x"], pts["y"])
@@ -171,7 +227,7 @@ def _tile_task(catalog, i, grid, rect, need_rect, bands, height_break, intensity
     row, col = cell // grid.ncols, cell % grid.ncols
     exclusive = need_rect[row - r0, col - c0] == 1
     ex = {k: v[exclusive] for k, v in points.items()}
-    cells, values = _metrics_for(ex, bands, height_break, intensity, grid.res) if len(ex["cell"]) \
+    cells, values = _metrics_for(ex, bands, settings) if len(ex["cell"]) \
         else (np.empty(0, np.int64), np.empty((len(bands), 0)))
     border = {k: v[~exclusive] for k, v in points.items() if k != "Z"}
     return cells, values, border

@@ -61,14 +61,6 @@ class GediShots:
     def __getitem__(self, name):
         return self.columns[name]
 
-    def to_geodataframe(self):
-        """A ``geopandas.GeoDataFrame`` of the shots (EPSG:4326 points)."""
-        import geopandas as gpd
-
-        data = {k: self.columns[k] for k in COLUMNS}
-        return gpd.GeoDataFrame(data, geometry=gpd.points_from_xy(self.columns["lon"], self.columns["lat"]),
-                                crs="EPSG:4326")
-
 
 def parse_beams(beams) -> tuple[str, ...] | None:
     """``"BEAM0101,BEAM1011"``, ``"power"``, ``"coverage"`` (or a sequence) → beam names; None for all."""
@@ -232,10 +224,35 @@ def _extent_lonlat(extent, extent_crs):
 
 def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=None, extent=None,
               extent_crs=None, progress=None) -> GediShots:
-    """The footprints of GEDI L2A/L2B granules (files, zips of them, folders) as :class:`GediShots`.
+    """The footprints of GEDI L2A/L2B granules (files, zips of them, folders).
 
-    ``beams``: names, ``"power"``, ``"coverage"`` or None (all). ``extent`` (xmin, ymin, xmax, ymax)
-    in ``extent_crs`` (default EPSG:4326 longitude/latitude) keeps the shots inside it.
+    Parameters
+    ----------
+    paths : str, Path or sequence of them
+        HDF5 granules, zips of them, or folders holding either.
+    quality : bool
+        Keep only shots with ``quality_flag == 1`` (``l2b_quality_flag`` for L2B alone),
+        ``degrade_flag == 0`` and ``sensitivity >= min_sensitivity``.
+    min_sensitivity : float
+        The beam sensitivity threshold (0.9, the usual one over land).
+    beams : str or sequence, optional
+        Beam names, ``"power"``, ``"coverage"`` or None (all); see :func:`parse_beams`.
+    extent : tuple, optional
+        (xmin, ymin, xmax, ymax) in ``extent_crs``: keep the shots inside it.
+    extent_crs : str, optional
+        The extent's CRS (default EPSG:4326 longitude/latitude).
+    progress : Progress, optional
+        Receives how many granules and shots were read and kept.
+
+    Returns
+    -------
+    GediShots
+        The :data:`COLUMNS` of the shots kept, and counts for reports.
+
+    References
+    ----------
+    Hofton & Blair (2019), GEDI L2A ATBD (relative heights, quality flags); Tang & Armston (2019),
+    GEDI L2B ATBD (canopy cover, PAI).
     """
     try:
         import h5py
@@ -243,80 +260,26 @@ def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=N
         raise ForestCarbonError(f"Reading GEDI files needs the Python package h5py ({exc}). Install it into the "
                                 "Python QGIS runs: python -m pip install h5py") from exc
     wanted = parse_beams(beams)
-    bbox = _extent_lonlat(extent, extent_crs)
-    l2a_parts: list[dict] = []
-    l2b_parts: list[dict] = []
-    n_files = {"L2A": 0, "L2B": 0}
-    with _granules(paths) as files:
-        for path in files:
-            name = path.name
-            try:
-                is_h5 = h5py.is_hdf5(str(path))
-            except OSError:
-                is_h5 = False
-            if not is_h5:
-                raise ForestCarbonError(f"'{name}' is not an HDF5 file: give GEDI L2A/L2B granules (.h5), zips of "
-                                        "them, or a folder holding them.")
-            try:
-                h5 = h5py.File(str(path), "r")
-            except OSError as exc:
-                raise ForestCarbonError(f"Cannot read '{name}' as HDF5 ({exc}).") from exc
-            with h5:
-                product = _product(h5, name)
-                n_files[product] += 1
-                for beam in _beams_in(h5, wanted):
-                    try:
-                        if product == "L2A":
-                            l2a_parts.append(_read_l2a_beam(h5[beam], beam, name))
-                        else:
-                            l2b_parts.append(_read_l2b_beam(h5[beam], beam, name))
-                    except KeyError as exc:
-                        raise ForestCarbonError(f"'{name}' {beam} lacks a dataset the {product} product has "
-                                                f"({exc}); is the file complete?") from exc
+    l2a_parts, l2b_parts, n_files = _read_granules(h5py, paths, wanted)
     if progress is not None:
         progress.info(f"{n_files['L2A']} L2A and {n_files['L2B']} L2B granule(s).")
     counts = {"l2a_files": n_files["L2A"], "l2b_files": n_files["L2B"]}
     if l2a_parts:
-        cols = _concat(l2a_parts, l2a_parts[0].keys())
-        n = len(cols["shot_number"])
-        for name in ("cover", "pai"):
-            cols[name] = np.full(n, np.nan)
-        cols["l2b_quality_flag"] = np.full(n, -1, dtype=np.int64)
-        if l2b_parts:
-            b = _concat(l2b_parts, ("shot_number", "cover", "pai", "l2b_quality_flag"))
-            order = np.argsort(b["shot_number"], kind="stable")
-            keys = b["shot_number"][order]
-            pos = np.clip(np.searchsorted(keys, cols["shot_number"]), 0, max(0, len(keys) - 1))
-            hit = (keys[pos] == cols["shot_number"]) if len(keys) else np.zeros(n, dtype=bool)
-            src = order[pos[hit]]
-            for name in ("cover", "pai", "l2b_quality_flag"):
-                cols[name][hit] = b[name][src]
-            counts["l2b_joined"] = int(hit.sum())
-            if quality:
-                bad = hit & (cols["l2b_quality_flag"] != 1)
-                cols["cover"][bad] = np.nan
-                cols["pai"][bad] = np.nan
-        good_flag = cols["quality_flag"] == 1
+        cols, good_flag = _l2a_with_l2b(l2a_parts, l2b_parts, quality, counts)
     elif l2b_parts:
-        cols = _concat(l2b_parts, l2b_parts[0].keys())
-        n = len(cols["shot_number"])
-        for p in RH_PERCENTILES:
-            cols[f"rh{p}"] = np.full(n, np.nan)
-        cols["quality_flag"] = np.full(n, -1, dtype=np.int64)
-        good_flag = cols["l2b_quality_flag"] == 1
+        cols, good_flag = _l2b_alone(l2b_parts)
     else:
         raise ForestCarbonError("The GEDI files hold none of the selected beams"
                                 + (f" ({', '.join(wanted)})" if wanted else "") + ".")
-    n = len(cols["shot_number"])
-    counts["shots_read"] = n
-    keep = np.ones(n, dtype=bool)
+    counts["shots_read"] = len(cols["shot_number"])
+    keep = good_flag & (cols["degrade_flag"] == 0) & (cols["sensitivity"] >= float(min_sensitivity)) if quality \
+        else np.ones(len(cols["shot_number"]), dtype=bool)
     if quality:
-        keep &= good_flag & (cols["degrade_flag"] == 0) & (cols["sensitivity"] >= float(min_sensitivity))
         counts["quality_kept"] = int(keep.sum())
+    bbox = _extent_lonlat(extent, extent_crs)
     if bbox is not None:
         xmin, ymin, xmax, ymax = bbox
-        inside = (cols["lon"] >= xmin) & (cols["lon"] <= xmax) & (cols["lat"] >= ymin) & (cols["lat"] <= ymax)
-        keep &= inside
+        keep &= (cols["lon"] >= xmin) & (cols["lon"] <= xmax) & (cols["lat"] >= ymin) & (cols["lat"] <= ymax)
     keep &= np.isfinite(cols["lat"]) & np.isfinite(cols["lon"])
     cols = {k: v[keep] for k, v in cols.items()}
     cols["time_utc"] = GEDI_EPOCH + np.round(cols["delta_time"] * 1000).astype("timedelta64[ms]")
@@ -326,6 +289,77 @@ def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=N
     if progress is not None:
         progress.info(f"{counts['shots_read']} shots read, {counts['shots_kept']} kept.")
     return GediShots({k: cols[k] for k in COLUMNS}, counts)
+
+
+def _read_granules(h5py, paths, wanted):
+    """The per-beam columns of every granule: (L2A parts, L2B parts, granules per product)."""
+    l2a_parts: list[dict] = []
+    l2b_parts: list[dict] = []
+    n_files = {"L2A": 0, "L2B": 0}
+    with _granules(paths) as files:
+        for path in files:
+            with _open_hdf5(h5py, path) as h5:
+                product = _product(h5, path.name)
+                n_files[product] += 1
+                for beam in _beams_in(h5, wanted):
+                    try:
+                        if product == "L2A":
+                            l2a_parts.append(_read_l2a_beam(h5[beam], beam, path.name))
+                        else:
+                            l2b_parts.append(_read_l2b_beam(h5[beam], beam, path.name))
+                    except KeyError as exc:
+                        raise ForestCarbonError(f"'{path.name}' {beam} lacks a dataset the {product} product has "
+                                                f"({exc}); is the file complete?") from exc
+    return l2a_parts, l2b_parts, n_files
+
+
+def _open_hdf5(h5py, path: Path):
+    name = path.name
+    try:
+        is_h5 = h5py.is_hdf5(str(path))
+    except OSError:
+        is_h5 = False
+    if not is_h5:
+        raise ForestCarbonError(f"'{name}' is not an HDF5 file: give GEDI L2A/L2B granules (.h5), zips of "
+                                "them, or a folder holding them.")
+    try:
+        return h5py.File(str(path), "r")
+    except OSError as exc:
+        raise ForestCarbonError(f"Cannot read '{name}' as HDF5 ({exc}).") from exc
+
+
+def _l2a_with_l2b(l2a_parts, l2b_parts, quality: bool, counts: dict):
+    """The L2A shots with the L2B cover and PAI joined by shot number; and the L2A quality flag test."""
+    cols = _concat(l2a_parts, l2a_parts[0].keys())
+    n = len(cols["shot_number"])
+    for name in ("cover", "pai"):
+        cols[name] = np.full(n, np.nan)
+    cols["l2b_quality_flag"] = np.full(n, -1, dtype=np.int64)
+    if l2b_parts:
+        b = _concat(l2b_parts, ("shot_number", "cover", "pai", "l2b_quality_flag"))
+        order = np.argsort(b["shot_number"], kind="stable")
+        keys = b["shot_number"][order]
+        pos = np.clip(np.searchsorted(keys, cols["shot_number"]), 0, max(0, len(keys) - 1))
+        hit = (keys[pos] == cols["shot_number"]) if len(keys) else np.zeros(n, dtype=bool)
+        src = order[pos[hit]]
+        for name in ("cover", "pai", "l2b_quality_flag"):
+            cols[name][hit] = b[name][src]
+        counts["l2b_joined"] = int(hit.sum())
+        if quality:
+            bad = hit & (cols["l2b_quality_flag"] != 1)
+            cols["cover"][bad] = np.nan
+            cols["pai"][bad] = np.nan
+    return cols, cols["quality_flag"] == 1
+
+
+def _l2b_alone(l2b_parts):
+    """The L2B shots with empty relative heights; and the L2B quality flag test."""
+    cols = _concat(l2b_parts, l2b_parts[0].keys())
+    n = len(cols["shot_number"])
+    for p in RH_PERCENTILES:
+        cols[f"rh{p}"] = np.full(n, np.nan)
+    cols["quality_flag"] = np.full(n, -1, dtype=np.int64)
+    return cols, cols["l2b_quality_flag"] == 1
 
 
 def to_datetime(value) -> _dt.datetime:

@@ -22,6 +22,7 @@ import numpy as np
 from ..dependencies import require
 from ..errors import ForestCarbonError
 from ..progress import NullProgress, Progress, check_cancel
+from .vpc import is_vpc, vpc_files
 
 LAS_SUFFIXES = (".las", ".laz")
 CHUNK_POINTS = 1_000_000
@@ -81,8 +82,6 @@ class LasInfo:
 def las_files(path) -> list[Path]:
     """The LAS/LAZ files of ``path``: the file itself (COPC included), those directly in the folder, or
     those a QGIS virtual point cloud (``.vpc``) lists."""
-    from .vpc import is_vpc, vpc_files
-
     p = Path(path)
     if not p.exists():
         raise ForestCarbonError(f"'{p}' does not exist: give a LAS/LAZ file or a folder of them, or a .vpc.")
@@ -100,62 +99,91 @@ def las_files(path) -> list[Path]:
     return [p]
 
 
+class _PointTally:
+    """What describe_las counts over the chunks of a file: classes, returns, Z near 0, the hull."""
+
+    def __init__(self):
+        self.class_counts = np.zeros(256, dtype=np.int64)
+        self.return_counts = np.zeros(16, dtype=np.int64)
+        self.hull = _IncrementalHull()
+        self.seen = self.first_returns = self.ground = self.near_zero_ground = self.near_zero_all = 0
+
+    def add(self, chunk) -> None:
+        cls = np.asarray(chunk.classification, dtype=np.int64)
+        rn = np.asarray(chunk.return_number, dtype=np.int64)
+        z = np.asarray(chunk.z, dtype=np.float64)
+        self.seen += len(cls)
+        self.class_counts += np.bincount(cls, minlength=256)[:256]
+        self.return_counts += np.bincount(rn, minlength=16)[:16]
+        self.first_returns += int(np.count_nonzero(rn == 1))
+        is_ground = cls == 2
+        self.ground += int(is_ground.sum())
+        self.near_zero_ground += int(np.count_nonzero(np.abs(z[is_ground]) <= 0.5))
+        self.near_zero_all += int(np.count_nonzero(np.abs(z) <= 0.5))
+        self.hull.add(np.asarray(chunk.x, dtype=np.float64), np.asarray(chunk.y, dtype=np.float64))
+
+
+def _tally_points(reader, path: Path, progress: Progress, chunk_points: int) -> _PointTally:
+    """Every point of an open LAS reader, in chunks; refuses a file with fewer points than its header says."""
+    expected = int(reader.header.point_count)
+    tally = _PointTally()
+    try:
+        for chunk in reader.chunk_iterator(chunk_points):
+            check_cancel(progress)
+            if len(chunk) == 0:
+                break
+            tally.add(chunk)
+            if expected:
+                progress.set_progress(min(100.0, 100.0 * tally.seen / expected))
+    except ForestCarbonError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+    if tally.seen != expected:
+        raise ForestCarbonError(
+            f"'{path.name}' is truncated or corrupt: its header announces {expected:,} points "
+            f"but only {tally.seen:,} could be read. Re-download or re-export the file.")
+    return tally
+
+
 def describe_las(path, progress: Progress | None = None, chunk_points: int = CHUNK_POINTS) -> LasInfo:
-    """Describe one LAS/LAZ file, reading its points in chunks of ``chunk_points``."""
+    """Describe one LAS/LAZ file, reading its points in chunks.
+
+    Parameters
+    ----------
+    path : str or Path
+        A LAS or LAZ (COPC included) file.
+    progress : Progress, optional
+        Progress over the points, and cancel.
+    chunk_points : int
+        Points read at a time (bounds the memory).
+
+    Returns
+    -------
+    LasInfo
+        Header fields (ASPRS LAS 1.4 R15), CRS, class and return counts, hull area, densities, and
+        whether Z look normalized.
+    """
     path = Path(path)
     modules = ("laspy", "lazrs") if path.suffix.lower() == ".laz" else ("laspy",)
     laspy = require(*modules)
     laspy = laspy[0] if isinstance(laspy, tuple) else laspy
     progress = progress or NullProgress()
-
     try:
         reader = laspy.open(path)
     except Exception as exc:  # laspy raises several types for a file that is not LAS
         raise _unreadable(path, exc) from exc
     with reader:
         header = reader.header
-        expected = int(header.point_count)
         epsg, h_epsg, crs_name, crs_wkt, crs_note, metres_per_unit = _crs_of(header)
-        class_counts = np.zeros(256, dtype=np.int64)
-        return_counts = np.zeros(16, dtype=np.int64)
-        hull = _IncrementalHull()
-        near_zero_ground = ground = near_zero_all = first_returns = 0
-        seen = 0
-        try:
-            for chunk in reader.chunk_iterator(chunk_points):
-                check_cancel(progress)
-                n = len(chunk)
-                if n == 0:
-                    break
-                seen += n
-                cls = np.asarray(chunk.classification, dtype=np.int64)
-                rn = np.asarray(chunk.return_number, dtype=np.int64)
-                z = np.asarray(chunk.z, dtype=np.float64)
-                class_counts += np.bincount(cls, minlength=256)[:256]
-                return_counts += np.bincount(rn, minlength=16)[:16]
-                first_returns += int(np.count_nonzero(rn == 1))
-                is_ground = cls == 2
-                ground += int(is_ground.sum())
-                near_zero_ground += int(np.count_nonzero(np.abs(z[is_ground]) <= 0.5))
-                near_zero_all += int(np.count_nonzero(np.abs(z) <= 0.5))
-                hull.add(np.asarray(chunk.x, dtype=np.float64), np.asarray(chunk.y, dtype=np.float64))
-                if expected:
-                    progress.set_progress(min(100.0, 100.0 * seen / expected))
-        except ForestCarbonError:
-            raise
-        except Exception as exc:
-            raise _unreadable(path, exc) from exc
-        if seen != expected:
-            raise ForestCarbonError(
-                f"'{path.name}' is truncated or corrupt: its header announces {expected:,} points "
-                f"but only {seen:,} could be read. Re-download or re-export the file.")
-
-    area = hull.area()
+        tally = _tally_points(reader, path, progress, chunk_points)
+    seen = tally.seen
+    area = tally.hull.area()
     mins, maxs = np.asarray(header.mins, dtype=float), np.asarray(header.maxs, dtype=float)
     if area <= 0:  # degenerate (a line of points): fall back to the header box
         area = float(max(maxs[0] - mins[0], 0) * max(maxs[1] - mins[1], 0))
     area *= metres_per_unit ** 2  # feet-based state-plane CRSs are common in the US
-    normalized, reason = looks_normalized(ground, near_zero_ground, seen, near_zero_all,
+    normalized, reason = looks_normalized(tally.ground, tally.near_zero_ground, seen, tally.near_zero_all,
                                            float(mins[2]), float(maxs[2]))
     std_dims = set(header.point_format.standard_dimension_names)
     extra = [d for d in header.point_format.dimension_names if d not in std_dims]
@@ -172,11 +200,11 @@ def describe_las(path, progress: Progress | None = None, chunk_points: int = CHU
         scales=[float(s) for s in header.scales],
         offsets=[float(o) for o in header.offsets],
         crs_epsg=epsg, crs_horizontal_epsg=h_epsg, crs_name=crs_name, crs_wkt=crs_wkt, crs_note=crs_note,
-        classification_counts={int(c): int(n) for c, n in enumerate(class_counts) if n},
-        return_number_counts={int(r): int(n) for r, n in enumerate(return_counts) if n},
+        classification_counts={int(c): int(n) for c, n in enumerate(tally.class_counts) if n},
+        return_number_counts={int(r): int(n) for r, n in enumerate(tally.return_counts) if n},
         hull_area_m2=float(area),
         point_density_per_m2=float(seen / area) if area > 0 else float("nan"),
-        pulse_density_per_m2=float(first_returns / area) if area > 0 else float("nan"),
+        pulse_density_per_m2=float(tally.first_returns / area) if area > 0 else float("nan"),
         normalized=normalized, normalized_reason=reason,
         extra_dimensions=extra,
         generating_software=str(getattr(header, "generating_software", "") or "").strip("\x00 "),

@@ -15,7 +15,8 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from forest_carbon_plugin.core.models.train import train_model
+from forest_carbon_plugin.core.models.fit import RandomForest
+from forest_carbon_plugin.core.models.train import TrainSettings, train_model
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import LayerType, NumberType, SourceType
@@ -165,10 +166,12 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         record = {"FEATURES": features, "TARGET": target, "TARGET_FIELD": target_field,
                   "FEATURE_FIELDS": feature_fields, "MODEL_TYPE": model_type,
                   "BLOCK_SIZE": block, "FOLDS": folds, "COVERAGE": coverage, "MAX_SAMPLES": max_samples, "SEED": seed}
+        # MODEL_TYPE 0: the core's default quantile GBM (sized for pixels or for plots); 1: a random forest
+        settings = TrainSettings(learner=None if model_type == 0 else RandomForest(), block_size_m=block or None,
+                                 folds=folds, coverage=coverage, max_samples=max_samples, seed=seed)
         doc = self.call_core(train_model, features, target, out_model, out_report, target_field=target_field,
-                             model_type=model_type, block_size_m=block or None, folds=folds, coverage=coverage,
-                             max_samples=max_samples, seed=seed, progress=FeedbackProgress(feedback),
-                             parameters=record, feature_fields=feature_fields)
+                             feature_fields=feature_fields, settings=settings, progress=FeedbackProgress(feedback),
+                             parameters=record)
         spatial, random_ = doc["cv"]["spatial"], doc["cv"]["random"]
         return {self.OUTPUT_MODEL: out_model, self.OUTPUT_REPORT: out_report, self.OUTPUT_JSON: doc["outputs"]["json"],
                 "N_SAMPLES": doc["n_samples"], "RMSE_SPATIAL": spatial["rmse"], "RMSE_RANDOM": random_["rmse"],

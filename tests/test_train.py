@@ -11,9 +11,11 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.models.train import (
-    conformal_factor, conformal_scores, cross_validate, predict_intervals, random_folds, sample_training_data,
-    spatial_folds, train_model)
+from forest_carbon_plugin.core.models.conformal import conformal_factor, conformal_scores
+from forest_carbon_plugin.core.models.fit import QuantileGBM, RandomForest, predict_intervals
+from forest_carbon_plugin.core.models.folds import cross_validate, random_folds, spatial_folds
+from forest_carbon_plugin.core.models.sampling import sample_training_data
+from forest_carbon_plugin.core.models.train import TrainSettings, train_model
 
 FAST_GBM = {"n_estimators": 60, "learning_rate": 0.15}
 CRS = "EPSG:32633"
@@ -89,7 +91,8 @@ def scene_model(tmp_path_factory):
         _write(root / name, data, res=20, x0=transform.c, y0=transform.f, nodata=-9999,
                descriptions=["canopy_height"])
     doc = train_model([features], root / "target.tif", root / "chm.onnx", root / "chm_report.html",
-                      block_size_m=100, folds=5, coverage=0.9, seed=0, params=FAST_GBM, unit="m")
+                      settings=TrainSettings(learner=QuantileGBM(**FAST_GBM), block_size_m=100, folds=5,
+                                             coverage=0.9, seed=0, unit="m"))
     outs = {k: root / f"pred_{k}.tif" for k in ("prediction", "std", "lower", "upper")}
     predict_raster([features], root / "chm.onnx", outs["prediction"], out_std=outs["std"], out_lower=outs["lower"],
                    out_upper=outs["upper"], coverage=0.9)
@@ -102,7 +105,7 @@ def scene_model(tmp_path_factory):
 
 
 def test_held_out_blocks_rmse_and_calibrated_coverage(scene_model):
-    from forest_carbon_plugin.core.models.validate import interval_coverage, regression_metrics
+    from forest_carbon_plugin.core.models.accuracy import interval_coverage, regression_metrics
 
     doc, truth, held, maps = scene_model["doc"], scene_model["truth"], scene_model["held_out"], scene_model["maps"]
     labels = scene_model["labels"]
@@ -164,8 +167,8 @@ def test_forest_ensemble_exports_mean_and_variance(synthetic, tmp_path):
     from forest_carbon_plugin.core.stats import z_score
 
     feats, tgt, f, target = synthetic
-    doc = train_model([feats], tgt, tmp_path / "rf.onnx", tmp_path / "rf_report.html", model_type=1,
-                      block_size_m=150, folds=4, params={"n_estimators": 20})
+    doc = train_model([feats], tgt, tmp_path / "rf.onnx", tmp_path / "rf_report.html",
+                      settings=TrainSettings(learner=RandomForest(n_estimators=20), block_size_m=150, folds=4))
     out = {k: tmp_path / f"{k}.tif" for k in ("p", "s", "l", "u")}
     pred = predict_raster([feats], tmp_path / "rf.onnx", out["p"], out_std=out["s"], out_lower=out["l"],
                           out_upper=out["u"])
@@ -189,9 +192,9 @@ def test_spatial_blocks_expose_what_random_folds_hide():
     y = (5 * g1 + 3 * g2 + 4 * hidden + rng.normal(0, 0.3, shape)).ravel()
     rows, cols = np.mgrid[0:60, 0:60]
     x, yc = cols.ravel() * 20.0 + 10, -(rows.ravel() * 20.0 + 10)
-    params = {"n_estimators": 30}
-    spatial = cross_validate("forest_ensemble", X, y, spatial_folds(x, yc, 300, 5, 0), params=params)
-    random = cross_validate("forest_ensemble", X, y, random_folds(y.size, 5, 0), params=params)
+    forest = RandomForest(n_estimators=30)
+    spatial = cross_validate(forest, X, y, spatial_folds(x, yc, 300, 5, 0))
+    random = cross_validate(forest, X, y, random_folds(y.size, 5, 0))
     s, r = spatial["metrics"]["rmse"], random["metrics"]["rmse"]
     print(f"\nspatial-block RMSE {s:.3f}, random K-fold RMSE {r:.3f} (ratio {s / r:.2f})")
     assert s > 1.3 * r
@@ -277,7 +280,8 @@ def test_bad_inputs_are_clear_and_write_nothing(tmp_path, synthetic):
     fails("do not overlap", far)
     few = np.full((40, 40), -9999.0)
     few[:4, :5] = np.arange(20).reshape(4, 5)
-    fails("Only 20 valid training sample", _write(tmp_path / "few.tif", few, nodata=-9999), folds=5)
+    fails("Only 20 valid training sample", _write(tmp_path / "few.tif", few, nodata=-9999),
+          settings=TrainSettings(folds=5))
     fails("constant", _write(tmp_path / "const.tif", np.full((40, 40), 12.0), nodata=-9999))
     rng = np.random.default_rng(0)
     pts = gpd.GeoDataFrame({"name": [f"p{i}" for i in range(60)], "h": rng.normal(size=60)},

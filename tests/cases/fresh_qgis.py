@@ -105,18 +105,18 @@ def main():
             import numpy as np
             import onnxruntime
 
-            from forest_carbon_plugin.core.models import train as training
+            from forest_carbon_plugin.core.models import export, fit
 
             rng = np.random.default_rng(0)
             x = rng.normal(size=(300, 3)).astype(np.float32)
             y = (x @ np.array([3.0, 2.0, 1.0]) + rng.normal(size=300)).astype(np.float32)
             REPORT["train"] = {}
-            for fit in (training.fit_forest_ensemble, training.fit_quantile_gbm):
-                path = training.export_onnx(fit(x, y), os.path.join(SPEC["work"], fit.__name__ + ".onnx"),
-                                            {"target": "agb"}, 3)
+            for fitter in (fit.fit_forest_ensemble, fit.fit_quantile_gbm):
+                path = export.export_onnx(fitter(x, y), os.path.join(SPEC["work"], fitter.__name__ + ".onnx"),
+                                          {"target": "agb"}, 3)
                 session = onnxruntime.InferenceSession(str(path))
                 outputs = session.run(None, {session.get_inputs()[0].name: x[:4]})
-                REPORT["train"][fit.__name__] = [list(o.shape) for o in outputs]
+                REPORT["train"][fitter.__name__] = [list(o.shape) for o in outputs]
         elif step == "edit_help":
             path, old, new = SPEC["edit"]
             full = os.path.join(plugins_dir, "forest_carbon_plugin", path)

@@ -39,14 +39,17 @@ from pathlib import Path
 import numpy as np
 
 from ..raster import cog
-from ..raster.blocks import COMPRESS, Readers, RasterGrid, default_workers, raster_writer, stack_bands
+from ..raster.grid import RasterGrid
+from ..raster.read import Readers, stack_bands
+from ..parallel.pool import default_workers
+from ..raster.write import COMPRESS, RasterSpec, raster_writer
 from ..dependencies import require
 from ..errors import ForestCarbonError
 from .card import ModelCard, read_card
+from .intervals import combine_members
 from ..outputs import provenance as make_provenance
 from ..progress import NullProgress, Progress, check_cancel
 from ..parallel.tilemap import current_executor
-from ..stats import sigma_from_bounds, z_score
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "directml", "coreml")
 PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -148,82 +151,6 @@ class _Runner:
 
 
 # --------------------------------------------------------------------------- statistics
-
-def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> dict:
-    """Prediction, std, lower and upper from every member's named outputs (arrays of equal shape).
-
-    ``member_outputs``: one dict per member, output name → array (channels, pixels…), channel first.
-    Returns float64 arrays (pixels…).
-    """
-    means, variances, quantiles = [], [], {}
-    for outputs in member_outputs:
-        mean = var = None
-        for spec in card.outputs:
-            value = card.postprocess(np.asarray(outputs[spec.name], dtype=np.float64)[spec.channel],  # (channels, pixels…)
-                                     spec.meaning)
-            if spec.meaning == "mean":
-                mean = value
-            elif spec.meaning == "variance":
-                var = np.maximum(value, 0)
-            elif spec.meaning == "log_variance":
-                var = np.exp(value)
-            elif spec.meaning == "std":
-                var = np.square(value)
-            else:
-                quantiles.setdefault(spec.quantile, []).append(value)
-        if mean is None and 0.5 in quantiles:
-            mean = quantiles[0.5][-1]
-        if mean is None:
-            raise ForestCarbonError("The model declares no 'mean' (or 'quantile:0.5') output: nothing to predict.")
-        means.append(mean)
-        if var is not None:
-            variances.append(var)
-    factor = card.conformal_factor or 1.0
-    stack = np.stack(means)
-    prediction = stack.mean(axis=0)
-    z = z_score(coverage)
-    result = {"prediction": prediction}
-    if quantiles and not variances:
-        levels = sorted(quantiles)
-        low_q, high_q = levels[0], levels[-1]
-        lower = np.mean(quantiles[low_q], axis=0)
-        upper = np.mean(quantiles[high_q], axis=0)
-        declared = high_q - low_q
-        if abs(declared - coverage) > 1e-6:
-            raise ForestCarbonError(f"The model's quantiles {low_q} and {high_q} make a {declared:.0%} interval, "
-                                    f"not the {coverage:.0%} asked for: set COVERAGE to {declared:g}.")
-        lower, centre, upper = quantile_interval(lower, prediction, upper)
-        result["prediction"] = centre
-        lower = centre - factor * (centre - lower)
-        upper = centre + factor * (upper - centre)
-        result.update(lower=lower, upper=upper, std=sigma_from_bounds(lower, upper, coverage))
-        return result
-    total = np.zeros_like(prediction)
-    has_spread = False
-    if variances:
-        total = total + np.mean(np.stack(variances), axis=0)
-        has_spread = True
-    if len(means) > 1:
-        total = total + stack.var(axis=0)
-        has_spread = True
-    if has_spread:
-        std = np.sqrt(total) * factor
-        result.update(std=std, lower=prediction - z * std, upper=prediction + z * std)
-    return result
-
-
-def quantile_interval(lower, median, upper):
-    """Lower, median and upper quantile predictions made consistent: sorted per pixel (quantile models fitted
-    one per level can cross; sorting is the rearrangement of Chernozhukov, Fernández-Val & Galichon 2010,
-    Econometrica 78:1093, which never makes an estimate worse), and a side of zero width given the other
-    side's width, so that a conformal factor scales both (a collapsed side would stay collapsed at any
-    factor). Returns float64 ``(lower, median, upper)``."""
-    q = np.sort(np.stack([np.asarray(a, dtype=np.float64) for a in (lower, median, upper)]), axis=0)
-    lo, m, up = q[0], q[1], q[2]
-    below, above = m - lo, up - m
-    below, above = np.where(below > 0, below, above), np.where(above > 0, above, below)
-    return m - below, m, m + above
-
 
 def blend_weights(size: int, overlap: int, taper_low: bool, taper_high: bool) -> np.ndarray:
     """1-D blending weight of a tile: 0 on the outer quarter of the overlap, a raised cosine over
@@ -373,11 +300,9 @@ def predict_raster(inputs, model, out_path, out_std=None, out_lower=None, out_up
                     grid, requested[kind], descriptions=[description(kind)], tags=tags(kind), provenance=record,
                     compress=COMPRESS, units=[card.unit]))
             else:
-                writers[kind] = outputs.enter_context(raster_writer(
-                    grid, requested[kind], 1, "float32", float("nan"), descriptions=[description(kind)],
-                    tags=tags(kind), provenance=record, workers=threads))
-                if card.unit:  # GDAL's band unit type, carried into the COG by the copy
-                    writers[kind].units = (card.unit,)
+                spec = RasterSpec(descriptions=(description(kind),), tags=tags(kind), provenance=record,
+                                  units=(card.unit,) if card.unit else ())
+                writers[kind] = outputs.enter_context(raster_writer(grid, requested[kind], spec, workers=threads))
         pipeline.run(writers)
         _check_has_data(pipeline.any_valid, pipeline.any_finite, card)
     stack.readers.close()

@@ -66,7 +66,7 @@ RESULT = [time.perf_counter() - start, cold]
 FLOOR_PATCH = """
 import time, numpy as np, rasterio, concurrent.futures as cf
 from forest_carbon_plugin.core.models.predict import session_for
-from forest_carbon_plugin.core.raster.blocks import default_workers
+from forest_carbon_plugin.core.parallel.pool import default_workers
 cores = default_workers(None)
 with rasterio.open({image!r}) as src:
     data = src.read()
@@ -97,7 +97,7 @@ RESULT = min(times)
 FLOOR_PIXEL = """
 import time, numpy as np, rasterio
 from forest_carbon_plugin.core.models.predict import session_for
-from forest_carbon_plugin.core.raster.blocks import default_workers
+from forest_carbon_plugin.core.parallel.pool import default_workers
 session = session_for({model!r}, ["CPUExecutionProvider"], default_workers(None))
 with rasterio.open({image!r}) as src:
     data = src.read()

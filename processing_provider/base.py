@@ -24,6 +24,7 @@ from forest_carbon_plugin.core.dependencies import missing_dependencies, missing
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.lidar.vpc import vpc_files
 from forest_carbon_plugin.core.outputs import OutputTransaction
+from forest_carbon_plugin.core.parallel.pool import default_workers
 from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
 from forest_carbon_plugin.styling import rescale_ramp
 from .compat import NumberType, PropertyType, RangeLimit
@@ -198,11 +199,9 @@ class ForestCarbonAlgorithm(QgsProcessingAlgorithm):
 
     def add_max_workers(self) -> None:
         """MAX_WORKERS: catalog tiles run in this many worker processes (1 = in QGIS's process)."""
-        import os
-
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_WORKERS", self.tr("Worker processes (tiles of a catalog in parallel)"),
-            NumberType.Integer, defaultValue=max(1, min(4, os.cpu_count() or 1)), minValue=1,
+            NumberType.Integer, defaultValue=default_workers(), minValue=1,
             maxValue=64))
 
     def add_las_output(self, label: str) -> None:

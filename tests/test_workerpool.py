@@ -197,3 +197,34 @@ def test_spawned_processes_do_not_rerun_a_script_without_main_guard(tmp_path):
         assert proc.stdout.count("TOP-LEVEL CODE") == runs, proc.stdout + proc.stderr
         if mode == "hidden":
             assert proc.returncode == 0 and "EXIT 0 True" in proc.stdout, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- threads and defaults
+
+def test_thread_map_yields_every_item_once_and_in_order_with_one_thread():
+    items = list(range(50))
+    one = list(workerpool.thread_map(lambda i: i * i, items, 1))
+    assert one == [(i, i * i) for i in items]
+    many = list(workerpool.thread_map(lambda i: i * i, iter(items), 4))
+    assert sorted(many) == one
+
+
+def test_thread_map_stops_on_cancel_and_leaves_the_rest_unstarted():
+    progress, started = Recorder(), []
+
+    def slow(i):
+        started.append(i)
+        if i == 3:
+            progress.cancelled.set()
+        time.sleep(0.05)
+        return i
+
+    with pytest.raises(Cancelled):
+        for _ in workerpool.thread_map(slow, range(1000), 2, progress):
+            pass
+    assert len(started) < 20  # at most 2 × workers in flight past the cancel
+
+
+def test_default_workers_is_what_was_asked_or_the_cores_up_to_the_cap():
+    assert workerpool.default_workers(3) == 3
+    assert workerpool.default_workers(None) == max(1, min(workerpool.MAX_DEFAULT_WORKERS, os.cpu_count() or 1))

@@ -1,4 +1,7 @@
-"""Worker processes for the core's tile tasks: the one pool every algorithm with ``MAX_WORKERS`` uses.
+"""The work of one job on this machine: worker processes for tile tasks (:func:`imap`), threads for raster
+blocks (:func:`thread_map`), and how many of either by default (:func:`default_workers`).
+
+Worker processes are the one pool every algorithm with ``MAX_WORKERS`` uses.
 
 Workers are plain subprocesses of the Python this process runs (:func:`.dependencies.matching_python`:
 never the QGIS binary nor a ``python3`` shim found on PATH), started as
@@ -11,11 +14,16 @@ manager thread behind: when the pool closes, every worker is killed or has exite
 :func:`imap` yields results in task order, keeps at most ``2 × workers`` tasks in flight and checks
 for cancel every 0.2 s. Workers that cannot start leave the tasks to this process (with a warning);
 a worker that dies on a task fails the run with a message saying so.
+
+:func:`thread_map` is for work that releases the GIL (GDAL reads and writes, numpy, ONNX Runtime):
+threads share the open datasets and need no pickling.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
+import itertools
 import os
 import pickle
 import queue
@@ -26,6 +34,7 @@ import threading
 import traceback
 from collections import deque
 
+from .. import dependencies
 from ..errors import ForestCarbonError
 from ..progress import Progress, check_cancel
 
@@ -33,6 +42,27 @@ from ..progress import Progress, check_cancel
 BOOT = "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); __import__(sys.argv[1], fromlist=['_']).serve()"
 POLL_S = 0.2  # how often cancel is checked while waiting on workers
 _HEADER = 8
+#: the default number of workers is the number of cores, at most this: beyond it, threads and worker
+#: processes mostly contend for memory bandwidth, and each holds a block or a tile in memory
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers(max_workers: int | None = None) -> int:
+    """How many threads or worker processes a job uses.
+
+    Parameters
+    ----------
+    max_workers : int or None
+        What the caller asked for; None or 0 for the default.
+
+    Returns
+    -------
+    int
+        ``max_workers`` (at least 1), or by default the number of cores, at most :data:`MAX_DEFAULT_WORKERS`.
+    """
+    if max_workers:
+        return max(1, int(max_workers))
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
 def _send(stream, data: bytes) -> None:
@@ -240,15 +270,13 @@ def imap(task, args_list, max_workers: int = 1, progress: Progress | None = None
     Close the generator (``contextlib.closing``) when the loop over it can stop early: its
     ``finally`` stops the workers.
     """
-    from ..dependencies import matching_python
-
     kwargs = kwargs or {}
     args_list = list(args_list)
     total = len(args_list)
     if max_workers <= 1 or total <= 1:
         yield from _in_process(task, args_list, 0, kwargs, progress, share)
         return
-    python = matching_python()
+    python = dependencies.matching_python()
     if python is None:
         _warn(progress, f"No Python {sys.version.split()[0]} interpreter matching this QGIS was found to start "
                         "worker processes with: the tiles run one after the other in this process.")
@@ -281,6 +309,47 @@ def imap(task, args_list, max_workers: int = 1, progress: Progress | None = None
         pool.close(kill)
     # only when every worker failed to start: the tasks no worker took run here
     yield from _in_process(task, args_list, submitted, kwargs, progress, share)
+
+
+def thread_map(function, items, workers: int = 1, progress: Progress | None = None):
+    """Yield ``(item, function(item))`` for each of ``items`` as it finishes, computed in ``workers`` threads.
+
+    Parameters
+    ----------
+    function : callable
+        Called with one item; it should release the GIL (GDAL I/O, numpy) for threads to help.
+    items : iterable
+        Read lazily: at most ``2 × workers`` items are in flight, so memory holds a few results at a time.
+    workers : int
+        Threads; 1 runs each item in this thread, in order.
+    progress : Progress, optional
+        Checked for cancel between results (:class:`.errors.Cancelled` then stops the loop).
+
+    Yields
+    ------
+    tuple
+        ``(item, result)``, in the order the items finish (in order with one worker). Items not yet started
+        when the loop stops (cancel, an error, or the caller closing the generator) are never run.
+    """
+    pending = iter(items)
+    if workers <= 1:
+        for item in pending:
+            check_cancel(progress)
+            yield item, function(item)
+        return
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fc-block") as pool:
+        running = {pool.submit(function, item): item for item in itertools.islice(pending, 2 * workers)}
+        try:
+            while running:
+                check_cancel(progress)
+                finished, _ = cf.wait(running, timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    yield running.pop(future), future.result()
+                for item in itertools.islice(pending, len(finished)):
+                    running[pool.submit(function, item)] = item
+        finally:
+            for future in running:
+                future.cancel()
 
 
 @contextlib.contextmanager

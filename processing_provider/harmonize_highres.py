@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from forest_carbon_plugin.core.imagery.highres import PIF_METHODS, REGRESSIONS, harmonize_highres
+from forest_carbon_plugin.core.imagery.highres import IRMAD, Huber, RankInvariant, TheilSen, harmonize_highres
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
 from .compat import FieldType, SourceType, WkbType
@@ -28,6 +28,9 @@ class HarmonizeHighresAlgorithm(ForestCarbonAlgorithm):
     BAND_NAMES = "BAND_NAMES"
     OUTPUT = "OUTPUT"
     OUTPUT_TABLE = "OUTPUT_TABLE"
+    #: the PIF_METHOD and REGRESSION menus' entries, as the core's methods
+    PIF_METHODS = (IRMAD(), RankInvariant())
+    REGRESSIONS = (TheilSen(), Huber())
 
     _name = "harmonizehighres"
     _display = "Harmonize high-resolution image to a reference"
@@ -72,8 +75,8 @@ class HarmonizeHighresAlgorithm(ForestCarbonAlgorithm):
         names = self.parameterAsString(parameters, self.BAND_NAMES, context).strip()
         result = self.call_core(
             harmonize_highres, image.source(), reference.source(), output,
-            pif_method=PIF_METHODS[self.parameterAsEnum(parameters, self.PIF_METHOD, context)],
-            regression=REGRESSIONS[self.parameterAsEnum(parameters, self.REGRESSION, context)],
+            pif_method=self.PIF_METHODS[self.parameterAsEnum(parameters, self.PIF_METHOD, context)],
+            regression=self.REGRESSIONS[self.parameterAsEnum(parameters, self.REGRESSION, context)],
             band_names=[n for n in names.split(",")] if names else None,
             progress=FeedbackProgress(feedback))
         results = {self.OUTPUT: output}

@@ -11,7 +11,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
 from forest_carbon_plugin.core.imagery.masks import DEFAULT_MASK, MASK_CLASSES
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, RgbStyler
@@ -106,10 +106,10 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
     def _harmonize(self, parameters, context, feedback, source, crs, reference, output):
         return self.call_core(
             harmonize_scene, source, output,
-            target_crs=crs.toWkt() if crs.isValid() else None,
-            resolution_m=self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context),
-            reference_grid=reference.source() if reference is not None else None,
-            mask_classes=self.parameterAsEnums(parameters, self.MASK, context),
+            TargetGrid(crs=crs.toWkt() if crs.isValid() else None,
+                       resolution_m=self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context),
+                       reference=reference.source() if reference is not None else None),
+            mask_classes=[MASK_CLASSES[i] for i in self.parameterAsEnums(parameters, self.MASK, context)],
             mask_dilation=self.parameterAsInt(parameters, self.MASK_DILATION, context),
             brdf=self.parameterAsBoolean(parameters, self.BRDF, context),
             bandpass=self.parameterAsBoolean(parameters, self.BANDPASS, context),

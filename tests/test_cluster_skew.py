@@ -275,7 +275,7 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
     attribute 'a'); the job's tasks travel as plain data, so it runs, with a warning naming affine, and gives the
     local run's bits: predictraster (its grid), and harmonizescene (a product with CRS and transforms). The model keeps
     its weights in an external data file, which is sent with the job."""
-    from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+    from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
 
     from affine import Affine
 
@@ -303,7 +303,7 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
                     with executor_scope(executor):
                         predict_raster([features["raster"]], external_model, tmp_path / "dask.tif", tile_size=48,
                                        overlap=16)
-                        harmonize_scene(sentinel2, tmp_path / "s2_dask.tif", resolution_m=10)
+                        harmonize_scene(sentinel2, tmp_path / "s2_dask.tif", TargetGrid(resolution_m=10))
                     result["ok"] = True
                 except BaseException as exc:  # noqa: BLE001
                     result["error"] = exc
@@ -325,7 +325,7 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
     local, dask = _pixels(tmp_path / "here.tif")[0], _pixels(tmp_path / "dask.tif")[0]
     assert _same_bits(local, dask)
     assert np.isfinite(local).any()
-    harmonize_scene(sentinel2, tmp_path / "s2_here.tif", resolution_m=10)
+    harmonize_scene(sentinel2, tmp_path / "s2_here.tif", TargetGrid(resolution_m=10))
     local, dask = _pixels(tmp_path / "s2_here.tif"), _pixels(tmp_path / "s2_dask.tif")
     assert _same_bits(local[0], dask[0]) and local[1] == dask[1]
     assert json.loads(dask[2]["FOREST_CARBON_PROVENANCE"])["execution"] == "dask"

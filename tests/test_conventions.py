@@ -21,7 +21,7 @@ from rasterio.transform import from_origin
 
 from forest_carbon_plugin.core.imagery.composite import Median, composite_scenes
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
 from forest_carbon_plugin.core.models.predict import predict_raster
 from forest_carbon_plugin.core.models.card import read_card
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
@@ -184,7 +184,7 @@ def test_landsat_level1_fill_is_nodata_though_the_file_says_255(tmp_path):
     for path in bands:
         _edit_band(path, lambda dn: np.where(fill, 0, dn).astype(dn.dtype))
     out = tmp_path / "toa.tif"
-    harmonize_scene(folder, out, reference_grid=bands[0], brdf=False)
+    harmonize_scene(folder, out, TargetGrid(reference=bands[0]), brdf=False)
     names, data = _read_all(out)
     assert np.isnan(data[:, fill]).all()  # fill: no-data in all six bands
     doy = 227  # 14 Aug 1988
@@ -213,7 +213,7 @@ def test_landsat_c2_level2_fill_without_a_nodata_tag(imagery_scene, tmp_path):
         _edit_band(path, lambda dn: np.where(fill, 0, dn).astype(dn.dtype), nodata=None)
     qa = rasterio.open(next(folder.glob("*_QA_PIXEL.TIF"))).read(1).astype(int)
     out = tmp_path / "sr.tif"
-    harmonize_scene(folder, out, reference_grid=red_path, brdf=False)
+    harmonize_scene(folder, out, TargetGrid(reference=red_path), brdf=False)
     names, data = _read_all(out)
     assert np.isnan(data[:, fill]).all()
     clear = ~fill & ((qa & 0b11111) == 0)  # QA_PIXEL bits 0-4: fill, dilated cloud, cirrus, cloud, shadow
@@ -245,7 +245,7 @@ def test_sentinel2_fill_is_checked_before_the_offset(imagery_scene, tmp_path):
     scl_path = next(folder.rglob("*_SCL_20m.tif"))
     _edit_band(scl_path, lambda scl: np.where(fill20, 4, scl).astype(scl.dtype))
     out = tmp_path / "s2.tif"
-    harmonize_scene(folder, out, reference_grid=b11, brdf=False, bandpass=False)
+    harmonize_scene(folder, out, TargetGrid(reference=b11), brdf=False, bandpass=False)
     names, data = _read_all(out)
     assert np.isnan(data[:, fill20]).all()
     scl = rasterio.open(scl_path).read(1)

@@ -13,7 +13,7 @@ import rasterio
 
 from forest_carbon_plugin.core.imagery import hls, solar
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
 from forest_carbon_plugin.core.progress import NullProgress
 from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
 
@@ -95,7 +95,8 @@ def _agreement(manifest, out, tmp_path, resolution_m):
                               ("s2_raw", "sentinel2", {"brdf": False, "bandpass": False}),
                               ("l8_raw", "landsat", {"brdf": False, "bandpass": False})):
         paths[key] = tmp_path / f"{key}_{resolution_m}.tif"
-        harmonize_scene(out / manifest[sensor]["product"], paths[key], resolution_m=resolution_m, **opts)
+        harmonize_scene(out / manifest[sensor]["product"], paths[key],
+                        TargetGrid(resolution_m=resolution_m), **opts)
     after, before = {}, {}
     for name in COMMON:
         a, b = _band(paths["s2"], name), _band(paths["l8"], name)
@@ -224,17 +225,17 @@ def test_high_resolution_target_grid_and_reference_grid(imagery_scene, harmonize
     """A 10 m grid in another CRS, and a REFERENCE_GRID whose grid wins."""
     out, manifest = imagery_scene
     ten = tmp_path / "ten.tif"
-    harmonize_scene(out / manifest["sentinel2"]["product"], ten, resolution_m=10, brdf=False, bandpass=False,
+    harmonize_scene(out / manifest["sentinel2"]["product"], ten, TargetGrid(resolution_m=10), brdf=False, bandpass=False,
                     mask_classes=())
     with rasterio.open(out / manifest["sentinel2"]["files"]["B04"]) as src:
         dn = src.read(1).astype(float)
     np.testing.assert_allclose(_band(ten, "red"), (dn - 1000) / 10000, atol=1e-6)  # same grid: no resampling
     ref = tmp_path / "ref.tif"
-    harmonize_scene(out / manifest["landsat"]["product"], ref, reference_grid=harmonized["sentinel2"][0])
+    harmonize_scene(out / manifest["landsat"]["product"], ref, TargetGrid(reference=harmonized["sentinel2"][0]))
     with rasterio.open(ref) as a, rasterio.open(harmonized["sentinel2"][0]) as b:
         assert (a.transform, a.width, a.height, a.crs) == (b.transform, b.width, b.height, b.crs)
     utm32 = tmp_path / "utm32.tif"
-    harmonize_scene(out / manifest["landsat"]["product"], utm32, target_crs="EPSG:32632", resolution_m=30)
+    harmonize_scene(out / manifest["landsat"]["product"], utm32, TargetGrid(crs="EPSG:32632", resolution_m=30))
     with rasterio.open(utm32) as src:
         assert src.crs.to_epsg() == 32632 and src.transform.a == 30
         assert src.transform.c % 30 == 0 and src.transform.f % 30 == 0
@@ -252,7 +253,7 @@ def test_landsat5_tm_toa_equals_hand_computation(tmp_path):
     band1 = folder / "LT52240631988227CUB02_B1.TIF"
     out = tmp_path / "tm.tif"
     progress = NullProgress()
-    result = harmonize_scene(folder, out, reference_grid=band1, brdf=False, progress=progress)
+    result = harmonize_scene(folder, out, TargetGrid(reference=band1), brdf=False, progress=progress)
     assert result.product.level == "TOA" and result.bands == ["blue", "green", "red", "nir", "swir1", "swir2"]
     doy = dt.date(1988, 8, 14).timetuple().tm_yday
     d = 1 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
@@ -278,7 +279,7 @@ def test_pre_collection_landsat8_json_mtl_gives_toa(tmp_path):
     out = tmp_path / "l8.tif"
     progress = NullProgress()
     harmonize_scene(folder / "LC80460282016177LGN00_MTL.json", out,
-                    reference_grid=folder / "tiny_LC80460282016177LGN00_B3.TIF", brdf=False, progress=progress)
+                    TargetGrid(reference=folder / "tiny_LC80460282016177LGN00_B3.TIF"), brdf=False, progress=progress)
     assert any("Bands not found" in w and "coastal" in w for w in progress.warnings)
     names, data, _, _ = _read(out)
     assert names == ["blue", "green", "red"]
@@ -294,7 +295,7 @@ def test_sentinel2_l1c_bands_at_10_20_60_m_on_one_grid(tmp_path):
     folder = shared_file("imagery", "sentinel2_l1c_T33UUU")
     out = tmp_path / "s2l1c.tif"
     progress = NullProgress()
-    result = harmonize_scene(folder, out, resolution_m=20, brdf=False, progress=progress)
+    result = harmonize_scene(folder, out, TargetGrid(resolution_m=20), brdf=False, progress=progress)
     assert result.product.level == "TOA" and result.product.platform == "S2A"
     assert any("QUANTIFICATION_VALUE 10000" in w for w in progress.warnings)
     names, data, _, transform = _read(out)
@@ -401,7 +402,7 @@ def test_cancel_leaves_nothing(imagery_scene, tmp_path):
 
     target = tmp_path / "cancelled.tif"
     with pytest.raises(ForestCarbonError, match="Cancelled"):
-        harmonize_scene(out / manifest["sentinel2"]["product"], target, resolution_m=10, block_size=16,
+        harmonize_scene(out / manifest["sentinel2"]["product"], target, TargetGrid(resolution_m=10), block_size=16,
                         progress=CancelAfterFirst())
     assert not target.exists() and not list(tmp_path.iterdir())
 

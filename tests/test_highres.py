@@ -9,8 +9,16 @@ import pytest
 import rasterio
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
-from forest_carbon_plugin.core.imagery.highres import harmonize_highres, huber, irmad, rank_invariant, theil_sen
+from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
+from forest_carbon_plugin.core.imagery.highres import (
+    IRMAD,
+    TheilSen,
+    harmonize_highres,
+    huber,
+    irmad,
+    rank_invariant,
+    theil_sen,
+)
 from forest_carbon_plugin.core.progress import NullProgress
 
 
@@ -46,7 +54,7 @@ def reference(imagery_scene, tmp_path_factory):
     """Sentinel-2 harmonized at 20 m: 10 and 20 m bands aggregate exactly onto it."""
     out, manifest = imagery_scene
     path = tmp_path_factory.mktemp("reference") / "s2_20m.tif"
-    harmonize_scene(out / manifest["sentinel2"]["product"], path, resolution_m=20)
+    harmonize_scene(out / manifest["sentinel2"]["product"], path, TargetGrid(resolution_m=20))
     return path
 
 
@@ -80,7 +88,7 @@ def test_irmad_and_theil_sen_options(imagery_scene, reference, tmp_path):
     out, manifest = imagery_scene
     progress = NullProgress()
     result = harmonize_highres(out / manifest["naip"]["file"], reference, tmp_path / "n.tif",
-                               pif_method="irmad", regression="theil-sen", progress=progress)
+                               pif_method=IRMAD(), regression=TheilSen(), progress=progress)
     truth = manifest["truth"]["naip_gain"]
     assert len(result.fits) == len(truth) == 4  # zip below must not stop short
     for fit, gain in zip(result.fits, truth):

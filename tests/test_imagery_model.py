@@ -50,7 +50,7 @@ def _model(path):
 
 
 def test_model_harmonizes_two_scenes_and_composites_them(imagery_scene, qgis_config, qgis_processing, tmp_path):
-    from forest_carbon_plugin.core.imagery.harmonize import harmonize_scene
+    from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
 
     out, manifest = imagery_scene
     path = tmp_path / "chain.model3"
@@ -63,7 +63,7 @@ def test_model_harmonizes_two_scenes_and_composites_them(imagery_scene, qgis_con
     # the same two steps with the core, and the median of two observations is their mean
     s2, l8 = tmp_path / "s2.tif", tmp_path / "l8.tif"
     harmonize_scene(out / manifest["sentinel2"]["product"], s2)
-    harmonize_scene(out / manifest["landsat"]["product"], l8, reference_grid=s2)
+    harmonize_scene(out / manifest["landsat"]["product"], l8, TargetGrid(reference=s2))
     with rasterio.open(target) as src, rasterio.open(s2) as a, rasterio.open(l8) as b:
         names = list(src.descriptions)
         assert names == ["coastal", "blue", "green", "red", "nir", "swir1", "swir2", "valid_count"]

@@ -8,7 +8,7 @@ sensor's grid. Crown fraction is the nadir interception probability of the crown
 direction; terrain modulates the direct part by cos(i)/cos(θs). The spectra are defined
 in OLI bands at the reference geometry (nadir view, sun at ``reference_sun_zenith_deg``).
 
-The sensors differ as real ones do (shared/notes/harmonization.md):
+The sensors differ as real ones do (HLS v2.0 User Guide; Claverie et al. 2018, RSE 219:145-161):
 * both see the surface through the Ross-Thick/Li-Sparse BRDF with HLS's fixed coefficients
   (Roy et al. 2016) at their own sun and view angles;
 * Sentinel-2 MSI values are the OLI values passed through the inverse of HLS's bandpass

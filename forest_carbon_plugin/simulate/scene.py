@@ -25,7 +25,7 @@ from . import lidar, optical
 from .world import EPSG, SceneConfig, Trees, canopy_at, make_stands, make_terrain, make_trees, rng_for
 
 FIXED_DATE = "2023-07-15T00:00:00Z"  # GeoPackage timestamps: same seed, same bytes
-CARBON_FRACTION = 0.47  # IPCC 2006 default (shared/notes/models_uncertainty_carbon.md)
+CARBON_FRACTION = 0.47  # IPCC 2006 Guidelines, Vol. 4 Ch. 4, Table 4.3 default
 
 
 def simulate_scene(out_dir, config: SceneConfig | None = None, progress: Progress | None = None) -> dict:

@@ -44,7 +44,9 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..raster.blocks import RasterGrid, Readers, overlaps, process_blocks
+from ..raster.grid import RasterGrid
+from ..raster.read import overlaps, Readers
+from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
 from .espa import FMASK_FILL, read_espa_scene
 from .masks import MASKERS
@@ -334,11 +336,11 @@ def composite_scenes(inputs: Sequence, out_path, method=Median(), progress=None,
     record = {"INPUTS": inputs, "METHOD": method.name}
     record.update(parameters or {})
     try:
-        process_blocks(grid, compositor.compute, out_path, count=len(names) + 1, dtype="float32",
-                       nodata=float("nan"), descriptions=names + ["valid_count"],
-                       tags={"COMPOSITE_METHOD": method.name, "SCENE_COUNT": len(scenes)},
-                       provenance=provenance("compositescenes", record, inputs), progress=progress,
-                       max_workers=max_workers, block_size=block_size(len(scenes), len(names)),
+        spec = RasterSpec(count=len(names) + 1, descriptions=(*names, "valid_count"),
+                          tags={"COMPOSITE_METHOD": method.name, "SCENE_COUNT": len(scenes)},
+                          provenance=provenance("compositescenes", record, inputs),
+                          block_size=block_size(len(scenes), len(names)))
+        process_blocks(grid, compositor.compute, out_path, spec, progress=progress, max_workers=max_workers,
                        finish=compositor.finish)
     finally:
         compositor.readers.close()

@@ -8,7 +8,7 @@ single-band files, ``<SCENE_ID>_b3.tif`` (or ``_sr_band3.tif``) and a CFmask fil
 Band numbers are the sensor's: TM/ETM+ (scene ids ``LT4``, ``LT5``, ``LE7``; also
 ``LT04``/``LT05``/``LE07``) b1 blue, b2 green, b3 red, b4 nir, b5 swir1, b7 swir2;
 OLI (``LC8``/``LO8``/``LC08``/``LC09``) b1 coastal, b2 blue, b3 green, b4 red, b5 nir,
-b6 swir1, b7 swir2. Names follow the plugin's convention (shared/notes/harmonization.md §3).
+b6 swir1, b7 swir2. Names follow HLS's common bands, the OLI convention (Claverie et al. 2018).
 Thermal and other bands are left out. The CFmask band is returned as ``fmask`` with
 no-data 255 (the files claim −9999, which a Byte band cannot hold; 255 is CFmask's fill).
 
@@ -29,8 +29,6 @@ OLI_BANDS = {1: "coastal", 2: "blue", 3: "green", 4: "red", 5: "nir", 6: "swir1"
 SR_SCALE = 1e-4
 SR_NODATA = -9999.0
 FMASK_FILL = 255
-#: CFmask classes (Foga et al. 2017): kept when compositing: 0 clear land, 1 water
-FMASK_CLASSES = {0: "clear", 1: "water", 2: "cloud shadow", 3: "snow", 4: "cloud", 255: "fill"}
 
 _BAND_FILE = re.compile(r"_(?:sr_)?b(?:and)?(\d{1,2})\.tiff?$", re.IGNORECASE)
 _LANDSAT_ID = re.compile(r"^L[CTEOM]0?\d", re.IGNORECASE)
@@ -56,9 +54,6 @@ class EspaScene:
     date: _dt.date | None
     bands: tuple[EspaBand, ...]  # reflectance bands, in band-number order
     mask: EspaBand | None  # the CFmask band ("fmask"), if the folder has one
-
-    def all_bands(self) -> tuple[EspaBand, ...]:
-        return self.bands + ((self.mask,) if self.mask is not None else ())
 
 
 def is_espa_folder(path) -> bool:

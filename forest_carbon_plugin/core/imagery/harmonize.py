@@ -31,12 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from . import hls, solar
-from ..raster.blocks import Readers, RasterGrid, same_grid, default_workers, process_blocks
+from ..raster.grid import RasterGrid
+from ..raster.read import Readers, same_grid
+from ..parallel.pool import default_workers
+from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
 from .masks import DEFAULT_MASK, MASKERS, parse_classes, radsat_mask
 from ..outputs import provenance as make_provenance
 from .products import OUTPUT_ORDER, Product, open_product
 from ..progress import NullProgress, Progress, check_cancel
+from ..parallel.cluster import assemble_raster, bands_for, job_folder, write_tile
 from ..parallel.tilemap import current_executor
 
 COEFFICIENTS_VERSION = "HLS v2.0 (bandpass: hls_libs/L8like S2A/S2B/S2C; BRDF: Roy et al. 2016/2017)"
@@ -53,38 +57,90 @@ class HarmonizeResult:
     warnings: list
 
 
-def target_grid(product: Product, target_crs=None, resolution_m: float = 30.0, reference_grid=None) -> RasterGrid:
-    """The output grid: the reference raster's, or the product's footprint in ``target_crs``
-    at ``resolution_m`` with edges snapped to multiples of the resolution."""
+@dataclass(frozen=True)
+class TargetGrid:
+    """The output grid of :func:`harmonize_scene`.
+
+    Parameters
+    ----------
+    crs : optional
+        The output CRS (anything ``rasterio.crs.CRS.from_user_input`` takes); None: the product's.
+    resolution_m : float
+        The pixel size, in the CRS's units (metres for a projected CRS).
+    reference : str or Path, optional
+        A raster whose grid is taken as it is (``crs`` and ``resolution_m`` are then ignored).
+    """
+
+    crs: object = None
+    resolution_m: float = 30.0
+    reference: object = None
+
+    def for_product(self, product: Product) -> RasterGrid:
+        """The reference raster's grid, or the product's footprint in ``crs`` at ``resolution_m`` with
+        edges snapped to multiples of the resolution."""
+        if self.reference:
+            return _reference_grid(self.reference)
+        from rasterio.crs import CRS
+        from rasterio.warp import transform_bounds
+
+        resolution_m = self.resolution_m
+        if resolution_m is None or not resolution_m > 0:
+            raise ForestCarbonError(f"TARGET_RESOLUTION must be greater than 0 (got {resolution_m}).")
+        crs = CRS.from_user_input(self.crs) if self.crs else product.crs
+        bounds = transform_bounds(product.crs, crs, *product.bounds) if crs != product.crs else product.bounds
+        if crs.is_geographic and resolution_m >= 1:
+            raise ForestCarbonError(f"TARGET_RESOLUTION {resolution_m} is in the units of {crs.to_string()}, i.e. "
+                                    "degrees: choose a projected CRS (e.g. UTM) or a resolution in degrees.")
+        return RasterGrid.from_bounds(crs, bounds, resolution_m)
+
+
+def _reference_grid(reference) -> RasterGrid:
     import rasterio
-    from rasterio.crs import CRS
-    from rasterio.warp import transform_bounds
 
-    if reference_grid:
-        try:
-            with rasterio.open(reference_grid) as ref:
-                if ref.crs is None:
-                    raise ForestCarbonError(f"The reference grid '{reference_grid}' has no CRS: assign its CRS "
-                                            "(Raster ▸ Projections ▸ Assign Projection), or leave REFERENCE_GRID "
-                                            "empty and give TARGET_CRS and TARGET_RESOLUTION.")
-                return RasterGrid.of(ref)
-        except rasterio.errors.RasterioIOError as exc:
-            raise ForestCarbonError(f"The reference grid '{reference_grid}' cannot be read: {exc}.") from exc
-    if resolution_m is None or not resolution_m > 0:
-        raise ForestCarbonError(f"TARGET_RESOLUTION must be greater than 0 (got {resolution_m}).")
-    crs = CRS.from_user_input(target_crs) if target_crs else product.crs
-    bounds = transform_bounds(product.crs, crs, *product.bounds) if crs != product.crs else product.bounds
-    if crs.is_geographic and resolution_m >= 1:
-        raise ForestCarbonError(f"TARGET_RESOLUTION {resolution_m} is in the units of {crs.to_string()}, i.e. "
-                                "degrees: choose a projected CRS (e.g. UTM) or a resolution in degrees.")
-    return RasterGrid.from_bounds(crs, bounds, resolution_m)
+    try:
+        with rasterio.open(reference) as ref:
+            if ref.crs is None:
+                raise ForestCarbonError(f"The reference grid '{reference}' has no CRS: assign its CRS "
+                                        "(Raster ▸ Projections ▸ Assign Projection), or leave REFERENCE_GRID "
+                                        "empty and give TARGET_CRS and TARGET_RESOLUTION.")
+            return RasterGrid.of(ref)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ForestCarbonError(f"The reference grid '{reference}' cannot be read: {exc}.") from exc
 
 
-def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.0, reference_grid=None,
-                    mask_classes=DEFAULT_MASK, mask_dilation: int = 0, brdf: bool = True, bandpass: bool = True,
+def harmonize_scene(source, out_path, target: TargetGrid = TargetGrid(), mask_classes=DEFAULT_MASK,
+                    mask_dilation: int = 0, brdf: bool = True, bandpass: bool = True,
                     progress: Progress | None = None, max_workers: int | None = None,
                     block_size: int = 512) -> HarmonizeResult:
-    """Harmonize the product at ``source`` (folder or metadata file) into ``out_path``."""
+    """Harmonize the product at ``source`` into ``out_path`` as HLS v2.0 does (module docstring).
+
+    Parameters
+    ----------
+    source : str, Path or Product
+        A product folder or metadata file (:func:`.products.open_product`), or an opened product.
+    out_path : str or Path
+        The output float32 Cloud-Optimized GeoTIFF.
+    target : TargetGrid
+        The output grid.
+    mask_classes : sequence of str
+        The classes of :data:`.masks.MASK_CLASSES` to mask (fill is always masked).
+    mask_dilation : int
+        Output pixels by which the mask is dilated.
+    brdf, bandpass : bool
+        Whether to normalize to nadir view (c-factor) and, for MSI, adjust to OLI's bandpasses.
+    progress : Progress, optional
+        Receives progress, messages and cancellation.
+    max_workers : int, optional
+        Worker threads (None: the default); a Dask executor set by the caller takes precedence.
+    block_size : int
+        The side of a block, in output pixels.
+
+    Returns
+    -------
+    HarmonizeResult
+        The output path and bands, the product, the NBAR solar zenith (degrees; None without BRDF),
+        the fraction of valid pixels and the product's warnings.
+    """
     progress = progress or NullProgress()
     product = source if isinstance(source, Product) else open_product(source)
     classes = parse_classes(mask_classes)
@@ -92,25 +148,15 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
         raise ForestCarbonError(f"MASK_DILATION must be 0 or more pixels (got {mask_dilation}).")
     for warning in product.warnings:
         progress.warning(warning)
-    grid = target_grid(product, target_crs, resolution_m, reference_grid)
+    grid = target.for_product(product)
     _check_overlap(product, grid)
     steps = ["reflectance (SR)" if product.level == "SR" else "reflectance (TOA)"]
     if product.qa_path is not None:
         steps.append(f"mask ({product.qa_kind}: {', '.join(classes) or 'fill only'})")
     else:
         progress.warning("The product has no QA layer (QA_PIXEL, SCL or Fmask): clouds are not masked.")
-    nbar_sza = None
-    if brdf:
-        if product.angle_files or product.angle_grids is not None:
-            angle_note = product.angle_source
-        else:
-            angle_note = product.angle_source
-            progress.warning(f"No per-pixel angles in the product: BRDF normalization uses {angle_note}.")
-        lon, lat = product.center_lonlat
-        if abs(lat) > HIGH_LATITUDE_DEG:
-            nbar_sza = float(product.sun_zenith_deg)
-        else:
-            nbar_sza = solar.nbar_solar_zenith_deg(lat, product.acquired, lon)
+    nbar_sza = nbar_solar_zenith(product, progress) if brdf else None
+    if nbar_sza is not None:
         steps.append(f"BRDF c-factor to nadir at solar zenith {nbar_sza:.2f}°")
     do_bandpass = bandpass and product.sensor == "MSI"
     if do_bandpass:
@@ -120,7 +166,7 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
         progress.info("Level-1 input: the output is top-of-atmosphere reflectance (no atmospheric correction).")
     bands = [product.bands[name] for name in OUTPUT_ORDER if name in product.bands]
     plan = _Plan(product, grid, bands, classes, int(mask_dilation), nbar_sza, do_bandpass)
-    params = {"target_crs": str(grid.crs), "resolution_m": grid.res[0], "reference_grid": reference_grid,
+    params = {"target_crs": str(grid.crs), "resolution_m": grid.res[0], "reference_grid": target.reference,
               "mask_classes": list(classes), "mask_dilation": mask_dilation, "brdf": brdf, "bandpass": bandpass}
     record = make_provenance("forestcarbon:harmonizescene", params,
                              inputs=[product.metadata_path or product.bands[bands[0].name].path],
@@ -142,9 +188,10 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
                                                       do_bandpass), out_path, tags, record, band_tags, progress,
                                            block_size)
         else:
-            process_blocks(grid, plan.compute, out_path, len(bands), "float32", float("nan"),
-                           descriptions=[b.name for b in bands], tags=tags, provenance=record, band_tags=band_tags,
-                           progress=progress, max_workers=default_workers(max_workers), block_size=block_size)
+            spec = RasterSpec(count=len(bands), descriptions=tuple(b.name for b in bands), tags=tags,
+                              provenance=record, band_tags=tuple(band_tags), block_size=block_size)
+            process_blocks(grid, plan.compute, out_path, spec, progress=progress,
+                           max_workers=default_workers(max_workers))
     finally:
         plan.readers.close()
     total = grid.width * grid.height
@@ -156,10 +203,20 @@ def harmonize_scene(source, out_path, target_crs=None, resolution_m: float = 30.
                            list(product.warnings))
 
 
+def nbar_solar_zenith(product: Product, progress: Progress) -> float:
+    """HLS v2.0's NBAR solar zenith (degrees) for the product: :func:`.solar.nbar_solar_zenith_deg` at its
+    centre, or the scene's own sun zenith above 81.3° of latitude, where HLS keeps it; warns when BRDF
+    normalization must use scene-mean angles."""
+    if not (product.angle_files or product.angle_grids is not None):
+        progress.warning(f"No per-pixel angles in the product: BRDF normalization uses {product.angle_source}.")
+    lon, lat = product.center_lonlat
+    if abs(lat) > HIGH_LATITUDE_DEG:
+        return float(product.sun_zenith_deg)
+    return solar.nbar_solar_zenith_deg(lat, product.acquired, lon)
+
+
 def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, progress, block_size) -> int:
     """Row bands of whole blocks on the workers (:func:`harmonize_rows`), then one COG; returns the valid pixels."""
-    from ..parallel.cluster import assemble_raster, bands_for, job_folder
-
     product, grid, bands = plan_args[:3]
     sources = [b.path for b in bands] + [p for p in (product.qa_path, product.radsat_path) if p is not None]
     executor.check_visible(sorted({str(p) for p in sources}))
@@ -181,8 +238,6 @@ def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, pr
 def harmonize_rows(plan_args, row0: int, row1: int, block_size: int, folder: str, progress=None):
     """(a tile task, run on a Dask worker) the blocks of rows ``row0``-``row1`` computed as the local path
     computes them, written into ``folder``. Returns (tile path, valid pixels)."""
-    from ..parallel.cluster import write_tile
-
     plan = _Plan(*plan_args)
     grid = plan.grid
     out = np.full((len(plan.bands), row1 - row0, grid.width), np.nan, dtype=np.float32)

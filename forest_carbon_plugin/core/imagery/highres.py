@@ -14,29 +14,34 @@ reference's reflectance with a linear model fitted on pseudo-invariant pixels:
    Theil–Sen (Sen 1968) or Huber's M-estimator (Huber 1964, k = 1.345, IRLS);
 4. the model is applied at the image's native resolution, block by block.
 
-Defaults are the rank method and Huber: on the simulated NAIP/Sentinel-2 pairs they recover
-the true gains and offsets within 2%. IR-MAD's rule (no-change probability > 0.95) keeps at
-best 5% of unchanged pixels, and after reweighting often fewer on near-identical images;
-the fit then falls back to the 30 most stable pixels (with a warning).
+The choices are configured values: :class:`IRMAD` or :class:`RankInvariant` for step 2,
+:class:`TheilSen` or :class:`Huber` for step 3. Defaults are the rank method and Huber: on
+the simulated NAIP/Sentinel-2 pairs they recover the true gains and offsets within 2%.
+IR-MAD's rule (no-change probability > 0.95) keeps at best 5% of unchanged pixels, and after
+reweighting often fewer on near-identical images; the fit then falls back to the 30 most
+stable pixels (with a warning).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ..raster.blocks import Readers, RasterGrid, default_workers, process_blocks
+from ..raster.grid import RasterGrid
+from ..raster.read import Readers
+from ..parallel.pool import default_workers, thread_map
+from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
 from ..outputs import atomic_output, provenance as make_provenance
 from ..progress import NullProgress, Progress, check_cancel
 
-PIF_METHODS = ("irmad", "rank")
-REGRESSIONS = ("theil-sen", "huber")
 MAX_SAMPLE = 100_000
-NO_CHANGE_PROBABILITY = 0.95
+#: the fewest pixels a line is fitted on
+MIN_PIXELS = 30
 
 
 @dataclass
@@ -52,8 +57,8 @@ class BandFit:
 class HighresResult:
     path: Path
     fits: list
-    pif_method: str
-    regression: str
+    pif_method: object  # IRMAD or RankInvariant
+    regression: object  # TheilSen or Huber
     pairs_sampled: int
 
 
@@ -148,6 +153,81 @@ def huber(x: np.ndarray, y: np.ndarray, k: float = 1.345, max_iter: int = 100) -
     return float(coef[0]), float(coef[1])
 
 
+# --------------------------------------------------------------------------- configured choices
+
+@dataclass(frozen=True)
+class IRMAD:
+    """Pseudo-invariant pixels by IR-MAD (Canty & Nielsen 2008): no-change probability above
+    ``no_change_probability``, or the 30 most stable pixels when fewer pass (with a warning).
+
+    Parameters
+    ----------
+    max_iter : int
+        Reweighting iterations at most.
+    tol : float
+        Stop when no canonical correlation changes by more than this.
+    no_change_probability : float
+        The probability (0-1) above which a pixel is invariant.
+    """
+
+    max_iter: int = 50
+    tol: float = 1e-6
+    no_change_probability: float = 0.95
+    name: ClassVar[str] = "irmad"
+
+    def select(self, x: np.ndarray, y: np.ndarray, progress: Progress) -> np.ndarray:
+        """Boolean mask of the invariant pairs among the n × p arrays ``x`` (image) and ``y`` (reference)."""
+        probability, rho = irmad(x, y, self.max_iter, self.tol)
+        progress.info(f"IR-MAD canonical correlations: {', '.join(f'{r:.4f}' for r in rho)}")
+        invariant = probability > self.no_change_probability
+        if invariant.sum() < MIN_PIXELS:
+            progress.warning(f"Only {int(invariant.sum())} pixels have a no-change probability above "
+                             f"{self.no_change_probability}: the fit uses the {MIN_PIXELS} most stable.")
+            invariant = np.zeros(len(x), bool)
+            invariant[np.argsort(probability)[-MIN_PIXELS:]] = True
+        return invariant
+
+
+@dataclass(frozen=True)
+class RankInvariant:
+    """Pseudo-invariant pixels whose normalized rank differs by at most ``max_rank_difference``
+    (a fraction of the sample) between the images in every band (:func:`rank_invariant`)."""
+
+    max_rank_difference: float = 0.05
+    name: ClassVar[str] = "rank"
+
+    def select(self, x: np.ndarray, y: np.ndarray, progress: Progress) -> np.ndarray:
+        """Boolean mask of the invariant pairs among the n × p arrays ``x`` (image) and ``y`` (reference)."""
+        return rank_invariant(x, y, self.max_rank_difference)
+
+
+@dataclass(frozen=True)
+class TheilSen:
+    """Theil–Sen line (Sen 1968) on at most ``max_points`` pixels, drawn with ``seed``."""
+
+    max_points: int = 3000
+    seed: int = 0
+    name: ClassVar[str] = "theil-sen"
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(gain, offset) of ``y = gain·x + offset``."""
+        return theil_sen(x, y, self.max_points, self.seed)
+
+
+@dataclass(frozen=True)
+class Huber:
+    """Huber's M-estimator (Huber 1964) with tuning constant ``k`` (in robust standard deviations),
+    by at most ``max_iter`` iterations of reweighted least squares."""
+
+    k: float = 1.345
+    max_iter: int = 100
+    name: ClassVar[str] = "huber"
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(gain, offset) of ``y = gain·x + offset``."""
+        return huber(x, y, self.k, self.max_iter)
+
+
 # --------------------------------------------------------------------------- the algorithm
 
 def _band_names(dataset) -> list[str]:
@@ -166,73 +246,129 @@ def match_bands(image_names, reference_names, band_names=None) -> list[tuple[int
     return pairs
 
 
-def harmonize_highres(image, reference, out_path, table_path=None, pif_method: str = "rank",
-                      regression: str = "huber", band_names=None, progress: Progress | None = None,
+@dataclass(frozen=True)
+class _ImagePair:
+    """What the headers of the image and of the reference tell."""
+
+    image_names: list
+    reference_names: list
+    image_grid: RasterGrid
+    reference_grid: RasterGrid
+    image_nodata: float | None
+    image_count: int
+
+
+def harmonize_highres(image, reference, out_path, table_path=None, pif_method=RankInvariant(),
+                      regression=Huber(), band_names=None, progress: Progress | None = None,
                       max_workers: int | None = None, seed: int = 0) -> HighresResult:
-    """Normalize ``image`` to ``reference`` (a harmonized reflectance raster); see the module doc."""
+    """Normalize ``image`` to ``reference`` (a harmonized reflectance raster); see the module doc.
+
+    Parameters
+    ----------
+    image, reference : str or Path
+        The high-resolution image (any radiometry) and the reflectance raster it is mapped onto.
+    out_path : str or Path
+        The normalized image (float32 COG at the image's resolution).
+    table_path : str or Path, optional
+        A CSV of the fits (:func:`write_table`).
+    pif_method : IRMAD or RankInvariant
+        How pseudo-invariant pixels are selected.
+    regression : TheilSen or Huber
+        The robust line fitted per band.
+    band_names : list of str, optional
+        The image's band names in band order, where its descriptions do not name them.
+    progress : Progress, optional
+        Receives progress, messages and cancellation.
+    max_workers : int, optional
+        Worker threads (None: the default).
+    seed : int
+        Seed of the random sample of pixel pairs.
+
+    Returns
+    -------
+    HighresResult
+        The output path, one :class:`BandFit` per band, the methods and the number of pairs sampled.
+    """
+    progress = progress or NullProgress()
+    if not isinstance(pif_method, (IRMAD, RankInvariant)):
+        raise ForestCarbonError(f"Unknown invariant-pixel method {pif_method!r}: use IRMAD() or RankInvariant().")
+    if not isinstance(regression, (TheilSen, Huber)):
+        raise ForestCarbonError(f"Unknown regression {regression!r}: use TheilSen() or Huber().")
+    pair = _open_pair(image, reference)
+    pairs = _matched_bands(pair, band_names, progress)
+    x, y = _sample_pairs(image, reference, pair.image_nodata, pair.reference_grid, pairs, progress, max_workers,
+                         seed)
+    check_cancel(progress)
+    if x.shape[0] < MIN_PIXELS:
+        raise ForestCarbonError(f"Only {x.shape[0]} valid pixels overlap between the image and the reference: "
+                                "they do not cover the same area (or the reference is masked there). Give a "
+                                f"reference that covers the image, with at least {MIN_PIXELS} valid pixels in "
+                                "common.")
+    invariant = pif_method.select(x, y, progress)
+    fits = [fit_band(x[invariant, j], y[invariant, j], name, regression, progress)
+            for j, (_, _, name) in enumerate(pairs)]
+    record = make_provenance("forestcarbon:harmonizehighres",
+                             {"pif_method": pif_method.name, "pif_settings": asdict(pif_method),
+                              "regression": regression.name, "regression_settings": asdict(regression),
+                              "band_names": band_names},
+                             inputs=[image, reference],
+                             fits=[f.__dict__ for f in fits], pairs_sampled=int(x.shape[0]))
+    _apply_fits(image, pair.image_grid, pairs, fits, out_path,
+                tags={"PIF_METHOD": pif_method.name, "REGRESSION": regression.name}, provenance=record,
+                progress=progress, max_workers=max_workers)
+    if table_path:
+        write_table(table_path, fits)
+    return HighresResult(Path(out_path), fits, pif_method, regression, int(x.shape[0]))
+
+
+def _open_pair(image, reference) -> _ImagePair:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    progress = progress or NullProgress()
-    if pif_method not in PIF_METHODS:
-        raise ForestCarbonError(f"Unknown invariant-pixel method '{pif_method}': use one of {', '.join(PIF_METHODS)}.")
-    if regression not in REGRESSIONS:
-        raise ForestCarbonError(f"Unknown regression '{regression}': use one of {', '.join(REGRESSIONS)}.")
     try:
         with rasterio.open(image) as img, rasterio.open(reference) as ref:
             if img.crs is None or ref.crs is None:
-                raise ForestCarbonError("Both the image and the reference need a coordinate reference system: assign the "
-                                        "missing one (Raster ▸ Projections ▸ Assign Projection) and run again.")
-            image_names, reference_names = _band_names(img), _band_names(ref)
-            image_grid, reference_grid = RasterGrid.of(img), RasterGrid.of(ref)
-            image_nodata = img.nodata
-            image_count = img.count
+                raise ForestCarbonError("Both the image and the reference need a coordinate reference system: "
+                                        "assign the missing one (Raster ▸ Projections ▸ Assign Projection) and "
+                                        "run again.")
+            return _ImagePair(_band_names(img), _band_names(ref), RasterGrid.of(img), RasterGrid.of(ref), img.nodata,
+                              img.count)
     except RasterioIOError as exc:
         raise ForestCarbonError(f"Cannot read the input rasters: {exc}.") from exc
-    if band_names is not None and len(band_names) != image_count:
-        raise ForestCarbonError(f"BAND_NAMES names {len(band_names)} bands but the image has {image_count}: give "
-                                f"{image_count} comma-separated names in the image's band order (e.g. "
+
+
+def _matched_bands(pair: _ImagePair, band_names, progress: Progress) -> list[tuple[int, int, str]]:
+    """:func:`match_bands` of the pair, refusing a ``band_names`` of the wrong length or no match at all."""
+    count = pair.image_count
+    if band_names is not None and len(band_names) != count:
+        raise ForestCarbonError(f"BAND_NAMES names {len(band_names)} bands but the image has {count}: give "
+                                f"{count} comma-separated names in the image's band order (e.g. "
                                 "'red,green,blue,nir' for NAIP), or leave it empty to use the band descriptions.")
-    pairs = match_bands(image_names, reference_names, band_names)
+    pairs = match_bands(pair.image_names, pair.reference_names, band_names)
     if not pairs:
         raise ForestCarbonError(
-            f"No band of the image ({', '.join(n or '?' for n in (band_names or image_names))}) matches a band of "
-            f"the reference ({', '.join(reference_names)}). Name the image's bands in BAND_NAMES, e.g. "
+            f"No band of the image ({', '.join(n or '?' for n in (band_names or pair.image_names))}) matches a band "
+            f"of the reference ({', '.join(pair.reference_names)}). Name the image's bands in BAND_NAMES, e.g. "
             "'red,green,blue,nir' for NAIP.")
-    if len(pairs) < image_count:
+    if len(pairs) < count:
         progress.warning(f"Image bands without a reference counterpart are left out: "
-                         f"{image_count - len(pairs)} of {image_count}.")
-    x, y = _sample_pairs(image, reference, image_nodata, reference_grid, pairs, progress, max_workers, seed)
-    check_cancel(progress)
-    if x.shape[0] < 30:
-        raise ForestCarbonError(f"Only {x.shape[0]} valid pixels overlap between the image and the reference: "
-                                "they do not cover the same area (or the reference is masked there). Give a "
-                                "reference that covers the image, with at least 30 valid pixels in common.")
-    if pif_method == "irmad":
-        probability, rho = irmad(x, y)
-        invariant = probability > NO_CHANGE_PROBABILITY
-        progress.info(f"IR-MAD canonical correlations: {', '.join(f'{r:.4f}' for r in rho)}")
-    else:
-        invariant = rank_invariant(x, y)
-    if pif_method == "irmad" and invariant.sum() < 30:
-        progress.warning(f"Only {int(invariant.sum())} pixels have a no-change probability above "
-                         f"{NO_CHANGE_PROBABILITY}: the fit uses the 30 most stable.")
-        invariant = np.zeros(len(x), bool)
-        invariant[np.argsort(probability)[-30:]] = True
-    fits = []
-    for j, (_, _, name) in enumerate(pairs):
-        xi, yi = x[invariant, j], y[invariant, j]
-        gain, offset = theil_sen(xi, yi, seed=seed) if regression == "theil-sen" else huber(xi, yi)
-        resid = yi - (gain * xi + offset)
-        total = np.sum((yi - yi.mean()) ** 2)
-        r2 = float(1 - np.sum(resid ** 2) / total) if total > 0 else float("nan")
-        fits.append(BandFit(name, gain, offset, r2, int(invariant.sum())))
-        progress.info(f"{name}: reference = {gain:.6g}·image + {offset:.6g} (R² {r2:.4f}, "
-                      f"{int(invariant.sum())} invariant pixels)")
-    record = make_provenance("forestcarbon:harmonizehighres",
-                             {"pif_method": pif_method, "regression": regression, "band_names": band_names},
-                             inputs=[image, reference],
-                             fits=[f.__dict__ for f in fits], pairs_sampled=int(x.shape[0]))
+                         f"{count - len(pairs)} of {count}.")
+    return pairs
+
+
+def fit_band(x: np.ndarray, y: np.ndarray, name: str, regression, progress: Progress) -> BandFit:
+    """The ``regression`` line ``y = gain·x + offset`` of one band's invariant pixels, with its R²."""
+    gain, offset = regression.fit(x, y)
+    resid = y - (gain * x + offset)
+    total = np.sum((y - y.mean()) ** 2)
+    r2 = float(1 - np.sum(resid ** 2) / total) if total > 0 else float("nan")
+    progress.info(f"{name}: reference = {gain:.6g}·image + {offset:.6g} (R² {r2:.4f}, {x.size} invariant pixels)")
+    return BandFit(name, gain, offset, r2, int(x.size))
+
+
+def _apply_fits(image, image_grid: RasterGrid, pairs, fits, out_path, tags: dict, provenance: dict,
+                progress: Progress, max_workers: int | None) -> None:
+    """The fitted lines applied to the image's bands at its native resolution, block by block."""
     readers = Readers(image_grid)
 
     def apply(window):
@@ -244,23 +380,17 @@ def harmonize_highres(image, reference, out_path, table_path=None, pif_method: s
         return out
 
     try:
-        process_blocks(image_grid, apply, out_path, len(pairs), "float32", float("nan"),
-                       descriptions=[name for _, _, name in pairs],
-                       band_tags=[{"GAIN": repr(f.gain), "OFFSET": repr(f.offset), "R2": repr(f.r2)} for f in fits],
-                       tags={"PIF_METHOD": pif_method, "REGRESSION": regression}, provenance=record,
-                       progress=progress, max_workers=default_workers(max_workers))
+        spec = RasterSpec(count=len(pairs), descriptions=tuple(name for _, _, name in pairs), tags=tags,
+                          band_tags=tuple({"GAIN": repr(f.gain), "OFFSET": repr(f.offset), "R2": repr(f.r2)}
+                                          for f in fits), provenance=provenance)
+        process_blocks(image_grid, apply, out_path, spec, progress=progress, max_workers=default_workers(max_workers))
     finally:
         readers.close()
-    if table_path:
-        write_table(table_path, fits)
-    return HighresResult(Path(out_path), fits, pif_method, regression, int(x.shape[0]))
 
 
 def _sample_pairs(image, reference, image_nodata, reference_grid, pairs, progress, max_workers, seed):
     """Valid (image aggregated, reference) pixel pairs over the reference grid, at most
     :data:`MAX_SAMPLE` of them (a uniform random sample, kept block by block)."""
-    import concurrent.futures as cf
-
     from rasterio.enums import Resampling
 
     readers = Readers(reference_grid)
@@ -294,10 +424,8 @@ def _sample_pairs(image, reference, image_nodata, reference_grid, pairs, progres
             kept_y.append(np.stack([v.ravel()[chosen] for v in ys], axis=1))
 
     try:
-        with cf.ThreadPoolExecutor(default_workers(max_workers)) as pool:
-            for done, _ in enumerate(pool.map(sample, windows), start=1):
-                progress.set_progress(40.0 * done / len(windows))
-                check_cancel(progress)
+        for done, _ in enumerate(thread_map(sample, windows, default_workers(max_workers), progress), start=1):
+            progress.set_progress(40.0 * done / len(windows))
     finally:
         readers.close()
     return np.concatenate(kept_x), np.concatenate(kept_y)

@@ -1,6 +1,6 @@
 """HLS v2.0 constants and formulas: bandpass adjustment and the c-factor BRDF model.
 
-Sources (summarised with their verification status in shared/notes/harmonization.md):
+Sources:
 
 * Claverie, M. et al. (2018). The Harmonized Landsat and Sentinel-2 surface reflectance
   data set. Remote Sensing of Environment 219:145-161; HLS v2.0 User Guide (LP DAAC).
@@ -32,10 +32,6 @@ BANDPASS_MSI_TO_OLI = {
 #: Common band names (OLI convention) of the MSI bands that have an OLI counterpart.
 MSI_COMMON_NAMES = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B8A": "nir",
                     "B11": "swir1", "B12": "swir2"}
-#: MSI bands without an OLI counterpart (BRDF only, no bandpass step).
-MSI_OTHER_NAMES = {"B05": "re1", "B06": "re2", "B07": "re3", "B08": "nir_broad"}
-#: OLI band number → common name.
-OLI_COMMON_NAMES = {1: "coastal", 2: "blue", 3: "green", 4: "red", 5: "nir", 6: "swir1", 7: "swir2"}
 
 #: c-factor coefficients (f_iso, f_vol, f_geo) by common band name.
 BRDF_COEFFICIENTS = {

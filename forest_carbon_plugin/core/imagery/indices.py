@@ -1,8 +1,8 @@
 """Spectral indices of a multiband raster, block by block.
 
 Bands are found by their descriptions, case-insensitively: the plugin's names (coastal,
-blue, green, red, nir, swir1, swir2, nir_broad, re1, re2, re3; shared/notes/harmonization.md
-§3) or Sentinel-2's zero-padded band names (B01 coastal, B02 blue, B03 green, B04 red,
+blue, green, red, nir, swir1, swir2, nir_broad, re1, re2, re3: HLS's common bands, Claverie et al.
+2018) or Sentinel-2's zero-padded band names (B01 coastal, B02 blue, B03 green, B04 red,
 B05 re1, B06 re2, B07 re3, B08 nir_broad, B8A nir, B11 swir1, B12 swir2). Landsat band
 numbers ("B4", "SR_B4") are not recognised: their meaning changes between TM/ETM+ and OLI.
 ``band_map`` ("red=3,nir=7", 1-based band numbers) overrides or completes the descriptions.
@@ -28,7 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..raster.blocks import RasterGrid, Readers, process_blocks
+from ..raster.grid import RasterGrid
+from ..raster.read import Readers
+from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
 from ..outputs import provenance
 
@@ -190,8 +192,28 @@ def spectral_indices(path, out_path, indices=DEFAULT_INDICES, band_map=None, sca
                      max_workers: int | None = None, parameters: dict | None = None) -> dict:
     """Write the spectral ``indices`` of the raster ``path`` to ``out_path`` (float32 COG).
 
-    ``band_map``: a dict or a "red=3,nir=7" string. ``scale``: None/0 = the GDAL scale/offset.
-    Returns {"indices": [...], "bands": {role: band number}, "scale": ...}.
+    Parameters
+    ----------
+    path : str or Path
+        A multiband raster whose bands are found by description (module docstring) or ``band_map``.
+    out_path : str or Path
+        The output, one band per index.
+    indices : str or sequence of str
+        Index names of :data:`INDICES` ("NDVI,EVI" or a list).
+    band_map : dict or str, optional
+        Band name → 1-based band number, or the same as "red=3,nir=7".
+    scale : float, optional
+        Reflectance = DN × ``scale``; None or 0: each band's GDAL scale/offset.
+    progress, max_workers
+        Progress and cancellation; threads computing blocks (None: the default).
+    parameters : dict, optional
+        More entries for the output's provenance.
+
+    Returns
+    -------
+    dict
+        ``indices``, ``bands`` (name → band number found), ``bands_used`` (index → role → band),
+        ``scale`` (band → (scale, offset)) and ``output``.
     """
     import rasterio
 
@@ -201,75 +223,87 @@ def spectral_indices(path, out_path, indices=DEFAULT_INDICES, band_map=None, sca
     except Exception as exc:  # noqa: BLE001
         raise ForestCarbonError(f"{path} is not a readable raster ({exc}).") from exc
     with src:
-        count = src.count
-        mapping = band_map if isinstance(band_map, dict) else parse_band_map(band_map, count)
+        mapping = band_map if isinstance(band_map, dict) else parse_band_map(band_map, src.count)
         for name, number in mapping.items():
-            if not 1 <= number <= count:
-                raise ForestCarbonError(f"BAND_MAP {name}={number}: the raster has bands 1 to {count}.")
+            if not 1 <= number <= src.count:
+                raise ForestCarbonError(f"BAND_MAP {name}={number}: the raster has bands 1 to {src.count}.")
         bands = find_bands(src.descriptions, mapping)
         needed = {idx: tuple(_band_for(idx, role, bands) for role in INDICES[idx].bands) for idx in names}
-        explicit = scale is not None and scale != 0
-        if explicit and not (scale > 0 and math.isfinite(scale)):
-            raise ForestCarbonError(f"SCALE must be greater than 0 (got {scale}); 0 means automatic.")
-        factors = {}
-        for number in {b for used in needed.values() for b in used}:
-            if explicit:
-                factors[number] = (float(scale), 0.0)
-            else:
-                factors[number] = (float(src.scales[number - 1] or 1.0), float(src.offsets[number - 1] or 0.0))
-        absolute = [idx for idx in names if INDICES[idx].absolute]
-        if absolute and not explicit:
-            red = needed[absolute[0]][1]
-            if factors[red] == (1.0, 0.0):
-                sample = src.read(red, out_shape=(min(src.height, 1024), min(src.width, 1024)), masked=True)
-                values = np.asarray(sample.compressed(), dtype=np.float64)
-                values = values[np.isfinite(values)]
-                if values.size and float(np.median(values)) > SCALED_MEDIAN:
-                    verb = "needs" if len(absolute) == 1 else "need"
-                    raise ForestCarbonError(
-                        f"{', '.join(absolute)} {verb} reflectance between 0 and 1, but the red band (band {red}) "
-                        f"has a median of {np.median(values):g}: the data look like scaled integers and the raster "
-                        "carries no scale factor. Set SCALE (e.g. 0.0001 for values × 10000, 0.001 for × 1000), "
-                        "or ask only for ratio indices (NDVI, GNDVI, NDRE, NBR, NDMI).")
+        factors = band_factors(src, sorted({b for used in needed.values() for b in used}), scale)
+        if not (scale is not None and scale != 0):
+            _check_reflectance(src, names, needed, factors)
         grid = RasterGrid.of(src)
-    readers = Readers(grid)
-    used = sorted(factors)
-
-    def compute(window):
-        values = {}
-        for number in used:
-            arr = readers.read(path, window, number)
-            data = np.asarray(np.ma.getdata(arr), dtype=np.float64)
-            data = data * factors[number][0] + factors[number][1]
-            data[np.ma.getmaskarray(arr)] = np.nan
-            values[number] = data
-        out = np.empty((len(names), int(window.height), int(window.width)), dtype=np.float32)
-        for k, idx in enumerate(names):
-            args = [values[b] for b in needed[idx]]
-            result = INDICES[idx].function(*args)
-            out[k] = np.where(np.isfinite(result), result, np.nan)
-        if not seen["valid"] and np.isfinite(out).any():
-            seen["valid"] = True
-        return out
-
-    seen = {"valid": False}
-
-    def finish():
-        if not seen["valid"]:
-            raise ForestCarbonError(
-                f"No pixel of '{Path(path).name}' gives a valid index: the bands used "
-                f"({', '.join(f'band {b}' for b in used)}) are no-data everywhere, or the index is undefined there "
-                "(e.g. red + nir = 0). Check the input and BAND_MAP; nothing was written.")
-
+    calculator = _IndexCalculator(path, names, needed, factors, Readers(grid))
     roles = {idx: dict(zip(INDICES[idx].bands, needed[idx])) for idx in names}
     record = {"INPUT": str(path), "INDICES": ",".join(names), "BAND_MAP": mapping, "SCALE": scale or 0,
               "bands_used": roles}
     record.update(parameters or {})
     try:
-        process_blocks(grid, compute, out_path, count=len(names), dtype="float32", nodata=float("nan"),
-                       descriptions=names, provenance=provenance("spectralindices", record, [path]),
-                       progress=progress, max_workers=max_workers, finish=finish)
+        spec = RasterSpec(count=len(names), descriptions=tuple(names),
+                          provenance=provenance("spectralindices", record, [path]))
+        process_blocks(grid, calculator.compute, out_path, spec, progress=progress, max_workers=max_workers,
+                       finish=calculator.finish)
     finally:
-        readers.close()
+        calculator.readers.close()
     return {"indices": names, "bands": bands, "bands_used": roles,
-            "scale": {b: factors[b] for b in used}, "output": Path(out_path)}
+            "scale": dict(factors), "output": Path(out_path)}
+
+
+def band_factors(src, numbers, scale=None) -> dict[int, tuple[float, float]]:
+    """(scale, offset) of each band number: ``scale`` and 0 when given, else the band's GDAL scale/offset."""
+    if scale is None or scale == 0:
+        return {n: (float(src.scales[n - 1] or 1.0), float(src.offsets[n - 1] or 0.0)) for n in numbers}
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ForestCarbonError(f"SCALE must be greater than 0 (got {scale}); 0 means automatic.")
+    return {n: (float(scale), 0.0) for n in numbers}
+
+
+def _check_reflectance(src, names, needed, factors) -> None:
+    """Refuses indices that need reflectance in 0-1 (EVI, SAVI, MSAVI) on an unscaled red band whose
+    median (on an overview of at most 1024 × 1024) looks like scaled integers."""
+    absolute = [idx for idx in names if INDICES[idx].absolute]
+    if not absolute:
+        return
+    red = needed[absolute[0]][1]
+    if factors[red] != (1.0, 0.0):
+        return
+    sample = src.read(red, out_shape=(min(src.height, 1024), min(src.width, 1024)), masked=True)
+    values = np.asarray(sample.compressed(), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size and float(np.median(values)) > SCALED_MEDIAN:
+        verb = "needs" if len(absolute) == 1 else "need"
+        raise ForestCarbonError(
+            f"{', '.join(absolute)} {verb} reflectance between 0 and 1, but the red band (band {red}) "
+            f"has a median of {np.median(values):g}: the data look like scaled integers and the raster "
+            "carries no scale factor. Set SCALE (e.g. 0.0001 for values × 10000, 0.001 for × 1000), "
+            "or ask only for ratio indices (NDVI, GNDVI, NDRE, NBR, NDMI).")
+
+
+class _IndexCalculator:
+    """The per-block work of :func:`spectral_indices`; ``compute`` runs in worker threads."""
+
+    def __init__(self, path, names, needed, factors, readers: Readers):
+        self.path, self.names, self.needed, self.factors, self.readers = path, names, needed, factors, readers
+        self.any_valid = False
+
+    def compute(self, window) -> np.ndarray:
+        values = {}
+        for number, (scale, offset) in self.factors.items():
+            arr = self.readers.read(self.path, window, number)
+            data = np.asarray(np.ma.getdata(arr), dtype=np.float64) * scale + offset
+            data[np.ma.getmaskarray(arr)] = np.nan
+            values[number] = data
+        out = np.empty((len(self.names), int(window.height), int(window.width)), dtype=np.float32)
+        for k, idx in enumerate(self.names):
+            result = INDICES[idx].function(*[values[b] for b in self.needed[idx]])
+            out[k] = np.where(np.isfinite(result), result, np.nan)
+        if np.isfinite(out).any():
+            self.any_valid = True
+        return out
+
+    def finish(self) -> None:
+        if not self.any_valid:
+            raise ForestCarbonError(
+                f"No pixel of '{Path(self.path).name}' gives a valid index: the bands used "
+                f"({', '.join(f'band {b}' for b in self.factors)}) are no-data everywhere, or the index is "
+                "undefined there (e.g. red + nir = 0). Check the input and BAND_MAP; nothing was written.")

@@ -1,4 +1,4 @@
-"""Quality masks from the products' own QA layers (shared/notes/harmonization.md §1.4, §2).
+"""Quality masks from the products' own QA layers.
 
 Every source maps onto the same user-facing classes (:data:`MASK_CLASSES`); fill/no-data
 is always masked. ``True`` in a mask means "do not use this pixel".
@@ -11,11 +11,18 @@ is always masked. ``True`` in a mask means "do not use this pixel".
   5 water; 255 fill.
 * CFmask classes (ESPA, Landsat time series): 0 clear, 1 water, 2 shadow, 3 snow, 4 cloud,
   255 fill.
+
+Sources: USGS Landsat 8-9 Collection 2 Level-2 Science Product Guide (LSDS-1619) for QA_PIXEL and
+QA_RADSAT; ESA Sentinel-2 Products Specification Document and the Sen2Cor L2A product definition for
+SCL; the HLS v2.0 User Guide (LP DAAC) for its Fmask byte; Zhu & Woodcock (2012, RSE 118:83-94) and
+Foga et al. (2017, RSE 194:379-390) for the CFmask classes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..errors import ForestCarbonError
 
 MASK_CLASSES = ("cloud", "cloud_shadow", "cirrus", "snow", "water", "saturated")
 DEFAULT_MASK = ("cloud", "cloud_shadow", "cirrus", "saturated")
@@ -79,20 +86,11 @@ MASKERS = {"qa_pixel": qa_pixel_mask, "scl": scl_mask, "fmask": cfmask_mask, "hl
 
 
 def parse_classes(classes) -> tuple[str, ...]:
-    """Mask classes from names or from indices into :data:`MASK_CLASSES`."""
-    from ..errors import ForestCarbonError
-
+    """The mask class names ``classes`` (of :data:`MASK_CLASSES`; case and spaces forgiven), each once."""
     out = []
     for item in classes or ():
-        if isinstance(item, (int, np.integer)) or (isinstance(item, str) and item.strip().isdigit()):
-            index = int(item)
-            if not 0 <= index < len(MASK_CLASSES):
-                raise ForestCarbonError(f"Mask class {index} does not exist: use 0-{len(MASK_CLASSES) - 1} "
-                                        f"({', '.join(MASK_CLASSES)}).")
-            out.append(MASK_CLASSES[index])
-        else:
-            name = str(item).strip().lower().replace(" ", "_")
-            if name not in MASK_CLASSES:
-                raise ForestCarbonError(f"Unknown mask class '{item}': choose from {', '.join(MASK_CLASSES)}.")
-            out.append(name)
+        name = str(item).strip().lower().replace(" ", "_")
+        if name not in MASK_CLASSES:
+            raise ForestCarbonError(f"Unknown mask class '{item}': choose from {', '.join(MASK_CLASSES)}.")
+        out.append(name)
     return tuple(dict.fromkeys(out))

@@ -17,7 +17,9 @@ source for masks, and the sun/view geometry. Supported:
   before processing baseline 04.00). Per-pixel sun and view angles from the tile metadata's
   5 km angle grids.
 
-References and bit tables: shared/notes/harmonization.md.
+References: USGS Landsat 8-9 Collection 2 Level-2 Science Product Guide (LSDS-1619) and Level-1 Data
+Format Control Book (LSDS-1328); ESA Sentinel-2 Products Specification Document (S2-PDGS-TAS-DI-PSD),
+with the radiometric offset of processing baseline 04.00 (ESA, January 2022).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 from . import solar
 from ..errors import ForestCarbonError
+from .espa import is_espa_folder
 
 #: Band order of the harmonized output (OLI common names, then MSI-only bands).
 OUTPUT_ORDER = ("coastal", "blue", "green", "red", "nir", "swir1", "swir2", "re1", "re2", "re3", "nir_broad")
@@ -142,8 +145,6 @@ def product_layout(path) -> str | None:
 
     The one detection behind harmonizescene and compositescenes. Landsat's MTL comes first: a Collection-2
     Level-2 folder also holds ``*_SR_B4.TIF`` files, which look like ESPA's band names to a pattern."""
-    from .espa import is_espa_folder
-
     path = Path(path)
     if path.is_file():
         name = path.name.upper()

@@ -49,7 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..raster.blocks import DEFAULT_BLOCK, Readers, RasterGrid, same_grid, default_workers, process_blocks
+from ..raster.grid import DEFAULT_BLOCK, RasterGrid
+from ..raster.read import Readers, same_grid
+from ..parallel.pool import default_workers
+from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
 from ..outputs import provenance as make_provenance
 from ..progress import NullProgress, Progress
@@ -345,10 +348,10 @@ def sar_features(vv_path, vh_path, out_path, filter: str = "refined_lee", window
                  {"UNITS": "dB", "SOURCE": "VH_dB - VV_dB"}]
     progress.info(f"{grid.width} × {grid.height} pixels; {steps[1]}.")
     try:
-        process_blocks(grid, plan.compute, out_path, len(BANDS), "float32", float("nan"),
-                       descriptions=list(BANDS), tags=tags, provenance=record, band_tags=band_tags,
-                       progress=progress, max_workers=default_workers(max_workers), block_size=block_size,
-                       finish=plan.check_inputs)
+        spec = RasterSpec(count=len(BANDS), descriptions=tuple(BANDS), tags=tags, provenance=record,
+                          band_tags=tuple(band_tags), block_size=block_size)
+        process_blocks(grid, plan.compute, out_path, spec, progress=progress,
+                       max_workers=default_workers(max_workers), finish=plan.check_inputs)
     finally:
         plan.readers.close()
     return Path(out_path)

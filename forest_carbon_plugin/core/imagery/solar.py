@@ -7,7 +7,7 @@
 * NBAR solar zenith θn (HLS v2.0, ``hls_libs/common/mean_solarzen.c``): the mean of the solar
   zeniths at the Landsat-8 and Sentinel-2 overpass times over the tile centre on the
   acquisition day; local overpass time from Li, Zhang & Roy (2019, IEEE TGRS 57(6):3591-3598, Eq. 4):
-  ``t = LTDN − asin(tan(lat)/tan(i))·(180/π)/15`` hours (shared/notes/harmonization.md §1.2).
+  ``t = LTDN − asin(tan(lat)/tan(i))·(180/π)/15`` hours.
 """
 
 from __future__ import annotations

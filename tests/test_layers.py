@@ -87,6 +87,7 @@ class Import:
     in_function: bool
     names: tuple = ()  # the names a `from ... import` takes from `target` (not submodules)
     internal: bool = True
+    typing_only: bool = False  # under `if TYPE_CHECKING:`: never runs, so no cycle; still a dependency
 
 
 def _allowed_lazy(imp: Import) -> bool:
@@ -135,6 +136,7 @@ class _Collector(ast.NodeVisitor):
     def __init__(self, module, path, modules):
         self.module, self.path, self.modules = module, path, modules
         self.depth = 0
+        self.typing_only = False
         self.imports: list[Import] = []
         self.aliases: dict[str, str] = {}  # local name -> package module it is bound to
         self.attribute_uses: list[tuple] = []  # (alias, attribute, line)
@@ -146,10 +148,23 @@ class _Collector(ast.NodeVisitor):
 
     visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function
 
+    def visit_If(self, node):
+        test = node.test
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+                (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            outer, self.typing_only = self.typing_only, True
+            for child in node.body:
+                self.visit(child)
+            self.typing_only = outer
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
     def _add(self, target, line, names=()):
         internal = _deepest_module(target, self.modules)
         self.imports.append(Import(self.module, internal or target, self.path, line, self.depth > 0,
-                                   tuple(names), internal is not None))
+                                   tuple(names), internal is not None, self.typing_only))
 
     def visit_Import(self, node):
         for alias in node.names:
@@ -210,7 +225,7 @@ def find_cycles(imports: list[Import]) -> list[list[str]]:
     """The import cycles among the package's modules: one cycle per strongly connected component."""
     graph: dict[str, set] = {}
     for imp in imports:
-        if imp.internal and imp.target != imp.importer and not _allowed_lazy(imp):
+        if imp.internal and imp.target != imp.importer and not _allowed_lazy(imp) and not imp.typing_only:
             graph.setdefault(imp.importer, set()).add(imp.target)
             graph.setdefault(imp.target, set())
     index, low, stack, on_stack, components = {}, {}, [], set(), []
@@ -399,6 +414,10 @@ def test_a_cycle_is_caught_even_through_a_function_level_import(tmp_path):
     files["forest_carbon_plugin/core/lidar/metrics.py"] = "from . import normalize\n"
     files["forest_carbon_plugin/core/lidar/normalize.py"] = "from .tin import x\n"
     files["forest_carbon_plugin/core/lidar/tin.py"] = "def f():\n    from .metrics import y\n"
+    # an import only for type checkers never runs: no cycle through chm
+    files["forest_carbon_plugin/core/lidar/chm.py"] += ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                        "    from .metrics import Cell\n")
+    files["forest_carbon_plugin/core/lidar/metrics.py"] += "from . import chm\n"
     cycles = check(_package(tmp_path, files))["cycles"]
     assert len(cycles) == 1, cycles
     assert ("forest_carbon_plugin.core.lidar.metrics -> forest_carbon_plugin.core.lidar.normalize -> "

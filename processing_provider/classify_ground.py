@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterNumber,
 )
 
-from forest_carbon_plugin.core.lidar.ground import CSF, SMRF, classify_ground
+from forest_carbon_plugin.core.lidar.ground import CSF, MAX_WINDOW_M, SMRF, classify_ground
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import NumberType
@@ -72,9 +73,21 @@ class ClassifyGroundAlgorithm(ForestCarbonAlgorithm):
         for name, _, default, field in table:
             values[field] = (self.parameterAsInt if isinstance(default, int) else self.parameterAsDouble)(
                 parameters, name, context)
-        crs = self.crs_wkt(parameters, context, self.CRS)
-        record = {"INPUT": source, "METHOD": method, **{k.upper(): v for k, v in values.items()}}
-        result = self.call_core(classify_ground, source, output, method, cls(**values),
-                                crs, FeedbackProgress(feedback), record, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
+        self._check(method, values)
+        result = self.call_core(classify_ground, source, output, cls(**values), crs=self.crs_wkt(parameters, context),
+                                max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context),
+                                progress=FeedbackProgress(feedback))
         feedback.pushInfo(f"{result['ground']:,} of {result['points']:,} points classified as ground.")
         return {self.OUTPUT: output}
+
+    @staticmethod
+    def _check(method: str, values: dict) -> None:
+        """The core's limits on WINDOW and RIGIDNESS, said with the parameters' names."""
+        if method == "smrf" and values["window_m"] > MAX_WINDOW_M:
+            raise QgsProcessingException(
+                f"WINDOW {values['window_m']:g} m is larger than any object SMRF must remove (the window is the size "
+                f"of the largest building or tree crown; 18 m by default, rarely above 50 m): give at most "
+                f"{MAX_WINDOW_M:g} m.")
+        if method == "csf" and values["rigidness"] not in (1, 2, 3):
+            raise QgsProcessingException(f"RIGIDNESS must be 1, 2 or 3 (got {values['rigidness']:g}): 1 for steep "
+                                         "slopes, 2 for terraces and gentle slopes, 3 for flat terrain, as in CSF.")

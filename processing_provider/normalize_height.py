@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingParameterRasterDestination,
 )
 
@@ -53,9 +54,12 @@ class NormalizeHeightAlgorithm(ForestCarbonAlgorithm):
         dtm = self.parameterAsOutputLayer(parameters, self.OUTPUT_DTM, context) or None
         res = self.parameterAsDouble(parameters, self.DTM_RESOLUTION, context)
         crs = self.crs_wkt(parameters, context, self.CRS)
+        if dtm and not res > 0:
+            raise QgsProcessingException(f"DTM_RESOLUTION must be positive (got {res}).")
         record = {"INPUT": source, "DTM_RESOLUTION": res}
-        result = self.call_core(normalize_height, source, output, dtm, res, crs,
-                                FeedbackProgress(feedback), record, max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
+        result = self.call_core(normalize_height, source, output, dtm, dtm_res_m=res, crs=crs,
+                                progress=FeedbackProgress(feedback), parameters=record,
+                                max_workers=self.parameterAsInt(parameters, "MAX_WORKERS", context))
         feedback.pushInfo(f"{result['points']:,} points from {result['tiles']} file(s) normalized.")
         outputs = {self.OUTPUT: output}
         if dtm:

@@ -107,6 +107,9 @@ class PlotMetricsAlgorithm(ForestCarbonAlgorithm):
                         "do not fit the plot layer's CRS. Set the layer's correct CRS (Layer Properties ▸ Source) "
                         "and run again.")) from exc
             if geometry.type() == GeometryType.Point:
+                if not radius > 0:
+                    raise QgsProcessingException(f"The plot radius must be greater than 0 m (got {radius}): set "
+                                                 "RADIUS for point plots.")
                 point = geometry.asPoint() if not geometry.isMultipart() else geometry.asMultiPoint()[0]
                 shapes.append(Plot(centre=(point.x(), point.y()), radius_m=radius))
             elif geometry.type() != GeometryType.Polygon:

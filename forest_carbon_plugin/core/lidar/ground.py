@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dependencies import require
+from ..errors import ForestCarbonError
+from ..outputs import atomic_output
+from ..parallel.tilemap import map_tiles
+from ..progress import NullProgress, Progress
 from ..raster.grid import Grid
+from .catalog import LasWriter, buffered_points, open_catalog, read_las
 
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -28,6 +34,22 @@ _SQUARE = np.ones((3, 3), dtype=bool)
 
 @dataclass(frozen=True)
 class SMRF:
+    """The simple morphological filter (Pingel et al. 2013) with PDAL's defaults.
+
+    Parameters
+    ----------
+    cell_m : float
+        Cell size (m) of the minimum surface.
+    slope : float
+        Terrain slope (rise over run) that still counts as ground.
+    window_m : float
+        Largest opening window (m): the size of the largest object to remove.
+    threshold_m : float
+        Elevation threshold (m) above the provisional terrain.
+    scalar : float
+        Threshold added per unit of local slope.
+    """
+
     cell_m: float = 1.0
     slope: float = 0.15
     window_m: float = 18.0
@@ -37,6 +59,22 @@ class SMRF:
 
 @dataclass(frozen=True)
 class CSF:
+    """Cloth simulation (Zhang et al. 2016) with RCSF's / lidR's defaults.
+
+    Parameters
+    ----------
+    cloth_resolution_m : float
+        Distance (m) between cloth particles.
+    rigidness : int
+        1 for steep slopes, 2 for terraces and gentle slopes, 3 for flat terrain.
+    iterations : int
+        Most simulation steps.
+    time_step : float
+        Simulation time step.
+    class_threshold_m : float
+        Points within this distance (m) of the cloth are ground.
+    """
+
     cloth_resolution_m: float = 0.5
     rigidness: int = 1
     iterations: int = 500
@@ -156,54 +194,73 @@ def csf_ground(x, y, z, params: CSF = CSF()) -> np.ndarray:
     return np.abs(inverted - cloth) <= params.class_threshold_m
 
 
-def _ground_task(catalog, i, buffer, method, params):
+def _ground_task(catalog, i, buffer, method):
     """Ground flags of tile ``i``'s own points, filtered with its neighbours' points around it."""
-    from .catalog import buffered_points
-
     pts, mine = buffered_points(catalog, i, buffer, ("x", "y", "z", "return_number", "number_of_returns"))
-    ground = smrf_ground(pts["x"], pts["y"], pts["z"], params) if method == "smrf" \
-        else csf_ground(pts["x"], pts["y"], pts["z"], params)
+    ground = smrf_ground(pts["x"], pts["y"], pts["z"], method) if isinstance(method, SMRF) \
+        else csf_ground(pts["x"], pts["y"], pts["z"], method)
     last = pts["return_number"] >= pts["number_of_returns"]
     return (ground & last)[mine]
 
 
-def classify_ground(source, output, method: str = "smrf", params=None, crs: str | None = None,
-                    progress=None, parameters: dict | None = None, max_workers: int = 1) -> dict:
+def check_ground_method(method: SMRF | CSF) -> None:
+    """Refuse settings SMRF or CSF cannot run with, naming the field."""
+    if not isinstance(method, (SMRF, CSF)):
+        raise ForestCarbonError(f"method must be SMRF(...) or CSF(...) (got {method!r}).")
+    numbers = {k: v for k, v in method.__dict__.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    bad = ", ".join(f"{k} = {v:g}" for k, v in numbers.items() if v <= 0)
+    if bad:
+        raise ForestCarbonError(f"Every {type(method).__name__} parameter must be positive ({bad}): give values "
+                                f"above 0 (the defaults are {type(method)()}).")
+    if isinstance(method, SMRF) and method.window_m > MAX_WINDOW_M:
+        raise ForestCarbonError(
+            f"window_m {method.window_m:g} m is larger than any object SMRF must remove (the window is the size of "
+            f"the largest building or tree crown; 18 m by default, rarely above 50 m): give at most {MAX_WINDOW_M:g} m.")
+    if isinstance(method, CSF) and method.rigidness not in (1, 2, 3):
+        raise ForestCarbonError(f"rigidness must be 1, 2 or 3 (got {method.rigidness:g}): 1 for steep slopes, 2 for "
+                                "terraces and gentle slopes, 3 for flat terrain, as in CSF.")
+
+
+def classify_ground(source, output, method: SMRF | CSF = SMRF(), crs: str | None = None, max_workers: int = 1,
+                    progress: Progress | None = None) -> dict:
     """Write ``output`` (LAS/LAZ) with ground returns in class 2; every other attribute is kept.
 
     Only last returns can be ground (lidR's ``last_returns = TRUE``). Former class-2 points
     that are not ground become class 1. Tiles of a catalog are filtered with a buffer of
     their neighbours' points (the filter window plus 10 m), so edges match a merged file.
-    """
-    from .catalog import LasWriter, open_catalog, read_las
-    from ..dependencies import require
-    from ..errors import ForestCarbonError
-    from ..outputs import atomic_output
-    from ..progress import NullProgress
-    from ..parallel.tilemap import map_tiles
 
+    Parameters
+    ----------
+    source : str or Path
+        A LAS/LAZ file, a .vpc or a folder of tiles.
+    output : str or Path
+        The LAS/LAZ file to write (the tiles one after the other).
+    method : SMRF or CSF
+        The filter and its settings.
+    crs : str, optional
+        The CRS to assume when the files have none.
+    max_workers : int
+        Tiles filtered in parallel worker processes.
+    progress : Progress, optional
+        Progress and cancel.
+
+    Returns
+    -------
+    dict
+        ``points`` written, ``ground`` points, ``tiles`` read.
+
+    References
+    ----------
+    Pingel, Clarke & McBride (2013), ISPRS J. Photogramm. Remote Sens. 77:21-30 (SMRF); Zhang et al.
+    (2016), Remote Sensing 8(6):501 (CSF).
+    """
     laspy = require("laspy", "lazrs")[0]
     progress = progress or NullProgress()
-    if method not in ("smrf", "csf"):
-        raise ForestCarbonError(f"METHOD must be SMRF or CSF (got {method!r}).")
-    params = params or (SMRF() if method == "smrf" else CSF())
-    values = [v for v in params.__dict__.values()]
-    if any(v <= 0 for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)):
-        bad = ", ".join(f"{k} = {v:g}" for k, v in params.__dict__.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0)
-        raise ForestCarbonError(f"Every {method.upper()} parameter must be positive ({bad}): give values above 0 "
-                                f"(the defaults are {type(params)()}).")
-    if method == "smrf" and params.window_m > MAX_WINDOW_M:
-        raise ForestCarbonError(
-            f"WINDOW {params.window_m:g} m is larger than any object SMRF must remove (the window is the size of the "
-            f"largest building or tree crown; 18 m by default, rarely above 50 m): give at most {MAX_WINDOW_M:g} m.")
-    if method == "csf" and params.rigidness not in (1, 2, 3):
-        raise ForestCarbonError(f"RIGIDNESS must be 1, 2 or 3 (got {params.rigidness:g}): 1 for steep slopes, 2 for "
-                                "terraces and gentle slopes, 3 for flat terrain, as in CSF.")
+    check_ground_method(method)
     catalog = open_catalog(source, crs)
-    buffer = (params.window_m if method == "smrf" else 5.0) + 10.0
+    buffer = (method.window_m if isinstance(method, SMRF) else 5.0) + 10.0
     total = ground_total = 0
-    args = [(catalog, i, buffer, method, params) for i in range(len(catalog.tiles))]
+    args = [(catalog, i, buffer, method) for i in range(len(catalog.tiles))]
     with atomic_output(output) as tmp, LasWriter(laspy, tmp) as writer, \
             contextlib.closing(map_tiles(_ground_task, args, max_workers, progress, share=100.0)) as flags:
         for i, ground in enumerate(flags):

@@ -1,7 +1,8 @@
 """Height normalization and terrain models from ground returns, as lidR's ``tin()``.
 
 lidR 4.3.2 ``normalize_height(las, tin(), use_class = c(2L, 9L))`` and
-``rasterize_terrain(las, res, tin())`` (shared/notes/lidar_metrics.md §3.2): a Delaunay
+``rasterize_terrain(las, res, tin())`` (Roussel et al. 2020, Remote Sensing of Environment
+251:112061; lidR's ``R/algorithm-spi.R``): a Delaunay
 triangulation of the ground and water returns, linear interpolation inside the hull, and
 inverse-distance weighting of the 3 nearest ground returns (power 1, within 50 m) outside
 it (lidR's ``tin(extrapolate = knnidw(3, 1, 50))``). Ground returns get a height of exactly 0.
@@ -268,14 +269,43 @@ def _ground_under(surface, x, y, progress, chunk: int = 16384) -> np.ndarray:
     return out
 
 
-def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs: str | None = None,
+def normalize_height(source, output, output_dtm=None, dtm_res_m: float = 1.0, crs: str | None = None,
                      progress: Progress | None = None, parameters: dict | None = None,
                      max_workers: int = 1) -> dict:
-    """Write a LAZ with heights above ground (and the original Z in the extra dimension ``Zref``)."""
+    """Write a LAZ with heights above ground (and the original Z in the extra dimension ``Zref``).
+
+    Parameters
+    ----------
+    source : str or Path
+        A LAS/LAZ file, a .vpc or a folder of tiles (one point format).
+    output : str or Path
+        The LAS/LAZ to write (the tiles one after the other).
+    output_dtm : str or Path, optional
+        A GeoTIFF of the ground TIN at ``dtm_res_m``.
+    dtm_res_m : float
+        Cell size (m) of the terrain model; its grid is snapped to multiples of it.
+    crs : str, optional
+        The CRS to assume when the files have none.
+    progress : Progress, optional
+        Progress and cancel.
+    parameters : dict, optional
+        The parameters recorded in the terrain model's provenance.
+    max_workers : int
+        Ground TINs built in parallel worker processes.
+
+    Returns
+    -------
+    dict
+        ``points`` written and ``tiles`` read.
+
+    References
+    ----------
+    Roussel et al. (2020) lidR, Remote Sensing of Environment 251:112061 (``normalize_height``, ``tin()``).
+    """
     laspy = require("laspy", "lazrs")[0]
     progress = progress or NullProgress()
-    if output_dtm is not None and not dtm_res > 0:
-        raise ForestCarbonError(f"DTM_RESOLUTION must be positive (got {dtm_res}).")
+    if output_dtm is not None and not dtm_res_m > 0:
+        raise ForestCarbonError(f"dtm_res_m must be positive (got {dtm_res_m}).")
     catalog = open_catalog(source, crs)
     formats = set()
     for t in catalog.tiles:
@@ -283,10 +313,10 @@ def normalize_height(source, output, output_dtm=None, dtm_res: float = 1.0, crs:
             formats.add((r.header.point_format.id, str(r.header.version)))
     if len(formats) > 1:
         raise ForestCarbonError(f"The tiles mix point formats {sorted(formats)}: convert them to one format first.")
-    grid = Grid.covering(*catalog.bounds, dtm_res) if output_dtm is not None else None
+    grid = Grid.covering(*catalog.bounds, dtm_res_m) if output_dtm is not None else None
     dtm = np.full(grid.shape, np.nan) if grid is not None else None
     owner = cell_owner(catalog, grid) if grid is not None else None
-    record = make_provenance("forestcarbon:normalizeheight", parameters or {"DTM_RESOLUTION": dtm_res},
+    record = make_provenance("forestcarbon:normalizeheight", parameters or {"dtm_res_m": dtm_res_m},
                              inputs=[t.path for t in catalog.tiles])
     total = 0
     args = [(catalog, i) for i in range(len(catalog.tiles))]

@@ -132,13 +132,41 @@ class PlotMetricsResult:
 
 def plot_metrics(source, plots: list, height_break: float = 2.0, normalize: str = "auto", crs: str | None = None,
                  progress: Progress | None = None, max_workers: int = 1) -> PlotMetricsResult:
-    """Metrics of the points inside each plot (in the cloud's CRS); tiles in ``max_workers`` processes."""
+    """Metrics of the points inside each plot, as lidR's ``plot_metrics(las, ~stdmetrics_z(Z), plots)``.
+
+    Parameters
+    ----------
+    source : str or Path
+        A LAS/LAZ file, a .vpc or a folder of tiles.
+    plots : list of Plot or None
+        The plots, in the cloud's CRS (None: a feature without geometry).
+    height_break : float
+        Height (m) above which returns count for ``cover`` and ``pzabove``.
+    normalize : {"auto", "always", "never"}
+        What to do to Z, per tile (see :data:`.normalize.NORMALIZE_MODES`).
+    crs : str, optional
+        The CRS to assume when the files have none.
+    progress : Progress, optional
+        Progress, cancel and the warning about empty plots.
+    max_workers : int
+        Tiles read in parallel worker processes.
+
+    Returns
+    -------
+    PlotMetricsResult
+        Metric names (canopymetrics' bands without intensity), a (plots, metrics) array, the empty
+        plots and the warnings.
+
+    References
+    ----------
+    Roussel et al. (2020) lidR, Remote Sensing of Environment 251:112061; McGaughey (2021) FUSION/LDV
+    manual (cover).
+    """
     progress = progress or NullProgress()
     check_normalize_mode(normalize)
-    for plot in plots:
+    for k, plot in enumerate(plots):
         if plot is not None and plot.centre is not None and not (plot.radius_m and plot.radius_m > 0):
-            raise ForestCarbonError(f"The plot radius must be greater than 0 m (got {plot.radius_m}): set RADIUS "
-                                    "for point plots.")
+            raise ForestCarbonError(f"Plot {k}: radius_m must be greater than 0 (got {plot.radius_m}).")
     catalog = open_catalog(source, crs)
     names = metric_names(False)
     boxes = [plot.bounds if plot is not None else None for plot in plots]

@@ -226,12 +226,24 @@ def write_sentinel2(config: SceneConfig, surface: SurfaceModel, out_dir: Path, p
 
 
 def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
+    """MTD_MSIL2A.xml and the granule's MTD_TL.xml, with the elements the ESA Sentinel-2 Products
+    Specification Document defines and the plugin reads."""
+    product = _s2_product_xml(granule, date, stamp)
+    tile = _s2_tile_xml(config, date, stamp)
+    for path, text in ((safe / "MTD_MSIL2A.xml", product), (granule / "MTD_TL.xml", tile)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path, "w") as handle:
+            handle.write(text)
+
+
+def _s2_product_xml(granule: Path, date, stamp) -> str:
+    """The product metadata: start time, baseline, unit, granule files, quantification and offsets."""
     physical = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
     offsets = "\n".join(f'          <BOA_ADD_OFFSET band_id="{i}">{S2_BOA_ADD_OFFSET}</BOA_ADD_OFFSET>'
                         for i in range(len(physical)))
     images = "\n".join(f"            <IMAGE_FILE>GRANULE/{granule.name}/IMG_DATA/R{res}m/T33UUU_{stamp}_{b}_{res}m</IMAGE_FILE>"
                        for b, (_, res) in S2_BANDS.items())
-    product = f"""<?xml version="1.0" encoding="UTF-8"?>
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
 <n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">
   <n1:General_Info>
     <Product_Info>
@@ -267,6 +279,10 @@ def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
   </n1:General_Info>
 </n1:Level-2A_User_Product>
 """
+
+
+def _s2_tile_xml(config, date, stamp) -> str:
+    """The tile metadata: sensing time, geocoding and the (constant) sun and view angle grids."""
     sza, saa = config.s2_sun_zenith_deg, config.s2_sun_azimuth_deg
     vza, vaa = config.s2_view_zenith_deg, config.s2_view_azimuth_deg
     sizes = "\n".join(
@@ -279,24 +295,12 @@ def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
         f'          <Mean_Viewing_Incidence_Angle bandId="{i}"><ZENITH_ANGLE unit="deg">{vza}</ZENITH_ANGLE>'
         f'<AZIMUTH_ANGLE unit="deg">{vaa}</AZIMUTH_ANGLE></Mean_Viewing_Incidence_Angle>' for i in range(13))
     n_nodes = int(math.ceil(config.size / 5000)) + 1  # the 5 km angle grids cover the tile
-
-    def grid(value):
-        row = " ".join(f"{value}" for _ in range(n_nodes))
-        return "\n".join(f"              <VALUES>{row}</VALUES>" for _ in range(n_nodes))
-
-    def angle_block(tag, zenith, azimuth, attrs=""):
-        return (f"        <{tag}{attrs}>\n"
-                f"          <Zenith><COL_STEP unit=\"m\">5000</COL_STEP><ROW_STEP unit=\"m\">5000</ROW_STEP>\n"
-                f"            <Values_List>\n{grid(zenith)}\n            </Values_List></Zenith>\n"
-                f"          <Azimuth><COL_STEP unit=\"m\">5000</COL_STEP><ROW_STEP unit=\"m\">5000</ROW_STEP>\n"
-                f"            <Values_List>\n{grid(azimuth)}\n            </Values_List></Azimuth>\n"
-                f"        </{tag}>")
-
     # the simulated geometry is constant over the scene, and so are its grids
-    sun_grid = angle_block("Sun_Angles_Grid", sza, saa)
-    view_grids = "\n".join(angle_block("Viewing_Incidence_Angles_Grids", vza, vaa, f' bandId="{i}" detectorId="1"')
+    sun_grid = _s2_angle_block("Sun_Angles_Grid", sza, saa, n_nodes)
+    view_grids = "\n".join(_s2_angle_block("Viewing_Incidence_Angles_Grids", vza, vaa, n_nodes,
+                                            f' bandId="{i}" detectorId="1"')
                            for i in range(13))
-    tile = f"""<?xml version="1.0" encoding="UTF-8"?>
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
 <n1:Level-2A_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-2A_Tile_Metadata.xsd">
   <n1:General_Info>
     <TILE_ID>S2A_OPER_MSI_L2A_TL_SIMULATED_{stamp}_A042000_T33UUU_N05.09</TILE_ID>
@@ -323,10 +327,20 @@ def _write_s2_metadata(config, safe: Path, granule: Path, date, stamp):
   </n1:Geometric_Info>
 </n1:Level-2A_Tile_ID>
 """
-    for path, text in ((safe / "MTD_MSIL2A.xml", product), (granule / "MTD_TL.xml", tile)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path, "w") as handle:
-            handle.write(text)
+
+
+def _s2_angle_block(tag: str, zenith, azimuth, n_nodes: int, attrs: str = "") -> str:
+    """One angle grid element: zenith and azimuth values on ``n_nodes`` × ``n_nodes`` nodes 5 km apart."""
+    def grid(value):
+        row = " ".join(f"{value}" for _ in range(n_nodes))
+        return "\n".join(f"              <VALUES>{row}</VALUES>" for _ in range(n_nodes))
+
+    return (f"        <{tag}{attrs}>\n"
+            f"          <Zenith><COL_STEP unit=\"m\">5000</COL_STEP><ROW_STEP unit=\"m\">5000</ROW_STEP>\n"
+            f"            <Values_List>\n{grid(zenith)}\n            </Values_List></Zenith>\n"
+            f"          <Azimuth><COL_STEP unit=\"m\">5000</COL_STEP><ROW_STEP unit=\"m\">5000</ROW_STEP>\n"
+            f"            <Values_List>\n{grid(azimuth)}\n            </Values_List></Azimuth>\n"
+            f"        </{tag}>")
 
 
 def write_landsat(config: SceneConfig, surface: SurfaceModel, out_dir: Path, provenance: dict) -> dict:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +61,24 @@ def simulate_scene(out_dir, config: SceneConfig | None = None, progress: Progres
     return manifest
 
 
+@dataclass
+class _Truth:
+    """The world on the 1 m grid (north up): canopy height (m), crown probability, whether the top
+    crown is a conifer, terrain slopes, water; and the AGB density maps (Mg/ha) at 10 and 30 m."""
+
+    chm: np.ndarray
+    p_crown: np.ndarray
+    gym_top: np.ndarray
+    slope_x: np.ndarray
+    slope_y: np.ndarray
+    water_1m: np.ndarray
+    agb_maps: dict
+
+
 def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
     started = time.perf_counter()
     prov = make_provenance("forestcarbon:simulatescene", asdict(config), deterministic=True)
     size = config.size
-    n1 = int(size)
     progress.info(f"Simulating a {size:.0f} m × {size:.0f} m scene (seed {config.seed})")
     terrain = make_terrain(config)
     stands = make_stands(config)
@@ -74,99 +87,22 @@ def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
     progress.set_progress(5)
     check_cancel(progress)
 
-    # -- truth on the 1 m grid, in row blocks -----------------------------------------------
-    from scipy.spatial import cKDTree
-
-    index = cKDTree(np.column_stack([trees.x, trees.y])) if len(trees) else None
-    chm = np.zeros((n1, n1), dtype=np.float32)
-    p_crown = np.zeros((n1, n1), dtype=np.float32)
-    gym_top = np.zeros((n1, n1), dtype=bool)
-    cc = np.arange(n1) + 0.5
-
-    def truth_rows(r0):
-        rows = np.arange(r0, min(n1, r0 + 120))
-        X, Y = np.meshgrid(cc, size - (rows + 0.5))
-        h, top, p = canopy_at(trees, index, X.ravel(), Y.ravel(), height_break_m=2.0)
-        gym = np.where(top >= 0, trees.gymnosperm[np.maximum(top, 0)], True)
-        return rows, h.reshape(X.shape), p.reshape(X.shape), gym.reshape(X.shape)
-
-    if index is not None:
-        with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-            for rows, h, p, gym in pool.map(truth_rows, range(0, n1, 120)):
-                chm[rows[0]:rows[-1] + 1] = h
-                p_crown[rows[0]:rows[-1] + 1] = p
-                gym_top[rows[0]:rows[-1] + 1] = gym
-                check_cancel(progress)
-    xs = config.xmin + cc
-    ys = config.ymax - cc
-    XX, YY = np.meshgrid(xs, ys)
-    dtm = terrain.elevation(XX, YY).astype(np.float32)
-    slope_x, slope_y = terrain.gradient(XX, YY)
-    del XX, YY
-
-    truth = out / "truth"
-    t1 = Affine(1, 0, config.xmin, 0, -1, config.ymax)
-    crs = f"EPSG:{EPSG}"
-    write_raster(truth / "dtm_1m.tif", dtm, t1, crs, nodata=-9999.0, descriptions=["elevation_m"], provenance=prov)
-    write_raster(truth / "chm_1m.tif", chm, t1, crs, nodata=-9999.0, descriptions=["canopy_height_m"],
-                 provenance=prov)
-    agb_maps = {}
-    for res in (10, 30):
-        cover = block_mean(p_crown, res)
-        write_raster(truth / f"cover_{res}m.tif", cover.astype(np.float32), Affine(res, 0, config.xmin, 0, -res, config.ymax),
-                     crs, nodata=-9999.0, descriptions=["canopy_cover_fraction_gt2m"], provenance=prov)
-        agb = agb_grid(trees, size, res)
-        agb_maps[res] = agb
-        write_raster(truth / f"agb_{res}m.tif", agb.astype(np.float32), Affine(res, 0, config.xmin, 0, -res, config.ymax),
-                     crs, nodata=-9999.0, descriptions=["agb_mg_per_ha"], provenance=prov)
+    chm, p_crown, gym_top = _canopy_1m(config, trees, progress)
+    dtm, slope_x, slope_y = _terrain_1m(config, terrain)
+    agb_maps = _write_truth(out / "truth", config, dtm, trees, chm, p_crown, prov)
+    truth = _Truth(chm, p_crown, gym_top, slope_x, slope_y, _water_1m(config, stands), agb_maps)
     progress.set_progress(15)
     progress.info(f"truth rasters written ({time.perf_counter() - started:.1f} s)")
 
-    # -- LiDAR, tile by tile ---------------------------------------------------------------------
-    water_1m = np.zeros((n1, n1), dtype=bool)
-    for sid, t in enumerate(stands.types):
-        if t.ground == "water":
-            water_1m |= stands.ids_1m == sid
-    lidar_dir = out / "lidar"
-    lidar_dir.mkdir(parents=True, exist_ok=True)
-    tile_list = list(lidar.tiles(config))
-    results = []
-    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        futures = [pool.submit(lidar.simulate_tile, config, terrain, trees, water_1m, t, lidar_dir)
-                   for t in tile_list]
-        for i, future in enumerate(futures):
-            results.append(future.result())
-            progress.set_progress(15 + 55 * (i + 1) / len(futures))
-            if progress.is_canceled():
-                for f in futures:
-                    f.cancel()
-                check_cancel(progress)
-    check_cancel(progress)
+    results = _write_lidar(out / "lidar", config, terrain, trees, truth.water_1m, progress)
     progress.info(f"{len(results)} LiDAR tiles written ({time.perf_counter() - started:.1f} s)")
 
-    # -- optical, radar, high resolution -----------------------------------------------------------
-    background = np.zeros((n1, n1), dtype=np.int8)
-    for sid, t in enumerate(stands.types):
-        background[stands.ids_1m == sid] = optical.BACKGROUNDS.index(t.ground if t.ground in optical.BACKGROUNDS
-                                                                     else "soil")
-    surface = optical.SurfaceModel(config, chm, p_crown, gym_top, background, slope_x, slope_y)
-    s2 = optical.write_sentinel2(config, surface, out / "sentinel2", prov)
-    progress.set_progress(78)
-    check_cancel(progress)
-    landsat = optical.write_landsat(config, surface, out / "landsat", prov)
-    progress.set_progress(84)
-    check_cancel(progress)
-    naip = optical.write_naip(config, surface, out / "naip", prov)
-    water_10m = block_mean(water_1m.astype(np.float32), 10) > 0.5
-    s1 = optical.write_sentinel1(config, agb_maps[10], water_10m, out / "sentinel1", prov)
-    progress.set_progress(90)
-    check_cancel(progress)
+    s2, landsat, naip, s1 = _write_imagery(out, config, stands, truth, prov, progress)
     progress.info(f"optical and radar products written ({time.perf_counter() - started:.1f} s)")
 
-    # -- vectors ---------------------------------------------------------------------------------
-    stand_records = write_stands(config, stands, truth / "stands.gpkg")
-    write_trees(config, trees, stands, truth / "trees.gpkg")
-    plots = write_plots(config, trees, stands, out / "field_plots.gpkg", truth / "field_plots_truth.csv")
+    stand_records = write_stands(config, stands, out / "truth" / "stands.gpkg")
+    write_trees(config, trees, stands, out / "truth" / "trees.gpkg")
+    plots = write_plots(config, trees, stands, out / "field_plots.gpkg", out / "truth" / "field_plots_truth.csv")
     projects = write_projects(config, trees, out / "projects.gpkg")
     progress.set_progress(100)
     progress.info(f"vectors written ({time.perf_counter() - started:.1f} s)")
@@ -174,6 +110,7 @@ def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
     def rel(p):
         return os.path.relpath(p, out)
 
+    crs = f"EPSG:{EPSG}"
     return {
         "config": asdict(config),
         "crs": crs,
@@ -206,6 +143,114 @@ def _simulate_into(out: Path, config: SceneConfig, progress: Progress) -> dict:
         "projects": "projects.gpkg",
         "provenance": prov,
     }
+
+
+def _canopy_1m(config: SceneConfig, trees: Trees, progress: Progress):
+    """(canopy height m, crown probability, conifer on top) of the 1 m grid, in row blocks of 120."""
+    from scipy.spatial import cKDTree
+
+    size = config.size
+    n1 = int(size)
+    index = cKDTree(np.column_stack([trees.x, trees.y])) if len(trees) else None
+    chm = np.zeros((n1, n1), dtype=np.float32)
+    p_crown = np.zeros((n1, n1), dtype=np.float32)
+    gym_top = np.zeros((n1, n1), dtype=bool)
+    cc = np.arange(n1) + 0.5
+
+    def truth_rows(r0):
+        rows = np.arange(r0, min(n1, r0 + 120))
+        X, Y = np.meshgrid(cc, size - (rows + 0.5))
+        h, top, p = canopy_at(trees, index, X.ravel(), Y.ravel(), height_break_m=2.0)
+        gym = np.where(top >= 0, trees.gymnosperm[np.maximum(top, 0)], True)
+        return rows, h.reshape(X.shape), p.reshape(X.shape), gym.reshape(X.shape)
+
+    if index is not None:
+        with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+            for rows, h, p, gym in pool.map(truth_rows, range(0, n1, 120)):
+                chm[rows[0]:rows[-1] + 1] = h
+                p_crown[rows[0]:rows[-1] + 1] = p
+                gym_top[rows[0]:rows[-1] + 1] = gym
+                check_cancel(progress)
+    return chm, p_crown, gym_top
+
+
+def _terrain_1m(config: SceneConfig, terrain):
+    """(elevation m, slope x, slope y) at the 1 m grid's cell centres."""
+    cc = np.arange(int(config.size)) + 0.5
+    XX, YY = np.meshgrid(config.xmin + cc, config.ymax - cc)
+    slope_x, slope_y = terrain.gradient(XX, YY)
+    return terrain.elevation(XX, YY).astype(np.float32), slope_x, slope_y
+
+
+def _water_1m(config: SceneConfig, stands) -> np.ndarray:
+    n1 = int(config.size)
+    water_1m = np.zeros((n1, n1), dtype=bool)
+    for sid, t in enumerate(stands.types):
+        if t.ground == "water":
+            water_1m |= stands.ids_1m == sid
+    return water_1m
+
+
+def _write_truth(truth: Path, config: SceneConfig, dtm, trees: Trees, chm, p_crown, prov) -> dict:
+    """The truth rasters (DTM, CHM at 1 m; cover and AGB at 10 and 30 m); returns the AGB maps by resolution."""
+    t1 = Affine(1, 0, config.xmin, 0, -1, config.ymax)
+    crs = f"EPSG:{EPSG}"
+    write_raster(truth / "dtm_1m.tif", dtm, t1, crs, nodata=-9999.0, descriptions=["elevation_m"], provenance=prov)
+    write_raster(truth / "chm_1m.tif", chm, t1, crs, nodata=-9999.0, descriptions=["canopy_height_m"],
+                 provenance=prov)
+    agb_maps = {}
+    for res in (10, 30):
+        transform = Affine(res, 0, config.xmin, 0, -res, config.ymax)
+        cover = block_mean(p_crown, res)
+        write_raster(truth / f"cover_{res}m.tif", cover.astype(np.float32), transform,
+                     crs, nodata=-9999.0, descriptions=["canopy_cover_fraction_gt2m"], provenance=prov)
+        agb = agb_grid(trees, config.size, res)
+        agb_maps[res] = agb
+        write_raster(truth / f"agb_{res}m.tif", agb.astype(np.float32), transform,
+                     crs, nodata=-9999.0, descriptions=["agb_mg_per_ha"], provenance=prov)
+    return agb_maps
+
+
+def _write_lidar(lidar_dir: Path, config: SceneConfig, terrain, trees: Trees, water_1m, progress: Progress) -> list:
+    """Every LiDAR tile (:func:`.lidar.simulate_tile`), in threads; a cancel stops the tiles not started."""
+    lidar_dir.mkdir(parents=True, exist_ok=True)
+    tile_list = list(lidar.tiles(config))
+    results = []
+    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+        futures = [pool.submit(lidar.simulate_tile, config, terrain, trees, water_1m, t, lidar_dir)
+                   for t in tile_list]
+        for i, future in enumerate(futures):
+            results.append(future.result())
+            progress.set_progress(15 + 55 * (i + 1) / len(futures))
+            if progress.is_canceled():
+                for f in futures:
+                    f.cancel()
+                check_cancel(progress)
+    check_cancel(progress)
+    return results
+
+
+def _write_imagery(out: Path, config: SceneConfig, stands, truth: _Truth, prov, progress: Progress):
+    """The Sentinel-2, Landsat, NAIP and Sentinel-1 products; returns their descriptions."""
+    n1 = int(config.size)
+    background = np.zeros((n1, n1), dtype=np.int8)
+    for sid, t in enumerate(stands.types):
+        background[stands.ids_1m == sid] = optical.BACKGROUNDS.index(t.ground if t.ground in optical.BACKGROUNDS
+                                                                     else "soil")
+    surface = optical.SurfaceModel(config, truth.chm, truth.p_crown, truth.gym_top, background, truth.slope_x,
+                                   truth.slope_y)
+    s2 = optical.write_sentinel2(config, surface, out / "sentinel2", prov)
+    progress.set_progress(78)
+    check_cancel(progress)
+    landsat = optical.write_landsat(config, surface, out / "landsat", prov)
+    progress.set_progress(84)
+    check_cancel(progress)
+    naip = optical.write_naip(config, surface, out / "naip", prov)
+    water_10m = block_mean(truth.water_1m.astype(np.float32), 10) > 0.5
+    s1 = optical.write_sentinel1(config, truth.agb_maps[10], water_10m, out / "sentinel1", prov)
+    progress.set_progress(90)
+    check_cancel(progress)
+    return s2, landsat, naip, s1
 
 
 def agb_grid(trees: Trees, size: float, res: float) -> np.ndarray:

@@ -30,8 +30,9 @@ tree_model({model!r}, n_features=3, n_trees=100, depth=6, seed=0)
 
 JOB = """
 import time
-from forest_carbon_plugin.core.models.predict import predict_raster
-from forest_carbon_plugin.core.parallel.cluster import DaskExecutor, local_cluster, close_local_clusters
+from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
+from forest_carbon_plugin.core.parallel.connect import close_local_clusters, local_cluster
+from forest_carbon_plugin.core.parallel.dask import DaskExecutor
 from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 workers = {workers}
 times = []
@@ -47,7 +48,7 @@ else:
 for i in range(2):
     t = time.perf_counter()
     with executor_scope(executor):
-        r = predict_raster([{image!r}], {model!r}, {out!r}, tile_size={tile}, max_workers=1)
+        r = predict_raster([{image!r}], {model!r}, {out!r}, settings=PredictSettings(tile_size={tile}, max_workers=1))
     times.append(time.perf_counter() - t)
 if workers:
     close_local_clusters()

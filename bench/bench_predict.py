@@ -65,7 +65,7 @@ RESULT = [time.perf_counter() - start, cold]
 
 FLOOR_PATCH = """
 import time, numpy as np, rasterio, concurrent.futures as cf
-from forest_carbon_plugin.core.models.predict import session_for
+from forest_carbon_plugin.core.models.onnx import session_for
 from forest_carbon_plugin.core.parallel.pool import default_workers
 cores = default_workers(None)
 with rasterio.open({image!r}) as src:
@@ -96,7 +96,7 @@ RESULT = min(times)
 
 FLOOR_PIXEL = """
 import time, numpy as np, rasterio
-from forest_carbon_plugin.core.models.predict import session_for
+from forest_carbon_plugin.core.models.onnx import session_for
 from forest_carbon_plugin.core.parallel.pool import default_workers
 session = session_for({model!r}, ["CPUExecutionProvider"], default_workers(None))
 with rasterio.open({image!r}) as src:

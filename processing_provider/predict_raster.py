@@ -14,7 +14,8 @@ from qgis.core import (
     QgsProcessingOutputString,
 )
 
-from forest_carbon_plugin.core.models.predict import DEVICES, predict_raster
+from forest_carbon_plugin.core.models.onnx import DEVICES
+from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm, StyleLoader
 from .compat import NumberType, SourceType
@@ -129,10 +130,11 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
             out_std=outputs[self.OUTPUT_STD], out_lower=outputs[self.OUTPUT_LOWER],
             out_upper=outputs[self.OUTPUT_UPPER],
             bands=self.parameterAsString(parameters, self.BANDS, context).strip() or None,
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-            require_gpu=self.parameterAsBoolean(parameters, self.REQUIRE_GPU, context),
-            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
-            overlap=None if overlap is None else self.parameterAsInt(parameters, self.OVERLAP, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context) or None,
-            coverage=self.parameterAsDouble(parameters, self.COVERAGE, context),
+            settings=PredictSettings(
+                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                require_gpu=self.parameterAsBoolean(parameters, self.REQUIRE_GPU, context),
+                tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                overlap=None if overlap is None else self.parameterAsInt(parameters, self.OVERLAP, context),
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context) or None,
+                coverage=self.parameterAsDouble(parameters, self.COVERAGE, context)),
             progress=FeedbackProgress(feedback))

@@ -33,7 +33,7 @@ from forest_carbon_plugin.core.parallel.cluster import (
     model_bundle,
 )
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
 from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 
 from .onnx_models import conv_model
@@ -301,8 +301,8 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
             def job():
                 try:
                     with executor_scope(executor):
-                        predict_raster([features["raster"]], external_model, tmp_path / "dask.tif", tile_size=48,
-                                       overlap=16)
+                        predict_raster([features["raster"]], external_model, tmp_path / "dask.tif",
+                                       settings=PredictSettings(tile_size=48, overlap=16))
                         harmonize_scene(sentinel2, tmp_path / "s2_dask.tif", TargetGrid(resolution_m=10))
                     result["ok"] = True
                 except BaseException as exc:  # noqa: BLE001
@@ -321,7 +321,8 @@ def test_worker_with_another_affine_gives_the_local_result(worker_venv, affine_o
         _no_job_left(tmp_path, c)
     finally:
         c.stop()
-    predict_raster([features["raster"]], external_model, tmp_path / "here.tif", tile_size=48, overlap=16)
+    predict_raster([features["raster"]], external_model, tmp_path / "here.tif",
+                   settings=PredictSettings(tile_size=48, overlap=16))
     local, dask = _pixels(tmp_path / "here.tif")[0], _pixels(tmp_path / "dask.tif")[0]
     assert _same_bits(local, dask)
     assert np.isfinite(local).any()

@@ -24,7 +24,7 @@ ROWS, COLS = 1500, 1600  # big enough that reading it at full resolution takes a
 def make_prediction(folder: Path, rows: int = ROWS, cols: int = COLS) -> dict:
     """Smooth 3-band features with a nodata hole → predictraster (a linear model with a log-variance
     head) → prediction, std, lower, upper COGs with their provenance. Returns kind → path."""
-    from forest_carbon_plugin.core.models.predict import predict_raster
+    from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
     from tests.onnx_models import pixel_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def make_prediction(folder: Path, rows: int = ROWS, cols: int = COLS) -> dict:
                                            {"name": "logvar", "forest_carbon:meaning": "log_variance"}]}})
     paths = {k: folder / f"agb_{k}.tif" for k in ("prediction", "std", "lower", "upper")}
     predict_raster([features], model, paths["prediction"], paths["std"], paths["lower"], paths["upper"],
-                   coverage=0.9)
+                   settings=PredictSettings(coverage=0.9))
     return paths
 
 

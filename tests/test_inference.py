@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from scipy.stats import norm
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
-from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
 from forest_carbon_plugin.core.models.card import read_card
 from forest_carbon_plugin.core.progress import NullProgress
 
@@ -69,7 +69,8 @@ def test_pixel_model_with_card_preprocessing_equals_onnxruntime(tmp_path, featur
     model = pixel_model(tmp_path / "lin.onnx", [1.5, -2.0, 0.7], 3.0, log_variance=([0.2, 0.1, -0.3], -1.0),
                         metadata={"model_card": card})
     outs = {k: tmp_path / f"{k}.tif" for k in ("p", "s", "lo", "hi")}
-    result = predict_raster([path], model, outs["p"], outs["s"], outs["lo"], outs["hi"], coverage=0.8)
+    result = predict_raster([path], model, outs["p"], outs["s"], outs["lo"], outs["hi"],
+                            settings=PredictSettings(coverage=0.8))
     stacked = data[[1, 0, 2]].reshape(3, -1).T
     x = ((stacked - np.array(mean, np.float32)) / np.array(std, np.float32)).astype(np.float32)
     expected_mean, expected_logvar = ort.InferenceSession(str(model)).run(None, {"features": x})
@@ -92,7 +93,8 @@ def test_tree_ensemble_equals_onnxruntime_and_numpy(tmp_path, features):
     path, data = features
     model, numpy_predict = tree_model(tmp_path / "trees.onnx", n_features=3, n_trees=15, depth=4, seed=2)
     out = tmp_path / "trees.tif"
-    predict_raster([path], model, out, tile_size=16, batch_size=500)  # many strips and batches
+    predict_raster([path], model, out,
+                   settings=PredictSettings(tile_size=16, batch_size=500))  # many strips and batches
     x = data.reshape(3, -1).T.copy()
     direct = ort.InferenceSession(str(model)).run(None, {"features": x})[0][:, 0]
     pred = _read(out)[0].ravel()
@@ -109,7 +111,7 @@ def test_patch_model_tiles_without_seams(tmp_path, shape, tile, overlap):
     path = _write(tmp_path / "img.tif", data)
     model, _ = conv_model(tmp_path / "cnn.onnx", seed=3)
     out = tmp_path / "pred.tif"
-    predict_raster([path], model, out, tile_size=tile, overlap=overlap, batch_size=3)
+    predict_raster([path], model, out, settings=PredictSettings(tile_size=tile, overlap=overlap, batch_size=3))
     whole = ort.InferenceSession(str(model)).run(None, {"x": data[None]})[0][0, 0]
     pred = _read(out)[0]
     border = 4  # receptive-field radius 3, plus one
@@ -142,7 +144,8 @@ def test_outputs_are_cogs_equal_to_the_gdal_path(tmp_path, monkeypatch):
             monkeypatch.setattr(inference.cog, "available", lambda compress: False)
         folder = tmp_path / way
         runs[way] = predict_raster([path], card, folder / "pred.tif", out_std=folder / "std.tif",
-                                   out_upper=folder / "upper.tif", tile_size=128, overlap=32, batch_size=3).outputs
+                                   out_upper=folder / "upper.tif",
+                                   settings=PredictSettings(tile_size=128, overlap=32, batch_size=3)).outputs
     for kind, streamed in runs["streamed"].items():
         errors, _, _ = validator.validate(str(streamed), full_check=True)
         assert errors == [], (kind, errors)
@@ -172,7 +175,7 @@ def test_ensemble_statistics_equal_numpy(tmp_path, features):
                  **{"forest_carbon:target": "agb", "forest_carbon:unit": "Mg/ha"})
     (folder / "ensemble.json").write_text(json.dumps(card))
     p, s = tmp_path / "p.tif", tmp_path / "s.tif"
-    predict_raster([path], folder / "ensemble.json", p, s, tile_size=64, overlap=16)
+    predict_raster([path], folder / "ensemble.json", p, s, settings=PredictSettings(tile_size=64, overlap=16))
     runs = [ort.InferenceSession(str(m)).run(None, {"x": data[None]}) for m in members]
     means = np.stack([r[0][0, 0] for r in runs])
     aleatoric = np.stack([np.exp(r[1][0, 0]) for r in runs]).mean(axis=0)
@@ -215,7 +218,8 @@ def test_quantile_model_and_conformal_factor(tmp_path, features):
     np.testing.assert_allclose(_read(outs_["hi"])[0], x0 + half, atol=1e-5)
     np.testing.assert_allclose(_read(outs_["s"])[0], 0.5 * 1.5, atol=1e-5)  # Gaussian-equivalent σ
     with pytest.raises(ForestCarbonError, match="set COVERAGE to 0.9"):
-        predict_raster([path], tmp_path / "q.onnx", tmp_path / "x.tif", out_lower=tmp_path / "y.tif", coverage=0.8)
+        predict_raster([path], tmp_path / "q.onnx", tmp_path / "x.tif", out_lower=tmp_path / "y.tif",
+                       settings=PredictSettings(coverage=0.8))
 
 
 def test_gaussian_interval_covers_its_nominal_share(tmp_path):
@@ -231,7 +235,8 @@ def test_gaussian_interval_covers_its_nominal_share(tmp_path):
                           {"name": "logvar", "forest_carbon:meaning": "log_variance"}])
     model = pixel_model(tmp_path / "m.onnx", [3, -1], 2, log_variance=([0, 1.2], -2.0), metadata={"model_card": card})
     lo, hi = tmp_path / "lo.tif", tmp_path / "hi.tif"
-    predict_raster([path], model, tmp_path / "p.tif", out_lower=lo, out_upper=hi, coverage=0.9)
+    predict_raster([path], model, tmp_path / "p.tif", out_lower=lo, out_upper=hi,
+                   settings=PredictSettings(coverage=0.9))
     covered = (truth >= _read(lo)[0]) & (truth <= _read(hi)[0])
     assert 0.88 <= covered.mean() <= 0.92, covered.mean()
 
@@ -298,11 +303,12 @@ def test_cuda_request_without_cuda_falls_back_or_fails(tmp_path, features):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA: the fallback cannot be seen here")
     progress = NullProgress()
-    result = predict_raster([path], model, tmp_path / "p.tif", device="cuda", progress=progress)
+    result = predict_raster([path], model, tmp_path / "p.tif",
+                            settings=PredictSettings(device="cuda"), progress=progress)
     assert result.provider == "CPUExecutionProvider"
     assert any("CUDAExecutionProvider is not available" in w and "CPU instead" in w for w in progress.warnings)
     with pytest.raises(ForestCarbonError, match="REQUIRE_GPU"):
-        predict_raster([path], model, tmp_path / "q.tif", device="cuda", require_gpu=True)
+        predict_raster([path], model, tmp_path / "q.tif", settings=PredictSettings(device="cuda", require_gpu=True))
     assert not (tmp_path / "q.tif").exists()
 
 
@@ -449,7 +455,8 @@ def test_strip_reads_equal_the_written_pixels(tmp_path, compress, interleave, ti
     the pixels written, and the nodata mask, for compressed and plain, tiled and striped, either interleave."""
     from rasterio.windows import Window
 
-    from forest_carbon_plugin.core.raster.blocks import RasterGrid, Readers
+    from forest_carbon_plugin.core.raster.grid import RasterGrid
+    from forest_carbon_plugin.core.raster.read import Readers
 
     rng = np.random.default_rng(0)
     data = rng.integers(-100, 3000, (4, 700, 900)).astype("int16")

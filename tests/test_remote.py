@@ -24,7 +24,7 @@ from rasterio.transform import from_origin
 
 from forest_carbon_plugin.core.parallel.cluster import DaskExecutor, check_address, connect, security
 from forest_carbon_plugin.core.errors import Cancelled, ForestCarbonError
-from forest_carbon_plugin.core.models.predict import predict_raster
+from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
 from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 
 from .onnx_models import conv_model, pixel_model, tree_model
@@ -324,7 +324,7 @@ def test_cancel_leaves_nothing(cluster, big, tmp_path):
     progress = _CancelAfter(5.0)
     try:
         with executor_scope(DaskExecutor(client)), pytest.raises(Cancelled):
-            predict_raster([raster], model, out, tile_size=32, progress=progress)
+            predict_raster([raster], model, out, settings=PredictSettings(tile_size=32), progress=progress)
         returned = time.monotonic()
         assert progress.cancelled_at is not None and progress.seen < 95
         assert returned - progress.cancelled_at < 3.0, "the call did not return promptly"
@@ -376,7 +376,7 @@ def test_execution_parameters_on_the_four_algorithms(forestcarbon_provider):
 
 def test_killed_worker_does_not_change_the_result(worker_venv, big, tmp_path):
     raster, model = big
-    predict_raster([raster], model, tmp_path / "local.tif", tile_size=32)
+    predict_raster([raster], model, tmp_path / "local.tif", settings=PredictSettings(tile_size=32))
     c = Cluster(tmp_path / "cluster2")
     try:
         client = c.client()
@@ -409,7 +409,7 @@ def job_in_middle(executor, raster, model, out, percent):
     def job():
         try:
             with executor_scope(executor):
-                predict_raster([raster], model, out, tile_size=32, progress=progress)
+                predict_raster([raster], model, out, settings=PredictSettings(tile_size=32), progress=progress)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -470,10 +470,12 @@ def test_tls_scheduler_needs_the_certificates(worker_venv, features, tmp_path):
         client = c.client()
         try:
             with executor_scope(DaskExecutor(client)):
-                predict_raster([features["raster"]], features["pixel"], tmp_path / "tls.tif", tile_size=64)
+                predict_raster([features["raster"]], features["pixel"], tmp_path / "tls.tif",
+                               settings=PredictSettings(tile_size=64))
         finally:
             client.close()
-        predict_raster([features["raster"]], features["pixel"], tmp_path / "here.tif", tile_size=64)
+        predict_raster([features["raster"]], features["pixel"], tmp_path / "here.tif",
+                       settings=PredictSettings(tile_size=64))
         assert _same_bits(_pixels(tmp_path / "tls.tif")[0], _pixels(tmp_path / "here.tif")[0])
         with pytest.raises(ForestCarbonError, match="speaks TLS"):
             connect(c.address, None, timeout=3)

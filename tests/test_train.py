@@ -57,7 +57,7 @@ def scene_model(tmp_path_factory):
     """A 1200 m scene, harmonized Sentinel-2 at 20 m, labels from its LiDAR (normalized, 2 m p2r CHM averaged to 20 m);
     a quarter of 100 m blocks held out (target set to nodata there), the rest trained on."""
     from forest_carbon_plugin.core.imagery.harmonize import TargetGrid, harmonize_scene
-    from forest_carbon_plugin.core.models.predict import predict_raster
+    from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
     from forest_carbon_plugin.simulate import SceneConfig, simulate_scene
 
     root = tmp_path_factory.mktemp("train_scene")
@@ -95,7 +95,7 @@ def scene_model(tmp_path_factory):
                                              coverage=0.9, seed=0, unit="m"))
     outs = {k: root / f"pred_{k}.tif" for k in ("prediction", "std", "lower", "upper")}
     predict_raster([features], root / "chm.onnx", outs["prediction"], out_std=outs["std"], out_lower=outs["lower"],
-                   out_upper=outs["upper"], coverage=0.9)
+                   out_upper=outs["upper"], settings=PredictSettings(coverage=0.9))
     maps = {}
     for k, p in outs.items():
         with rasterio.open(p) as src:
@@ -163,7 +163,7 @@ def test_onnx_reproduces_the_model_and_the_card_round_trips(scene_model):
 
 
 def test_forest_ensemble_exports_mean_and_variance(synthetic, tmp_path):
-    from forest_carbon_plugin.core.models.predict import predict_raster
+    from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
     from forest_carbon_plugin.core.stats import z_score
 
     feats, tgt, f, target = synthetic

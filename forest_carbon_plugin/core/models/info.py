@@ -2,7 +2,9 @@
 
 Reads the graph through an ONNX Runtime session on the CPU (no inference) and the
 model's ``metadata_props`` (``custom_metadata_map``), where model cards are stored as
-JSON (our own key and Deepness's keys; see ``shared/notes/qgis_conventions.md``).
+JSON (our own key, and the keys of the Deepness plugin's model metadata: ``model_type``,
+``standardization_mean``/``_std``, ``reg_output_scaling``…; see the Deepness documentation, "Model
+metadata").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from ..dependencies import require
 from ..errors import ForestCarbonError
+from .card import read_card
 
 
 @dataclass
@@ -75,8 +78,6 @@ def describe_model(path) -> ModelInfo:
         inputs=tensors(session.get_inputs()), outputs=tensors(session.get_outputs()),
         metadata=metadata, available_providers=list(ort.get_available_providers()),
     )
-    from .card import read_card
-
     try:
         card = read_card(path)
     except ForestCarbonError:  # a graph predictraster cannot run is still described

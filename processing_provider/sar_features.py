@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from forest_carbon_plugin.core.imagery.sar import BANDS, FILTERS, S1_IW_GRDH_LOOKS, sar_features
+from forest_carbon_plugin.core.imagery.sar import BANDS, S1_IW_GRDH_LOOKS, GammaMAP, NoFilter, RefinedLee, sar_features
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
 from .compat import NumberType
@@ -75,16 +75,20 @@ class SarFeaturesAlgorithm(ForestCarbonAlgorithm):
         self.check_requirements()
         vv = self._raster_path(parameters, self.INPUT_VV, context)
         vh = self._raster_path(parameters, self.INPUT_VH, context)
-        name = FILTERS[self.parameterAsEnum(parameters, self.FILTER, context)]
-        window = self.parameterAsInt(parameters, self.WINDOW, context)
-        looks = self.parameterAsDouble(parameters, self.LOOKS, context)
+        speckle = self._speckle_filter(parameters, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not output.lower().endswith((".tif", ".tiff")):
             raise QgsProcessingException(self.tr("OUTPUT must be a GeoTIFF (.tif): the result is a "
                                                  "Cloud-Optimized GeoTIFF."))
-        self.call_core(sar_features, vv, vh, output, filter=name, window=window, looks=looks,
-                       progress=FeedbackProgress(feedback))
+        self.call_core(sar_features, vv, vh, output, filter=speckle, progress=FeedbackProgress(feedback))
         return {self.OUTPUT: output}
+
+    def _speckle_filter(self, parameters, context):
+        """The FILTER menu's entry as the core's filter, with WINDOW and LOOKS (which no filter ignores)."""
+        window = self.parameterAsInt(parameters, self.WINDOW, context)
+        looks = self.parameterAsDouble(parameters, self.LOOKS, context)
+        return (RefinedLee(window, looks), GammaMAP(window, looks),
+                NoFilter())[self.parameterAsEnum(parameters, self.FILTER, context)]
 
     def _raster_path(self, parameters, name, context) -> str:
         layer = self.parameterAsRasterLayer(parameters, name, context)

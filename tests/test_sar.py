@@ -12,9 +12,19 @@ from rasterio.transform import from_origin
 
 from forest_carbon_plugin.core.errors import Cancelled, ForestCarbonError
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
-from forest_carbon_plugin.core.imagery.sar import BANDS, gamma_map, refined_lee, sar_features, to_db
+from forest_carbon_plugin.core.imagery.sar import (
+    BANDS,
+    GammaMAP,
+    NoFilter,
+    RefinedLee,
+    gamma_map,
+    refined_lee,
+    sar_features,
+    to_db,
+)
 
 L = 4.4  # Sentinel-1 IW GRDH
+FILTER = {"refined_lee": RefinedLee, "gamma_map": GammaMAP, "none": lambda window, looks: NoFilter()}
 CRS = "EPSG:32610"
 
 
@@ -116,7 +126,7 @@ def test_db_and_ratio_bands(tmp_path):
     np.testing.assert_allclose(to_db([0.1, 1.0, 0.001, 2.0]), [-10.0, 0.0, -30.0, 3.0102999566], rtol=1e-9)
     assert np.isnan(to_db([0.0, -1.0, np.nan])).all()
     out = sar_features(_write(tmp_path / "vv.tif", vv), _write(tmp_path / "vh.tif", vh), tmp_path / "f.tif",
-                       filter="none")
+                       filter=NoFilter())
     data, src = _read(out)
     assert src.descriptions == BANDS and src.dtypes == ("float32",) * 3 and math.isnan(src.nodata)
     for i, j in np.ndindex(vv.shape):
@@ -189,7 +199,7 @@ def test_blocks_equal_whole_image(tmp_path, filter_name, window):
     vh[128:129, :] = 9999.0  # declared no-data
     vv, vh = (x.astype(np.float32).astype(np.float64) for x in (vv, vh))  # as stored
     out = sar_features(_write(tmp_path / "vv.tif", vv), _write(tmp_path / "vh.tif", vh, nodata=9999.0),
-                       tmp_path / "out.tif", filter=filter_name, window=window, looks=L, max_workers=2,
+                       tmp_path / "out.tif", filter=FILTER[filter_name](window, L), max_workers=2,
                        block_size=64)
     data, _ = _read(out)
 
@@ -243,7 +253,7 @@ def test_filtering_improves_correlation_with_agb(imagery_scene, tmp_path):
         agb = src.read(1, masked=True).filled(np.nan).astype(np.float64)
     pearson, spearman = {}, {}
     for name in ("none", "refined_lee", "gamma_map"):
-        out = sar_features(vv, vh, tmp_path / f"{name}.tif", filter=name, window=7, looks=looks)
+        out = sar_features(vv, vh, tmp_path / f"{name}.tif", filter=FILTER[name](7, looks))
         data, _ = _read(out)
         assert data.shape[1:] == agb.shape
         forest = np.isfinite(agb) & (agb > 10) & np.isfinite(data).all(axis=0)
@@ -273,9 +283,9 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path):
         ((vv, other_size), {}, ["not on the same grid", "50 × 40 vs 45 × 40"]),
         ((vv, other_crs), {}, ["not on the same grid", "EPSG:32610 vs EPSG:32611"]),
         ((vv, other_res), {}, ["not on the same grid"]),
-        ((vv, vh), {"window": 6}, ["WINDOW", "odd"]),
-        ((vv, vh), {"window": 1}, ["WINDOW", "3 or more"]),
-        ((vv, vh), {"looks": 0}, ["LOOKS", "greater than 0"]),
+        ((vv, vh), {"filter": RefinedLee(window=6)}, ["WINDOW", "odd"]),
+        ((vv, vh), {"filter": RefinedLee(window=1)}, ["WINDOW", "3 or more"]),
+        ((vv, vh), {"filter": RefinedLee(looks=0)}, ["LOOKS", "greater than 0"]),
         ((vv, vh), {"filter": "median"}, ["Unknown speckle filter", "refined_lee"]),
         ((text, vh), {}, ["INPUT_VV", "notes.tif", "cannot be read as a raster"]),
         ((vv, tmp_path / "missing.tif"), {}, ["INPUT_VH", "missing.tif"]),

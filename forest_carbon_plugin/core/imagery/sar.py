@@ -12,8 +12,9 @@ No-data is NaN wherever an input pixel is no-data, NaN or ≤ 0. The filters tre
 pixels, and pixels beyond the raster's edge, as missing: local statistics use the valid
 pixels of a window only.
 
-Filters (``looks`` is the equivalent number of looks L; σv² = 1/L is the speckle's
-normalized variance; Sentinel-1 IW GRDH has L ≈ 4.4):
+Filters are configured values, :class:`RefinedLee`, :class:`GammaMAP` (each with its
+``window`` in pixels and ``looks``, the equivalent number of looks L; σv² = 1/L is the speckle's
+normalized variance; Sentinel-1 IW GRDH has L ≈ 4.4) or :class:`NoFilter`; the array functions:
 
 * :func:`refined_lee` — Lee (1981), "Refined filtering of image noise using local
   statistics", Computer Graphics and Image Processing 15:380-389, in the form of ESA SNAP
@@ -45,7 +46,9 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -57,7 +60,6 @@ from ..errors import ForestCarbonError
 from ..outputs import provenance as make_provenance
 from ..progress import NullProgress, Progress
 
-FILTERS = ("refined_lee", "gamma_map", "none")
 BANDS = ("VV_dB", "VH_dB", "VH_VV_ratio_dB")
 S1_IW_GRDH_LOOKS = 4.4
 
@@ -108,15 +110,6 @@ def gamma_map(intensity, window: int = 7, looks: float = S1_IW_GRDH_LOOKS) -> np
     return _gamma_map_padded(_pad(intensity, k), k, float(looks))
 
 
-def speckle_filter(intensity, filter: str = "refined_lee", window: int = 7,  # noqa: A002
-                   looks: float = S1_IW_GRDH_LOOKS) -> np.ndarray:
-    """The named filter (``refined_lee``, ``gamma_map`` or ``none``) of a 2-D array."""
-    name = _filter_name(filter)
-    k = _half_window(window)
-    _check_looks(looks)
-    return _FILTER_PADDED[name](_pad(intensity, k), k, float(looks))
-
-
 #: the largest filter window accepted (pixels)
 MAX_WINDOW = 25
 
@@ -147,14 +140,6 @@ def _check_looks(looks) -> None:
         raise ForestCarbonError(f"LOOKS (the equivalent number of looks) must be a number greater than 0 "
                                 f"(got {looks!r}); Sentinel-1 IW GRDH products have about "
                                 f"{S1_IW_GRDH_LOOKS}.")
-
-
-def _filter_name(name) -> str:
-    key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
-    key = {"lee": "refined_lee", "gammamap": "gamma_map", "gamma": "gamma_map"}.get(key, key)
-    if key not in FILTERS:
-        raise ForestCarbonError(f"Unknown speckle filter {name!r}: choose one of {', '.join(FILTERS)}.")
-    return key
 
 
 def _clean(intensity) -> np.ndarray:
@@ -314,36 +299,117 @@ def _none_padded(padded: np.ndarray, k: int, looks: float) -> np.ndarray:
     return padded[k:padded.shape[0] - k, k:padded.shape[1] - k].copy()
 
 
-_FILTER_PADDED = {"refined_lee": _refined_lee_padded, "gamma_map": _gamma_map_padded, "none": _none_padded}
+class SpeckleFilter:
+    """A speckle filter: :meth:`check` validates its settings, :meth:`padded` filters an array padded
+    by :meth:`half_window` pixels of NaN, and calling it filters a whole 2-D array."""
+
+    name: ClassVar[str] = ""
+
+    def half_window(self) -> int:
+        """k of the filter's (2k + 1)-pixel ``window``; checks the window and ``looks``."""
+        k = _half_window(self.window)
+        _check_looks(self.looks)
+        return k
+
+    def padded(self, padded: np.ndarray, k: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The filter and its settings, for the output's provenance."""
+        raise NotImplementedError
+
+    def __call__(self, intensity) -> np.ndarray:
+        """The filter of a 2-D linear-power array (NaN = missing), float64."""
+        k = self.half_window()
+        return self.padded(_pad(intensity, k), k)
+
+
+@dataclass(frozen=True)
+class RefinedLee(SpeckleFilter):
+    """Refined Lee filter (Lee 1981) over ``window`` × ``window`` pixels with ``looks`` looks."""
+
+    window: int = 7
+    looks: float = S1_IW_GRDH_LOOKS
+    name: ClassVar[str] = "refined_lee"
+
+    def padded(self, padded, k):
+        return _refined_lee_padded(padded, k, float(self.looks))
+
+    def describe(self) -> str:
+        return f"refined Lee {int(self.window)}×{int(self.window)} (Lee 1981), L = {self.looks:g}"
+
+
+@dataclass(frozen=True)
+class GammaMAP(SpeckleFilter):
+    """Gamma-MAP filter (Lopes, Touzi & Nezry 1990) over ``window`` × ``window`` pixels with ``looks`` looks."""
+
+    window: int = 7
+    looks: float = S1_IW_GRDH_LOOKS
+    name: ClassVar[str] = "gamma_map"
+
+    def padded(self, padded, k):
+        return _gamma_map_padded(padded, k, float(self.looks))
+
+    def describe(self) -> str:
+        return f"Gamma-MAP {int(self.window)}×{int(self.window)} (Lopes et al. 1990), L = {self.looks:g}"
+
+
+@dataclass(frozen=True)
+class NoFilter(SpeckleFilter):
+    """No speckle filter: the backscatter as it is."""
+
+    name: ClassVar[str] = "none"
+
+    def half_window(self) -> int:
+        return 0
+
+    def padded(self, padded, k):
+        return _none_padded(padded, k, 0.0)
+
+    def describe(self) -> str:
+        return "no speckle filter"
 
 
 # -- rasters ---------------------------------------------------------------------------------------
-def sar_features(vv_path, vh_path, out_path, filter: str = "refined_lee", window: int = 7,  # noqa: A002
-                 looks: float = S1_IW_GRDH_LOOKS, progress: Progress | None = None,
-                 max_workers: int | None = None, block_size: int = DEFAULT_BLOCK) -> Path:
+def sar_features(vv_path, vh_path, out_path, filter: SpeckleFilter = RefinedLee(),  # noqa: A002
+                 progress: Progress | None = None, max_workers: int | None = None,
+                 block_size: int = DEFAULT_BLOCK) -> Path:
     """Speckle-filtered VV and VH gamma0 in dB and their ratio, as a float32 COG at ``out_path``.
 
-    ``vv_path`` and ``vh_path`` are single-band gamma0 rasters in linear power on the same
-    grid (band 1 is used). Blocks of ``block_size`` are read with a halo of ``window // 2``
-    pixels and computed in ``max_workers`` threads (default: all cores, at most 8).
+    Parameters
+    ----------
+    vv_path, vh_path : str or Path
+        Single-band gamma0 rasters in linear power on the same grid (band 1 is used).
+    out_path : str or Path
+        The output: bands ``VV_dB``, ``VH_dB``, ``VH_VV_ratio_dB``.
+    filter : RefinedLee, GammaMAP or NoFilter
+        The speckle filter, with its window (pixels) and equivalent number of looks.
+    progress : Progress, optional
+        Receives progress, messages and cancellation.
+    max_workers : int, optional
+        Worker threads (default: all cores, at most 8).
+    block_size : int
+        Side of a block, in pixels; each block is read with a halo of ``window // 2`` pixels.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
     """
     progress = progress or NullProgress()
-    name = _filter_name(filter)
-    k = _half_window(window)
-    _check_looks(looks)
+    if not isinstance(filter, SpeckleFilter):
+        raise ForestCarbonError(f"Unknown speckle filter {filter!r}: use RefinedLee(window, looks), "
+                                "GammaMAP(window, looks) or NoFilter() (refined_lee, gamma_map, none).")
+    k = filter.half_window()
     grid = _check_pair(vv_path, vh_path)
-    if name == "none":
-        k = 0
-    plan = _Plan(grid, (str(vv_path), str(vh_path)), name, k, float(looks))
-    params = {"filter": name, "window": int(window), "looks": float(looks)}
-    steps = ["invalid (no-data, NaN, ≤ 0) → NaN",
-             {"refined_lee": f"refined Lee {2 * k + 1}×{2 * k + 1} (Lee 1981), L = {looks:g}",
-              "gamma_map": f"Gamma-MAP {2 * k + 1}×{2 * k + 1} (Lopes et al. 1990), L = {looks:g}",
-              "none": "no speckle filter"}[name],
-             "10·log10", "VH_VV_ratio_dB = VH_dB − VV_dB"]
+    plan = _Plan(grid, (str(vv_path), str(vh_path)), filter, k)
+    params = {"filter": filter.name, "window": getattr(filter, "window", None),
+              "looks": getattr(filter, "looks", None)}
+    steps = ["invalid (no-data, NaN, ≤ 0) → NaN", filter.describe(), "10·log10", "VH_VV_ratio_dB = VH_dB − VV_dB"]
     record = make_provenance("forestcarbon:sarfeatures", params, inputs=[vv_path, vh_path], steps=steps)
-    tags = {"FILTER": name, "WINDOW": int(window), "LOOKS": f"{float(looks):g}", "UNITS": "dB",
-            "STEPS": "; ".join(steps)}
+    tags = {"FILTER": filter.name, "UNITS": "dB", "STEPS": "; ".join(steps)}
+    if not isinstance(filter, NoFilter):
+        tags.update({"WINDOW": int(filter.window), "LOOKS": f"{float(filter.looks):g}"})
     band_tags = [{"UNITS": "dB", "SOURCE": "gamma0 VV"}, {"UNITS": "dB", "SOURCE": "gamma0 VH"},
                  {"UNITS": "dB", "SOURCE": "VH_dB - VV_dB"}]
     progress.info(f"{grid.width} × {grid.height} pixels; {steps[1]}.")
@@ -406,8 +472,8 @@ def _crs_name(crs) -> str:
 class _Plan:
     """What every block needs; ``compute`` runs in worker threads."""
 
-    def __init__(self, grid: RasterGrid, paths, name: str, k: int, looks: float):
-        self.grid, self.paths, self.name, self.k, self.looks = grid, paths, name, k, looks
+    def __init__(self, grid: RasterGrid, paths, speckle: SpeckleFilter, k: int):
+        self.grid, self.paths, self.speckle, self.k = grid, paths, speckle, k
         self.readers = Readers(grid)
         # per input: [finite values read, of which ≤ 0]; blocks run in threads
         self.seen = {path: [0, 0] for path in paths}
@@ -454,10 +520,9 @@ class _Plan:
         return out
 
     def compute(self, window) -> np.ndarray:
-        filt = _FILTER_PADDED[self.name]
         bands = []
         for path in self.paths:
             padded = self._read_halo(path, window)
-            bands.append(to_db(filt(padded, self.k, self.looks)))
+            bands.append(to_db(self.speckle.padded(padded, self.k)))
         vv_db, vh_db = bands
         return np.stack([vv_db, vh_db, vh_db - vv_db]).astype(np.float32)

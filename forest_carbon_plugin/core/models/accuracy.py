@@ -76,8 +76,19 @@ class StreamingSums:
 
 
 def regression_metrics(pred, ref) -> dict:
-    """n, RMSE, MAE, bias (mean of pred − ref), R² (1 − SSres/SStot, None when the reference is
-    constant), relative RMSE (% of the mean reference), means. NaNs are left out pairwise."""
+    """Accuracy of predictions against references.
+
+    Parameters
+    ----------
+    pred, ref : array_like
+        Predictions and references of equal size, in the same unit; NaNs are left out pairwise.
+
+    Returns
+    -------
+    dict
+        ``n``, ``rmse``, ``mae``, ``bias`` (mean of pred − ref), ``r2`` (1 − SSres/SStot; None when the reference
+        is constant), ``relative_rmse_pct`` (% of the mean reference), ``mean_reference``, ``mean_prediction``.
+    """
     pred = np.asarray(pred, dtype=np.float64).ravel()
     ref = np.asarray(ref, dtype=np.float64).ravel()
     if pred.shape != ref.shape:
@@ -89,7 +100,20 @@ def regression_metrics(pred, ref) -> dict:
 
 
 def gaussian_intervals(pred, std, levels=LEVELS) -> dict:
-    """``{level: (lower, upper)}``: central Gaussian intervals ``pred ± z(level)·std``."""
+    """Central Gaussian intervals ``pred ± z(level)·std``.
+
+    Parameters
+    ----------
+    pred, std : array_like
+        Prediction and its standard deviation, same unit.
+    levels : sequence of float
+        Central coverages (0-1).
+
+    Returns
+    -------
+    dict
+        ``{level: (lower, upper)}`` float64 arrays.
+    """
     pred = np.asarray(pred, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     out = {}
@@ -100,7 +124,19 @@ def gaussian_intervals(pred, std, levels=LEVELS) -> dict:
 
 
 def interval_coverage(ref, lower, upper) -> dict:
-    """Share of references with ``lower ≤ ref ≤ upper`` (PICP), mean width ``upper − lower`` (MPIW), n."""
+    """Prediction interval coverage probability (PICP) and mean width (MPIW).
+
+    Parameters
+    ----------
+    ref, lower, upper : array_like
+        References and interval bounds; pairs with a NaN are left out.
+
+    Returns
+    -------
+    dict
+        ``n``, ``coverage`` (share of references with ``lower ≤ ref ≤ upper``) and ``mean_width``; None without
+        data.
+    """
     ref, lower, upper = (np.asarray(a, dtype=np.float64).ravel() for a in (ref, lower, upper))
     ok = np.isfinite(ref) & np.isfinite(lower) & np.isfinite(upper)
     n = int(ok.sum())
@@ -111,11 +147,29 @@ def interval_coverage(ref, lower, upper) -> dict:
 
 
 def calibration_bins(pred_std, residual, n_bins: int = 10, min_count: int = 10) -> dict:
-    """Observed RMSE against predicted σ in ``n_bins`` equal-width bins of σ (Lang et al. 2022).
+    """Observed RMSE against predicted σ in equal-width bins of σ (Lang et al. 2022, 2023).
 
-    Returns ``{"bins": [...], "ence": ..., "uce": ...}``; each bin has its σ range, n, mean σ,
-    RMS σ (√mean σ²), RMSE and mean residual. Bins with fewer than ``min_count`` samples are dropped.
-    ENCE = mean over bins of |RMS σ − RMSE| / RMS σ; UCE = Σ (n_b/n)·|MSE_b − mean σ²_b|.
+    Parameters
+    ----------
+    pred_std : array_like
+        Predicted standard deviations.
+    residual : array_like
+        Prediction − reference, same unit.
+    n_bins : int
+        Equal-width bins between the smallest and largest σ.
+    min_count : int
+        Bins with fewer samples are dropped.
+
+    Returns
+    -------
+    dict
+        ``bins`` (each with its σ range, n, mean σ, RMS σ = √mean σ², RMSE and mean residual), ``ence`` (mean over
+        bins of |RMS σ − RMSE| / RMS σ), ``uce`` (Σ (n_b/n)·|MSE_b − mean σ²_b|) and ``n``.
+
+    References
+    ----------
+    Lang, N. et al. (2023). A high-resolution canopy height model of the Earth. Nature Ecology & Evolution
+    7:1778–1789.
     """
     s = np.asarray(pred_std, dtype=np.float64).ravel()
     r = np.asarray(residual, dtype=np.float64).ravel()
@@ -146,10 +200,26 @@ def calibration_bins(pred_std, residual, n_bins: int = 10, min_count: int = 10) 
 
 
 def semivariogram(x, y, residual, n_lags: int = 15, max_distance: float | None = None) -> dict:
-    """Empirical semivariogram γ(h) = ½·mean((r_i − r_j)²) over pairs in ``n_lags`` equal distance bins.
+    """Empirical semivariogram γ(h) = ½·mean((r_i − r_j)²) over pairs, binned by distance.
 
-    ``max_distance`` defaults to half the largest pairwise distance. All pairs are used: keep the
-    points to a few thousand (n² / 2 pairs). Empty bins are dropped.
+    All pairs are used: keep the points to a few thousand (n² / 2 pairs).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Coordinates (CRS units, metres for a projected CRS).
+    residual : array_like
+        The residual at each point.
+    n_lags : int
+        Equal distance bins; empty bins are dropped.
+    max_distance : float, optional
+        The largest distance (CRS units); default half the largest pairwise distance.
+
+    Returns
+    -------
+    dict
+        ``lag`` (mean distance per bin), ``gamma``, ``pairs``, ``n_points``, ``max_distance`` and ``variance``
+        (of the residuals, ddof 1).
     """
     from scipy.spatial.distance import pdist
 
@@ -180,17 +250,47 @@ def semivariogram(x, y, residual, n_lags: int = 15, max_distance: float | None =
 
 
 def exponential_model(h, nugget, partial_sill, practical_range):
-    """γ(h) = nugget + partial_sill·(1 − exp(−3h/practical_range)) (γ reaches 95 % of the partial sill at
-    the practical range)."""
+    """The exponential semivariogram model with a *practical* range.
+
+    Parameters
+    ----------
+    h : array_like
+        Distances (CRS units).
+    nugget, partial_sill : float
+        In the residuals' unit squared.
+    practical_range : float
+        The distance at which γ reaches 95 % of the partial sill (CRS units).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``nugget + partial_sill·(1 − exp(−3h/practical_range))``.
+    """
     return nugget + partial_sill * (1.0 - np.exp(-3.0 * np.asarray(h, dtype=np.float64) / practical_range))
 
 
 def fit_exponential(lag, gamma, pairs=None, max_distance: float | None = None) -> dict:
-    """Fit :func:`exponential_model` by ``scipy.optimize.curve_fit`` with Cressie's weights N(h)/γ(h)².
+    """Fit :func:`exponential_model` to an empirical semivariogram.
 
-    Returns nugget, partial_sill, sill, practical_range, range_parameter (= practical_range / 3,
-    the *a* of ``exp(−h/a)``), nugget_ratio and whether the fit converged. Bounds: nugget, psill ≥ 0;
-    practical range in (0, 3·max_distance]."""
+    Weighted least squares (``scipy.optimize.curve_fit``) with Cressie's (1985) weights N(h)/γ(h)²; bounds:
+    nugget, partial sill ≥ 0; practical range in (0, 3·max_distance].
+
+    Parameters
+    ----------
+    lag, gamma : array_like
+        The empirical semivariogram (:func:`semivariogram`).
+    pairs : array_like, optional
+        Pairs per lag (default: equal weights).
+    max_distance : float, optional
+        The largest lag considered (default the largest lag).
+
+    Returns
+    -------
+    dict
+        ``nugget``, ``partial_sill``, ``sill``, ``practical_range``, ``range_parameter`` (practical range / 3, the
+        *a* of ``exp(−h/a)``), ``nugget_ratio`` and ``converged`` (False, with None values, when it failed or
+        there are fewer than 3 lags).
+    """
     from scipy.optimize import curve_fit
 
     lag = np.asarray(lag, dtype=np.float64)

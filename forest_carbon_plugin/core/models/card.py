@@ -112,6 +112,17 @@ class ModelCard:
 
 
 def file_digest(paths) -> str:
+    """A short content digest of the model files, the model's id in provenance.
+
+    Parameters
+    ----------
+    paths : sequence of os.PathLike
+
+    Returns
+    -------
+    str
+        ``"sha256:"`` and the first 16 hex digits of the SHA-256 of the files' bytes, in order.
+    """
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as handle:
@@ -121,7 +132,18 @@ def file_digest(paths) -> str:
 
 
 def check_model(path: Path) -> None:
-    """``onnx.checker`` on the file (external data must sit beside it); never unpickles anything."""
+    """Check an ONNX file with ``onnx.checker`` (never unpickles anything).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The ``.onnx`` file; external data must sit in its folder.
+
+    Returns
+    -------
+    None
+        Raises :class:`ForestCarbonError` naming what is wrong.
+    """
     onnx = require("onnx")
     try:
         onnx.checker.check_model(str(path), full_check=False)
@@ -139,7 +161,20 @@ def check_model(path: Path) -> None:
 
 
 def read_card(model_path) -> ModelCard:
-    """The card of an ``.onnx`` file or of a sidecar ``.json`` (see the module doc)."""
+    """The model card of an ``.onnx`` file or of a card ``.json`` (see the module doc).
+
+    Parameters
+    ----------
+    model_path : str or os.PathLike
+        An ``.onnx`` file (card from a ``<model>.json`` beside it, from its ``model_card`` metadata, or from
+        Deepness metadata) or a card ``.json`` naming one or more members (STAC MLM ``assets``).
+
+    Returns
+    -------
+    ModelCard
+        Members, input kind (``pixel`` [N, F] or ``patch`` [N, C, H, W]), bands, output meanings, scaling,
+        conformal factor, target and unit, checked against the graph.
+    """
     ort = require("onnxruntime")
     path = Path(model_path)
     if not path.is_file():

@@ -20,8 +20,21 @@ __all__ = ["conformal_scores", "conformal_factor"]
 
 
 def conformal_scores(y, lower, median, upper) -> np.ndarray:
-    """s = (m − y)/(m − lo) below the median, (y − m)/(up − m) above (0 at y = m; inf for a zero-width side
-    that y falls on): y lies in ``m − f·(m − lo), m + f·(up − m)`` iff s ≤ f."""
+    """Conformity scores of held-out samples for multiplicative interval scaling.
+
+    Parameters
+    ----------
+    y : array_like
+        Observed values.
+    lower, median, upper : array_like
+        The uncalibrated interval and its centre.
+
+    Returns
+    -------
+    numpy.ndarray
+        s = (m − y)/(m − lo) below the median, (y − m)/(up − m) above (0 at y = m; inf for a zero-width side that
+        y falls on): y lies in ``m − f·(m − lo), m + f·(up − m)`` iff s ≤ f.
+    """
     y, lo, m, up = (np.asarray(a, dtype=np.float64) for a in (y, lower, median, upper))
     below = y < m
     width = np.where(below, m - lo, up - m)
@@ -32,9 +45,23 @@ def conformal_scores(y, lower, median, upper) -> np.ndarray:
 
 
 def conformal_factor(y, lower, median, upper, coverage: float = 0.9) -> float:
-    """The factor f that scales the half-widths around the median so that the interval covers ``coverage`` of
-    these samples with the finite-sample rule: the ⌈(n + 1)·coverage⌉-th smallest score (Romano et al.
-    2019). With too few samples for that rank (n < coverage/(1 − coverage)) the largest finite score."""
+    """The factor that scales the half-widths so that the intervals reach ``coverage``.
+
+    The finite-sample rule of split conformal prediction: the ⌈(n + 1)·coverage⌉-th smallest score (Romano et
+    al. 2019). With too few samples for that rank (n < coverage/(1 − coverage)) the largest finite score.
+
+    Parameters
+    ----------
+    y, lower, median, upper : array_like
+        Held-out observations and their uncalibrated intervals.
+    coverage : float
+        Nominal coverage (0-1).
+
+    Returns
+    -------
+    float
+        The factor f (1 means the intervals are already calibrated).
+    """
     if not 0 < coverage < 1:
         raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {coverage}).")
     s = conformal_scores(y, lower, median, upper)

@@ -28,7 +28,20 @@ def _convert(model, n_features: int):
 
 
 def build_onnx(model: FittedModel, n_features: int):
-    """One ONNX graph (input ``features`` float32 [N, F]) computing what :func:`predict_intervals` computes."""
+    """One ONNX graph computing what :func:`.fit.predict_intervals` computes.
+
+    Parameters
+    ----------
+    model : FittedModel
+    n_features : int
+        Width of the input ``features`` (float32 [N, F]).
+
+    Returns
+    -------
+    onnx.ModelProto
+        Outputs ``lower``/``median``/``upper`` (sorted per sample, so never crossing) or ``mean``/``variance``
+        (variance clipped at 0), each [N, 1]; checked with ``onnx.checker``.
+    """
     onnx = require("onnx")
     from onnx import TensorProto, compose, helper
 
@@ -71,7 +84,30 @@ def build_onnx(model: FittedModel, n_features: int):
 
 def model_card(model: FittedModel, bands, target_name: str, unit: str, resolution_m, factor: float,
                training: dict, href: str) -> dict:
-    """The model card (docs/model-card.md) of an exported model."""
+    """The model card (docs/model-card.md) of an exported model.
+
+    Parameters
+    ----------
+    model : FittedModel
+    bands : sequence of str
+        Feature names, in the input's order.
+    target_name, unit : str
+        What the model predicts and its unit.
+    resolution_m : float or None
+        Pixel size of the training features (None for plots).
+    factor : float
+        Conformal factor.
+    training : dict
+        ``forest_carbon:training`` (extent, CRS, date, samples, CV results…).
+    href : str
+        The ONNX file's name (the card's ``assets.model.href``).
+
+    Returns
+    -------
+    dict
+        STAC MLM fields (``mlm:name``, ``mlm:architecture``, ``mlm:input``, ``mlm:output``…) and ours
+        (``forest_carbon:*``).
+    """
     if model.kind == "quantile_gbm":
         outputs = [{"name": k, "forest_carbon:meaning": f"quantile:{model.quantiles[k]:.6g}"}
                    for k in ("lower", "median", "upper")]
@@ -102,7 +138,22 @@ def model_card(model: FittedModel, bands, target_name: str, unit: str, resolutio
 
 
 def export_onnx(model: FittedModel, out_path, card: dict, n_features: int) -> Path:
-    """Write the joined graph with ``card`` in the metadata key ``model_card`` (atomically)."""
+    """Write the joined graph with ``card`` in its metadata key ``model_card``, atomically.
+
+    Parameters
+    ----------
+    model : FittedModel
+    out_path : str or os.PathLike
+        The ``.onnx`` file.
+    card : dict
+        The model card (:func:`model_card`).
+    n_features : int
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
+    """
     onnx = require("onnx")
     from onnx import helper
 

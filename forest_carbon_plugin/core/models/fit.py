@@ -115,7 +115,25 @@ class FittedModel:
 
 def fit_quantile_gbm(X, y, coverage: float = 0.9, seed: int = 0, n_estimators: int = 150,
                      learning_rate: float = 0.1, max_leaf_nodes: int = 15, min_samples_leaf: int = 20) -> FittedModel:
-    """Three ``HistGradientBoostingRegressor(loss="quantile")`` at (1 − coverage)/2, 0.5, (1 + coverage)/2."""
+    """Three quantile gradient-boosting models: the lower and upper bounds and the median.
+
+    Parameters
+    ----------
+    X : array_like
+        (n, F) features (read as float32).
+    y : array_like
+        (n,) target.
+    coverage : float
+        The bounds are the (1 − coverage)/2 and (1 + coverage)/2 quantiles.
+    seed : int
+    n_estimators, learning_rate, max_leaf_nodes, min_samples_leaf
+        As :class:`QuantileGBM`.
+
+    Returns
+    -------
+    FittedModel
+        ``kind`` ``"quantile_gbm"``, models ``lower``/``median``/``upper`` with float32-exact thresholds.
+    """
     require("sklearn")
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -135,7 +153,25 @@ def fit_quantile_gbm(X, y, coverage: float = 0.9, seed: int = 0, n_estimators: i
 def fit_forest_ensemble(X, y, coverage: float = 0.9, seed: int = 0, n_estimators: int = 100,
                         min_samples_leaf: int = 5, max_samples: float | None = 0.5,
                         variance_estimators: int | None = None) -> FittedModel:
-    """A random forest for the mean and a forest on its squared out-of-bag residuals (the variance)."""
+    """A random forest for the mean and a forest on its squared out-of-bag residuals (the variance).
+
+    Parameters
+    ----------
+    X : array_like
+        (n, F) features (read as float32).
+    y : array_like
+        (n,) target.
+    coverage : float
+        Coverage of the Gaussian intervals mean ± z·σ.
+    seed : int
+    n_estimators, min_samples_leaf, max_samples, variance_estimators
+        As :class:`RandomForest`.
+
+    Returns
+    -------
+    FittedModel
+        ``kind`` ``"forest_ensemble"``, models ``mean`` and ``variance`` with float32-exact thresholds.
+    """
     require("sklearn")
     from sklearn.ensemble import RandomForestRegressor
 
@@ -155,7 +191,19 @@ def fit_forest_ensemble(X, y, coverage: float = 0.9, seed: int = 0, n_estimators
 
 
 def predict_intervals(model: FittedModel, X) -> dict:
-    """Uncalibrated ``prediction``, ``lower``, ``upper`` (float64) as the exported graph computes them."""
+    """Uncalibrated prediction and interval, as the exported graph computes them.
+
+    Parameters
+    ----------
+    model : FittedModel
+    X : array_like
+        (n, F) features (read as float32).
+
+    Returns
+    -------
+    dict
+        float64 ``prediction``, ``lower``, ``upper`` (and ``variance`` for a forest ensemble).
+    """
     X = np.asarray(X, dtype=np.float32)
     if model.kind == "quantile_gbm":
         raw = {k: m.predict(X) for k, m in model.models.items()}

@@ -34,8 +34,24 @@ __all__ = ["spatial_folds", "random_folds", "auto_block_size", "plot_groups", "a
 
 
 def spatial_folds(x, y, block_size_m: float, folds: int, seed: int = 0) -> np.ndarray:
-    """Fold (0 … folds−1) of each sample: square blocks of ``block_size_m`` (edges at multiples of it)
-    shuffled with ``seed`` and dealt to the folds in turn; every sample of a block is in one fold."""
+    """Spatial-block folds: every sample of a square block in one fold (Roberts et al. 2017).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Sample coordinates (the grid's CRS).
+    block_size_m : float
+        Block side; edges at multiples of it.
+    folds : int
+        Number of folds (at least 2, at most the number of blocks).
+    seed : int
+        Seed of the shuffle of the blocks, which are then dealt to the folds in turn.
+
+    Returns
+    -------
+    numpy.ndarray
+        Fold (0 … folds − 1) of each sample.
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     if not block_size_m > 0:
         raise ForestCarbonError(f"BLOCK_SIZE must be greater than 0 m (got {block_size_m}).")
@@ -55,15 +71,42 @@ def spatial_folds(x, y, block_size_m: float, folds: int, seed: int = 0) -> np.nd
 
 
 def random_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
-    """Fold of each of ``n`` samples for ordinary random K-fold (balanced, seeded)."""
+    """Ordinary random K-fold (balanced, seeded).
+
+    Parameters
+    ----------
+    n : int
+        Number of samples.
+    folds : int
+    seed : int
+
+    Returns
+    -------
+    numpy.ndarray
+        Fold (0 … folds − 1) of each sample.
+    """
     if folds < 2:
         raise ForestCarbonError(f"FOLDS must be at least 2 (got {folds}).")
     return np.random.default_rng(seed).permutation(n) % folds
 
 
 def auto_block_size(x, y, res: float, folds: int) -> tuple[float, str]:
-    """The block side (m) when none is given: ``AUTO_BLOCK_PIXELS`` pixels, halved (down to 2 pixels) until there
-    are at least 2·``folds`` blocks holding samples; and a note saying so."""
+    """The block side when none is given.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Sample coordinates.
+    res : float
+        Pixel size of the features (m).
+    folds : int
+
+    Returns
+    -------
+    (float, str)
+        ``AUTO_BLOCK_PIXELS`` pixels, halved (down to 2 pixels) until at least 2·``folds`` blocks hold samples; and
+        a note saying so.
+    """
     size = AUTO_BLOCK_PIXELS * res
     while True:
         blocks = len(np.unique(np.column_stack([np.floor(x / size), np.floor(y / size)]), axis=0))
@@ -73,7 +116,20 @@ def auto_block_size(x, y, res: float, folds: int) -> tuple[float, str]:
 
 
 def plot_groups(x, y, distance_m: float) -> np.ndarray:
-    """Group id of each plot: plots closer than ``distance_m`` to another plot of the group (single linkage)."""
+    """Group plots that lie close together (single linkage).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Plot locations (m).
+    distance_m : float
+        Plots closer than this to a plot of a group join it; 0: each plot is its own group.
+
+    Returns
+    -------
+    numpy.ndarray
+        Group id of each plot.
+    """
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
@@ -91,10 +147,23 @@ def plot_groups(x, y, distance_m: float) -> np.ndarray:
 
 
 def auto_group_distance(x, y) -> tuple[float, str]:
-    """BLOCK_SIZE 0 for plots: the Clark–Evans aggregation index R (mean nearest-neighbour distance over its
-    expectation 0.5/√density for a random pattern, density over the plots' convex hull); when R < 0.7 the plots
-    are clustered and are grouped at 1.5 × the median nearest-neighbour distance, otherwise each plot is its own
-    group."""
+    """The grouping distance for plots when none is given, from the Clark–Evans aggregation index.
+
+    R is the mean nearest-neighbour distance over its expectation 0.5/√density for a random pattern (density over
+    the plots' convex hull; Clark & Evans 1954, Ecology 35:445–453). When R < ``CLUSTERED_R`` the plots are
+    clustered and are grouped at 1.5 × their median nearest-neighbour distance; otherwise each plot is its own
+    group.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Plot locations (m).
+
+    Returns
+    -------
+    (float, str)
+        The distance (m; 0 = no grouping) and a note saying why.
+    """
     from scipy.spatial import ConvexHull, cKDTree
 
     points = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
@@ -119,8 +188,21 @@ def auto_group_distance(x, y) -> tuple[float, str]:
 
 
 def group_folds(groups, folds: int, seed: int = 0) -> tuple[np.ndarray, int]:
-    """Fold of each plot: leave-one-group-out when there are fewer than 30 groups (or no more than ``folds``),
-    otherwise the groups shuffled (seeded) and dealt to ``folds`` folds. Returns (fold ids, number of folds)."""
+    """Folds over groups of plots.
+
+    Parameters
+    ----------
+    groups : array_like
+        Group id of each plot (:func:`plot_groups`).
+    folds : int
+    seed : int
+
+    Returns
+    -------
+    (numpy.ndarray, int)
+        Fold of each plot and the number of folds: leave-one-group-out with fewer than ``LOO_BELOW`` groups (or no
+        more than ``folds``), otherwise the groups shuffled (seeded) and dealt to ``folds`` folds.
+    """
     groups = np.asarray(groups)
     labels, inverse = np.unique(groups, return_inverse=True)
     inverse = np.asarray(inverse).ravel()

@@ -48,7 +48,19 @@ class ModelInfo:
 
 
 def describe_model(path) -> ModelInfo:
-    """Open ``path`` with ONNX Runtime (CPU) and report what it declares."""
+    """What an ONNX file declares, read through an ONNX Runtime session on the CPU (no inference).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.onnx`` file.
+
+    Returns
+    -------
+    ModelInfo
+        Producer, graph name, inputs and outputs (name, shape, type), metadata, the providers available here and,
+        when a card can be read, its target, unit, source and output scaling.
+    """
     ort = require("onnxruntime")
     path = Path(path)
     if not path.is_file():

@@ -20,10 +20,21 @@ __all__ = ["combine_members", "quantile_interval"]
 
 
 def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> dict:
-    """Prediction, std, lower and upper from every member's named outputs (arrays of equal shape).
+    """Prediction, σ and bounds from every member's declared outputs.
 
-    ``member_outputs``: one dict per member, output name → array (channels, pixels…), channel first.
-    Returns float64 arrays (pixels…).
+    Parameters
+    ----------
+    card : ModelCard
+        Declares each output's meaning (mean, variance, log_variance, std, quantile:q) and the conformal factor.
+    member_outputs : list of dict
+        One dict per member, output name → array (channels, pixels…), channel first.
+    coverage : float
+        Central coverage of the bounds (for a quantile model, the declared quantiles must span it).
+
+    Returns
+    -------
+    dict
+        float64 arrays (pixels…): ``prediction``, and when the model gives a spread ``std``, ``lower``, ``upper``.
     """
     means, variances, quantiles = [], [], {}
     for outputs in member_outputs:
@@ -83,11 +94,22 @@ def combine_members(card: ModelCard, member_outputs: list, coverage: float) -> d
 
 
 def quantile_interval(lower, median, upper):
-    """Lower, median and upper quantile predictions made consistent: sorted per pixel (quantile models fitted
-    one per level can cross; sorting is the rearrangement of Chernozhukov, Fernández-Val & Galichon 2010,
-    Econometrica 78:1093, which never makes an estimate worse), and a side of zero width given the other
-    side's width, so that a conformal factor scales both (a collapsed side would stay collapsed at any
-    factor). Returns float64 ``(lower, median, upper)``."""
+    """Lower, median and upper quantile predictions made consistent.
+
+    Sorted per pixel (quantile models fitted one per level can cross; sorting is the rearrangement of
+    Chernozhukov, Fernández-Val & Galichon 2010, Econometrica 78:1093, which never makes an estimate worse), and
+    a side of zero width given the other side's width, so that a conformal factor scales both (a collapsed side
+    would stay collapsed at any factor).
+
+    Parameters
+    ----------
+    lower, median, upper : array_like
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, numpy.ndarray)
+        float64 ``(lower, median, upper)``.
+    """
     q = np.sort(np.stack([np.asarray(a, dtype=np.float64) for a in (lower, median, upper)]), axis=0)
     lo, m, up = q[0], q[1], q[2]
     below, above = m - lo, up - m

@@ -32,7 +32,22 @@ _SESSIONS_LOCK = threading.Lock()
 
 
 def choose_providers(device: str, require_gpu: bool, progress: Progress) -> list:
-    """The ONNX Runtime providers for ``device``: the GPU provider (with CPU behind it) or CPU."""
+    """The ONNX Runtime execution providers for a device.
+
+    Parameters
+    ----------
+    device : str
+        One of :data:`DEVICES`; ``auto`` tries CUDA, DirectML, CoreML (TensorRT only on request).
+    require_gpu : bool
+        Fail rather than fall back to the CPU.
+    progress : Progress
+        Told when a requested GPU provider is missing.
+
+    Returns
+    -------
+    list of str
+        The GPU provider with the CPU behind it, or the CPU alone.
+    """
     ort = require("onnxruntime")
     if device not in DEVICES:
         raise ForestCarbonError(f"Unknown device '{device}': choose one of {', '.join(DEVICES)}.")
@@ -56,7 +71,20 @@ def choose_providers(device: str, require_gpu: bool, progress: Progress) -> list
 
 
 def session_for(path: Path, providers: list, threads: int):
-    """A cached ONNX Runtime session (sessions are expensive to build; QGIS runs many jobs)."""
+    """A cached ONNX Runtime session (sessions are expensive to build; QGIS runs many jobs).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The ``.onnx`` file (the cache key includes its modification time).
+    providers : list of str
+    threads : int
+        Intra-op threads.
+
+    Returns
+    -------
+    onnxruntime.InferenceSession
+    """
     ort = require("onnxruntime")
     key = (str(path), Path(path).stat().st_mtime_ns, tuple(providers), threads)
     with _SESSIONS_LOCK:

@@ -43,8 +43,22 @@ class Stack:
 
 
 def blend_weights(size: int, overlap: int, taper_low: bool, taper_high: bool) -> np.ndarray:
-    """1-D blending weight of a tile: 0 on the outer quarter of the overlap, a raised cosine over
-    its middle half, 1 inside; untapered on a side where the tile meets the raster's border."""
+    """The 1-D blending weight of a tile.
+
+    Parameters
+    ----------
+    size : int
+        Tile side (pixels).
+    overlap : int
+        Overlap between neighbouring tiles (pixels).
+    taper_low, taper_high : bool
+        Whether the tile meets another tile on that side (untapered where it meets the raster's border).
+
+    Returns
+    -------
+    numpy.ndarray
+        0 on the outer quarter of the overlap, a raised cosine over its middle half, 1 inside.
+    """
     d = np.arange(size, dtype=np.float64)
     w = np.ones(size)
     if overlap <= 0:
@@ -270,7 +284,23 @@ class Pipeline:
 
 
 def card_output(card: ModelCard, array, spec, tile: int) -> np.ndarray:
-    """One tile's mean output channel in the prediction's units (the card's output scaling applied)."""
+    """One tile's mean output channel in the prediction's units.
+
+    Parameters
+    ----------
+    card : ModelCard
+    array : array_like
+        The member's output for one tile.
+    spec : OutputSpec
+        The output and its channel.
+    tile : int
+        Tile side (pixels).
+
+    Returns
+    -------
+    numpy.ndarray
+        (tile, tile), the card's output scaling applied.
+    """
     value = np.asarray(array).reshape(-1, tile, tile)[spec.channel]
     return value if card.output_scale == 1.0 else card.postprocess(value.astype(np.float32), spec.meaning)
 

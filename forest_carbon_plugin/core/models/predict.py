@@ -56,12 +56,25 @@ class Prediction:
 # --------------------------------------------------------------------------- the algorithm
 
 def support_warning(plot_area_m2, cell_area_m2: float, tolerance: float = 0.25) -> str | None:
-    """A warning when a plot-trained model maps cells of another area than its plots, else None.
+    """A warning when a plot-trained model maps cells of another area than its plots.
 
-    The intervals of an area-based model are calibrated on plot measurements: their spread is that of
-    plots of that area. Biomass density over a bigger cell varies less (the variance of a mean over an
-    area falls roughly as 1/area for weakly correlated stems), so the intervals over-cover bigger cells
-    and under-cover smaller ones. lidR's advice: a cell area equal to the plot area.
+    The intervals of an area-based model are calibrated on plot measurements: their spread is that of plots of
+    that area. Biomass density over a bigger cell varies less (the variance of a mean over an area falls roughly
+    as 1/area for weakly correlated stems), so the intervals over-cover bigger cells and under-cover smaller
+    ones. lidR's advice: a cell area equal to the plot area.
+
+    Parameters
+    ----------
+    plot_area_m2 : float
+        The plots' area (m²).
+    cell_area_m2 : float
+        The output cells' area (m²).
+    tolerance : float
+        Relative difference tolerated.
+
+    Returns
+    -------
+    str or None
     """
     if not plot_area_m2 or not cell_area_m2 or abs(cell_area_m2 / plot_area_m2 - 1) <= tolerance:
         return None
@@ -392,9 +405,25 @@ class _ArrayWriter:
 
 
 def predict_rows(spec: dict, members: list, row0: int, row1: int, folder: str, progress=None):
-    """(a tile task, run on a Dask worker) rows ``row0``-``row1`` of every output, written into ``folder``;
-    ``members`` are the model files' bytes sent with the job. Returns ({kind: tile path}, model tiles run,
-    (whether any pixel had data, whether any prediction was finite))."""
+    """Rows ``row0``-``row1`` of every output, run on a Dask worker and written into ``folder``.
+
+    Parameters
+    ----------
+    spec : dict
+        The run (grid, sources, card, device, tiling, coverage, outputs, threads) as :func:`predict_raster` sends it.
+    members : list
+        The model files' bytes, sent with the job.
+    row0, row1 : int
+        The row band.
+    folder : str
+        The job folder the tiles are written to.
+    progress : Progress, optional
+
+    Returns
+    -------
+    (dict, int, (bool, bool))
+        ``{kind: tile path}``, the model runs, and whether any pixel had data and any prediction was finite.
+    """
     progress = progress or NullProgress()
     card = replace(spec["card"], members=[materialize(data) for data in members])
     providers = choose_providers(spec["device"], spec["require_gpu"], NullProgress())

@@ -122,7 +122,25 @@ def _stratified(y: np.ndarray, cap: int, rng) -> np.ndarray:
 
 def sample_training_data(features, target, target_field: str | None = None, max_samples: int = 50_000,
                          seed: int = 0, progress: Progress | None = None) -> TrainingData:
-    """Features and target values of the training samples (see the module doc)."""
+    """Features and target values of the training samples (see the module doc).
+
+    Parameters
+    ----------
+    features : str, os.PathLike or sequence of them
+        Feature rasters; bands stacked in order on the first raster's grid.
+    target : str or os.PathLike
+        A raster, or a point/polygon layer (``path`` or ``path|layername=x``).
+    target_field : str, optional
+        The numeric field of a vector target.
+    max_samples : int
+        Pixels kept at most (stratified by target deciles).
+    seed : int
+    progress : Progress, optional
+
+    Returns
+    -------
+    TrainingData
+    """
     progress = progress or NullProgress()
     if max_samples is not None and max_samples < 1:
         raise ForestCarbonError(f"MAX_SAMPLES must be at least 1 (got {max_samples}).")

@@ -532,8 +532,24 @@ def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
 
 
 def pixel_fractions(geom, transform, shape) -> np.ndarray:
-    """The share of each pixel of a (rows, cols) grid covered by an OGR polygon (0-1). Pixels away from
-    the boundary are 0 or 1 by rasterization; those along it get their exact intersection area."""
+    """The share of each pixel of a grid covered by an OGR polygon.
+
+    Pixels away from the boundary are 0 or 1 by rasterization; those along it get their exact intersection area.
+
+    Parameters
+    ----------
+    geom : osgeo.ogr.Geometry
+        The polygon, in the grid's CRS.
+    transform : affine.Affine
+        The grid's transform.
+    shape : (int, int)
+        (rows, cols).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 shares (0-1).
+    """
     import json as _json
 
     from osgeo import ogr

@@ -74,7 +74,7 @@ def _geod_area_ha(geom, crs):
 def test_pixel_weights_are_exact_intersection_areas():
     from shapely.geometry import box
 
-    from forest_carbon_plugin.core.raster.blocks import RasterGrid
+    from forest_carbon_plugin.core.raster.grid import RasterGrid
 
     grid = RasterGrid(UTM, Affine(10, 0, X0, 0, -10, Y0), 50, 50)
     for shape in _shapes():

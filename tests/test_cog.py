@@ -12,7 +12,7 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine, from_origin
 
 from forest_carbon_plugin.core.raster import cog
-from forest_carbon_plugin.core.raster.blocks import RasterGrid
+from forest_carbon_plugin.core.raster.grid import RasterGrid
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
 

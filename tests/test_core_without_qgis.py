@@ -52,7 +52,7 @@ def test_every_core_module_imports_without_qgis():
                  "forest_carbon_plugin.paths", "forest_carbon_plugin.core.imagery.hls",
                  "forest_carbon_plugin.simulate.scene", "forest_carbon_plugin.simulate.lidar",
                  "forest_carbon_plugin.simulate.optical", "forest_carbon_plugin.simulate.__main__",
-                 "forest_carbon_plugin.core.raster.blocks", "forest_carbon_plugin.core.imagery.harmonize",
+                 "forest_carbon_plugin.core.raster.write", "forest_carbon_plugin.core.raster.read", "forest_carbon_plugin.core.imagery.harmonize",
                  "forest_carbon_plugin.core.imagery.highres", "forest_carbon_plugin.core.imagery.sar",
                  "forest_carbon_plugin.core.imagery.indices", "forest_carbon_plugin.core.imagery.composite"):
         assert name in report["imported"]

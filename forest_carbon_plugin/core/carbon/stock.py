@@ -473,7 +473,8 @@ def carbon_stock(projects, out_html=None, agb=None, agb_std=None, agb_lower=None
     import rasterio
     from shapely.ops import transform as shp_transform
 
-    from ..raster.blocks import RasterGrid, Readers, overlaps
+    from ..raster.grid import RasterGrid
+    from ..raster.read import overlaps, Readers
 
     progress = progress or NullProgress()
     started = time.perf_counter()

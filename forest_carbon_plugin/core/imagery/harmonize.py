@@ -40,7 +40,7 @@ from .masks import DEFAULT_MASK, MASKERS, parse_classes, radsat_mask
 from ..outputs import provenance as make_provenance
 from .products import OUTPUT_ORDER, Product, open_product
 from ..progress import NullProgress, Progress, check_cancel
-from ..parallel.cluster import assemble_raster, bands_for, job_folder, write_tile
+from ..parallel.assemble import assemble_raster, bands_for, job_folder, write_tile
 from ..parallel.tilemap import current_executor
 
 COEFFICIENTS_VERSION = "HLS v2.0 (bandpass: hls_libs/L8like S2A/S2B/S2C; BRDF: Roy et al. 2016/2017)"
@@ -228,9 +228,10 @@ def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, pr
                                   progress)
         valid = sum(n for _, n in done)
         check_cancel(progress)
-        assemble_raster(grid, [(r0, r1, done[i][0]) for i, (r0, r1) in enumerate(rows)], out_path, len(bands),
-                        "float32", float("nan"), descriptions=[b.name for b in bands], tags=tags, provenance=record,
-                        band_tags=band_tags, folder=folder)
+        spec = RasterSpec(count=len(bands), descriptions=tuple(b.name for b in bands), tags=tags, provenance=record,
+                          band_tags=tuple(band_tags or ()))
+        assemble_raster(grid, [(r0, r1, done[i][0]) for i, (r0, r1) in enumerate(rows)], out_path, spec,
+                        folder=folder)
     progress.set_progress(100.0)
     return valid
 

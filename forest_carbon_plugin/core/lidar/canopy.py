@@ -25,7 +25,6 @@ from .catalog import Catalog, Extent, buffered_points, cell_owner, open_extent, 
 from .chm import P2R, PitFree, p2r, pitfree, tin_layer
 from .normalize import check_normalize_mode, normalization_report, tile_heights
 
-NODATA = -9999.0
 # a p2r cell is empty when no return falls in it: with first returns spread at random (Poisson,
 # d per m²) a cell of side r is empty with probability exp(−d·r²), so ~90 % of cells get one from
 # r = sqrt(ln 10 / d) ≈ sqrt(2.3 / d) on
@@ -89,8 +88,7 @@ def canopy_height_model(source, output, res_m: float = 0.5, method: P2R | PitFre
     check_cancel(progress)
     record = make_provenance("forestcarbon:canopyheightmodel", parameters or {
         "res_m": res_m, "method": repr(method), "normalize": normalize}, inputs=[t.path for t in catalog.tiles])
-    data = np.where(np.isfinite(chm), chm, NODATA).astype(np.float32)
-    write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=["canopy_height_m"],
+    write_raster(output, chm.astype(np.float32), grid.transform, catalog.crs, descriptions=["canopy_height_m"],
                  provenance=record)
     progress.set_progress(100.0)
     return grid

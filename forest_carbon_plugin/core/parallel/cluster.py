@@ -1092,7 +1092,7 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
     provenance in it) → GDAL's COG driver (tiles, averaged overviews, as the local path) inside ``atomic_output``.
     ``streamed``: the tiles' rows go in order through :mod:`.cog` instead (one float32 band with NaN nodata), as the
     local path of predictraster writes its outputs, so that both make the same file."""
-    from ..raster.blocks import COMPRESS, DEFAULT_BLOCK, _to_cog, default_workers
+    from ..raster.write import COMPRESS, to_cog
     from ..outputs import atomic_output, gdal_tags
 
     import numpy as np
@@ -1145,7 +1145,7 @@ def assemble_raster(grid, tiles, out_path, count: int, dtype="float32", nodata=N
     vrt.write_text("".join(lines), encoding="utf-8")
     try:
         with atomic_output(Path(out_path)) as tmp:
-            _to_cog(vrt, tmp, COMPRESS, dtype, DEFAULT_BLOCK, default_workers(workers))
+            to_cog(vrt, tmp, COMPRESS, workers=workers)
     finally:
         with contextlib.suppress(OSError):
             vrt.unlink()

@@ -35,6 +35,9 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance as make_provenance
 from ..progress import Progress
+from .grid import RasterGrid
+from .read import Readers
+from .write import RasterSpec, process_blocks
 
 ALGORITHM_ID = "forestcarbon:aggregatetogrid"
 SIMPLE_STATISTICS = ("mean", "min", "max", "std", "sum")
@@ -204,8 +207,6 @@ def _gathered_statistic(name, vals, w, shape):
 def _target_grid(src, reference_grid, resolution_m, progress):
     from rasterio.crs import CRS
 
-    from .blocks import RasterGrid
-
     t = src.transform
     if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
         raise ForestCarbonError(f"'{src.name}' is not a north-up raster (its transform is rotated or flipped). "
@@ -280,8 +281,6 @@ def aggregate_to_grid(path, out_path, statistics=("mean",), reference_grid=None,
     """
     import rasterio
 
-    from .blocks import Readers, process_blocks
-
     stats = parse_statistics(statistics)
     try:
         src = rasterio.open(path)
@@ -344,9 +343,9 @@ def aggregate_to_grid(path, out_path, statistics=("mean",), reference_grid=None,
         progress.info(f"Aggregating {fine_w} × {fine_h} pixels of {fine_t.a:g} × {-fine_t.e:g} onto "
                       f"{grid.width} × {grid.height} cells of {ct.a:g} × {-ct.e:g}: {', '.join(stats)}.")
     try:
-        process_blocks(grid, compute, out_path, count=len(stats) + 1, dtype="float32", nodata=float("nan"),
-                       descriptions=[*stats, "valid_fraction"], provenance=prov, progress=progress,
-                       max_workers=max_workers, block_size=block_size)
+        spec = RasterSpec(count=len(stats) + 1, descriptions=(*stats, "valid_fraction"), provenance=prov,
+                          block_size=block_size)
+        process_blocks(grid, compute, out_path, spec, progress=progress, max_workers=max_workers)
     finally:
         readers.close()
     return Path(out_path)

@@ -18,7 +18,7 @@ and metadata tags (GeoKeys, pixel scale and tie point, ``GDAL_METADATA`` with th
 description, ``GDAL_NODATA``) are GDAL's own: copied from a one-pixel GeoTIFF that GDAL writes
 with the same CRS, transform, nodata and metadata, so that no CRS is ever encoded by hand.
 
-One band of float32 with NaN as nodata (what :mod:`.inference` writes); compression ZSTD
+One band of float32 with NaN as nodata (what :mod:`..models.predict` writes); compression ZSTD
 (TIFF code 50000, as GDAL and libtiff write it; level 1, no predictor: on float predictions the
 floating-point predictor gained nothing here and cost a third of the time) through the
 ``zstandard`` package, or none.
@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import ForestCarbonError
 from ..outputs import atomic_output, gdal_tags
+from .write import RasterSpec, describe
 
 COMPRESSIONS = {"none": 1, "zstd": 50000}
 
@@ -208,7 +209,7 @@ class StreamingCOG:
             raise ForestCarbonError(f"The COG got {self.next_row} of {self.grid.height} rows.")
         for level in self.levels:
             level.file.close()
-        template = _gdal_tags(self.path, self.grid, self.descriptions, self.tags, self.units)
+        template = _template_tags(self.path, self.grid, self.descriptions, self.tags, self.units)
         data_bytes = sum(level.written for level in self.levels)
         bigtiff = self.bigtiff
         if bigtiff is None:
@@ -305,7 +306,7 @@ def _ifd(tags: list, position: int, bigtiff: bool, last: bool) -> bytes:
     return struct.pack(count_fmt, n) + b"".join(entries) + next_ifd + extra
 
 
-def _gdal_tags(path: Path, grid, descriptions, tags, units=None) -> list:
+def _template_tags(path: Path, grid, descriptions, tags, units=None) -> list:
     """``(tag, type, count, raw value bytes)`` of the georeferencing and metadata tags GDAL writes for this grid,
     nodata, band description and tags, read from a one-pixel GeoTIFF beside ``path``."""
     import rasterio
@@ -314,12 +315,7 @@ def _gdal_tags(path: Path, grid, descriptions, tags, units=None) -> list:
     try:
         with rasterio.open(probe, "w", driver="GTiff", width=1, height=1, count=1, dtype="float32", crs=grid.crs,
                            transform=grid.transform, nodata=float("nan")) as dst:
-            for i, text in enumerate(descriptions, start=1):
-                dst.set_band_description(i, text)
-            if any(units or []):
-                dst.units = tuple(units)
-            if tags:
-                dst.update_tags(**{k: str(v) for k, v in tags.items()})
+            describe(dst, RasterSpec(descriptions=tuple(descriptions), tags=tags, units=tuple(units or ())))
         return [t for t in _read_ifd(probe.read_bytes()) if t[0] in GEO_TAGS + (GDAL_METADATA, GDAL_NODATA)]
     finally:
         for leftover in (probe, probe.with_name(probe.name + ".aux.xml")):

@@ -19,6 +19,8 @@ import numpy as np
 
 from ..errors import ForestCarbonError
 
+#: Side of the square blocks rasters are computed and tiled in (pixels).
+DEFAULT_BLOCK = 512
 #: Rasters the LiDAR chain holds in memory (a float64 array per layer, several at once): past this
 #: many cells they would not fit in a workstation's memory, so the run is refused before allocating.
 MAX_MEMORY_CELLS = 400_000_000
@@ -131,3 +133,56 @@ class Grid:
         east = x < self.xmax if self.xmax < dx1 else x <= self.xmax
         south = y > self.ymin if self.ymin > dy0 else y >= self.ymin
         return (x >= self.xmin) & east & south & (y <= self.ymax)
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """A north-up raster grid: CRS (anything rasterio's ``CRS`` takes), transform, size."""
+
+    crs: object
+    transform: object  # affine.Affine
+    width: int
+    height: int
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        return t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f
+
+    @classmethod
+    def of(cls, dataset) -> "RasterGrid":
+        return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
+
+    @classmethod
+    def from_bounds(cls, crs, bounds, res_m: float, snap: bool = True) -> "RasterGrid":
+        """The grid of cell size ``res_m`` covering ``bounds``; edges snapped to multiples of
+        ``res_m`` so that separate runs line up (as HLS's and every tiling scheme's do)."""
+        from affine import Affine
+
+        if not res_m > 0:
+            raise ForestCarbonError(f"The resolution must be greater than 0 (got {res_m}).")
+        xmin, ymin, xmax, ymax = bounds
+        check_grid_size(xmax - xmin, ymax - ymin, res_m, MAX_STREAMED_CELLS, bytes_per_cell=4)
+        if snap:
+            xmin, ymin = math.floor(xmin / res_m + 1e-9) * res_m, math.floor(ymin / res_m + 1e-9) * res_m
+            xmax, ymax = math.ceil(xmax / res_m - 1e-9) * res_m, math.ceil(ymax / res_m - 1e-9) * res_m
+        width = max(1, int(round((xmax - xmin) / res_m)))
+        height = max(1, int(round((ymax - ymin) / res_m)))
+        return cls(crs, Affine(res_m, 0, xmin, 0, -res_m, ymax), width, height)
+
+    def windows(self, block_size: int = DEFAULT_BLOCK):
+        """Windows of ``block_size`` (aligned with the output tiles), row by row."""
+        from rasterio.windows import Window
+
+        for row in range(0, self.height, block_size):
+            for col in range(0, self.width, block_size):
+                yield Window(col, row, min(block_size, self.width - col), min(block_size, self.height - row))
+
+    def window_transform(self, window):
+        from rasterio.windows import transform
+
+        return transform(window, self.transform)

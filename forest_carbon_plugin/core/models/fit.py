@@ -157,13 +157,12 @@ def fit_forest_ensemble(X, y, coverage: float = 0.9, seed: int = 0, n_estimators
 
     Parameters
     ----------
-    X : array_like
-        (n, F) features (read as float32).
-    y : array_like
-        (n,) target.
+    X, y : array_like
+        (n, F) features (read as float32) and (n,) target.
     coverage : float
         Coverage of the Gaussian intervals mean ± z·σ.
     seed : int
+        Seed of the bootstrap and of the feature draws.
     n_estimators, min_samples_leaf, max_samples, variance_estimators
         As :class:`RandomForest`.
 

@@ -62,10 +62,20 @@ class Catalog:
 
 
 def open_catalog(source, crs: str | None = None) -> Catalog:
-    """Read the headers of ``source`` (a file or a folder of tiles).
+    """Read the headers of ``source`` (a file, a .vpc or a folder of tiles), as lidR's ``readLAScatalog``.
 
-    ``crs`` (``"EPSG:xxxx"`` or WKT) overrides the files' CRS; without it, files without a
-    CRS are an error, because every output must be georeferenced.
+    Parameters
+    ----------
+    source : str or Path
+        A LAS/LAZ file, a QGIS virtual point cloud (.vpc) or a folder of LAS/LAZ tiles.
+    crs : str, optional
+        ``"EPSG:xxxx"`` or WKT; overrides the files' CRS. Without it, files without a CRS are an
+        error, because every output must be georeferenced.
+
+    Returns
+    -------
+    Catalog
+        The tiles (path, bounds, point count, CRS) and the warnings met (mixed CRSs, …).
     """
     files = las_files(source)
     modules = ("laspy", "lazrs") if any(f.suffix.lower() == ".laz" for f in files) else ("laspy",)
@@ -119,11 +129,25 @@ def open_catalog(source, crs: str | None = None) -> Catalog:
 
 
 def read_tile(path, fields=("x", "y", "z"), chunk_points: int = CHUNK_POINTS, threads: bool = True) -> dict:
-    """All points of one file as numpy arrays (float64 coordinates), read in chunks into
-    arrays allocated once (no concatenation copies).
+    """All points of one file as numpy arrays, read in chunks into arrays allocated once.
 
-    ``threads``: lazrs decompresses LAZ on every core by default; worker processes that already
-    run one per core pass False to decode single-threaded and not oversubscribe the cores.
+    Parameters
+    ----------
+    path : str or Path
+        A LAS/LAZ file.
+    fields : sequence of str
+        Attributes to read: ``x``, ``y``, ``z`` (scaled, float64), ``Z`` (the raw integers) and any
+        laspy dimension (``return_number``, ``classification``, ``intensity``…).
+    chunk_points : int
+        Points decoded at a time.
+    threads : bool
+        lazrs decompresses LAZ on every core by default; worker processes that already run one per
+        core pass False to decode single-threaded and not oversubscribe the cores.
+
+    Returns
+    -------
+    dict
+        Field name → array of the file's points (no concatenation copies).
     """
     laspy = require("laspy", "lazrs")[0] if str(path).lower().endswith(".laz") else require("laspy")
     out: dict = {}
@@ -158,10 +182,28 @@ def read_tile(path, fields=("x", "y", "z"), chunk_points: int = CHUNK_POINTS, th
 
 
 def restrict(catalog: Catalog, extent, extent_crs: str | None = None):
-    """The catalog's tiles that overlap ``extent`` (xmin, ymin, xmax, ymax), and the overlap.
+    """The catalog's tiles that overlap ``extent``, and the overlap.
 
-    ``extent_crs``, when given and different from the catalog's, is transformed first.
-    Raises when the cloud lies outside the extent.
+    Parameters
+    ----------
+    catalog : Catalog
+        The tiles.
+    extent : tuple or None
+        (xmin, ymin, xmax, ymax); None keeps the whole catalog.
+    extent_crs : str, optional
+        The extent's CRS; transformed to the catalog's first when it differs.
+
+    Returns
+    -------
+    catalog : Catalog
+        The tiles that overlap the extent.
+    bounds : tuple
+        (xmin, ymin, xmax, ymax) of the overlap, in the catalog's CRS.
+
+    Raises
+    ------
+    ForestCarbonError
+        When the cloud lies outside the extent.
     """
     if extent is None:
         return catalog, catalog.bounds
@@ -219,7 +261,26 @@ def open_extent(source, crs: str | None = None, extent: Extent | None = None):
 
 
 def buffered_points(catalog: Catalog, i: int, buffer: float, fields):
-    """Points of tile ``i`` and of the other tiles within ``buffer`` of it; and a mask of tile i's own."""
+    """Points of tile ``i`` and of the other tiles within ``buffer`` of it (lidR's chunk buffer).
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The tiles, as :func:`open_catalog` reads them.
+    i : int
+        Index of the tile whose points are wanted.
+    buffer : float
+        Width (map units) of the band around it from which neighbours' points are added.
+    fields : sequence of str
+        Attributes to read (see :func:`read_tile`).
+
+    Returns
+    -------
+    points : dict
+        Field name → array: tile ``i``'s points first, then its neighbours' within the buffer.
+    mine : ndarray of bool
+        Which of the points belong to tile ``i``.
+    """
     tile = catalog.tiles[i]
     own = read_tile(tile.path, fields)
     parts = [own]
@@ -237,7 +298,20 @@ def buffered_points(catalog: Catalog, i: int, buffer: float, fields):
 
 
 def cell_owner(catalog: Catalog, grid: Grid) -> np.ndarray:
-    """Which tile owns each cell: the first tile whose bounds hold the cell centre."""
+    """Which tile owns each cell: the first tile whose bounds hold the cell centre.
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The tiles, in the order that breaks ties.
+    grid : Grid
+        The raster whose cells are shared out.
+
+    Returns
+    -------
+    ndarray of int32
+        Tile index per cell, shaped like the grid; a cell whose centre is in no tile goes to the nearest tile.
+    """
     owner = np.full(grid.shape, -1, dtype=np.int32)
     cx, cy = grid.centres()
     for i, t in reversed(list(enumerate(catalog.tiles))):
@@ -254,7 +328,17 @@ def cell_owner(catalog: Catalog, grid: Grid) -> np.ndarray:
 
 
 def read_las(path):
-    """The whole file as a ``laspy.LasData`` (every attribute), for algorithms that rewrite it."""
+    """The whole file as a ``laspy.LasData`` (every attribute), for algorithms that rewrite it.
+
+    Parameters
+    ----------
+    path : str or Path
+        A LAS/LAZ file.
+
+    Returns
+    -------
+    laspy.LasData
+    """
     laspy = require("laspy", "lazrs")[0] if str(path).lower().endswith(".laz") else require("laspy")
     try:
         return laspy.read(path)

@@ -62,7 +62,20 @@ class PitFree:
 
 
 def subcircle_points(x, y, z, radius: float):
-    """Each point replaced by 8 points at ``radius``, angles k·45° (lidR's subcircle)."""
+    """Each point replaced by 8 points at ``radius``, angles k·45° (lidR's subcircle).
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        The points.
+    radius : float
+        Radius (map units); 0 returns the points unchanged.
+
+    Returns
+    -------
+    tuple of ndarray
+        x, y, z of the 8 × n points.
+    """
     if radius <= 0:
         return x, y, z
     angles = np.arange(8) * (np.pi / 4)
@@ -72,7 +85,22 @@ def subcircle_points(x, y, z, radius: float):
 
 
 def p2r(x, y, z, grid: Grid, subcircle: float = 0.0) -> np.ndarray:
-    """Highest Z per cell (NaN where empty), shaped like the grid."""
+    """lidR's ``p2r(subcircle)``: the highest Z per cell.
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        The points (map units; Z in m).
+    grid : Grid
+        The cells.
+    subcircle : float
+        Radius of lidR's subcircle (map units); 0 keeps the points.
+
+    Returns
+    -------
+    ndarray
+        Highest Z per cell, NaN where empty, shaped like the grid.
+    """
     x, y, z = subcircle_points(x, y, z, subcircle)
     inside = grid.contains(x, y)
     x, y, z = x[inside], y[inside], z[inside]
@@ -87,6 +115,18 @@ def highest_per_cell(x, y, z, grid: Grid):
 
     Ties are broken by position (lowest y, then x), not by file order, so that a tile read
     with its buffer and the merged catalog pick the same point.
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        Coordinates and heights of the candidate points.
+    grid : Grid
+        The cells each point is assigned to.
+
+    Returns
+    -------
+    ndarray of int
+        Indices of the chosen points, ascending.
     """
     cell = grid.cell_index(x, y)
     order = np.lexsort((np.asarray(x), np.asarray(y), -np.asarray(z), cell))
@@ -95,9 +135,21 @@ def highest_per_cell(x, y, z, grid: Grid):
 
 
 def tin_layer(x, y, z, grid: Grid, max_edge: float = 0.0) -> np.ndarray:
-    """Delaunay triangulation of the points, linear interpolation at the cell centres.
+    """Delaunay triangulation of the points, linearly interpolated at the cell centres.
 
-    Cells outside every kept triangle are NaN.
+    Parameters
+    ----------
+    x, y, z : ndarray
+        The points.
+    grid : Grid
+        The cells.
+    max_edge : float
+        Triangles with a longer edge (map units) are dropped; 0 keeps all.
+
+    Returns
+    -------
+    ndarray
+        Interpolated Z per cell, NaN outside every kept triangle, shaped like the grid.
     """
     from scipy.spatial import Delaunay, QhullError
 
@@ -134,7 +186,32 @@ def tin_layer(x, y, z, grid: Grid, max_edge: float = 0.0) -> np.ndarray:
 
 def pitfree(x, y, z, first, grid: Grid, thresholds=PITFREE_THRESHOLDS, max_edge=PITFREE_MAX_EDGE,
             subcircle: float = 0.0) -> np.ndarray:
-    """Pit-free CHM (Khosravipour et al. 2014) with lidR's defaults."""
+    """lidR's ``pitfree(thresholds, max_edge, subcircle)``.
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        The points (Z in m above ground).
+    first : ndarray of bool
+        First returns (the only ones used).
+    grid : Grid
+        The cells.
+    thresholds : sequence of float
+        Heights (m) from which each Delaunay layer is built.
+    max_edge : sequence of float
+        Longest triangle edge kept (m; 0 keeps all): for threshold 0, then for the others.
+    subcircle : float
+        Radius of lidR's subcircle (m); 0 keeps the returns.
+
+    Returns
+    -------
+    ndarray
+        The cell-wise maximum of the layers, NaN where empty, shaped like the grid.
+
+    References
+    ----------
+    Khosravipour et al. (2014), PE&RS 80(9):863-872.
+    """
     x, y, z = np.asarray(x)[first], np.asarray(y)[first], np.asarray(z)[first]
     x, y, z = subcircle_points(x, y, z, subcircle)
     keep = highest_per_cell(x, y, z, grid)

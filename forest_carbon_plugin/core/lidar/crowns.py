@@ -27,10 +27,34 @@ class Dalponte:
 
 def grow_crowns(chm: np.ndarray, seed_rows, seed_cols, params: Dalponte = Dalponte(), progress=None,
                 share: tuple = (0.0, 100.0), strip_rows: int = 128) -> np.ndarray:
-    """Label raster: 0 = no crown, k = the crown of the k-th seed (1-based).
+    """Dalponte & Coomes (2016) region growing from seeds on a CHM.
 
     Each iteration goes through the raster in strips of ``strip_rows`` rows (progress and cancel between
     strips); the cells a strip takes are applied after the whole iteration, so growth stays simultaneous.
+
+    Parameters
+    ----------
+    chm : ndarray
+        Canopy heights (m), NaN for nodata.
+    seed_rows, seed_cols : ndarray of int
+        The cell of each seed (tree top).
+    params : Dalponte
+        The growth thresholds.
+    progress : Progress, optional
+        Progress (within ``share``) and cancel.
+    share : tuple of float
+        The part (start %, end %) of the progress bar the growth takes.
+    strip_rows : int
+        Rows per strip.
+
+    Returns
+    -------
+    ndarray of int32
+        Labels: 0 = no crown, k = the crown of the k-th seed (1-based).
+
+    References
+    ----------
+    Dalponte & Coomes (2016), Methods in Ecology and Evolution 7:1236-1245.
     """
     chm = np.where(np.isfinite(chm), chm, -np.inf)
     labels = np.zeros(chm.shape, dtype=np.int32)
@@ -110,11 +134,27 @@ def _add_heights(total, count, labels, chm):
 
 def crown_polygons(labels: np.ndarray, transform, chm: np.ndarray, progress=None, share: tuple = (0.0, 100.0),
                    strip_rows: int = 32):
-    """(id, shapely polygon, area m², crown diameter m, max height m) per labelled crown.
+    """Polygons of the labelled crowns.
 
     The raster is traced in strips of ``strip_rows`` rows (progress and cancel between strips): each
     crown (a 4-connected region, as :func:`grow_crowns` makes them) with the strip where it starts, in a
     window reaching down to its last row.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        :func:`grow_crowns`' labels.
+    transform : affine.Affine
+        The raster's transform (polygons are in its map units).
+    chm : ndarray
+        Canopy heights (m), for each crown's maximum.
+    progress, share, strip_rows
+        As :func:`grow_crowns` (the share the tracing takes; 32 rows per strip by default).
+
+    Returns
+    -------
+    list of tuple
+        (label, shapely polygon, area m², crown diameter m, max height m) per crown, by label.
     """
     from rasterio.features import shapes
     from rasterio.transform import Affine

@@ -63,7 +63,19 @@ class GediShots:
 
 
 def parse_beams(beams) -> tuple[str, ...] | None:
-    """``"BEAM0101,BEAM1011"``, ``"power"``, ``"coverage"`` (or a sequence) → beam names; None for all."""
+    """Beam names from a selection.
+
+    Parameters
+    ----------
+    beams : str, sequence or None
+        ``"BEAM0101,BEAM1011"`` (the ``BEAM`` prefix may be left out), ``"power"``, ``"coverage"``,
+        ``"all"`` or a sequence of those.
+
+    Returns
+    -------
+    tuple of str or None
+        The beam names, in order, without repeats; None for all beams.
+    """
     if beams is None:
         return None
     items = beams.replace(";", ",").split(",") if isinstance(beams, str) else list(beams)
@@ -363,6 +375,17 @@ def _l2b_alone(l2b_parts):
 
 
 def to_datetime(value) -> _dt.datetime:
-    """A ``numpy.datetime64`` (UTC) as an aware ``datetime``."""
+    """A ``numpy.datetime64`` (UTC) as an aware ``datetime``.
+
+    Parameters
+    ----------
+    value : numpy.datetime64
+        A time, e.g. a shot's ``time_utc``.
+
+    Returns
+    -------
+    datetime.datetime
+        The same instant with ``tzinfo=UTC``, to the millisecond.
+    """
     ms = int(np.datetime64(value, "ms").astype(np.int64))
     return _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(milliseconds=ms)

@@ -121,7 +121,24 @@ MAX_WINDOW_M = 1000.0
 
 
 def smrf_ground(x, y, z, params: SMRF = SMRF()) -> np.ndarray:
-    """Boolean mask of ground points by SMRF."""
+    """Ground points by the simple morphological filter.
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        The points (m).
+    params : SMRF
+        The filter's settings.
+
+    Returns
+    -------
+    ndarray of bool
+        True for ground points.
+
+    References
+    ----------
+    Pingel, Clarke & McBride (2013), ISPRS J. Photogramm. Remote Sens. 77:21-30.
+    """
     from scipy.ndimage import grey_dilation, grey_erosion, map_coordinates
 
     x, y, z = (np.asarray(a, dtype=np.float64) for a in (x, y, z))
@@ -155,7 +172,24 @@ def smrf_ground(x, y, z, params: SMRF = SMRF()) -> np.ndarray:
 
 
 def csf_ground(x, y, z, params: CSF = CSF()) -> np.ndarray:
-    """Boolean mask of ground points by cloth simulation."""
+    """Ground points by cloth simulation.
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        Coordinates and elevations (m) of the returns; the cloth falls on them upside down.
+    params : CSF
+        Cloth resolution, rigidness, iterations, time step and class threshold.
+
+    Returns
+    -------
+    ndarray of bool
+        Whether each return lies within the class threshold of the settled cloth.
+
+    References
+    ----------
+    Zhang et al. (2016), Remote Sensing 8(6):501.
+    """
     from scipy.ndimage import map_coordinates
 
     x, y, z = (np.asarray(a, dtype=np.float64) for a in (x, y, z))

@@ -80,8 +80,18 @@ class LasInfo:
 
 
 def las_files(path) -> list[Path]:
-    """The LAS/LAZ files of ``path``: the file itself (COPC included), those directly in the folder, or
-    those a QGIS virtual point cloud (``.vpc``) lists."""
+    """The LAS/LAZ files of ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A LAS/LAZ file (COPC included), a folder (the files directly in it) or a QGIS virtual point
+        cloud (``.vpc``, the files it lists).
+
+    Returns
+    -------
+    list of Path
+    """
     p = Path(path)
     if not p.exists():
         raise ForestCarbonError(f"'{p}' does not exist: give a LAS/LAZ file or a folder of them, or a .vpc.")
@@ -213,7 +223,19 @@ def describe_las(path, progress: Progress | None = None, chunk_points: int = CHU
 
 
 def describe_catalog(path, progress: Progress | None = None) -> list[LasInfo]:
-    """Describe a LAS/LAZ file or every LAS/LAZ file of a folder (a tile catalog)."""
+    """Describe a LAS/LAZ file or every LAS/LAZ file of a folder or .vpc (a tile catalog).
+
+    Parameters
+    ----------
+    path : str or Path
+        A LAS/LAZ file, a folder of them or a .vpc.
+    progress : Progress, optional
+        Progress over the files, cancel, and a warning when the tiles do not share one CRS.
+
+    Returns
+    -------
+    list of LasInfo
+    """
     progress = progress or NullProgress()
     files = las_files(path)
     infos = []
@@ -229,7 +251,18 @@ def describe_catalog(path, progress: Progress | None = None) -> list[LasInfo]:
 
 
 def catalog_summary(infos: list[LasInfo]) -> dict:
-    """Totals over the tiles of a catalog."""
+    """Totals over the tiles of a catalog.
+
+    Parameters
+    ----------
+    infos : list of LasInfo
+        :func:`describe_las` of each file.
+
+    Returns
+    -------
+    dict
+        Files, points, bounds, EPSG codes, class and return counts, point density per m².
+    """
     classes: dict[int, int] = {}
     returns: dict[int, int] = {}
     for info in infos:
@@ -253,12 +286,28 @@ def catalog_summary(infos: list[LasInfo]) -> dict:
 
 
 def report_document(infos: list[LasInfo], provenance: dict) -> dict:
+    """The lidarinfo JSON document: the summary, each file and the provenance.
+
+    Parameters
+    ----------
+    infos : list of LasInfo
+        :func:`describe_las` of each file.
+    provenance : dict
+        The run's provenance record.
+
+    Returns
+    -------
+    dict
+    """
     return {"summary": catalog_summary(infos), "files": [i.to_dict() for i in infos],
             "provenance": provenance}
 
 
 def report_html(infos: list[LasInfo], provenance: dict) -> str:
-    """A self-contained HTML page describing the files."""
+    """A self-contained HTML page describing the files: :func:`report_document` as a page.
+
+    ``infos`` and ``provenance`` are as :func:`report_document` takes them; returns the page's text.
+    """
     summary = catalog_summary(infos)
     e = html.escape
     rows = []

@@ -1,10 +1,10 @@
 """Point-cloud metrics per raster cell, with lidR's and FUSION's definitions.
 
-Definitions (shared/notes/lidar_metrics.md): lidR 4.3.2 ``stdmetrics_z`` and
-``stdmetrics_i`` (R/metrics_stdmetrics.R), FUSION GridMetrics cover ("percentage of first
-returns above the height break", strict ``>``). Every metric of every cell is computed at
-once, vectorised over the points sorted by (cell, value): memory is a few arrays of the
-point count, time O(n log n).
+Definitions: lidR 4.3.2 ``stdmetrics_z`` and ``stdmetrics_i`` (R/metrics_stdmetrics.R; Roussel
+et al. 2020, Remote Sensing of Environment 251:112061), FUSION GridMetrics cover (McGaughey
+2021: "percentage of first returns above the height break", strict ``>``). Every metric of
+every cell is computed at once, vectorised over the points sorted by (cell, value): memory is
+a few arrays of the point count, time O(n log n).
 
 Floating point follows R where it changes results: quantiles are R's type 7
 (``(1 − h)·x[lo] + h·x[hi]`` at index ``1 + (n − 1)·p``), the probabilities are built as
@@ -25,7 +25,19 @@ EXTRA = ["cover", "n", "point_density", "pulse_density"]
 
 
 def metric_names(intensity: bool = False) -> list[str]:
-    """Band names of ``canopymetrics``, in order."""
+    """Band names of ``canopymetrics``, in order.
+
+    Parameters
+    ----------
+    intensity : bool
+        Append lidR's ``stdmetrics_i`` names.
+
+    Returns
+    -------
+    list of str
+        ``stdmetrics_z`` in lidR's order, then ``cover``, ``n``, ``point_density``, ``pulse_density``
+        (and the intensity metrics).
+    """
     return STDMETRICS_Z + EXTRA + (STDMETRICS_I if intensity else [])
 
 
@@ -138,9 +150,34 @@ def _quantiles(s: _Sorted, probs):
 
 
 def stdmetrics_z(z, cell, ncells, dz: float = 1.0, th: float = 2.0, zmin: float = 0.0, z_int=None) -> dict:
-    """lidR's ``stdmetrics_z(z, dz, th, zmin)`` for every cell: name → array (ncells,).
+    """lidR's ``stdmetrics_z(z, dz, th, zmin)`` for every cell at once.
 
-    ``z_int``, optional, are integers in the order of ``z`` (the raw LAS Z) for a faster sort.
+    Parameters
+    ----------
+    z : ndarray
+        Heights (m) of the points.
+    cell : ndarray of int
+        Cell index (0 … ncells − 1) of each point.
+    ncells : int
+        Number of cells.
+    dz : float
+        Layer thickness (m) of ``zentropy``.
+    th : float
+        Height (m) of ``pzabove2`` (lidR's ``th``).
+    zmin : float
+        Lowest height (m) of the ``zentropy`` layers.
+    z_int : ndarray of int, optional
+        Integers in the order of ``z`` (the raw LAS Z), for a faster sort.
+
+    Returns
+    -------
+    dict
+        Metric name → array (ncells,), NaN for empty cells.
+
+    References
+    ----------
+    Roussel et al. (2020) lidR, Remote Sensing of Environment 251:112061; lidR 4.3.2
+    ``R/metrics_stdmetrics.R``.
     """
     s = _Sorted(z, cell, ncells, z_int)
     n = s.count
@@ -256,7 +293,32 @@ def _zpcum(s: _Sorted, zmax, zmin):
 
 
 def cover_and_density(z, first, cell, ncells, cell_area, height_break=2.0) -> dict:
-    """FUSION cover (% of first returns above the break), point count and densities per m²."""
+    """FUSION cover (% of first returns above the break), point count and densities per m².
+
+    Parameters
+    ----------
+    z : ndarray
+        Heights (m) of the points.
+    first : ndarray of bool
+        First returns.
+    cell : ndarray of int
+        Cell index of each point.
+    ncells : int
+        Number of cells.
+    cell_area : float or ndarray
+        Area (m²) of each cell (or plot).
+    height_break : float
+        Height (m) a first return must exceed (strictly) to count as cover.
+
+    Returns
+    -------
+    dict
+        ``cover`` (%), ``n``, ``point_density`` and ``pulse_density`` (per m²), NaN for empty cells.
+
+    References
+    ----------
+    McGaughey (2021) FUSION/LDV manual, GridMetrics (cover).
+    """
     z = np.asarray(z)
     first = np.asarray(first, dtype=bool)
     n = np.bincount(cell, minlength=ncells).astype(np.float64)
@@ -272,7 +334,27 @@ def cover_and_density(z, first, cell, ncells, cell_area, height_break=2.0) -> di
 
 
 def stdmetrics_i(intensity, z, classification, cell, ncells) -> dict:
-    """lidR's ``stdmetrics_i(i, z, class)`` (the returned set; intensity quantiles are not)."""
+    """lidR's ``stdmetrics_i(i, z, class)`` for every cell (the returned set; intensity quantiles are not).
+
+    Parameters
+    ----------
+    intensity : ndarray
+        Intensity of the points.
+    z : ndarray
+        Heights (m) of the points.
+    classification : ndarray
+        ASPRS classes (2 = ground).
+    cell : ndarray of int
+        Cell index of each point.
+    ncells : int
+        Number of cells.
+
+    Returns
+    -------
+    dict
+        ``itot``, ``imax``, ``imean``, ``isd``, ``iskew``, ``ikurt``, ``ipground``, ``ipcumzq10`` … ``ipcumzq90``;
+        NaN for empty cells.
+    """
     i = np.asarray(intensity, dtype=np.float64)
     s = _Sorted(i, cell, ncells)
     n = s.count

@@ -24,6 +24,7 @@ from .catalog import Catalog, Extent, open_extent, read_tile
 from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
 from .normalize import check_normalize_mode, normalized_heights, wants_heights
 
+NODATA = -9999.0
 
 
 @dataclass(frozen=True)
@@ -116,20 +117,47 @@ def canopy_metrics(source, output, settings: MetricsSettings = MetricsSettings()
     n = values[bands.index("n")]
     sparse = ~(n >= settings.min_points)
     values[:, sparse] = np.nan
-    data = values.astype(np.float32).reshape(len(bands), *grid.shape)
+    data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
     executor = current_executor()
     record = make_provenance("forestcarbon:canopymetrics", parameters or asdict(settings),
                              inputs=[t.path for t in catalog.tiles],
                              **(executor.describe() if executor is not None else {}))
     check_cancel(progress)
-    write_raster(output, data, grid.transform, catalog.crs, descriptions=bands,
+    write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
                  provenance=record)
     return MetricsResult(str(output), grid, bands, int(np.nansum(n)), int((~sparse).sum()))
 
 
 def compute_metrics(catalog: Catalog, grid: Grid, bands, height_break, intensity, normalize, max_workers,
                     progress, data_bounds=None) -> np.ndarray:
-    """(bands, cells) float64 array; NaN where a cell has no point."""
+    """The metrics of every cell of ``grid``, one pass over the tiles.
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The tiles to read (each once).
+    grid : Grid
+        The raster of cells the metrics are computed on.
+    bands : list of str
+        Metric names, as :func:`.metrics.metric_names` gives them.
+    height_break : float
+        Height (m) for ``cover`` and ``pzabove``.
+    intensity : bool
+        Read intensities (for the ``stdmetrics_i`` bands).
+    normalize : {"auto", "always", "never"}
+        What to do to Z, per tile.
+    max_workers : int
+        Tiles read in parallel worker processes (or on the current Dask executor).
+    progress : Progress
+        Progress and cancel.
+    data_bounds : tuple, optional
+        Points outside these bounds are dropped (the whole catalog's, when it was cut to an extent).
+
+    Returns
+    -------
+    ndarray
+        (bands, cells) float64; NaN where a cell has no point.
+    """
     data_bounds = data_bounds or catalog.bounds
     need = np.zeros(grid.shape, dtype=np.int32)
     rects = []

@@ -16,9 +16,21 @@ _BLOCK = 400_000
 
 
 def locate(tri, x, y, buckets=None) -> np.ndarray:
-    """Index of the triangle of ``tri`` (a scipy Delaunay) holding each point; −1 outside.
+    """Index of the triangle of ``tri`` holding each point; −1 outside.
 
-    ``buckets``: :func:`bucket_index` of ``tri``, for callers that locate points in many calls.
+    Parameters
+    ----------
+    tri : scipy.spatial.Delaunay
+        The triangulation.
+    x, y : ndarray
+        Query points, in ``tri``'s coordinates.
+    buckets : optional
+        :func:`bucket_index` of ``tri``, for callers that locate points in many calls.
+
+    Returns
+    -------
+    ndarray of int
+        Simplex index per point, −1 outside the hull.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -54,7 +66,19 @@ def locate(tri, x, y, buckets=None) -> np.ndarray:
 
 
 def bucket_index(tri):
-    """The triangles of ``tri`` bucketed on a grid by their bounding boxes (what :func:`locate` searches)."""
+    """The triangles of ``tri`` bucketed on a grid by their bounding boxes (what :func:`locate` searches).
+
+    Parameters
+    ----------
+    tri : scipy.spatial.Delaunay
+        The triangulation.
+
+    Returns
+    -------
+    tuple
+        (x0, y0, bucket size, ncols, nrows, the triangle of each bucket entry, entries per bucket,
+        first entry of each bucket), as :func:`locate` takes it.
+    """
     pts = tri.points
     tx, ty = pts[tri.simplices, 0], pts[tri.simplices, 1]
     x0, y0 = pts[:, 0].min(), pts[:, 1].min()
@@ -79,7 +103,24 @@ def bucket_index(tri):
 
 
 def interpolate(tri, values, x, y, simplex=None) -> np.ndarray:
-    """Linear (barycentric) interpolation of ``values`` at the vertices; NaN outside the hull."""
+    """Linear (barycentric) interpolation of ``values`` given at the vertices of ``tri``.
+
+    Parameters
+    ----------
+    tri : scipy.spatial.Delaunay
+        The triangulation.
+    values : ndarray
+        One value per vertex.
+    x, y : ndarray
+        Query points, in ``tri``'s coordinates.
+    simplex : ndarray of int, optional
+        :func:`locate`'s result for the points, when already known.
+
+    Returns
+    -------
+    ndarray
+        Interpolated values; NaN outside the hull.
+    """
     if simplex is None:
         simplex = locate(tri, x, y)
     q = np.column_stack([x, y])

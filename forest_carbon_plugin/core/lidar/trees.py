@@ -105,7 +105,21 @@ def _crs_or_refuse(crs: str | None, path: Path) -> str:
 
 
 def read_chm(path):
-    """Band 1 of a CHM raster as float64 with NaN for nodata, its affine transform and CRS string (or None)."""
+    """Band 1 of a CHM raster.
+
+    Parameters
+    ----------
+    path : str or Path
+        A raster GDAL reads.
+
+    Returns
+    -------
+    chm : ndarray
+        float64 heights, NaN for nodata.
+    transform : affine.Affine
+    crs : str or None
+        The CRS as rasterio writes it, None when the raster has none.
+    """
     import rasterio
 
     try:

@@ -75,8 +75,30 @@ class TreeTops:
 
 def local_maxima(x, y, z, ws_intercept: float = 5.0, ws_slope: float = 0.0, hmin: float = 2.0,
                  candidates_mask=None) -> TreeTops:
-    """lidR's ``lmf`` on points. ``candidates_mask`` limits which points may be tops (used
-    for the core of a buffered tile); all points still count as neighbours."""
+    """lidR's ``lmf(ws, hmin)`` on points: the tree tops.
+
+    Parameters
+    ----------
+    x, y, z : ndarray
+        The points (Z in m above ground).
+    ws_intercept : float
+        Window diameter (m) at height 0.
+    ws_slope : float
+        Growth of the diameter per m of height.
+    hmin : float
+        Lowest height (m) of a top.
+    candidates_mask : ndarray of bool, optional
+        Which points may be tops (the core of a buffered tile); all points still count as neighbours.
+
+    Returns
+    -------
+    TreeTops
+        x, y, height and index (in the input) of each top, in point order.
+
+    References
+    ----------
+    Popescu & Wynne (2004), PE&RS 70(5):589-604.
+    """
     from scipy.spatial import cKDTree
 
     x = np.asarray(x, dtype=np.float64)
@@ -131,7 +153,22 @@ def _lower_index_is_max(j, z, tree, radius):
 
 
 def raster_local_maxima(chm: np.ndarray, transform, ws_intercept=5.0, ws_slope=0.0, hmin=2.0) -> TreeTops:
-    """``lmf`` on a canopy height model: cell centres as points, in row-major order."""
+    """lidR's ``lmf`` on a canopy height model: the cell centres as points, in row-major order.
+
+    Parameters
+    ----------
+    chm : ndarray
+        Canopy heights (m), NaN for nodata.
+    transform : affine.Affine
+        The CHM's transform.
+    ws_intercept, ws_slope, hmin : float
+        As :func:`local_maxima`.
+
+    Returns
+    -------
+    TreeTops
+        ``index`` is the position among the finite cells, row-major.
+    """
     rows, cols = np.nonzero(np.isfinite(chm))
     z = chm[rows, cols].astype(np.float64)
     x = transform.c + (cols + 0.5) * transform.a
@@ -170,7 +207,26 @@ class VwfWindows:
 
 def vwf_windows(chm_min: float, chm_max: float, res: float, ws_intercept: float, ws_slope: float,
                 max_win_diameter: int | None = VWF_MAX_WIN_DIAMETER) -> VwfWindows:
-    """The windows ForestTools pre-generates for a CHM whose values run ``chm_min``..``chm_max``."""
+    """The windows ForestTools pre-generates for a CHM whose values run ``chm_min``..``chm_max``.
+
+    Parameters
+    ----------
+    chm_min, chm_max : float
+        The CHM's lowest (after masking) and highest height (m).
+    res : float
+        The cell size (map units).
+    ws_intercept : float
+        Window radius (m) at height 0.
+    ws_slope : float
+        Growth of the radius per m of height.
+    max_win_diameter : int or None
+        ForestTools' ``maxWinDiameter`` (cells); None for no limit.
+
+    Returns
+    -------
+    VwfWindows
+        The radii, the cell offsets of each window and the halo a block needs.
+    """
     def win(h):
         return ws_intercept + ws_slope * h
 
@@ -209,8 +265,24 @@ def vwf_windows(chm_min: float, chm_max: float, res: float, ws_intercept: float,
 
 
 def vwf_block(values: np.ndarray, halo: int, windows: VwfWindows, ws_intercept: float, ws_slope: float):
-    """Tops among the core cells of a block read with ``halo`` cells on every side (NaN outside the
-    raster and for masked cells). Returns the (row, col) of the tops within the core, row-major."""
+    """Tops among the core cells of a block read with ``halo`` cells on every side.
+
+    Parameters
+    ----------
+    values : ndarray
+        Heights (m); NaN outside the raster and for masked cells.
+    halo : int
+        Cells read around the block's core.
+    windows : VwfWindows
+        :func:`vwf_windows`' result.
+    ws_intercept, ws_slope : float
+        The window function (radius in m).
+
+    Returns
+    -------
+    rows, cols : ndarray of int
+        The tops within the core, row-major.
+    """
     from scipy.ndimage import maximum_filter
 
     filled = np.where(np.isfinite(values), values, -np.inf)
@@ -236,9 +308,40 @@ def vwf_block(values: np.ndarray, halo: int, windows: VwfWindows, ws_intercept: 
 
 def vwf_raster(path, ws_intercept: float = 0.5, ws_slope: float = 0.06, min_height: float | None = 2.0,
                block: int = 1024, progress=None, max_win_diameter: int | None = VWF_MAX_WIN_DIAMETER):
-    """ForestTools' ``vwf`` on a CHM raster file, in blocks of ``block`` × ``block`` cells read with a
-    halo of the largest window (memory bounded by the block size). Returns ``(TreeTops, crs, warning)``;
-    ``index`` is the flat cell index (row-major), as the tops' order."""
+    """ForestTools' ``vwf(CHM, winFun, minHeight)`` on a CHM raster file, in blocks.
+
+    Blocks of ``block`` × ``block`` cells are read with a halo of the largest window, so memory is
+    bounded by the block size.
+
+    Parameters
+    ----------
+    path : str or Path
+        A north-up CHM raster with square cells.
+    ws_intercept : float
+        Window radius (m) at height 0.
+    ws_slope : float
+        Growth of the radius per m of height.
+    min_height : float or None
+        Cells below it (m) are masked; None or 0 masks none.
+    block : int
+        Block side (cells).
+    progress : Progress, optional
+        Progress and cancel.
+    max_win_diameter : int or None
+        ForestTools' ``maxWinDiameter`` (cells).
+
+    Returns
+    -------
+    tops : TreeTops
+        ``index`` is the flat cell index (row-major), as the tops' order.
+    crs : str or None
+    warning : str or None
+        About tiny windows or a CRS in degrees.
+
+    References
+    ----------
+    Plowright & Roussel, ForestTools (R package, ``R/vwf.R``); Popescu & Wynne (2004), PE&RS 70(5):589-604.
+    """
     import rasterio
     from rasterio.windows import Window
 

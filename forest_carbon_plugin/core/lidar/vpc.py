@@ -21,11 +21,23 @@ _READABLE = (".las", ".laz")  # .copc.laz included: COPC is LAZ 1.4 with a spati
 
 
 def is_vpc(path) -> bool:
+    """Whether ``path`` names a QGIS virtual point cloud (by its suffix)."""
     return str(path).lower().endswith(VPC_SUFFIX)
 
 
 def vpc_files(path) -> list[Path]:
-    """The LAS/LAZ files listed by the virtual point cloud ``path``, in its order."""
+    """The LAS/LAZ files listed by the virtual point cloud ``path``, in its order.
+
+    Parameters
+    ----------
+    path : str or Path
+        A .vpc: the GeoJSON FeatureCollection of STAC items QGIS's "Build virtual point cloud" writes.
+
+    Returns
+    -------
+    list of Path
+        The files, relative references resolved against the .vpc's folder.
+    """
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

@@ -32,7 +32,6 @@ GROUND_CLASSES = (2, 9)
 BUFFER_M = 30.0
 ORIGIN_STEP_M = 1000.0
 IDW_K, IDW_POWER, IDW_RMAX = 3, 1.0, 50.0
-NODATA = -9999.0
 # what the drivers (canopy height model, tree tops, metrics) do to Z: "auto" subtracts the ground from
 # tiles whose Z look like elevations, "always" from every tile, "never" uses Z as heights
 NORMALIZE_MODES = ("auto", "always", "never")
@@ -365,6 +364,6 @@ def normalize_height(source, output, output_dtm=None, dtm_res_m: float = 1.0, cr
         check_cancel(progress)
         if dtm is not None:
             # written before the cloud is moved into place: a failure or cancel leaves neither
-            write_raster(output_dtm, np.where(np.isfinite(dtm), dtm, NODATA).astype(np.float32), grid.transform,
-                         catalog.crs, nodata=NODATA, descriptions=["elevation_m"], provenance=record)
+            write_raster(output_dtm, dtm.astype(np.float32), grid.transform, catalog.crs,
+                         descriptions=["elevation_m"], provenance=record)
     return {"points": total, "tiles": len(catalog.tiles)}

@@ -24,8 +24,6 @@ from .catalog import Catalog, Extent, open_extent, read_tile
 from .metrics import cover_and_density, metric_names, stdmetrics_i, stdmetrics_z
 from .normalize import check_normalize_mode, normalized_heights, wants_heights
 
-NODATA = -9999.0
-
 
 @dataclass(frozen=True)
 class MetricsSettings:
@@ -117,13 +115,13 @@ def canopy_metrics(source, output, settings: MetricsSettings = MetricsSettings()
     n = values[bands.index("n")]
     sparse = ~(n >= settings.min_points)
     values[:, sparse] = np.nan
-    data = np.where(np.isfinite(values), values, NODATA).astype(np.float32).reshape(len(bands), *grid.shape)
+    data = values.astype(np.float32).reshape(len(bands), *grid.shape)
     executor = current_executor()
     record = make_provenance("forestcarbon:canopymetrics", parameters or asdict(settings),
                              inputs=[t.path for t in catalog.tiles],
                              **(executor.describe() if executor is not None else {}))
     check_cancel(progress)
-    write_raster(output, data, grid.transform, catalog.crs, nodata=NODATA, descriptions=bands,
+    write_raster(output, data, grid.transform, catalog.crs, descriptions=bands,
                  provenance=record)
     return MetricsResult(str(output), grid, bands, int(np.nansum(n)), int((~sparse).sum()))
 

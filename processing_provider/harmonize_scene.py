@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
@@ -104,13 +105,18 @@ class HarmonizeSceneAlgorithm(ForestCarbonAlgorithm):
         return {self.OUTPUT: output}
 
     def _harmonize(self, parameters, context, feedback, source, crs, reference, output):
+        resolution = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context)
+        if reference is None and not resolution > 0:
+            raise QgsProcessingException(f"TARGET_RESOLUTION must be greater than 0 (got {resolution}).")
+        dilation = self.parameterAsInt(parameters, self.MASK_DILATION, context)
+        if dilation < 0:
+            raise QgsProcessingException(f"MASK_DILATION must be 0 or more pixels (got {dilation}).")
         return self.call_core(
             harmonize_scene, source, output,
-            TargetGrid(crs=crs.toWkt() if crs.isValid() else None,
-                       resolution_m=self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context),
+            TargetGrid(crs=crs.toWkt() if crs.isValid() else None, resolution_m=resolution,
                        reference=reference.source() if reference is not None else None),
             mask_classes=[MASK_CLASSES[i] for i in self.parameterAsEnums(parameters, self.MASK, context)],
-            mask_dilation=self.parameterAsInt(parameters, self.MASK_DILATION, context),
+            mask_dilation=dilation,
             brdf=self.parameterAsBoolean(parameters, self.BRDF, context),
             bandpass=self.parameterAsBoolean(parameters, self.BANDPASS, context),
             max_workers=self.parameterAsInt(parameters, self.MAX_WORKERS, context) or None,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hls, solar
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers, same_grid
 from ..parallel.pool import default_workers
 from ..raster.write import RasterSpec, process_blocks
@@ -75,7 +75,7 @@ class TargetGrid:
     resolution_m: float = 30.0
     reference: object = None
 
-    def for_product(self, product: Product) -> RasterGrid:
+    def for_product(self, product: Product) -> Grid:
         """The reference raster's grid, or the product's footprint in ``crs`` at ``resolution_m`` with
         edges snapped to multiples of the resolution."""
         if self.reference:
@@ -85,16 +85,16 @@ class TargetGrid:
 
         resolution_m = self.resolution_m
         if resolution_m is None or not resolution_m > 0:
-            raise ForestCarbonError(f"TARGET_RESOLUTION must be greater than 0 (got {resolution_m}).")
+            raise ForestCarbonError(f"resolution_m must be greater than 0 (got {resolution_m}).")
         crs = CRS.from_user_input(self.crs) if self.crs else product.crs
         bounds = transform_bounds(product.crs, crs, *product.bounds) if crs != product.crs else product.bounds
         if crs.is_geographic and resolution_m >= 1:
-            raise ForestCarbonError(f"TARGET_RESOLUTION {resolution_m} is in the units of {crs.to_string()}, i.e. "
+            raise ForestCarbonError(f"The resolution {resolution_m} is in the units of {crs.to_string()}, i.e. "
                                     "degrees: choose a projected CRS (e.g. UTM) or a resolution in degrees.")
-        return RasterGrid.from_bounds(crs, bounds, resolution_m)
+        return Grid.from_bounds(crs, bounds, resolution_m)
 
 
-def _reference_grid(reference) -> RasterGrid:
+def _reference_grid(reference) -> Grid:
     import rasterio
 
     try:
@@ -103,7 +103,7 @@ def _reference_grid(reference) -> RasterGrid:
                 raise ForestCarbonError(f"The reference grid '{reference}' has no CRS: assign its CRS "
                                         "(Raster ▸ Projections ▸ Assign Projection), or leave REFERENCE_GRID "
                                         "empty and give TARGET_CRS and TARGET_RESOLUTION.")
-            return RasterGrid.of(ref)
+            return Grid.of(ref)
     except rasterio.errors.RasterioIOError as exc:
         raise ForestCarbonError(f"The reference grid '{reference}' cannot be read: {exc}.") from exc
 
@@ -145,7 +145,7 @@ def harmonize_scene(source, out_path, target: TargetGrid = TargetGrid(), mask_cl
     product = source if isinstance(source, Product) else open_product(source)
     classes = parse_classes(mask_classes)
     if mask_dilation < 0:
-        raise ForestCarbonError(f"MASK_DILATION must be 0 or more pixels (got {mask_dilation}).")
+        raise ForestCarbonError(f"mask_dilation must be 0 or more pixels (got {mask_dilation}).")
     for warning in product.warnings:
         progress.warning(warning)
     grid = target.for_product(product)
@@ -166,7 +166,7 @@ def harmonize_scene(source, out_path, target: TargetGrid = TargetGrid(), mask_cl
         progress.info("Level-1 input: the output is top-of-atmosphere reflectance (no atmospheric correction).")
     bands = [product.bands[name] for name in OUTPUT_ORDER if name in product.bands]
     plan = _Plan(product, grid, bands, classes, int(mask_dilation), nbar_sza, do_bandpass)
-    params = {"target_crs": str(grid.crs), "resolution_m": grid.res[0], "reference_grid": target.reference,
+    params = {"target_crs": str(grid.crs), "resolution_m": grid.res, "reference_grid": target.reference,
               "mask_classes": list(classes), "mask_dilation": mask_dilation, "brdf": brdf, "bandpass": bandpass}
     record = make_provenance("forestcarbon:harmonizescene", params,
                              inputs=[product.metadata_path or product.bands[bands[0].name].path],
@@ -253,13 +253,14 @@ def harmonize_rows(plan_args, row0: int, row1: int, block_size: int, folder: str
     return write_tile(folder, f"harmonized_{row0:09d}", out, grid, row0, float("nan")), plan.valid
 
 
-def _check_overlap(product: Product, grid: RasterGrid) -> None:
+def _check_overlap(product: Product, grid: Grid) -> None:
     from rasterio.warp import transform_bounds
 
     b = transform_bounds(product.crs, grid.crs, *product.bounds)
     g = grid.bounds
     if b[0] >= g[2] or b[2] <= g[0] or b[1] >= g[3] or b[3] <= g[1]:
-        raise ForestCarbonError("The target grid does not overlap the product: check REFERENCE_GRID/TARGET_CRS.")
+        raise ForestCarbonError("The target grid does not overlap the product: check the reference grid or the "
+                                "target CRS.")
 
 
 class _Plan:
@@ -271,7 +272,7 @@ class _Plan:
         self.readers = Readers(grid)
         self.valid = 0
         self._lock = threading.Lock()
-        target_res = grid.res[0] * _metres_per_unit(grid.crs)
+        target_res = grid.res * _metres_per_unit(grid.crs)
         from rasterio.enums import Resampling
 
         self.resampling = {b.name: Resampling.average if target_res > b.res_m * 1.01 else Resampling.bilinear
@@ -350,7 +351,7 @@ class _Plan:
         src = self.readers.dataset(path)
         dst_transform = self.grid.window_transform(window)
         rows, cols = int(window.height), int(window.width)
-        if same_grid(RasterGrid.of(src), self.grid):  # QA on the output grid: no projection needed
+        if same_grid(Grid.of(src), self.grid):  # QA on the output grid: no projection needed
             raw = src.read(1, window=window)
             return classify(raw).astype(bool)
         left, top = dst_transform.c, dst_transform.f

@@ -21,19 +21,26 @@ from qgis.core import (
 )
 
 from forest_carbon_plugin.core.carbon.stock import (
+    DEFAULT_SIMULATIONS,
+    OUTPUT_FIELDS,
+    Allometry,
+    BiomassMap,
+    CarbonFactors,
+    Deduction,
+    MonteCarlo,
+    carbon_stock,
+)
+from forest_carbon_plugin.core.carbon.tables import (
     ALLOMETRIES,
     CARBON_FRACTION_CITATION,
     DEDUCTION_CITATION,
-    DEFAULT_SIMULATIONS,
     ECOZONE_CITATION,
     ECOZONES,
-    OUTPUT_FIELDS,
-    carbon_stock,
 )
+from forest_carbon_plugin.core.carbon.variogram import HOW_TO_CHOOSE, MIN_PAIRS, record_error_model, report_json
+from forest_carbon_plugin.core.errors import ForestCarbonError
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
-from forest_carbon_plugin.core.carbon.variogram import HOW_TO_CHOOSE, MIN_PAIRS
-
 from .compat import FieldType, FileBehavior, NumberType, SourceType
 
 ALLOMETRY_KEYS = list(ALLOMETRIES)
@@ -189,59 +196,100 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
             return None
         return self.parameterAsDouble(parameters, name, context)
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        self.check_requirements()
-        agb = self._raster(parameters, self.AGB, context)
-        height = self._raster(parameters, self.HEIGHT, context)
-        std = self._raster(parameters, self.AGB_STD, context)
-        lower = self._raster(parameters, self.AGB_LOWER, context)
-        upper = self._raster(parameters, self.AGB_UPPER, context)
-        source = self.parameterAsSource(parameters, self.PROJECTS, context)
-        if source is None:
-            raise QgsProcessingException(self.tr("PROJECTS cannot be loaded as a polygon layer."))
-        crs = source.sourceCrs()
-        features, geoms = [], []
+    def _values(self, parameters, context) -> dict:
+        """The parameters' values by id, as the core takes them (an unset optional number is None)."""
+        ecozone = self.parameterAsEnum(parameters, self.ECOZONE, context)
+        values = {name: self._raster(parameters, name, context)
+                  for name in (self.AGB, self.AGB_STD, self.AGB_LOWER, self.AGB_UPPER, self.HEIGHT)}
+        values.update({name: self._optional_number(parameters, name, context)
+                       for name in (self.ALLOMETRY_A, self.ALLOMETRY_B, self.ALLOMETRY_BA, self.ALLOMETRY_WD,
+                                    self.ROOT_SHOOT, self.CORRELATION_RANGE)})
+        values.update({name: self.parameterAsDouble(parameters, name, context)
+                       for name in (self.COVERAGE, self.ALLOMETRY_A_SE, self.ALLOMETRY_B_SE, self.CARBON_FRACTION,
+                                    self.CONFIDENCE, self.ALLOWED_UNCERTAINTY)})
+        values.update({
+            self.ALLOMETRY: ALLOMETRY_KEYS[self.parameterAsEnum(parameters, self.ALLOMETRY, context)],
+            self.ECOZONE: ECOZONE_KEYS[ecozone] if 0 <= ecozone < len(ECOZONE_KEYS) else None,
+            self.VALIDATION_REPORT: self.parameterAsFile(parameters, self.VALIDATION_REPORT, context) or None,
+            self.SIMULATIONS: self.parameterAsInt(parameters, self.SIMULATIONS, context),
+            self.SEED: self.parameterAsInt(parameters, self.SEED, context),
+        })
+        self._check_inputs(values)
+        return values
+
+    def _check_inputs(self, v: dict) -> None:
+        """The mistakes of a dialog's user, told in the parameters' names (the core names its own arguments)."""
+        if (v[self.AGB] is None) == (v[self.HEIGHT] is None):
+            raise QgsProcessingException(self.tr("Give either AGB (a biomass raster, Mg/ha) or HEIGHT with ALLOMETRY, "
+                                                 "not both and not neither."))
+        if (v[self.AGB_LOWER] is None) != (v[self.AGB_UPPER] is None):
+            raise QgsProcessingException(self.tr("AGB_LOWER and AGB_UPPER go together: give both (with COVERAGE), or "
+                                                 "AGB_STD."))
+        if v[self.AGB_STD] is not None and v[self.AGB_LOWER] is not None:
+            raise QgsProcessingException(self.tr("Give AGB_STD or AGB_LOWER/AGB_UPPER, not both."))
+        if v[self.VALIDATION_REPORT]:
+            try:
+                report_json(v[self.VALIDATION_REPORT], self.VALIDATION_REPORT)
+            except ForestCarbonError as exc:
+                raise QgsProcessingException(str(exc)) from exc
+
+    def _settings(self, v: dict) -> dict:
+        """The core's settings (``carbon_stock`` keyword arguments) from the parameters' values."""
+        allometry = Allometry(model=v[self.ALLOMETRY], a=v[self.ALLOMETRY_A], b=v[self.ALLOMETRY_B],
+                              a_se=v[self.ALLOMETRY_A_SE], b_se=v[self.ALLOMETRY_B_SE],
+                              basal_area_m2_ha=v[self.ALLOMETRY_BA], wood_density_g_cm3=v[self.ALLOMETRY_WD])
+        return {
+            "biomass": BiomassMap(agb=v[self.AGB], std=v[self.AGB_STD], lower=v[self.AGB_LOWER],
+                                  upper=v[self.AGB_UPPER], coverage=v[self.COVERAGE], height=v[self.HEIGHT],
+                                  allometry=allometry),
+            "factors": CarbonFactors(carbon_fraction=v[self.CARBON_FRACTION], root_shoot=v[self.ROOT_SHOOT],
+                                     ecozone=v[self.ECOZONE]),
+            "monte_carlo": MonteCarlo(draws=v[self.SIMULATIONS], correlation_range_m=v[self.CORRELATION_RANGE],
+                                      validation_report=v[self.VALIDATION_REPORT], confidence=v[self.CONFIDENCE],
+                                      seed=v[self.SEED]),
+            "deduction": Deduction(allowed_uncertainty_pct=v[self.ALLOWED_UNCERTAINTY]),
+        }
+
+    def _read_projects(self, source, feedback):
+        """The features of PROJECTS and their geometries as shapely (None where empty)."""
         from shapely import wkb
 
+        features, geoms = [], []
         for feature in source.getFeatures():
             if feedback.isCanceled():
                 break
             features.append(feature)
             g = feature.geometry()
             geoms.append(None if g is None or g.isEmpty() else wkb.loads(bytes(g.asWkb())))
-        ecozone_index = self.parameterAsEnum(parameters, self.ECOZONE, context)
-        kwargs = dict(
-            agb=agb, agb_std=std, agb_lower=lower, agb_upper=upper,
-            coverage=self.parameterAsDouble(parameters, self.COVERAGE, context), height=height,
-            allometry=ALLOMETRY_KEYS[self.parameterAsEnum(parameters, self.ALLOMETRY, context)],
-            allometry_a=self._optional_number(parameters, self.ALLOMETRY_A, context),
-            allometry_b=self._optional_number(parameters, self.ALLOMETRY_B, context),
-            allometry_a_se=self.parameterAsDouble(parameters, self.ALLOMETRY_A_SE, context),
-            allometry_b_se=self.parameterAsDouble(parameters, self.ALLOMETRY_B_SE, context),
-            basal_area=self._optional_number(parameters, self.ALLOMETRY_BA, context),
-            wood_density=self._optional_number(parameters, self.ALLOMETRY_WD, context),
-            root_shoot=self._optional_number(parameters, self.ROOT_SHOOT, context),
-            ecozone=ECOZONE_KEYS[ecozone_index] if 0 <= ecozone_index < len(ECOZONE_KEYS) else None,
-            carbon_fraction=self.parameterAsDouble(parameters, self.CARBON_FRACTION, context),
-            confidence=self.parameterAsDouble(parameters, self.CONFIDENCE, context),
-            correlation_range=self._optional_number(parameters, self.CORRELATION_RANGE, context),
-            validation_report=self.parameterAsFile(parameters, self.VALIDATION_REPORT, context) or None,
-            simulations=self.parameterAsInt(parameters, self.SIMULATIONS, context),
-            seed=self.parameterAsInt(parameters, self.SEED, context),
-            allowed_uncertainty=self.parameterAsDouble(parameters, self.ALLOWED_UNCERTAINTY, context),
-        )
+        return features, geoms
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.check_requirements()
+        values = self._values(parameters, context)
+        source = self.parameterAsSource(parameters, self.PROJECTS, context)
+        if source is None:
+            raise QgsProcessingException(self.tr("PROJECTS cannot be loaded as a polygon layer."))
+        crs = source.sourceCrs()
+        features, geoms = self._read_projects(source, feedback)
         out_html = (self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
                     or QgsProcessingUtils.generateTempFilename("carbon_report.html"))  # OUTPUT_JSON lies beside it
-        record = {k.upper(): v for k, v in kwargs.items()}
-        record["PROJECTS"] = parameters.get(self.PROJECTS)
+        record = dict(values)
+        record[self.PROJECTS] = parameters.get(self.PROJECTS)
         # the uncertainty dock finds this run's error model (range, seed) through the output it wrote
-        record["OUTPUT"] = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        doc = self.call_core(carbon_stock, geoms, out_html,
+        record[self.OUTPUT] = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        doc = self.call_core(carbon_stock, geoms, out_html=out_html,
                              projects_crs=crs.toWkt() if crs.isValid() else None,
-                             progress=FeedbackProgress(feedback), parameters=record, **kwargs)
+                             progress=FeedbackProgress(feedback), parameters=record, **self._settings(values))
         if feedback.isCanceled():
             return {}
+        dest_id = self._write_output(parameters, context, source, features, doc)
+        # written once the sink has closed the file (postProcessAlgorithm)
+        self._provenance = (record[self.OUTPUT], doc)
+        self._log_totals(doc, feedback)
+        return {self.OUTPUT: dest_id, self.OUTPUT_REPORT: out_html, self.OUTPUT_JSON: doc["outputs"]["json"]}
 
+    def _write_output(self, parameters, context, source, features, doc):
+        crs = source.sourceCrs()
         fields = QgsFields(source.fields())
         existing = {f.name().lower() for f in fields}
         clash = [n for n in OUTPUT_FIELDS if n in existing]
@@ -262,6 +310,17 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                                                           for name in OUTPUT_FIELDS])
             if not sink.addFeature(out, QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(self.writeFeatureError(sink, parameters, self.OUTPUT))
+        return dest_id
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
+        output, doc = getattr(self, "_provenance", (None, None))
+        if output and not record_error_model(output, doc):
+            feedback.pushInfo(self.tr("The output's format keeps no metadata: the run's error model is in the JSON "
+                                      "beside the report only."))
+        return {}
+
+    @staticmethod
+    def _log_totals(doc, feedback):
         for rec, det in zip(doc["records"], doc["details"]):
             if rec["co2e_total_t"] is not None:
                 iv = ("" if rec["co2e_ci_low_t"] is None else
@@ -269,4 +328,3 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                       f"{rec['co2e_ci_high_t']:.6g}], U = {rec['uncertainty_pct']:.3g}%, deduction "
                       f"{rec['deduction_pct']:.3g}%")
                 feedback.pushInfo(f"Feature {det['feature']}: {rec['area_ha']:.4g} ha, CO2e {rec['co2e_total_t']:.6g} t{iv}")
-        return {self.OUTPUT: dest_id, self.OUTPUT_REPORT: out_html, self.OUTPUT_JSON: doc["outputs"]["json"]}

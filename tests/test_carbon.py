@@ -12,14 +12,18 @@ import numpy as np
 import pytest
 from affine import Affine
 
+from forest_carbon_plugin.core.carbon.polygons import equal_area_ha
+from forest_carbon_plugin.core.carbon.random_field import correlated_field
 from forest_carbon_plugin.core.carbon.stock import (
-    CO2_PER_C,
     OUTPUT_FIELDS,
+    Allometry,
+    BiomassMap,
+    CarbonFactors,
+    MonteCarlo,
     carbon_stock,
-    correlated_field,
-    equal_area_ha,
     pixel_weights,
 )
+from forest_carbon_plugin.core.carbon.tables import CO2_PER_C
 from forest_carbon_plugin.core.errors import ForestCarbonError
 
 UTM = "EPSG:32633"
@@ -98,7 +102,7 @@ def test_constant_raster_gives_area_times_value_projected_and_geographic(tmp_pat
     areas = [_geod_area_ha(s, UTM) for s in shapes]
     for s, a in zip(shapes, areas):
         assert equal_area_ha(s, UTM) == pytest.approx(a, rel=1e-6)
-    doc = carbon_stock(list(shapes), agb=agb, projects_crs=UTM, root_shoot=0.0)
+    doc = carbon_stock(list(shapes), BiomassMap(agb=agb), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0))
     for rec, a in zip(doc["records"], areas):
         assert rec["area_ha"] == pytest.approx(a, rel=1e-6)
         assert rec["agb_total_mg"] == pytest.approx(150.0 * a, rel=1e-6)
@@ -108,7 +112,7 @@ def test_constant_raster_gives_area_times_value_projected_and_geographic(tmp_pat
     to_ll = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)
     ll = [transform(to_ll.transform, s) for s in shapes]
     gpkg = _write_polygons(tmp_path / "ll.gpkg", ll, crs="EPSG:4326")
-    doc = carbon_stock(gpkg, agb=agb, root_shoot=0.0)
+    doc = carbon_stock(gpkg, BiomassMap(agb=agb), factors=CarbonFactors(root_shoot=0.0))
     assert any("reprojected" in n for n in doc["notes"])
     for rec, a in zip(doc["records"], areas):
         assert rec["area_ha"] == pytest.approx(a, rel=1e-6)
@@ -118,7 +122,7 @@ def test_constant_raster_gives_area_times_value_projected_and_geographic(tmp_pat
     lon0, lat0 = to_ll.transform(X0 - 50, Y0 + 50)
     ll_raster = _write_raster(tmp_path / "ll.tif", np.full((60, 80), 150.0),
                               transform=Affine(0.0001, 0, lon0, 0, -0.0001, lat0), crs="EPSG:4326")
-    doc = carbon_stock(gpkg, agb=ll_raster, root_shoot=0.0)
+    doc = carbon_stock(gpkg, BiomassMap(agb=ll_raster), factors=CarbonFactors(root_shoot=0.0))
     for rec, a in zip(doc["records"], areas):
         # straight lon/lat edges vs geodesic edges differ by ~1e-5 of the area for ~400 m edges
         assert rec["agb_total_mg"] == pytest.approx(150.0 * a, rel=1e-4)
@@ -130,7 +134,7 @@ def test_gradient_raster_is_area_weighted(tmp_path):
     cols = np.tile(np.arange(50, dtype=float), (50, 1))
     agb = _write_raster(tmp_path / "grad.tif", 10 + cols)
     tri, _ = _shapes()
-    doc = carbon_stock([tri], agb=agb, projects_crs=UTM, root_shoot=0.0)
+    doc = carbon_stock([tri], BiomassMap(agb=agb), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0))
     # by hand: Σ value × (pixel ∩ polygon area), scaled from the UTM plane to the ellipsoid
     total = 0.0
     for r in range(50):
@@ -158,8 +162,8 @@ def test_mc_interval_between_independent_and_correlated_bounds(tmp_path):
     correlated = z * np.sum(sigma * a) * FACTOR
     half = {}
     for rng_m, n in ((0.0, 40_000), (1e7, 40_000), (100.0, 20_000)):
-        doc = carbon_stock([poly], agb=agb, agb_std=std, projects_crs=UTM, root_shoot=0.0, correlation_range=rng_m,
-                           simulations=n, seed=11)
+        doc = carbon_stock([poly], BiomassMap(agb=agb, std=std), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0),
+                           monte_carlo=MonteCarlo(correlation_range_m=rng_m, draws=n, seed=11))
         rec, det = doc["records"][0], doc["details"][0]
         half[rng_m] = det["halfwidth_mc_t"]
         assert det["halfwidth_independent_t"] == pytest.approx(independent, rel=1e-9)
@@ -189,8 +193,8 @@ def test_results_are_reproducible_with_seed(tmp_path):
     agb = _write_raster(tmp_path / "agb.tif", np.full((50, 50), 100.0))
     std = _write_raster(tmp_path / "std.tif", np.full((50, 50), 30.0))
     shapes = list(_shapes())
-    runs = [carbon_stock(shapes, agb=agb, agb_std=std, projects_crs=UTM, root_shoot=0.2, correlation_range=80,
-                         simulations=300, seed=s)["records"] for s in (4, 4, 5)]
+    runs = [carbon_stock(shapes, BiomassMap(agb=agb, std=std), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.2),
+                         monte_carlo=MonteCarlo(correlation_range_m=80, draws=300, seed=s))["records"] for s in (4, 4, 5)]
     assert runs[0] == runs[1]
     assert runs[0][0]["co2e_ci_low_t"] != runs[2][0]["co2e_ci_low_t"]
 
@@ -225,8 +229,8 @@ def test_interval_covers_true_project_totals_on_simulated_scene(imagery_scene, t
     for seed in range(10):
         noise = (chol @ np.random.default_rng(100 + seed).standard_normal(len(pts))).reshape(truth.shape) * sigma
         agb = _write_raster(tmp_path / f"agb_{seed}.tif", truth + noise, transform, crs)
-        doc = carbon_stock(str(folder / manifest["projects"]), agb=agb, agb_std=std, root_shoot=0.0,
-                           correlation_range=corr_range, simulations=1000, seed=seed)
+        doc = carbon_stock(str(folder / manifest["projects"]), BiomassMap(agb=agb, std=std), factors=CarbonFactors(root_shoot=0.0),
+                           monte_carlo=MonteCarlo(correlation_range_m=corr_range, draws=1000, seed=seed))
         for rec, true in zip(doc["records"], projects):
             low, high = rec["co2e_ci_low_t"] / FACTOR, rec["co2e_ci_high_t"] / FACTOR
             cases += 1
@@ -244,17 +248,18 @@ def test_conversions_by_hand(tmp_path):
     agb = _write_raster(tmp_path / "agb.tif", np.full((20, 20), 120.0))
     poly = box(X0, Y0 - 100, X0 + 100, Y0)
     area = _geod_area_ha(poly, UTM)
-    rec = carbon_stock([poly], agb=agb, projects_crs=UTM, root_shoot=0.25)["records"][0]
+    rec = carbon_stock([poly], BiomassMap(agb=agb), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.25))["records"][0]
     assert rec["agb_total_mg"] == pytest.approx(120 * area, rel=1e-9)
     assert rec["biomass_total_mg"] == pytest.approx(120 * area * 1.25, rel=1e-9)
     assert rec["carbon_total_t"] == pytest.approx(120 * area * 1.25 * 0.47, rel=1e-9)
     assert rec["co2e_total_t"] == pytest.approx(120 * area * 1.25 * 0.47 * 44 / 12, rel=1e-9)
     assert CO2_PER_C == 44 / 12
     # IPCC ecozone defaults by mean AGB class: temperate conifer 50-150 → 0.29; < 50 → 0.40
-    rec = carbon_stock([poly], agb=agb, projects_crs=UTM, ecozone="temperate_conifer")["records"][0]
+    rec = carbon_stock([poly], BiomassMap(agb=agb), projects_crs=UTM, factors=CarbonFactors(ecozone="temperate_conifer"))["records"][0]
     assert rec["biomass_total_mg"] == pytest.approx(120 * area * 1.29, rel=1e-9)
     low = _write_raster(tmp_path / "low.tif", np.full((20, 20), 40.0))
-    rec = carbon_stock([poly], agb=low, projects_crs=UTM, ecozone="temperate_conifer", carbon_fraction=0.5)["records"][0]
+    rec = carbon_stock([poly], BiomassMap(agb=low), projects_crs=UTM,
+                       factors=CarbonFactors(ecozone="temperate_conifer", carbon_fraction=0.5))["records"][0]
     assert rec["carbon_total_t"] == pytest.approx(40 * area * 1.40 * 0.5, rel=1e-9)
 
 
@@ -265,8 +270,9 @@ def test_height_allometry_and_parameter_draws(tmp_path):
     zero = _write_raster(tmp_path / "zero.tif", np.zeros((20, 20)))
     poly = box(X0, Y0 - 100, X0 + 100, Y0)
     area = _geod_area_ha(poly, UTM)
-    doc = carbon_stock([poly], height=height, allometry="custom", allometry_a=2.0, allometry_b=1.5,
-                       allometry_a_se=0.1, agb_std=zero, projects_crs=UTM, root_shoot=0.0, simulations=20_000, seed=2)
+    doc = carbon_stock([poly], BiomassMap(height=height, allometry=Allometry(model="custom", a=2.0, b=1.5, a_se=0.1),
+                                          std=zero),
+                       projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0), monte_carlo=MonteCarlo(draws=20_000, seed=2))
     rec = doc["records"][0]
     assert rec["agb_mean_mg_ha"] == pytest.approx(2.0 * 16 ** 1.5, rel=1e-9)  # 128 Mg/ha
     assert rec["agb_total_mg"] == pytest.approx(128 * area, rel=1e-9)
@@ -291,7 +297,7 @@ def test_bad_inputs(tmp_path):
     inside = box(X0, Y0 - 100, X0 + 100, Y0)
     outside = box(X0 + 5000, Y0 - 100, X0 + 5100, Y0)
     html = tmp_path / "r.html"
-    doc = carbon_stock([inside, outside], html, agb=agb, projects_crs=UTM, root_shoot=0.0)
+    doc = carbon_stock([inside, outside], BiomassMap(agb=agb), html, projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0))
     area = _geod_area_ha(inside, UTM)
     rec, out = doc["records"]
     # negative biomass is set to 0, with a warning
@@ -309,13 +315,15 @@ def test_bad_inputs(tmp_path):
     assert (tmp_path / "r_map.png").exists() and html.exists()
 
     bad = tmp_path / "bad.html"
-    for kwargs, message in ((dict(agb_lower=agb, root_shoot=0.0), "AGB_UPPER"),
-                            (dict(root_shoot=0.0, correlation_range=-5.0), "CORRELATION_RANGE"),
-                            (dict(root_shoot=0.0, height=agb), "not both"),
-                            (dict(root_shoot=0.0, agb_std=_write_raster(tmp_path / "neg.tif", -data)), "negative")):
-        kwargs.setdefault("agb", agb)
+    # the core's errors name its arguments (biomass.upper, correlation_range_m); the adapter's, the parameters
+    for biomass, monte_carlo, message in (
+            (BiomassMap(agb=agb, lower=agb), MonteCarlo(), "biomass.upper"),
+            (BiomassMap(agb=agb), MonteCarlo(correlation_range_m=-5.0), "correlation_range_m"),
+            (BiomassMap(agb=agb, height=agb), MonteCarlo(), "not both"),
+            (BiomassMap(agb=agb, std=_write_raster(tmp_path / "neg.tif", -data)), MonteCarlo(), "negative")):
         with pytest.raises(ForestCarbonError, match=message):
-            carbon_stock([inside], bad, projects_crs=UTM, **kwargs)
+            carbon_stock([inside], biomass, bad, projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0),
+                         monte_carlo=monte_carlo)
         assert not bad.exists() and not bad.with_suffix(".json").exists()
 
 
@@ -355,7 +363,8 @@ def test_processing_run(tmp_path, forestcarbon_provider):
     frame = _read_layer(out)
     assert list(frame.columns[:2]) == ["name", *OUTPUT_FIELDS][:2]
     assert set(OUTPUT_FIELDS) <= set(frame.columns)
-    core = carbon_stock(gpkg, agb=agb, agb_std=std, root_shoot=0.2, correlation_range=50, simulations=500, seed=3)
+    core = carbon_stock(gpkg, BiomassMap(agb=agb, std=std), factors=CarbonFactors(root_shoot=0.2),
+                        monte_carlo=MonteCarlo(correlation_range_m=50, draws=500, seed=3))
     for i, rec in enumerate(core["records"][:2]):
         for name in OUTPUT_FIELDS:
             assert frame[name][i] == pytest.approx(rec[name], rel=1e-9)
@@ -365,6 +374,33 @@ def test_processing_run(tmp_path, forestcarbon_provider):
     doc = json.loads((tmp_path / "carbon.json").read_text())
     assert doc["settings"]["simulations"] == 500
     assert "map" in (tmp_path / "carbon.html").read_text()
+
+
+def test_the_output_layer_carries_the_runs_error_model(tmp_path, forestcarbon_provider):
+    """The carbonstock GeoPackage holds the run's provenance in its metadata (gpkg_metadata), so that the
+    uncertainty dock finds the run's error model without reading JSON files beside the layer."""
+    import processing
+    from osgeo import ogr
+
+    from forest_carbon_plugin.core.carbon.variogram import recorded_error_model
+    from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
+
+    agb, std, gpkg = _scene_files(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "reports").mkdir()
+    out = tmp_path / "out" / "carbon.gpkg"  # the report's JSON lies in another folder: only the metadata tells
+    processing.run("forestcarbon:carbonstock", {
+        "AGB": agb, "AGB_STD": std, "PROJECTS": gpkg, "ROOT_SHOOT": 0.2, "CORRELATION_RANGE": 75, "SIMULATIONS": 200,
+        "SEED": 7, "OUTPUT": str(out), "OUTPUT_REPORT": str(tmp_path / "reports" / "carbon.html")})
+    ds = ogr.Open(str(out))
+    record = json.loads(ds.GetLayer(0).GetMetadataItem(PROVENANCE_KEY))
+    ds = None
+    assert record["algorithm"] == "carbonstock" and record["plugin_version"]
+    assert record["parameters"]["CORRELATION_RANGE"] == 75 and record["settings"]["correlation_range_m"] == 75
+    model = recorded_error_model(str(out))
+    assert (model["range_m"], model["seed"], model["simulations"], model["root_shoot"]) == (75.0, 7, 200, 0.2)
+    assert "metadata" in model["source"]
+    assert len(_read_layer(out)) == 3  # the layer reads as before
 
 
 def test_processing_run_without_uncertainty_and_errors(tmp_path, forestcarbon_provider):
@@ -498,8 +534,8 @@ def test_qgis_process_and_model_after_predictraster(tmp_path, qgis_config, qgis_
                          f"carbon:report={tmp_path / 'model.html'}"], qgis_config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     frame = _read_layer(target)
-    expected = carbon_stock(gpkg, agb=str(tmp_path / "pred.tif"), agb_std=str(tmp_path / "pred_std.tif"),
-                            root_shoot=0.2, simulations=200)["records"]
+    expected = carbon_stock(gpkg, BiomassMap(agb=str(tmp_path / "pred.tif"), std=str(tmp_path / "pred_std.tif")),
+                            factors=CarbonFactors(root_shoot=0.2), monte_carlo=MonteCarlo(draws=200))["records"]
     settings = json.loads((tmp_path / "model.json").read_text())["settings"]
     assert settings["correlation_source"] == "conservative (not set)" and settings["correlation_range_m"] is None
     for i in range(2):

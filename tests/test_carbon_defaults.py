@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from forest_carbon_plugin.core.carbon.stock import CO2_PER_C, DEFAULT_CARBON_FRACTION, carbon_stock
+from forest_carbon_plugin.core.carbon.stock import BiomassMap, CarbonFactors, MonteCarlo, carbon_stock
+from forest_carbon_plugin.core.carbon.tables import CO2_PER_C, DEFAULT_CARBON_FRACTION
 from forest_carbon_plugin.core.models.accuracy import semivariogram
 from forest_carbon_plugin.core.carbon.variogram import (
     MIN_PAIRS,
@@ -109,7 +110,7 @@ def test_defaults_give_the_fully_correlated_bound_and_zero_the_independent_one(t
     agb = _raster(tmp_path / "agb.tif", np.full((20, 20), 200.0))
     std = _raster(tmp_path / "std.tif", np.full((20, 20), 30.0))
     poly = box(X0 + 50, Y0 - 150, X0 + 150, Y0 - 50)  # 10 × 10 pixels
-    doc = carbon_stock([poly], agb=agb, agb_std=std, projects_crs=UTM, seed=1)
+    doc = carbon_stock([poly], BiomassMap(agb=agb, std=std), projects_crs=UTM, monte_carlo=MonteCarlo(seed=1))
     rec, det = doc["records"][0], doc["details"][0]
     u = 100 * 0.01 * 30.0  # Σ w·a·σ in Mg (planar; the ellipsoid's scale is in det)
     scale = rec["area_ha"] / 1.0
@@ -119,7 +120,8 @@ def test_defaults_give_the_fully_correlated_bound_and_zero_the_independent_one(t
     assert any("FULLY CORRELATED" in w for w in doc["warnings"]) and any("ABOVE-GROUND" in w for w in doc["warnings"])
     assert det["halfwidth_mc_t"] == pytest.approx(Z90 * u * scale * FACTOR, rel=0.03)
     assert det["halfwidth_mc_t"] == pytest.approx(det["halfwidth_correlated_t"], rel=0.03)
-    doc0 = carbon_stock([poly], agb=agb, agb_std=std, projects_crs=UTM, seed=1, correlation_range=0.0)
+    doc0 = carbon_stock([poly], BiomassMap(agb=agb, std=std), projects_crs=UTM,
+                        monte_carlo=MonteCarlo(seed=1, correlation_range_m=0.0))
     assert doc0["details"][0]["halfwidth_mc_t"] == pytest.approx(Z90 * math.sqrt(100) * 0.3 * scale * FACTOR,
                                                                  rel=0.03)
     assert any("independent" in w for w in doc0["warnings"])
@@ -132,7 +134,7 @@ def test_a_bowtie_keeps_both_lobes_and_reports_its_area(tmp_path):
     # two triangles (base 100 m, height 50 m: 0.25 ha each) meeting at (X0+100, Y0-100); buffer(0) kept one
     bowtie = Polygon([(X0 + 50, Y0 - 50), (X0 + 150, Y0 - 150), (X0 + 150, Y0 - 50), (X0 + 50, Y0 - 150)])
     assert not bowtie.is_valid
-    doc = carbon_stock([bowtie], agb=agb, projects_crs=UTM, root_shoot=0.0)
+    doc = carbon_stock([bowtie], BiomassMap(agb=agb), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0))
     rec, repair = doc["records"][0], doc["details"][0]["repair"]
     k = 0.9996 ** -2  # UTM's central scale: the ellipsoidal area of 1 planar ha, ±1e-3 at this easting
     assert rec["area_ha"] == pytest.approx(0.5 * k, rel=2e-3)
@@ -150,7 +152,8 @@ def test_negative_predictions_never_give_a_negative_stock_or_bound(tmp_path):
     agb = _raster(tmp_path / "agb.tif", np.full((20, 20), -20.0))
     std = _raster(tmp_path / "std.tif", np.full((20, 20), 50.0))
     poly = box(X0 + 50, Y0 - 150, X0 + 150, Y0 - 50)
-    doc = carbon_stock([poly], agb=agb, agb_std=std, projects_crs=UTM, root_shoot=0.0, seed=2)
+    doc = carbon_stock([poly], BiomassMap(agb=agb, std=std), projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0),
+                       monte_carlo=MonteCarlo(seed=2))
     rec = doc["records"][0]
     assert rec["co2e_total_t"] == 0.0 and rec["co2e_ci_low_t"] == 0.0
     assert rec["co2e_ci_high_t"] == pytest.approx(Z90 * 100 * 0.01 * 50.0 * rec["area_ha"] * FACTOR, rel=0.04)
@@ -170,8 +173,9 @@ def test_the_dock_finds_the_error_model_of_the_carbonstock_run(tmp_path):
     _report(tmp_path / "validation_report.json", pts[:, 0], pts[:, 1], 30 * _exponential_field(pts, 400.0, rng))
     from_report = recorded_error_model(out, agb)
     assert from_report["range_m"] == resolve_correlation_range(None, tmp_path / "validation_report.json")["range_m"]
-    carbon_stock([box(X0, Y0 - 100, X0 + 100, Y0)], tmp_path / "carbon_report.html", agb=agb, projects_crs=UTM,
-                 root_shoot=0.0, correlation_range=250.0, seed=9, simulations=500, parameters={"OUTPUT": str(out)})
+    carbon_stock([box(X0, Y0 - 100, X0 + 100, Y0)], BiomassMap(agb=agb), tmp_path / "carbon_report.html",
+                 projects_crs=UTM, factors=CarbonFactors(root_shoot=0.0),
+                 monte_carlo=MonteCarlo(correlation_range_m=250.0, seed=9, draws=500), parameters={"OUTPUT": str(out)})
     recorded = recorded_error_model(str(out) + "|layername=project_carbon", agb)
     assert (recorded["range_m"], recorded["seed"], recorded["simulations"]) == (250.0, 9, 500)
 
@@ -195,8 +199,8 @@ def test_intervals_from_a_validation_report_cover_the_true_totals(imagery_scene,
         agb = _raster(tmp_path / f"agb_{seed}.tif", truth + noise, transform, crs)
         plots = rng.choice(rows * cols, 40, replace=False)
         report = _report(tmp_path / f"validation_{seed}.json", pts[plots, 0], pts[plots, 1], noise.ravel()[plots])
-        doc = carbon_stock(str(folder / manifest["projects"]), agb=agb, agb_std=std, validation_report=report,
-                           simulations=2000, seed=seed)
+        doc = carbon_stock(str(folder / manifest["projects"]), BiomassMap(agb=agb, std=std),
+                           monte_carlo=MonteCarlo(validation_report=report, draws=2000, seed=seed))
         assert doc["settings"]["correlation_source"] != "parameter"
         for rec, true in zip(doc["records"], projects):
             cases += 1

@@ -362,7 +362,7 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
     from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
     from shapely import wkt
 
-    from forest_carbon_plugin.core.carbon.stock import carbon_stock
+    from forest_carbon_plugin.core.carbon.stock import BiomassMap, CarbonFactors, MonteCarlo, carbon_stock
 
     polygons = QgsVectorLayer("Polygon?crs=EPSG:32633", "stands", "memory")
     shapes = ["POLYGON((501234 5996789, 503456 5996512, 503011 5994321, 501555 5994876, 501234 5996789))",
@@ -383,8 +383,9 @@ def test_the_polygon_total_is_the_carbon_cores(dock, run, project, qtbot):
     with qtbot.waitSignal(dock.polygonTotal, timeout=60000) as blocker:
         dock.total_of_selection()
     record = blocker.args[0]
-    expected = carbon_stock([wkt.loads(shapes[0])], agb=str(run["prediction"]), agb_std=str(run["std"]),
-                            root_shoot=0.0, confidence=0.9, simulations=10_000, seed=0, correlation_range=150.0,
+    expected = carbon_stock([wkt.loads(shapes[0])], BiomassMap(agb=str(run["prediction"]), std=str(run["std"])),
+                            factors=CarbonFactors(root_shoot=0.0),
+                            monte_carlo=MonteCarlo(confidence=0.9, draws=10_000, seed=0, correlation_range_m=150.0),
                             projects_crs="EPSG:32633")["records"][0]
     assert record == expected
     assert "correlated over 150 m" in dock.polygon_label.text()

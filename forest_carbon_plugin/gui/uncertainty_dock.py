@@ -16,9 +16,9 @@
   1st–99th percentile with the rest counted in its end bars (both said under the plot).
 - *Identify pixel* is a map tool reporting a pixel's value, interval, relative uncertainty and model.
 - *Total of selection* gives the selected polygons' area-weighted total and its interval from the
-  carbon core (:func:`core.carbon.carbon_stock`, AGB only: root-to-shoot 0), with carbonstock's error model:
+  carbon core (:func:`core.carbon.stock.carbon_stock`, AGB only: root-to-shoot 0), with carbonstock's error model:
   the correlation range of the spin box beside it, filled from the carbon layer's carbonstock run or fitted
-  from the prediction's validation report (:func:`core.variogram.recorded_error_model`).
+  from the prediction's validation report (:func:`core.carbon.variogram.recorded_error_model`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from qgis.PyQt.QtWidgets import (
 
 from processing_provider.compat import LayerFilter
 
-from ..core.carbon.stock import carbon_stock
+from ..core.carbon.stock import BiomassMap, CarbonFactors, MonteCarlo, carbon_stock
 from ..core.carbon.variogram import recorded_error_model
 from ..output_info import read_output_info
 from ..styling import apply_style, legend_number, raster_path
@@ -549,7 +549,7 @@ class UncertaintyDock(QDockWidget):
     # ------------------------------------------------------------------------- polygon total
     def default_correlation_range(self) -> None:
         """Set the range spin box from the chosen polygon layer's carbonstock run, else from the prediction's
-        validation report (:func:`core.variogram.recorded_error_model`); leave it as it is when neither is found."""
+        validation report (:func:`core.carbon.variogram.recorded_error_model`); leave it as it is when neither is found."""
         layer = self.polygon_combo.currentLayer()
         carbon = layer.source() if layer is not None and layer.providerType() == "ogr" else None
         try:
@@ -583,8 +583,8 @@ class UncertaintyDock(QDockWidget):
             return None
         shape = wkb.loads(bytes(QgsGeometry.unaryUnion(geometries).asWkb()))
         crs = layer.crs().toWkt()
-        errors = ({"agb_std": sources.std} if sources.std else
-                  {"agb_lower": sources.lower, "agb_upper": sources.upper} if sources.lower and sources.upper else {})
+        errors = ({"std": sources.std} if sources.std else
+                  {"lower": sources.lower, "upper": sources.upper} if sources.lower and sources.upper else {})
 
         if self.range_source is None and self.correlation_range is None:
             self.default_correlation_range()  # layers chosen before the dock connected its signals
@@ -594,10 +594,11 @@ class UncertaintyDock(QDockWidget):
         seed = int(recorded.get("seed") or 0)
 
         def compute(_task):
-            return carbon_stock([shape], agb=sources.prediction, coverage=sources.coverage or 0.9,
-                                root_shoot=0.0, confidence=POLYGON_CONFIDENCE, simulations=simulations,
-                                seed=seed, projects_crs=crs, correlation_range=correlation_range,
-                                **errors)["records"][0]
+            biomass = BiomassMap(agb=sources.prediction, coverage=sources.coverage or 0.9, **errors)
+            monte_carlo = MonteCarlo(draws=simulations, correlation_range_m=correlation_range,
+                                     confidence=POLYGON_CONFIDENCE, seed=seed)
+            return carbon_stock([shape], biomass, factors=CarbonFactors(root_shoot=0.0), monte_carlo=monte_carlo,
+                                projects_crs=crs)["records"][0]
 
         task = FunctionTask("Forest Carbon: total of the selected polygons", compute)
         self.connections.connect(task.done, self._polygon_done)

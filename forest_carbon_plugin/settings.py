@@ -12,7 +12,7 @@ from __future__ import annotations
 from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings
 
 from .core.errors import ForestCarbonError
-from .core.parallel.cluster import DEFAULT_WORKER_WAIT, ClusterSpec
+from .core.parallel.connect import DEFAULT_WORKER_WAIT, ClusterSpec
 
 PREFIX = "forest_carbon/cluster/"
 MODES = ("local", "scheduler", "gateway")

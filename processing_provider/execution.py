@@ -13,7 +13,7 @@
 ``execution(alg, parameters, context, feedback)`` is a context manager that connects (a clear
 error naming the address when it cannot), waits for a worker (``worker_wait`` seconds, 60 by default;
 ``FOREST_CARBON_WORKER_WAIT`` overrides it), refuses a cluster whose versions would change the results
-(:func:`forest_carbon_plugin.core.parallel.cluster.check_versions`) and makes the core functions called inside run
+(:func:`forest_carbon_plugin.core.parallel.versions.check_versions`) and makes the core functions called inside run
 their tiles on the cluster (:func:`forest_carbon_plugin.core.parallel.tilemap.executor_scope`).
 
 The cluster comes from the plugin's settings (:func:`forest_carbon_plugin.settings.load_spec`).
@@ -25,7 +25,8 @@ import contextlib
 
 from qgis.core import QgsProcessingException, QgsProcessingParameterEnum, QgsProcessingParameterString
 
-from forest_carbon_plugin.core.parallel.cluster import ClusterSpec, DaskExecutor, open_client
+from forest_carbon_plugin.core.parallel.connect import ClusterSpec, open_client
+from forest_carbon_plugin.core.parallel.dask import DaskExecutor
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.parallel.tilemap import executor_scope
 from forest_carbon_plugin.settings import load_spec

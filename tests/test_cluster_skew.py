@@ -22,16 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forest_carbon_plugin.core.parallel import cluster as cluster_module
-from forest_carbon_plugin.core.parallel.cluster import (
-    JOB_OWNER,
-    DaskExecutor,
-    cache_folder,
-    connect,
-    external_data_files,
-    job_folder,
-    model_bundle,
-)
+from forest_carbon_plugin.core.parallel import files as job_files
+from forest_carbon_plugin.core.parallel.assemble import JOB_OWNER, job_folder, process_start
+from forest_carbon_plugin.core.parallel.connect import connect
+from forest_carbon_plugin.core.parallel.dask import DaskExecutor
+from forest_carbon_plugin.core.parallel.files import cache_folder, external_data_files, materialize, model_bundle
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
 from forest_carbon_plugin.core.parallel.tilemap import executor_scope
@@ -379,7 +374,7 @@ def private_temp(tmp_path, monkeypatch):
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    monkeypatch.setattr(cluster_module, "_CACHE", {})
+    monkeypatch.setattr(job_files, "_CACHE", {})
     return temp
 
 
@@ -396,7 +391,7 @@ def test_model_cache_is_private_owned_and_cleaned(private_temp):
     assert folder == shared
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert not old.exists() and recent.exists()
-    path = cluster_module.materialize(("m.onnx", {"m.onnx": b"model", "w.bin": b"weights"}))
+    path = materialize(("m.onnx", {"m.onnx": b"model", "w.bin": b"weights"}))
     assert path.read_bytes() == b"model" and (path.parent / "w.bin").read_bytes() == b"weights"
     assert path.parent.parent == folder
 
@@ -411,7 +406,7 @@ def test_model_cache_of_someone_else_is_not_used(private_temp):
     assert folder != foreign and folder.is_dir()
     info = os.stat(folder)
     assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
-    path = cluster_module.materialize(b"model bytes")
+    path = materialize(b"model bytes")
     assert folder in path.parents and not list(foreign.iterdir())
 
 
@@ -421,7 +416,7 @@ def test_stale_job_folders_of_dead_processes_are_removed(tmp_path):
     host = socket.gethostname()
     owners = {".a.dask-dead": {"host": host, "pid": dead.pid, "started": 1.0},
               ".b.dask-alive": {"host": host, "pid": os.getpid(),
-                                "started": cluster_module._process_start(os.getpid())},
+                                "started": process_start(os.getpid())},
               ".c.dask-reused": {"host": host, "pid": os.getpid(), "started": 12345.0},  # the pid went to another
               ".d.dask-elsewhere": {"host": host + "-other", "pid": dead.pid, "started": 1.0}}
     for name, owner in owners.items():

@@ -22,7 +22,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from forest_carbon_plugin.core.parallel.cluster import DaskExecutor, check_address, connect, security
+from forest_carbon_plugin.core.parallel.connect import check_address, connect, security
+from forest_carbon_plugin.core.parallel.dask import DaskExecutor
 from forest_carbon_plugin.core.errors import Cancelled, ForestCarbonError
 from forest_carbon_plugin.core.models.predict import PredictSettings, predict_raster
 from forest_carbon_plugin.core.parallel.tilemap import executor_scope

@@ -1,4 +1,4 @@
-"""The worker pool (core/workerpool.py) on real processes: results in order and equal to this process's,
+"""The worker pool (core/parallel/pool.py) on real processes: results in order and equal to this process's,
 errors and dead workers reported, cancel within a second, workers that cannot start leave the work to
 this process, and no worker outlives its pool. No QGIS needed."""
 

@@ -30,7 +30,8 @@ from qgis.PyQt.QtWidgets import (
 from processing_provider.compat import QAction
 
 from ..core.errors import ForestCarbonError
-from ..core.parallel.cluster import ClusterSpec, check_versions, close_local_clusters, open_client, scheduler_address
+from ..core.parallel.connect import ClusterSpec, close_local_clusters, open_client, scheduler_address
+from ..core.parallel.versions import check_versions
 from ..settings import MODES, PREFIX, load_spec, read_secret, save_spec, store_secret
 from . import MENU
 

@@ -2,7 +2,7 @@
 
 Results come back in tile order (writers append tiles in order, so outputs do not depend on
 the number of workers). At most ``2 × workers`` tasks are in flight, so memory is bounded by
-a few tiles' results. The worker processes are those of :mod:`.workerpool`.
+a few tiles' results. The worker processes are those of :mod:`.pool`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _EXECUTOR: contextvars.ContextVar = contextvars.ContextVar("forest_carbon_execut
 
 @contextlib.contextmanager
 def executor_scope(executor):
-    """Run the core functions called inside on ``executor`` (a :class:`.cluster.DaskExecutor`; None: here)."""
+    """Run the core functions called inside on ``executor`` (a :class:`.dask.DaskExecutor`; None: here)."""
     token = _EXECUTOR.set(executor)
     try:
         yield executor
@@ -36,7 +36,7 @@ def map_tiles(task, args_list: list, max_workers: int = 1, progress: Progress | 
               kwargs: dict | None = None):
     """Yield ``task(*args, **kwargs)`` for each ``args`` of ``args_list``, in order; progress up to ``share`` %.
 
-    Here the tasks run in ``max_workers`` worker processes (:func:`.workerpool.imap`; 1: in this
+    Here the tasks run in ``max_workers`` worker processes (:func:`.pool.imap`; 1: in this
     process); inside :func:`executor_scope` on that executor (a Dask cluster), results still in order.
     Close the generator (``contextlib.closing``) when the loop over it can stop early.
     """

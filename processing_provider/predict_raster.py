@@ -110,6 +110,10 @@ class PredictRasterAlgorithm(ForestCarbonAlgorithm):
         outputs = {name: self.parameterAsOutputLayer(parameters, name, context) or None
                    for name in (self.OUTPUT, self.OUTPUT_STD, self.OUTPUT_LOWER, self.OUTPUT_UPPER)}
         overlap = parameters.get(self.OVERLAP)
+        if self.parameterAsEnum(parameters, self.DEVICE, context) == DEVICES.index("cpu") and \
+                self.parameterAsBoolean(parameters, self.REQUIRE_GPU, context):
+            raise QgsProcessingException(self.tr("DEVICE is CPU but REQUIRE_GPU is set: choose a GPU device or "
+                                                 "clear it."))
         with execution(self, parameters, context, feedback):
             result = self._predict(parameters, context, feedback, layers, outputs, overlap)
         results = {}

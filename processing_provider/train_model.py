@@ -163,6 +163,10 @@ class TrainModelAlgorithm(ForestCarbonAlgorithm):
         out_model = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         out_report = (self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
                       or QgsProcessingUtils.generateTempFilename("training_report.html"))  # OUTPUT_JSON lies beside it
+        if not out_model.lower().endswith(".onnx"):
+            raise QgsProcessingException(self.tr(f"OUTPUT_MODEL '{out_model}' must end in .onnx."))
+        if not out_report.lower().endswith((".html", ".htm")):
+            raise QgsProcessingException(self.tr(f"OUTPUT_REPORT '{out_report}' must end in .html."))
         record = {"FEATURES": features, "TARGET": target, "TARGET_FIELD": target_field,
                   "FEATURE_FIELDS": feature_fields, "MODEL_TYPE": model_type,
                   "BLOCK_SIZE": block, "FOLDS": folds, "COVERAGE": coverage, "MAX_SAMPLES": max_samples, "SEED": seed}

@@ -63,7 +63,7 @@ def conformal_factor(y, lower, median, upper, coverage: float = 0.9) -> float:
         The factor f (1 means the intervals are already calibrated).
     """
     if not 0 < coverage < 1:
-        raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {coverage}).")
+        raise ForestCarbonError(f"coverage must lie between 0 and 1 (got {coverage}).")
     s = conformal_scores(y, lower, median, upper)
     s = np.sort(s[~np.isnan(s)])
     n = s.size

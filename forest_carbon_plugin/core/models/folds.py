@@ -54,9 +54,9 @@ def spatial_folds(x, y, block_size_m: float, folds: int, seed: int = 0) -> np.nd
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     if not block_size_m > 0:
-        raise ForestCarbonError(f"BLOCK_SIZE must be greater than 0 m (got {block_size_m}).")
+        raise ForestCarbonError(f"block_size_m must be greater than 0 (got {block_size_m}).")
     if folds < 2:
-        raise ForestCarbonError(f"FOLDS must be at least 2 (got {folds}).")
+        raise ForestCarbonError(f"folds must be at least 2 (got {folds}).")
     bx = np.floor(x / block_size_m).astype(np.int64)
     by = np.floor(y / block_size_m).astype(np.int64)
     blocks, inverse = np.unique(np.column_stack([bx, by]), axis=0, return_inverse=True)
@@ -86,7 +86,7 @@ def random_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
         Fold (0 … folds − 1) of each sample.
     """
     if folds < 2:
-        raise ForestCarbonError(f"FOLDS must be at least 2 (got {folds}).")
+        raise ForestCarbonError(f"folds must be at least 2 (got {folds}).")
     return np.random.default_rng(seed).permutation(n) % folds
 
 

@@ -54,7 +54,7 @@ def choose_providers(device: str, require_gpu: bool, progress: Progress) -> list
     available = ort.get_available_providers()
     if device == "cpu":
         if require_gpu:
-            raise ForestCarbonError("DEVICE is CPU but REQUIRE_GPU is set: choose a GPU device or clear it.")
+            raise ForestCarbonError("device is 'cpu' but require_gpu is set: choose a GPU device or clear require_gpu.")
         return ["CPUExecutionProvider"]
     wanted = [device] if device != "auto" else list(AUTO_ORDER)
     for name in wanted:

@@ -201,7 +201,7 @@ def _prepare(inputs, model, paths, bands, settings: PredictSettings, progress) -
     if not inputs:
         raise ForestCarbonError("Give at least one input raster.")
     if not 0 < settings.coverage < 1:
-        raise ForestCarbonError(f"COVERAGE must be between 0 and 1 (got {settings.coverage}).")
+        raise ForestCarbonError(f"coverage must be between 0 and 1 (got {settings.coverage}).")
     card = read_card(model)
     _check_deepness(card, progress)
     stack = _stack(inputs, card, bands, progress)
@@ -277,7 +277,7 @@ def _tiling(card: ModelCard, settings: PredictSettings, fixed_batch: bool, progr
         tile, ov = int(tile_size or DEFAULT_TILE), 0
         batch = int(settings.batch_size or DEFAULT_PIXEL_BATCH)
     if tile <= 0 or batch <= 0:
-        raise ForestCarbonError("TILE_SIZE and BATCH_SIZE must be positive.")
+        raise ForestCarbonError(f"tile_size and batch_size must be positive (got {tile} and {batch}).")
     return tile, ov, batch
 
 

@@ -143,7 +143,7 @@ def sample_training_data(features, target, target_field: str | None = None, max_
     """
     progress = progress or NullProgress()
     if max_samples is not None and max_samples < 1:
-        raise ForestCarbonError(f"MAX_SAMPLES must be at least 1 (got {max_samples}).")
+        raise ForestCarbonError(f"max_samples must be at least 1 (got {max_samples}).")
     grid, sources, names, notes = _feature_sources(features)
     if target is None or str(target) == "":
         raise ForestCarbonError("Give a TARGET: a raster, or a point/polygon layer with a numeric TARGET_FIELD.")

@@ -160,14 +160,14 @@ def train_model(features, target, out_model, out_report, target_field: str | Non
 def _check_arguments(settings: TrainSettings, out_model, out_report) -> tuple[Path, Path]:
     """Refuse a bad coverage or fold count and output names that would clash, before any work."""
     if not 0 < settings.coverage < 1:
-        raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {settings.coverage}).")
+        raise ForestCarbonError(f"coverage must lie between 0 and 1 (got {settings.coverage}).")
     if settings.folds < 2:
-        raise ForestCarbonError(f"FOLDS must be at least 2 (got {settings.folds}).")
+        raise ForestCarbonError(f"folds must be at least 2 (got {settings.folds}).")
     out_model, out_report = Path(out_model), Path(out_report)
     if out_model.suffix.lower() != ".onnx":
-        raise ForestCarbonError(f"OUTPUT_MODEL '{out_model.name}' must end in .onnx.")
+        raise ForestCarbonError(f"The model '{out_model.name}' (out_model) must end in .onnx.")
     if out_report.suffix.lower() not in (".html", ".htm"):
-        raise ForestCarbonError(f"OUTPUT_REPORT '{out_report.name}' must end in .html.")
+        raise ForestCarbonError(f"The report '{out_report.name}' (out_report) must end in .html.")
     if out_report.with_suffix(".json").resolve() == out_model.with_suffix(".json").resolve():
         raise ForestCarbonError(f"The report's JSON would be '{out_model.with_suffix('.json').name}', which "
                                 "predictraster would read as the model's card: give the report another name.")

@@ -268,7 +268,7 @@ def validate_predictions(prediction, reference, out_html, uncertainty: Uncertain
 def _check_arguments(prediction, unc: Uncertainty, out_html) -> Path:
     """Refuse a bad coverage, half a pair of bounds, a report not named .html, or rasters GDAL cannot open."""
     if not 0 < float(unc.coverage) < 1:
-        raise ForestCarbonError(f"COVERAGE must lie between 0 and 1 (got {unc.coverage}).")
+        raise ForestCarbonError(f"coverage must lie between 0 and 1 (got {unc.coverage}).")
     if (unc.lower is None) != (unc.upper is None):
         given, missing = ("LOWER", "UPPER") if unc.lower is not None else ("UPPER", "LOWER")
         raise ForestCarbonError(f"{given} was given without {missing}: interval bounds need both LOWER and UPPER "

@@ -329,7 +329,9 @@ def test_bad_inputs(tmp_path):
 
 # -- 6. QGIS: processing.run, qgis_process, a .model3 after predictraster ------------------------------
 
-def _scene_files(tmp_path):
+def scene_files(tmp_path):
+    """(AGB raster, σ raster, GeoPackage of three projects, the third outside the rasters) written in ``tmp_path``;
+    test_scripting uses them too."""
     from shapely.geometry import box
 
     rng = np.random.default_rng(0)
@@ -355,7 +357,7 @@ def test_processing_run(tmp_path, forestcarbon_provider):
     help_text = alg.shortHelpString()
     assert "UNVERIFIED" not in help_text and "[V3]" not in help_text  # sources cited by table and page instead
     assert "Table 4.3, p. 4.48" in help_text and "Table 4.4, p. 4.49" in help_text and "“Validation report of the map”" in help_text  # labels, not ids (issue 19 item 14)
-    agb, std, gpkg = _scene_files(tmp_path)
+    agb, std, gpkg = scene_files(tmp_path)
     out = tmp_path / "carbon.gpkg"
     result = processing.run("forestcarbon:carbonstock", {
         "AGB": agb, "AGB_STD": std, "PROJECTS": gpkg, "ROOT_SHOOT": 0.2, "CORRELATION_RANGE": 50,
@@ -385,7 +387,7 @@ def test_the_output_layer_carries_the_runs_error_model(tmp_path, forestcarbon_pr
     from forest_carbon_plugin.core.carbon.variogram import recorded_error_model
     from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
 
-    agb, std, gpkg = _scene_files(tmp_path)
+    agb, std, gpkg = scene_files(tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "reports").mkdir()
     out = tmp_path / "out" / "carbon.gpkg"  # the report's JSON lies in another folder: only the metadata tells
@@ -407,7 +409,7 @@ def test_processing_run_without_uncertainty_and_errors(tmp_path, forestcarbon_pr
     import processing
     from qgis.core import QgsProcessingException
 
-    agb, std, gpkg = _scene_files(tmp_path)
+    agb, std, gpkg = scene_files(tmp_path)
     out = tmp_path / "c.gpkg"
     processing.run("forestcarbon:carbonstock", {"AGB": agb, "PROJECTS": gpkg, "ECOZONE": 10, "OUTPUT": str(out),
                                                 "OUTPUT_REPORT": str(tmp_path / "c.html")})
@@ -463,7 +465,7 @@ def test_qgis_process_and_model_after_predictraster(tmp_path, qgis_config, qgis_
     from scripts import qgis_env
     from tests.onnx_models import pixel_model
 
-    agb, std, gpkg = _scene_files(tmp_path)
+    agb, std, gpkg = scene_files(tmp_path)
     proc, results = qgis_env.run_algorithm("forestcarbon:carbonstock", {
         "AGB": agb, "AGB_STD": std, "PROJECTS": gpkg, "ROOT_SHOOT": 0.2, "SIMULATIONS": 200,
         "OUTPUT": tmp_path / "qp.gpkg", "OUTPUT_REPORT": tmp_path / "qp.html"}, qgis_config)

@@ -127,10 +127,10 @@ def test_carbonstock_and_trainmodel_with_their_first_output_only(tmp_path, fores
     is written beside the named output but what it always was."""
     import processing
 
-    from .test_carbon import _scene_files
+    from .test_carbon import scene_files
     from .test_train import _smooth, _write
 
-    agb, _, projects = _scene_files(tmp_path)
+    agb, _, projects = scene_files(tmp_path)
     out = tmp_path / "named" / "carbon.gpkg"
     out.parent.mkdir()
     carbon = processing.run("forestcarbon:carbonstock", {"AGB": agb, "PROJECTS": projects, "ECOZONE": 10,

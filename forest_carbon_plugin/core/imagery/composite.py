@@ -98,7 +98,18 @@ class Scene:
 
 
 def open_scene(source) -> Scene:
-    """A raster file or an ESPA scene folder as a :class:`Scene` (headers only)."""
+    """A scene to composite, from its headers: its bands' files, scaling and no-data, its QA layer and grid.
+
+    Parameters
+    ----------
+    source : str or Path
+        A raster whose bands are described (red, nir, …; a band described ``fmask`` is its mask), or a
+        Landsat, Sentinel-2 or ESPA product folder (:func:`.products.product_layout`).
+
+    Returns
+    -------
+    Scene
+    """
     import rasterio
 
     path = Path(source)
@@ -158,6 +169,17 @@ def _product_scene(path: Path, layout: str) -> Scene:
 
 
 def common_bands(scenes: Sequence[Scene]) -> list[str]:
+    """The band names every scene has, in the first scene's order.
+
+    Parameters
+    ----------
+    scenes : sequence of Scene
+
+    Returns
+    -------
+    list of str
+        Refused (with the scenes' bands listed) when empty.
+    """
     names = [b.name for b in scenes[0].bands]
     for scene in scenes[1:]:
         have = {b.name for b in scene.bands}
@@ -171,6 +193,17 @@ def common_bands(scenes: Sequence[Scene]) -> list[str]:
 
 
 def nir_name(names: Sequence[str]) -> str | None:
+    """The NIR band to use: ``nir`` (narrow, OLI 5 / MSI B8A) where present, else ``nir_broad`` (MSI B08).
+
+    Parameters
+    ----------
+    names : sequence of str
+
+    Returns
+    -------
+    str or None
+        None when neither is among ``names``.
+    """
     return "nir" if "nir" in names else ("nir_broad" if "nir_broad" in names else None)
 
 
@@ -178,12 +211,34 @@ def nir_name(names: Sequence[str]) -> str | None:
 # stack: (scenes, bands, rows, cols), NaN where an observation is invalid (all its bands NaN)
 
 def valid_observations(stack: np.ndarray) -> np.ndarray:
-    """(scenes, rows, cols): True where every band of the observation is finite."""
+    """Which observations are valid: every band finite.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        (scenes, bands, rows, cols), NaN where invalid.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        (scenes, rows, cols).
+    """
     return np.isfinite(stack).all(axis=1)
 
 
 def median_composite(stack: np.ndarray) -> np.ndarray:
-    """Per band median of the valid observations; NaN where there is none."""
+    """Per band median of the valid observations (the mean of the two middle ones for an even count).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Observations as (scenes, bands, rows, cols); an observation with a NaN band is left out.
+
+    Returns
+    -------
+    numpy.ndarray
+        (bands, rows, cols) float64; NaN where a pixel has no valid observation.
+    """
     stack = np.where(valid_observations(stack)[:, None], stack, np.nan)
     out = np.full(stack.shape[1:], np.nan, dtype=np.float64)
     any_valid = np.isfinite(stack).any(axis=0)
@@ -202,7 +257,19 @@ def _pick(stack: np.ndarray, index: np.ndarray, has: np.ndarray) -> np.ndarray:
 
 def medoid_composite(stack: np.ndarray) -> np.ndarray:
     """Flood's (2013) medoid: the valid observation with the smallest sum of Euclidean distances
-    to all the other valid observations. Memory: O(scenes × bands) per pixel, time O(scenes²)."""
+    to all the other valid observations. Memory: O(scenes × bands) per pixel, time O(scenes²).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        (scenes, bands, rows, cols) reflectance, NaN where invalid.
+
+    Returns
+    -------
+    numpy.ndarray
+        Every band of the chosen observation, (bands, rows, cols); the earliest input on ties, NaN where none
+        is valid.
+    """
     valid = valid_observations(stack)
     data = np.where(valid[:, None], stack, 0).astype(np.float64)
     n = stack.shape[0]
@@ -215,13 +282,40 @@ def medoid_composite(stack: np.ndarray) -> np.ndarray:
 
 
 def ndvi_of(stack: np.ndarray, red: int, nir: int) -> np.ndarray:
+    """NDVI of every observation, (nir − red)/(nir + red).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        (scenes, bands, rows, cols).
+    red, nir : int
+        The bands' indices in the stack.
+
+    Returns
+    -------
+    numpy.ndarray
+        (scenes, rows, cols) float64; NaN or ±inf where red + nir = 0.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         r, n = stack[:, red].astype(np.float64), stack[:, nir].astype(np.float64)
         return (n - r) / (n + r)
 
 
 def max_ndvi_composite(stack: np.ndarray, red: int, nir: int) -> np.ndarray:
-    """The valid observation with the highest NDVI (bands ``red`` and ``nir`` of the stack)."""
+    """The valid observation with the highest NDVI; an observation whose NDVI is undefined only when it is alone.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        The scenes' bands, (scenes, bands, rows, cols), NaN where invalid.
+    red, nir : int
+        Indices of the red and NIR bands in the stack.
+
+    Returns
+    -------
+    numpy.ndarray
+        All bands of that observation, (bands, rows, cols) (the earliest on ties; NaN without any).
+    """
     valid = valid_observations(stack)
     ndvi = ndvi_of(stack, red, nir)
     # a valid observation whose NDVI is undefined (red + nir = 0) is taken only when alone
@@ -348,7 +442,18 @@ def composite_scenes(inputs: Sequence, out_path, method=Median(), progress=None,
 
 
 def open_scenes(inputs: Sequence[str], progress=None) -> list[Scene]:
-    """:func:`open_scene` of each input; a warning for each product without a QA layer."""
+    """:func:`open_scene` of each input, with a warning for each product that has no QA layer.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+    progress : Progress, optional
+        Receives the warnings.
+
+    Returns
+    -------
+    list of Scene
+    """
     scenes = [open_scene(p) for p in inputs]
     for scene in scenes:
         if scene.layout in ("landsat", "sentinel2") and scene.mask is None and progress is not None:
@@ -358,7 +463,12 @@ def open_scenes(inputs: Sequence[str], progress=None) -> list[Scene]:
 
 
 def check_overlap(scenes: Sequence[Scene]) -> None:
-    """Refuses a scene that does not overlap the first one (it would add nothing to the composite)."""
+    """Refuses a scene that does not overlap the first one: on the first scene's grid it would add nothing.
+
+    Parameters
+    ----------
+    scenes : sequence of Scene
+    """
     for scene in scenes[1:]:
         if not overlaps(scenes[0].grid, scene.grid):
             raise ForestCarbonError(
@@ -369,8 +479,18 @@ def check_overlap(scenes: Sequence[Scene]) -> None:
 
 
 def block_size(n_scenes: int, n_bands: int) -> int:
-    """The block side (pixels, a multiple of 16 in 64-512) that keeps one worker's float32 stack of
-    ``n_scenes`` × (``n_bands`` + 1) layers under :data:`BLOCK_BUDGET`."""
+    """The block side that keeps one worker's float32 stack under :data:`BLOCK_BUDGET`.
+
+    Parameters
+    ----------
+    n_scenes, n_bands : int
+        The stack holds ``n_scenes`` × (``n_bands`` + 1) layers.
+
+    Returns
+    -------
+    int
+        Pixels, a multiple of 16 in 64-512.
+    """
     side = int(math.sqrt(BLOCK_BUDGET / (4.0 * n_scenes * (n_bands + 1))))
     return int(min(512, max(64, side // 16 * 16)))
 

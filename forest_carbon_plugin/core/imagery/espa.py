@@ -57,15 +57,36 @@ class EspaScene:
 
 
 def is_espa_folder(path) -> bool:
-    """True for a folder holding at least one ``<Landsat id>…_b<N>.tif`` / ``…_sr_band<N>.tif`` file (the Landsat id
-    keeps Sentinel-2 band files saved as ``…_B04.tif`` out)."""
+    """Whether ``path`` is an ESPA scene folder: at least one ``<Landsat id>…_b<N>.tif`` /
+    ``…_sr_band<N>.tif`` file (the Landsat id keeps Sentinel-2 band files saved as ``…_B04.tif`` out).
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder (anything else gives False).
+
+    Returns
+    -------
+    bool
+    """
     folder = Path(path)
     return folder.is_dir() and any(_BAND_FILE.search(p.name) and _LANDSAT_ID.match(p.name) for p in folder.iterdir())
 
 
 def scene_date(scene_id: str) -> _dt.date | None:
-    """Acquisition date of a pre-collection id (``LE70350322012177EDC00``: 2012, day 177) or a
-    Collection id (``LC08_L2SP_035032_20200612_...``); None when the id has neither."""
+    """Acquisition date of a Landsat scene id.
+
+    Parameters
+    ----------
+    scene_id : str
+        A pre-collection id (``LE70350322012177EDC00``: 2012, day 177) or a Collection id
+        (``LC08_L2SP_035032_20200612_...``).
+
+    Returns
+    -------
+    datetime.date or None
+        None when the id has neither form.
+    """
     match = re.match(r"^L[CTEOM]\d{7}(\d{4})(\d{3})", scene_id)
     if match:
         return _dt.date(int(match.group(1)), 1, 1) + _dt.timedelta(days=int(match.group(2)) - 1)
@@ -88,7 +109,19 @@ def _sensor(scene_id: str) -> str:
 
 
 def read_espa_scene(folder) -> EspaScene:
-    """The bands of an ESPA scene folder as (path, name, scale, offset, nodata)."""
+    """The bands of an ESPA scene folder (headers only).
+
+    Parameters
+    ----------
+    folder : str or Path
+        A folder of ``<scene>_b<N>.tif`` or ``<scene>_sr_band<N>.tif`` files and, optionally, a CFmask file.
+
+    Returns
+    -------
+    EspaScene
+        Scene id, sensor, date, the reflectance bands (DN × 1e-4, the file's no-data or −9999) in band-number
+        order and the CFmask band (no-data 255), if any.
+    """
     import rasterio
 
     folder = Path(folder)

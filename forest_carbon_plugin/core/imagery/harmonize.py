@@ -204,9 +204,21 @@ def harmonize_scene(source, out_path, target: TargetGrid = TargetGrid(), mask_cl
 
 
 def nbar_solar_zenith(product: Product, progress: Progress) -> float:
-    """HLS v2.0's NBAR solar zenith (degrees) for the product: :func:`.solar.nbar_solar_zenith_deg` at its
-    centre, or the scene's own sun zenith above 81.3° of latitude, where HLS keeps it; warns when BRDF
-    normalization must use scene-mean angles."""
+    """HLS v2.0's NBAR solar zenith for the product, with a warning when BRDF normalization must use
+    scene-mean angles.
+
+    Parameters
+    ----------
+    product : Product
+    progress : Progress
+        Receives the warning.
+
+    Returns
+    -------
+    float
+        Degrees: :func:`.solar.nbar_solar_zenith_deg` at the product's centre, or its own sun zenith
+        above 81.3° of latitude, where HLS keeps the observed one.
+    """
     if not (product.angle_files or product.angle_grids is not None):
         progress.warning(f"No per-pixel angles in the product: BRDF normalization uses {product.angle_source}.")
     lon, lat = product.center_lonlat
@@ -237,8 +249,27 @@ def _harmonize_remote(executor, plan_args, out_path, tags, record, band_tags, pr
 
 
 def harmonize_rows(plan_args, row0: int, row1: int, block_size: int, folder: str, progress=None):
-    """(a tile task, run on a Dask worker) the blocks of rows ``row0``-``row1`` computed as the local path
-    computes them, written into ``folder``. Returns (tile path, valid pixels)."""
+    """A tile task run on a Dask worker: the blocks of rows ``row0``-``row1`` computed as the local path
+    computes them, written into ``folder``.
+
+    Parameters
+    ----------
+    plan_args : tuple
+        The arguments of the block plan (product, grid, bands, classes, dilation, NBAR zenith, bandpass).
+    row0, row1 : int
+        The rows of the output grid (whole blocks).
+    block_size : int
+        Side of a block, pixels.
+    folder : str
+        The job folder shared with the client.
+    progress : Progress, optional
+        Cancellation.
+
+    Returns
+    -------
+    tuple
+        (tile path, valid pixels).
+    """
     plan = _Plan(*plan_args)
     grid = plan.grid
     out = np.full((len(plan.bands), row1 - row0, grid.width), np.nan, dtype=np.float32)

@@ -65,11 +65,25 @@ class HighresResult:
 # --------------------------------------------------------------------------- statistics
 
 def irmad(x: np.ndarray, y: np.ndarray, max_iter: int = 50, tol: float = 1e-6):
-    """IR-MAD no-change probabilities of pixel pairs ``x``, ``y`` (n × p arrays).
+    """IR-MAD no-change probabilities of pixel pairs (Nielsen 2007; Canty & Nielsen 2008).
 
     Canonical correlation of the two sets with weights = no-change probability from the
     previous iteration; MAD variates ``M = U − V`` have variance ``2(1 − ρ)``; the sum of
-    squared standardized MADs is χ²(p) for unchanged pixels. Returns (probabilities, ρ).
+    squared standardized MADs is χ²(p) for unchanged pixels.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        n × p values of the same pixels in the two images.
+    max_iter : int
+        Iterations at most.
+    tol : float
+        Stop when no canonical correlation changes by more than this.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        (no-change probability of each pixel, canonical correlations ρ smallest first).
     """
     from scipy.linalg import eigh
     from scipy.stats import chi2
@@ -111,7 +125,20 @@ def irmad(x: np.ndarray, y: np.ndarray, max_iter: int = 50, tol: float = 1e-6):
 
 
 def rank_invariant(x: np.ndarray, y: np.ndarray, max_rank_difference: float = 0.05) -> np.ndarray:
-    """Pixels whose normalized rank differs by at most ``max_rank_difference`` in every band."""
+    """Pixels whose normalized rank differs by at most ``max_rank_difference`` in every band; the most
+    stable fifth when fewer than 100 pixels (or all) qualify.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        n × p pixel values of the image and of the reference.
+    max_rank_difference : float
+        Largest rank difference kept, as a fraction of n.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
     from scipy.stats import rankdata
 
     n = x.shape[0]
@@ -125,7 +152,22 @@ def rank_invariant(x: np.ndarray, y: np.ndarray, max_rank_difference: float = 0.
 
 
 def theil_sen(x: np.ndarray, y: np.ndarray, max_points: int = 3000, seed: int = 0) -> tuple[float, float]:
-    """Theil–Sen slope (median of pairwise slopes) and the median intercept."""
+    """Theil–Sen line (Sen 1968): the median of pairwise slopes and the median intercept.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        1-D predictor and response.
+    max_points : int
+        Pairwise slopes grow as n²: beyond this a random subset is used.
+    seed : int
+        Seed of that subset.
+
+    Returns
+    -------
+    tuple of float
+        (slope, intercept).
+    """
     from scipy.stats import theilslopes
 
     if x.size > max_points:  # pairwise slopes grow as n²: a random subset keeps it bounded
@@ -136,7 +178,23 @@ def theil_sen(x: np.ndarray, y: np.ndarray, max_points: int = 3000, seed: int = 
 
 
 def huber(x: np.ndarray, y: np.ndarray, k: float = 1.345, max_iter: int = 100) -> tuple[float, float]:
-    """Huber M-estimate of ``y = a·x + b`` by iteratively reweighted least squares."""
+    """Huber M-estimate (Huber 1964) of ``y = a·x + b`` by iteratively reweighted least squares, with the
+    scale from the median absolute deviation of the residuals.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        1-D values.
+    k : float
+        Tuning constant, in robust standard deviations (1.345: 95% efficiency under normal errors).
+    max_iter : int
+        Iterations at most.
+
+    Returns
+    -------
+    tuple of float
+        (a, b).
+    """
     design = np.column_stack([x, np.ones_like(x)])
     coef = np.linalg.lstsq(design, y, rcond=None)[0]
     for _ in range(max_iter):
@@ -235,7 +293,21 @@ def _band_names(dataset) -> list[str]:
 
 
 def match_bands(image_names, reference_names, band_names=None) -> list[tuple[int, int, str]]:
-    """(image band index, reference band index, name) for the bands both images name."""
+    """The bands both images name, for the pairs of the fit.
+
+    Parameters
+    ----------
+    image_names, reference_names : list of str
+        Lower-cased band descriptions.
+    band_names : list of str, optional
+        The image's names in band order, instead of its descriptions; ``nir`` also matches the
+        reference's ``nir_broad``.
+
+    Returns
+    -------
+    list of tuple
+        (image band index, reference band index, name), 0-based indices.
+    """
     names = [n.strip().lower() for n in band_names] if band_names else list(image_names)
     pairs = []
     for i, name in enumerate(names):
@@ -357,7 +429,21 @@ def _matched_bands(pair: _ImagePair, band_names, progress: Progress) -> list[tup
 
 
 def fit_band(x: np.ndarray, y: np.ndarray, name: str, regression, progress: Progress) -> BandFit:
-    """The ``regression`` line ``y = gain·x + offset`` of one band's invariant pixels, with its R²."""
+    """The ``regression`` line of one band's invariant pixels, with its R², logged.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        The image's and the reference's values of the invariant pixels.
+    name : str
+        The band.
+    regression : TheilSen or Huber
+    progress : Progress
+
+    Returns
+    -------
+    BandFit
+    """
     gain, offset = regression.fit(x, y)
     resid = y - (gain * x + offset)
     total = np.sum((y - y.mean()) ** 2)
@@ -441,7 +527,17 @@ def _saturation_value(image):
 
 
 def write_table(path, fits) -> Path:
-    """The fits as CSV: band, gain, offset, r2, pixels_used."""
+    """The fits as CSV: band, gain, offset, r2, pixels_used.
+
+    Parameters
+    ----------
+    path : str or Path
+    fits : list of BandFit
+
+    Returns
+    -------
+    Path
+    """
     import csv
 
     with atomic_output(path, "w") as handle:

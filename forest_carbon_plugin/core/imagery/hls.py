@@ -44,19 +44,58 @@ BRDF_COEFFICIENTS = {
 
 
 def bandpass_msi_to_oli(reflectance, msi_band: str, platform: str = "S2A"):
-    """OLI-like reflectance from MSI reflectance (HLS bandpass adjustment)."""
+    """OLI-like reflectance from MSI reflectance, HLS's bandpass adjustment ``slope·ρ + offset``.
+
+    Parameters
+    ----------
+    reflectance : array_like
+        MSI reflectance (0-1).
+    msi_band : str
+        The MSI band (``"B02"`` …) of :data:`BANDPASS_MSI_TO_OLI`.
+    platform : str
+        ``"S2A"``, ``"S2B"`` or ``"S2C"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        OLI-like reflectance (Claverie et al. 2018; HLS ``bandpass_parameter.S2*.txt``).
+    """
     slope, offset = BANDPASS_MSI_TO_OLI[platform][msi_band]
     return slope * np.asarray(reflectance) + offset
 
 
 def bandpass_oli_to_msi(reflectance, msi_band: str, platform: str = "S2A"):
-    """The inverse adjustment: the MSI reflectance whose HLS adjustment gives ``reflectance``."""
+    """The inverse adjustment: the MSI reflectance whose HLS adjustment gives ``reflectance``.
+
+    Parameters
+    ----------
+    reflectance : array_like
+        OLI-like reflectance (0-1).
+    msi_band, platform : str
+        As for :func:`bandpass_msi_to_oli`.
+
+    Returns
+    -------
+    numpy.ndarray
+        MSI reflectance.
+    """
     slope, offset = BANDPASS_MSI_TO_OLI[platform][msi_band]
     return (np.asarray(reflectance) - offset) / slope
 
 
 def ross_thick(sza_deg, vza_deg, raa_deg):
-    """RossThick volumetric kernel K_vol (Roujean/Wanner), HLS ``rtls.c`` conventions."""
+    """RossThick volumetric kernel K_vol (Roujean et al. 1992; Wanner et al. 1995), HLS ``rtls.c`` conventions.
+
+    Parameters
+    ----------
+    sza_deg, vza_deg, raa_deg : array_like
+        Solar zenith, view zenith and relative azimuth (view − solar), degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        K_vol.
+    """
     ts, tv, phi = (np.radians(np.asarray(a, dtype=float)) for a in (sza_deg, vza_deg, raa_deg))
     cos_xi = np.cos(ts) * np.cos(tv) + np.sin(ts) * np.sin(tv) * np.cos(phi)
     xi = np.arccos(np.clip(cos_xi, -1.0, 1.0))
@@ -64,7 +103,20 @@ def ross_thick(sza_deg, vza_deg, raa_deg):
 
 
 def li_sparse(sza_deg, vza_deg, raa_deg, h_b: float = 2.0):
-    """LiSparse-R geometric kernel K_geo with h/b = 2 and b/r = 1 (no angle transform)."""
+    """LiSparse-R geometric kernel K_geo (Wanner et al. 1995) with b/r = 1 (no angle transform).
+
+    Parameters
+    ----------
+    sza_deg, vza_deg, raa_deg : array_like
+        Solar zenith, view zenith and relative azimuth (view − solar), degrees.
+    h_b : float
+        Crown centre height over vertical crown radius, h/b (2 in HLS).
+
+    Returns
+    -------
+    numpy.ndarray
+        K_geo.
+    """
     ts, tv, phi = (np.radians(np.asarray(a, dtype=float)) for a in (sza_deg, vza_deg, raa_deg))
     tan_s, tan_v = np.tan(ts), np.tan(tv)
     cos_xi = np.cos(ts) * np.cos(tv) + np.sin(ts) * np.sin(tv) * np.cos(phi)
@@ -77,21 +129,63 @@ def li_sparse(sza_deg, vza_deg, raa_deg, h_b: float = 2.0):
 
 
 def brdf_model(band: str, sza_deg, vza_deg, raa_deg):
-    """f_iso + f_vol·K_vol + f_geo·K_geo for a common band name."""
+    """The c-factor BRDF model ``f_iso + f_vol·K_vol + f_geo·K_geo`` (Roy et al. 2016, 2017 coefficients).
+
+    Parameters
+    ----------
+    band : str
+        A common band name of :data:`BRDF_COEFFICIENTS`.
+    sza_deg, vza_deg, raa_deg : array_like
+        Solar zenith, view zenith and relative azimuth (view − solar), degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        Modelled reflectance.
+    """
     f_iso, f_vol, f_geo = BRDF_COEFFICIENTS[band]
     return f_iso + f_vol * ross_thick(sza_deg, vza_deg, raa_deg) + f_geo * li_sparse(sza_deg, vza_deg, raa_deg)
 
 
 def c_factor(band: str, sza_deg, vza_deg, raa_deg, nbar_sza_deg):
-    """NBAR c-factor: model at (θn, nadir view) over model at the observed geometry.
+    """NBAR c-factor: the model at (θn, nadir view) over the model at the observed geometry (Roy et al. 2016).
 
-    ``raa_deg`` is view azimuth − solar azimuth (0 = backscatter, the hot-spot side).
+    Parameters
+    ----------
+    band : str
+        A common band name of :data:`BRDF_COEFFICIENTS`.
+    sza_deg, vza_deg : array_like
+        Observed solar and view zeniths, degrees.
+    raa_deg : array_like
+        View azimuth − solar azimuth, degrees (0 = backscatter, the hot-spot side).
+    nbar_sza_deg : float
+        The NBAR solar zenith θn, degrees (:func:`.solar.nbar_solar_zenith_deg`).
+
+    Returns
+    -------
+    numpy.ndarray
+        The factor that multiplies the observed reflectance.
     """
     return brdf_model(band, nbar_sza_deg, 0.0, 0.0) / brdf_model(band, sza_deg, vza_deg, raa_deg)
 
 
 def c_factor_from_kernels(band: str, k_vol, k_geo, nbar_k_vol: float, nbar_k_geo: float):
-    """The c-factor from precomputed kernels: the kernels depend on the geometry only, so a
-    block computes them once for all its bands."""
+    """The c-factor from precomputed kernels: the kernels depend on the geometry only, so a block
+    computes them once for all its bands.
+
+    Parameters
+    ----------
+    band : str
+        A common band name of :data:`BRDF_COEFFICIENTS`.
+    k_vol, k_geo : array_like
+        :func:`ross_thick` and :func:`li_sparse` at the observed geometry.
+    nbar_k_vol, nbar_k_geo : float
+        The same at the NBAR geometry (θn, nadir view).
+
+    Returns
+    -------
+    numpy.ndarray
+        The c-factor.
+    """
     f_iso, f_vol, f_geo = BRDF_COEFFICIENTS[band]
     return (f_iso + f_vol * nbar_k_vol + f_geo * nbar_k_geo) / (f_iso + f_vol * k_vol + f_geo * k_geo)

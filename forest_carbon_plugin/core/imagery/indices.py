@@ -49,48 +49,133 @@ def _nd(a, b):
 
 
 def ndvi(nir, red):
-    """Normalized difference vegetation index (Rouse et al. 1974): (nir − red)/(nir + red)."""
+    """Normalized difference vegetation index (Rouse et al. 1974): (nir − red)/(nir + red).
+
+    Parameters
+    ----------
+    nir, red : numpy.ndarray
+        Reflectance or any common scaling (the ratio does not depend on it).
+
+    Returns
+    -------
+    numpy.ndarray
+        NaN where nir + red = 0.
+    """
     return _nd(nir, red)
 
 
 def gndvi(nir, green):
-    """Green NDVI (Gitelson et al. 1996): (nir − green)/(nir + green)."""
+    """Green NDVI (Gitelson et al. 1996): (nir − green)/(nir + green).
+
+    Parameters
+    ----------
+    nir, green : numpy.ndarray
+
+    Returns
+    -------
+    numpy.ndarray
+        In −1…1; NaN where the sum is 0.
+    """
     return _nd(nir, green)
 
 
 def ndre(nir, re1):
-    """Normalized difference red-edge (Barnes et al. 2000): (nir − re1)/(nir + re1)."""
+    """Normalized difference red-edge (Barnes et al. 2000): (nir − re1)/(nir + re1).
+
+    Parameters
+    ----------
+    nir, re1 : numpy.ndarray
+        NIR and the first red-edge band (Sentinel-2 B05).
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     return _nd(nir, re1)
 
 
 def nbr(nir, swir2):
-    """Normalized burn ratio (Key & Benson 2006): (nir − swir2)/(nir + swir2)."""
+    """Normalized burn ratio (Key & Benson 2006): (nir − swir2)/(nir + swir2).
+
+    Parameters
+    ----------
+    nir, swir2 : numpy.ndarray
+        NIR and the 2.2 µm SWIR band.
+
+    Returns
+    -------
+    numpy.ndarray
+        Undefined (NaN) where both are 0.
+    """
     return _nd(nir, swir2)
 
 
 def ndmi(nir, swir1):
-    """Normalized difference moisture index (Gao 1996's NDWI; Wilson & Sader 2002):
-    (nir − swir1)/(nir + swir1)."""
+    """Normalized difference moisture index (Gao 1996's NDWI; Wilson & Sader 2002): (nir − swir1)/(nir + swir1).
+
+    Parameters
+    ----------
+    nir, swir1 : numpy.ndarray
+        NIR and the 1.6 µm SWIR band, in one scaling.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     return _nd(nir, swir1)
 
 
 def evi(nir, red, blue):
-    """Enhanced vegetation index (Huete et al. 2002): 2.5 (nir − red)/(nir + 6 red − 7.5 blue + 1)."""
+    """Enhanced vegetation index (Huete et al. 2002): 2.5 (nir − red)/(nir + 6 red − 7.5 blue + 1).
+
+    Parameters
+    ----------
+    nir, red, blue : numpy.ndarray
+        Reflectance in 0-1 (the constants assume it).
+
+    Returns
+    -------
+    numpy.ndarray
+        NaN where the denominator is 0.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         den = nir + 6.0 * red - 7.5 * blue + 1.0
         return np.where(den == 0, np.nan, 2.5 * (nir - red) / np.where(den == 0, 1, den))
 
 
 def savi(nir, red, soil: float = 0.5):
-    """Soil-adjusted vegetation index (Huete 1988): (1 + L)(nir − red)/(nir + red + L), L = 0.5."""
+    """Soil-adjusted vegetation index (Huete 1988): (1 + L)(nir − red)/(nir + red + L).
+
+    Parameters
+    ----------
+    nir, red : numpy.ndarray
+        Reflectance in 0-1.
+    soil : float
+        The soil brightness factor L (0.5 for intermediate vegetation cover).
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         den = nir + red + soil
         return np.where(den == 0, np.nan, (1.0 + soil) * (nir - red) / np.where(den == 0, 1, den))
 
 
 def msavi(nir, red):
-    """Modified SAVI (Qi et al. 1994), the closed form (MSAVI2):
-    (2 nir + 1 − sqrt((2 nir + 1)² − 8 (nir − red)))/2; NaN where the root is undefined."""
+    """Modified SAVI (Qi et al. 1994) in its closed form (MSAVI2):
+    (2 nir + 1 − sqrt((2 nir + 1)² − 8 (nir − red)))/2.
+
+    Parameters
+    ----------
+    nir, red : numpy.ndarray
+        Reflectance, 0-1.
+
+    Returns
+    -------
+    numpy.ndarray
+        NaN where the root is undefined.
+    """
     with np.errstate(invalid="ignore"):
         root = (2.0 * nir + 1.0) ** 2 - 8.0 * (nir - red)
         return np.where(root < 0, np.nan, (2.0 * nir + 1.0 - np.sqrt(np.maximum(root, 0))) / 2.0)
@@ -116,6 +201,18 @@ INDICES = {
 
 
 def parse_indices(indices) -> list[str]:
+    """Index names from a comma/space-separated string or a list, upper-cased and checked.
+
+    Parameters
+    ----------
+    indices : str or iterable of str
+        Names of :data:`INDICES`, e.g. ``"NDVI,EVI"``.
+
+    Returns
+    -------
+    list of str
+        Refused when empty, unknown or repeated.
+    """
     items = re.split(r"[,;\s]+", indices) if isinstance(indices, str) else list(indices or [])
     names = [str(i).strip().upper() for i in items if str(i).strip()]
     if not names:
@@ -129,7 +226,20 @@ def parse_indices(indices) -> list[str]:
 
 
 def parse_band_map(text, band_count: int | None = None) -> dict[str, int]:
-    """``"red=3, nir=7"`` → {"red": 3, "nir": 7} (1-based band numbers)."""
+    """``"red=3, nir=7"`` → {"red": 3, "nir": 7}; Sentinel-2 names (``B8A=9``) are read as the plugin's.
+
+    Parameters
+    ----------
+    text : str or None
+        ``name=number`` items separated by commas or semicolons (1-based band numbers).
+    band_count : int, optional
+        The raster's band count, to refuse numbers beyond it.
+
+    Returns
+    -------
+    dict
+        Band name (of :data:`BAND_NAMES`) → band number; empty for no text.
+    """
     if not text or not str(text).strip():
         return {}
     mapping = {}
@@ -155,7 +265,19 @@ def parse_band_map(text, band_count: int | None = None) -> dict[str, int]:
 
 
 def find_bands(descriptions: Sequence[str | None], band_map: dict[str, int] | None = None) -> dict[str, int]:
-    """Band name → 1-based band number, from the descriptions, overridden by ``band_map``."""
+    """Band name → 1-based band number, from the descriptions, overridden or completed by ``band_map``.
+
+    Parameters
+    ----------
+    descriptions : sequence of str or None
+        The raster's band descriptions (plugin or Sentinel-2 names, any case).
+    band_map : dict, optional
+        Name → number given by the user; required for a name that several bands carry.
+
+    Returns
+    -------
+    dict
+    """
     found: dict[str, list[int]] = {}
     for i, text in enumerate(descriptions, start=1):
         key = (text or "").strip().lower()
@@ -174,6 +296,17 @@ def find_bands(descriptions: Sequence[str | None], band_map: dict[str, int] | No
 
 
 def resolve_nir(bands: dict[str, int]) -> str | None:
+    """The NIR band to use: ``nir`` (narrow, Sentinel-2 B8A) when found, else ``nir_broad`` (B08).
+
+    Parameters
+    ----------
+    bands : dict
+        Band name → number (:func:`find_bands`).
+
+    Returns
+    -------
+    str or None
+    """
     return "nir" if "nir" in bands else ("nir_broad" if "nir_broad" in bands else None)
 
 
@@ -250,7 +383,22 @@ def spectral_indices(path, out_path, indices=DEFAULT_INDICES, band_map=None, sca
 
 
 def band_factors(src, numbers, scale=None) -> dict[int, tuple[float, float]]:
-    """(scale, offset) of each band number: ``scale`` and 0 when given, else the band's GDAL scale/offset."""
+    """(scale, offset) of each band: reflectance = DN × scale + offset.
+
+    Parameters
+    ----------
+    src : rasterio.DatasetReader
+        The open raster (its GDAL scales/offsets are used when ``scale`` is not given).
+    numbers : iterable of int
+        1-based band numbers.
+    scale : float, optional
+        One scale for every band (offset 0); None or 0: the raster's own.
+
+    Returns
+    -------
+    dict
+        Band number → (scale, offset).
+    """
     if scale is None or scale == 0:
         return {n: (float(src.scales[n - 1] or 1.0), float(src.offsets[n - 1] or 0.0)) for n in numbers}
     if not (scale > 0 and math.isfinite(scale)):

@@ -33,7 +33,20 @@ def _bit(values, bit):
 
 
 def qa_pixel_mask(qa: np.ndarray, classes) -> np.ndarray:
-    """Landsat C2 QA_PIXEL → mask (True = masked). The cloud class includes the dilated rim."""
+    """Landsat Collection-2 QA_PIXEL → mask (USGS LSDS-1619): fill (bit 0) always.
+
+    Parameters
+    ----------
+    qa : numpy.ndarray
+        The QA_PIXEL values (16-bit).
+    classes : sequence of str
+        Names of :data:`MASK_CLASSES` to mask; ``cloud`` includes the dilated rim (bit 1).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where masked.
+    """
     mask = _bit(qa, 0)
     if "cloud" in classes:
         mask |= _bit(qa, 3) | _bit(qa, 1)
@@ -53,13 +66,39 @@ SCL_CLASSES = {"cloud": (8, 9), "cloud_shadow": (3,), "cirrus": (10,), "snow": (
 
 
 def scl_mask(scl: np.ndarray, classes) -> np.ndarray:
-    """Sentinel-2 L2A scene classification → mask (True = masked)."""
+    """Sentinel-2 L2A scene classification → mask: no data (class 0) always.
+
+    Parameters
+    ----------
+    scl : numpy.ndarray
+        The SCL classes (:data:`SCL_CLASSES` maps the names to them).
+    classes : sequence of str
+        Names of :data:`MASK_CLASSES` to mask.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where the class is no data or one of ``classes``.
+    """
     codes = [0] + [c for name in classes for c in SCL_CLASSES.get(name, ())]
     return np.isin(scl, codes)
 
 
 def hls_fmask_mask(fmask: np.ndarray, classes) -> np.ndarray:
-    """HLS Fmask bit byte → mask. The cloud class includes bit 2 (adjacent to cloud/shadow)."""
+    """HLS Fmask byte → mask (HLS v2.0 User Guide): fill (255) always.
+
+    Parameters
+    ----------
+    fmask : numpy.ndarray
+        The Fmask bytes (bits 0 cirrus, 1 cloud, 2 adjacent, 3 shadow, 4 snow, 5 water).
+    classes : sequence of str
+        The :data:`MASK_CLASSES` whose bits mask a pixel; ``cloud`` includes bit 2 (adjacent to cloud/shadow).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True for fill and where one of the classes' bits is set.
+    """
     mask = fmask == 255
     bits = {"cirrus": (0,), "cloud": (1, 2), "cloud_shadow": (3,), "snow": (4,), "water": (5,)}
     for name in classes:
@@ -72,13 +111,37 @@ CFMASK_CLASSES = {"water": 1, "cloud_shadow": 2, "snow": 3, "cloud": 4}
 
 
 def cfmask_mask(fmask: np.ndarray, classes) -> np.ndarray:
-    """CFmask/Fmask classes (0 clear, 1 water, 2 shadow, 3 snow, 4 cloud, 255 fill) → mask."""
+    """CFmask/Fmask classes → mask (Zhu & Woodcock 2012; Foga et al. 2017): fill (255) always.
+
+    Parameters
+    ----------
+    fmask : numpy.ndarray
+        Classes 0 clear, 1 water, 2 shadow, 3 snow, 4 cloud, 255 fill.
+    classes : sequence of str
+        Mask class names; those CFmask lacks (cirrus, saturated) mask nothing.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True for fill and the classes asked for.
+    """
     codes = [255] + [CFMASK_CLASSES[name] for name in classes if name in CFMASK_CLASSES]
     return np.isin(fmask, codes)
 
 
 def radsat_mask(radsat: np.ndarray) -> np.ndarray:
-    """QA_RADSAT: any band saturated (bits 0-8) or terrain occlusion (bit 11)."""
+    """QA_RADSAT → mask: any band saturated (bits 0-8) or terrain occlusion (bit 11) (USGS LSDS-1619).
+
+    Parameters
+    ----------
+    radsat : numpy.ndarray
+        The QA_RADSAT values.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where saturated or occluded.
+    """
     return (radsat.astype(np.int64) & 0b100111111111) != 0
 
 
@@ -86,7 +149,17 @@ MASKERS = {"qa_pixel": qa_pixel_mask, "scl": scl_mask, "fmask": cfmask_mask, "hl
 
 
 def parse_classes(classes) -> tuple[str, ...]:
-    """The mask class names ``classes`` (of :data:`MASK_CLASSES`; case and spaces forgiven), each once."""
+    """The mask class names ``classes``, each once, in the order given.
+
+    Parameters
+    ----------
+    classes : iterable of str
+        Names of :data:`MASK_CLASSES`; case and spaces are forgiven (``"Cloud shadow"``).
+
+    Returns
+    -------
+    tuple of str
+    """
     out = []
     for item in classes or ():
         name = str(item).strip().lower().replace(" ", "_")

@@ -141,10 +141,21 @@ def _other_nodata(file_nodata, fill: float) -> float | None:
 # --------------------------------------------------------------------------- entry point
 
 def product_layout(path) -> str | None:
-    """Which product layout ``path`` (a folder or a metadata file) is: a key of :data:`LAYOUTS`, or None.
+    """Which product layout ``path`` is: the one detection behind harmonizescene and compositescenes.
 
-    The one detection behind harmonizescene and compositescenes. Landsat's MTL comes first: a Collection-2
-    Level-2 folder also holds ``*_SR_B4.TIF`` files, which look like ESPA's band names to a pattern."""
+    Landsat's MTL comes first: a Collection-2 Level-2 folder also holds ``*_SR_B4.TIF`` files, which
+    look like ESPA's band names to a pattern.
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder or a metadata file.
+
+    Returns
+    -------
+    str or None
+        A key of :data:`LAYOUTS` (``"landsat"``, ``"sentinel2"``, ``"espa"``), or None.
+    """
     path = Path(path)
     if path.is_file():
         name = path.name.upper()
@@ -167,7 +178,20 @@ def product_layout(path) -> str | None:
 
 
 def open_product(path) -> Product:
-    """Detect and open a Landsat or Sentinel-2 product from its folder or metadata file."""
+    """A Landsat or Sentinel-2 product, from its folder or metadata file (module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The product folder (a ``.SAFE``, a Landsat scene folder, a folder of band files) or its MTL,
+        MTD_MSIL2A/MTD_MSIL1C or MTD_TL file.
+
+    Returns
+    -------
+    Product
+        Sensor, level, each band's file and scaling, QA source and sun/view geometry; every file the
+        product reads lies inside its folder (:func:`confined`).
+    """
     path = Path(path)
     if not path.exists():
         raise ForestCarbonError(f"'{path}' does not exist: give a product folder or its metadata file "
@@ -202,7 +226,18 @@ def open_product(path) -> Product:
 # --------------------------------------------------------------------------- Landsat
 
 def read_mtl(path) -> dict:
-    """An MTL in any of its forms as {group: {key: value}} (nested groups flattened by name)."""
+    """A Landsat MTL in any of its forms (ODL ``.txt``, ``.json``, ``.xml``) as nested dictionaries.
+
+    Parameters
+    ----------
+    path : str or Path
+        The MTL file.
+
+    Returns
+    -------
+    dict
+        {group: {key: value}}, nested groups flattened by name (USGS LSDS-1328 field names).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes().replace(b"\x00", b"").decode("utf-8", errors="replace")
@@ -463,7 +498,22 @@ def confined(folder: Path, path: Path, named_by: str = "The metadata file names"
     """``path`` if it lies inside ``folder`` once links and ``..`` are resolved; else a refusal.
 
     File names come from metadata that anyone can edit: a product must not make the plugin read
-    (or reveal the existence of) files elsewhere on the disk."""
+    (or reveal the existence of) files elsewhere on the disk.
+
+    Parameters
+    ----------
+    folder : Path
+        The product folder.
+    path : Path
+        A file the metadata names.
+    named_by : str
+        How the refusal introduces the file.
+
+    Returns
+    -------
+    Path
+        ``path``, unchanged.
+    """
     folder, path = Path(folder), Path(path)
     root = folder.resolve()
     resolved = path.resolve()

@@ -88,7 +88,18 @@ _DIRECTIONS = (
 
 # -- array functions -------------------------------------------------------------------------------
 def to_db(intensity) -> np.ndarray:
-    """10·log10 of linear power; NaN where the input is NaN or ≤ 0."""
+    """10·log10 of linear power.
+
+    Parameters
+    ----------
+    intensity : array_like
+        Linear power (gamma0).
+
+    Returns
+    -------
+    numpy.ndarray
+        Decibels, float64; NaN where the input is NaN or ≤ 0.
+    """
     values = np.asarray(intensity, dtype=np.float64)
     out = np.full(values.shape, np.nan)
     good = np.isfinite(values) & (values > 0)
@@ -97,14 +108,42 @@ def to_db(intensity) -> np.ndarray:
 
 
 def refined_lee(intensity, window: int = 7, looks: float = S1_IW_GRDH_LOOKS) -> np.ndarray:
-    """Refined Lee filter of a 2-D linear-power array (NaN = missing), float64 result."""
+    """Refined Lee filter (Lee 1981) of a 2-D linear-power array.
+
+    Parameters
+    ----------
+    intensity : array_like
+        2-D linear power; NaN = missing.
+    window : int
+        Odd side of the moving window, pixels (3 to :data:`MAX_WINDOW`; 7 is the standard).
+    looks : float
+        Equivalent number of looks L (speckle variance 1/L).
+
+    Returns
+    -------
+    numpy.ndarray
+        Filtered linear power, float64; NaN where the input is missing.
+    """
     k = _half_window(window)
     _check_looks(looks)
     return _refined_lee_padded(_pad(intensity, k), k, float(looks))
 
 
 def gamma_map(intensity, window: int = 7, looks: float = S1_IW_GRDH_LOOKS) -> np.ndarray:
-    """Gamma-MAP filter of a 2-D linear-power array (NaN = missing), float64 result."""
+    """Gamma-MAP filter (Lopes, Touzi & Nezry 1990) of a 2-D linear-power array.
+
+    Parameters
+    ----------
+    intensity : array_like
+        Linear power, 2-D (NaN: no data).
+    window, looks : int, float
+        The W×W window's side (odd, 3 to :data:`MAX_WINDOW` pixels) and the equivalent number of looks L.
+
+    Returns
+    -------
+    numpy.ndarray
+        The Gamma-MAP estimate, float64 (missing input stays NaN).
+    """
     k = _half_window(window)
     _check_looks(looks)
     return _gamma_map_padded(_pad(intensity, k), k, float(looks))

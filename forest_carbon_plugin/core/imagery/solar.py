@@ -27,6 +27,18 @@ def _fractional_year(when: _dt.datetime) -> float:
 
 
 def declination_deg(when: _dt.datetime) -> float:
+    """Solar declination at ``when`` (NOAA's fractional-year series, Spencer 1971).
+
+    Parameters
+    ----------
+    when : datetime.datetime
+        The instant (aware; UTC).
+
+    Returns
+    -------
+    float
+        Declination in degrees (north positive).
+    """
     g = _fractional_year(when)
     return math.degrees(0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g)
                         - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g)
@@ -34,6 +46,19 @@ def declination_deg(when: _dt.datetime) -> float:
 
 
 def equation_of_time_min(when: _dt.datetime) -> float:
+    """The equation of time, by the same series as :func:`declination_deg`.
+
+    Parameters
+    ----------
+    when : datetime.datetime
+        As for :func:`declination_deg`.
+
+    Returns
+    -------
+    float
+        True minus mean solar time, in minutes: what turns the mean solar time (UTC plus
+        4 minutes per degree of longitude) into the sun's hour angle.
+    """
     g = _fractional_year(when)
     return 229.18 * (0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g)
                      - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g))
@@ -46,7 +71,20 @@ def _zenith_from_hour_angle(lat_deg: float, decl_deg: float, hour_angle_deg: flo
 
 
 def sun_position(when: _dt.datetime, lat_deg: float, lon_deg: float) -> tuple[float, float]:
-    """(solar zenith, solar azimuth clockwise from north) in degrees at a UTC time."""
+    """The sun's position at a UTC time, by NOAA's general solar position equations.
+
+    Parameters
+    ----------
+    when : datetime.datetime
+        The instant; a naive datetime is taken as UTC.
+    lat_deg, lon_deg : float
+        Latitude and longitude (east positive), degrees.
+
+    Returns
+    -------
+    tuple of float
+        (solar zenith, solar azimuth clockwise from north), degrees.
+    """
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.timezone.utc)
     when = when.astimezone(_dt.timezone.utc)
@@ -66,7 +104,18 @@ def sun_position(when: _dt.datetime, lat_deg: float, lon_deg: float) -> tuple[fl
 
 
 def earth_sun_distance_au(when: _dt.date | _dt.datetime) -> float:
-    """Earth-Sun distance in astronomical units (Astronomical Almanac, low precision)."""
+    """Earth-Sun distance by the Astronomical Almanac's low-precision formula (about 1e-4 AU).
+
+    Parameters
+    ----------
+    when : datetime.date or datetime.datetime
+        The day.
+
+    Returns
+    -------
+    float
+        Distance, astronomical units.
+    """
     if isinstance(when, _dt.datetime):
         day = when.date()
     else:
@@ -77,7 +126,20 @@ def earth_sun_distance_au(when: _dt.date | _dt.datetime) -> float:
 
 
 def overpass_local_time_h(lat_deg: float, orbit: str) -> float:
-    """Local (mean solar) time of a sun-synchronous overpass at ``lat_deg`` (Li et al. 2019, Eq. 4)."""
+    """Local (mean solar) time of a sun-synchronous overpass at a latitude (Li, Zhang & Roy 2019, Eq. 4).
+
+    Parameters
+    ----------
+    lat_deg : float
+        Latitude, degrees.
+    orbit : str
+        A key of :data:`ORBITS` (``"landsat8"``, ``"sentinel2"``).
+
+    Returns
+    -------
+    float
+        Local time, hours.
+    """
     incl, ltdn = ORBITS[orbit]
     ratio = math.tan(math.radians(lat_deg)) / math.tan(math.radians(incl))
     return ltdn - math.degrees(math.asin(max(-1.0, min(1.0, ratio)))) / 15
@@ -90,6 +152,20 @@ def nbar_solar_zenith_deg(lat_deg: float, when: _dt.date | _dt.datetime, lon_deg
     longitude (``t − lon/15``), the sun position at that instant gives a zenith, and θn is
     the mean of the Landsat-8 and Sentinel-2 zeniths. Above 81.3° latitude HLS uses the
     granule's mean observed zenith instead; callers handle that case.
+
+    Parameters
+    ----------
+    lat_deg : float
+        Latitude of the tile centre, degrees.
+    when : datetime.date or datetime.datetime
+        The acquisition day.
+    lon_deg : float
+        Longitude of the tile centre, degrees east.
+
+    Returns
+    -------
+    float
+        θn, degrees.
     """
     day = when.date() if isinstance(when, _dt.datetime) else when
     midnight = _dt.datetime(day.year, day.month, day.day, tzinfo=_dt.timezone.utc)

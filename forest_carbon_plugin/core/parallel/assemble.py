@@ -29,16 +29,54 @@ from ..raster.write import RasterSpec, to_cog
 
 
 def row_bands(height: int, unit: int, units_per_band: int) -> list:
-    """Row ranges ``[(row0, row1)]`` covering ``height`` rows, each ``unit × units_per_band`` rows (the last
-    shorter), so that band edges fall on the local path's strip edges."""
+    """Row ranges covering a raster, each a whole number of the local path's strips.
+
+    Parameters
+    ----------
+    height : int
+        Rows of the raster.
+    unit : int
+        Rows of one strip of the local path.
+    units_per_band : int
+        Strips per band.
+
+    Returns
+    -------
+    list of tuple
+        ``[(row0, row1)]``, each ``unit × units_per_band`` rows (the last shorter), so that band edges fall on
+        the local path's strip edges.
+    """
     size = max(1, int(unit)) * max(1, int(units_per_band))
     return [(r, min(height, r + size)) for r in range(0, height, size)]
 
 
 def bands_for(height: int, width: int, unit: int, workers: int, min_units: int = 1,
               max_pixels: float = 16e6, tasks_per_thread: int = 8) -> list:
-    """Row bands for a raster job: about ``tasks_per_thread`` per worker thread (balance, and little lost with a
-    worker), at least ``min_units`` strips each, at most ``max_pixels`` pixels each (whichever binds)."""
+    """Row bands for a raster job.
+
+    About ``tasks_per_thread`` bands per worker thread (balance, and little lost with a worker), at least
+    ``min_units`` strips each, at most ``max_pixels`` pixels each (whichever binds).
+
+    Parameters
+    ----------
+    height, width : int
+        The raster's rows and columns (times its bands when each pixel carries several).
+    unit : int
+        Rows of one strip of the local path.
+    workers : int
+        Worker threads of the cluster.
+    min_units : int
+        Fewest strips per band (2 for patch models with overlap).
+    max_pixels : float
+        Most pixels per band (memory on a worker).
+    tasks_per_thread : int
+        Bands wanted per worker thread.
+
+    Returns
+    -------
+    list of tuple
+        ``[(row0, row1)]`` (:func:`row_bands`).
+    """
     strips = max(1, math.ceil(height / max(1, unit)))
     per_band = max(min_units, math.ceil(strips / max(1, tasks_per_thread * workers)))
     cap = max(1, int(max_pixels // max(1, unit * width)))
@@ -49,8 +87,18 @@ JOB_OWNER = ".forest_carbon_job.json"
 
 
 def process_start(pid: int) -> float | None:
-    """When process ``pid`` started, in seconds since the epoch (None: no such process here; -1: alive, start
-    unknown without psutil)."""
+    """When a process of this machine started.
+
+    Parameters
+    ----------
+    pid : int
+        The process id.
+
+    Returns
+    -------
+    float or None
+        Seconds since the epoch; None: no such process here; -1: alive, start unknown (without psutil).
+    """
     try:
         import psutil
 
@@ -68,8 +116,20 @@ def process_start(pid: int) -> float | None:
 
 
 def clean_stale_job_folders(base) -> list:
-    """Remove the job folders in ``base`` whose process (on this machine) is gone: what a killed QGIS left. Folders of
-    other machines or of running processes are left alone. Returns the removed folders."""
+    """Remove the job folders whose process (on this machine) is gone: what a killed QGIS left.
+
+    Folders of other machines or of running processes are left alone.
+
+    Parameters
+    ----------
+    base : str or Path
+        The folder that holds job folders (an output's folder, or the shared job folder).
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
     removed = []
     host = socket.gethostname()
     with contextlib.suppress(OSError):
@@ -90,9 +150,23 @@ def clean_stale_job_folders(base) -> list:
 
 @contextlib.contextmanager
 def job_folder(output, job_dir: str = ""):
-    """A folder for the job's tiles: ``job_dir`` (storage the workers share) or a hidden folder beside the
-    output; removed when the job ends, whatever happens. It records this process (host, pid, start time), so that
-    the next job removes the folders of processes that were killed before they could."""
+    """A folder for a job's tiles, removed when the job ends, whatever happens.
+
+    It records this process (host, pid, start time), so that the next job removes the folders of processes
+    that were killed before they could (:func:`clean_stale_job_folders`).
+
+    Parameters
+    ----------
+    output : str or Path
+        The job's output: the folder is a hidden one beside it, unless ``job_dir`` is given.
+    job_dir : str
+        Storage the workers share ("" for beside the output).
+
+    Returns
+    -------
+    contextmanager
+        Yields the folder's Path.
+    """
     base = Path(job_dir) if job_dir else Path(output).resolve().parent
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -118,9 +192,31 @@ def job_folder(output, job_dir: str = ""):
 
 
 def write_tile(folder, name: str, data, grid, row0: int, nodata=None) -> str:
-    """(runs on a worker) rows ``row0…`` of an output, all bands, as a plain GeoTIFF in the job folder; written
-    to a temporary name and renamed, so a tile that exists is complete. The folder is never created here: a job
-    that ended (and removed it) makes late tiles fail instead of leaving files behind."""
+    """(runs on a worker) Rows ``row0…`` of an output, all bands, as a plain GeoTIFF in the job folder.
+
+    Written to a temporary name and renamed, so a tile that exists is complete. The folder is never created
+    here: a job that ended (and removed it) makes late tiles fail instead of leaving files behind.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The job folder (:func:`job_folder`).
+    name : str
+        The tile's file name, without suffix.
+    data : numpy.ndarray
+        ``(bands, rows, cols)`` or ``(rows, cols)``.
+    grid : RasterGrid
+        The output's grid.
+    row0 : int
+        The output row of the tile's first row.
+    nodata : float, optional
+        The tile's nodata value.
+
+    Returns
+    -------
+    str
+        The tile's path.
+    """
     import rasterio
     from rasterio.windows import Window
 

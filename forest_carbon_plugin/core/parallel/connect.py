@@ -54,7 +54,23 @@ class ClusterSpec:
 
 
 def check_address(address: str) -> str:
-    """``address`` with its scheme (``tcp://`` when none), or a clear error."""
+    """A Dask scheduler address with its scheme, or a clear error.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://host:port``, ``tls://host:port`` or ``host:port`` (then ``tcp://``).
+
+    Returns
+    -------
+    str
+        The address with its scheme.
+
+    Raises
+    ------
+    ForestCarbonError
+        When it is empty, names no host, or has another scheme (a dask-gateway URL, say).
+    """
     address = (address or "").strip()
     if not address:
         raise ForestCarbonError("No Dask scheduler address: give one like tcp://scheduler:8786 or tls://scheduler:8786 "
@@ -71,7 +87,18 @@ def check_address(address: str) -> str:
 
 
 def security(tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
-    """A ``distributed.security.Security`` for a ``tls://`` scheduler (None without files)."""
+    """The TLS settings of a ``tls://`` scheduler.
+
+    Parameters
+    ----------
+    tls_ca, tls_cert, tls_key : str
+        The CA certificate, the client certificate and its key (PEM files); all three or none.
+
+    Returns
+    -------
+    distributed.security.Security or None
+        Encryption required, with these files; None when no file is given.
+    """
     if not (tls_ca or tls_cert or tls_key):
         return None
     for label, path in (("CA certificate", tls_ca), ("client certificate", tls_cert), ("client key", tls_key)):
@@ -87,9 +114,25 @@ def security(tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
 
 
 def within(seconds: float, func, *args, late=None):
-    """``func(*args)`` in a daemon thread, abandoned after ``seconds``: returns ``(done, result, error)``. Dask's
-    connection code has steps without a timeout (the handshake read); a thread we may leave behind is the one
-    way to give the caller a hard deadline. ``late(result)`` disposes of a result that comes after the deadline."""
+    """Run ``func(*args)`` in a daemon thread, abandoned after ``seconds``.
+
+    Dask's connection code has steps without a timeout (the handshake read); a thread we may leave behind is
+    the one way to give the caller a hard deadline.
+
+    Parameters
+    ----------
+    seconds : float
+        The deadline.
+    func : callable
+        What to run, with ``args``.
+    late : callable, optional
+        Disposes of a result that comes after the deadline (closes a client, say).
+
+    Returns
+    -------
+    tuple
+        ``(done, result, error)``: ``done`` False when the deadline passed first.
+    """
     box: dict = {}
     lock = threading.Lock()
 
@@ -119,8 +162,27 @@ def within(seconds: float, func, *args, late=None):
 
 
 def probe_scheduler(address: str, security=None, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """Dask's handshake and an ``identity`` request to ``address`` within ``timeout`` seconds (its own event loop):
-    the identity of a scheduler, or a :class:`ForestCarbonError` that says what answered instead."""
+    """Dask's handshake and an ``identity`` request to ``address``, in its own event loop, under a hard deadline.
+
+    Parameters
+    ----------
+    address : str
+        The scheduler's address, with its scheme.
+    security : distributed.security.Security, optional
+        For ``tls://``.
+    timeout : float
+        Seconds for the whole exchange.
+
+    Returns
+    -------
+    dict
+        The scheduler's identity.
+
+    Raises
+    ------
+    ForestCarbonError
+        Saying what answered instead (nothing, a worker, something that is not Dask).
+    """
     import asyncio
 
     from distributed.comm import connect as comm_connect
@@ -159,8 +221,27 @@ def probe_scheduler(address: str, security=None, timeout: float = DEFAULT_TIMEOU
 
 
 def connect(address: str, security=None, timeout: float = DEFAULT_TIMEOUT):
-    """A ``distributed.Client`` of the scheduler at ``address``, or a :class:`ForestCarbonError`
-    naming the address within about ``timeout`` seconds (twice that at most: the probe, then the client)."""
+    """A client of the scheduler at ``address``, probed first (:func:`probe_scheduler`).
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://`` or ``tls://`` address (:func:`check_address`).
+    security : distributed.security.Security, optional
+        Needed for ``tls://``; ignored for ``tcp://``.
+    timeout : float
+        Seconds for the probe, then as much for the client (twice that at most).
+
+    Returns
+    -------
+    distributed.Client
+        Not set as Dask's default client.
+
+    Raises
+    ------
+    ForestCarbonError
+        Naming the address and what to check.
+    """
     require("distributed")
     from distributed import Client
 
@@ -199,8 +280,18 @@ _LOCAL_LOCK = threading.Lock()
 
 
 def local_cluster(n_workers: int = 0):
-    """A client of a ``distributed.LocalCluster`` on this machine (one worker process per core by default,
-    one thread each; :func:`.pool.default_workers`), kept for the session and reused by later jobs."""
+    """A client of a ``distributed.LocalCluster`` on this machine, kept for the session and reused by later jobs.
+
+    Parameters
+    ----------
+    n_workers : int
+        Worker processes, one thread each; 0 for :func:`.pool.default_workers`.
+
+    Returns
+    -------
+    distributed.Client
+        The session's client of that cluster (closed by :func:`close_local_clusters`).
+    """
     require("distributed")
     n = default_workers(n_workers if n_workers and n_workers > 0 else None)
     with _LOCAL_LOCK:
@@ -225,7 +316,7 @@ def local_cluster(n_workers: int = 0):
 
 
 def close_local_clusters() -> None:
-    """Stop the session's local clusters (plugin unload, end of tests)."""
+    """Stop the session's local clusters and their clients (plugin unload, end of tests)."""
     with _LOCAL_LOCK:
         for cluster, client in _LOCAL.values():
             with contextlib.suppress(Exception):
@@ -235,9 +326,25 @@ def close_local_clusters() -> None:
         _LOCAL.clear()
 
 
-def gateway_cluster(url: str, auth: str = "", user: str = "", secret: str = "", workers: int = 2,
-                    timeout: float = 30.0):
-    """A client of a new cluster from the dask-gateway at ``url`` (closed when the client closes)."""
+def gateway_cluster(url: str, auth: str = "", user: str = "", secret: str = "", workers: int = 2):
+    """A client of a new cluster from a dask-gateway, closed with the client (:meth:`.dask.DaskExecutor.close`).
+
+    Parameters
+    ----------
+    url : str
+        The gateway's address.
+    auth : str
+        "" (none), "basic", "jupyterhub" or "kerberos".
+    user, secret : str
+        The user and password (basic) or the API token (jupyterhub).
+    workers : int
+        Workers to scale the new cluster to.
+
+    Returns
+    -------
+    distributed.Client
+        The new cluster's client.
+    """
     try:
         from dask_gateway import BasicAuth, Gateway, JupyterHubAuth, KerberosAuth
     except ImportError as exc:
@@ -263,7 +370,19 @@ def gateway_cluster(url: str, auth: str = "", user: str = "", secret: str = "", 
 
 
 def open_client(spec: ClusterSpec):
-    """``(client, owned)`` for ``spec``; ``owned``: the caller closes the client after the job."""
+    """A client of the cluster the settings describe.
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        Where to run.
+
+    Returns
+    -------
+    tuple
+        ``(client, owned)``; ``owned``: the caller closes the client after the job (not the session's local
+        cluster).
+    """
     if spec.mode == "local":
         return local_cluster(spec.n_workers), False
     if spec.mode == "gateway":
@@ -273,7 +392,18 @@ def open_client(spec: ClusterSpec):
 
 
 def scheduler_address(client) -> str:
-    """The address of the scheduler ``client`` is connected to ("?" when it cannot say)."""
+    """The address of the scheduler a client is connected to.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client.
+
+    Returns
+    -------
+    str
+        The address, or "?" when the client cannot say.
+    """
     with contextlib.suppress(Exception):
         return str(client.scheduler.address)
     return "?"

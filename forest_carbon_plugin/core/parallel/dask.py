@@ -30,7 +30,20 @@ WORKER_WAIT_ENV = "FOREST_CARBON_WORKER_WAIT"
 
 
 def running_workers(client, timeout: float = 5.0) -> int | None:
-    """Worker threads attached to the scheduler now (None: the scheduler did not answer within ``timeout``)."""
+    """Worker threads attached to the scheduler now.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The connected client.
+    timeout : float
+        Seconds to wait for the scheduler's answer.
+
+    Returns
+    -------
+    int or None
+        None: the scheduler did not answer within ``timeout``.
+    """
     done, nthreads, error = within(timeout, client.nthreads)
     if not done or error is not None or not isinstance(nthreads, dict):
         return None
@@ -38,8 +51,18 @@ def running_workers(client, timeout: float = 5.0) -> int | None:
 
 
 def worker_wait_seconds(configured: float | None = None) -> float:
-    """The seconds a job waits with no worker attached: ``FOREST_CARBON_WORKER_WAIT`` when set, else
-    ``configured``, else :data:`DEFAULT_WORKER_WAIT`."""
+    """The seconds a job waits with no worker attached before it fails.
+
+    Parameters
+    ----------
+    configured : float, optional
+        The settings' wait.
+
+    Returns
+    -------
+    float
+        ``FOREST_CARBON_WORKER_WAIT`` when set, else ``configured``, else :data:`.connect.DEFAULT_WORKER_WAIT`.
+    """
     text = os.environ.get(WORKER_WAIT_ENV, "").strip()
     if text:
         try:
@@ -51,8 +74,27 @@ def worker_wait_seconds(configured: float | None = None) -> float:
 
 
 def wait_for_workers(client, wait: float, progress: Progress | None = None) -> int:
-    """The worker threads attached, waiting up to ``wait`` seconds for the first (a cluster that is scaling up);
-    a clear error when none came."""
+    """Wait for the first worker of a cluster that is scaling up.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The connected client.
+    wait : float
+        Seconds to wait at most.
+    progress : Progress, optional
+        Told that the job waits; cancellation.
+
+    Returns
+    -------
+    int
+        The worker threads attached.
+
+    Raises
+    ------
+    ForestCarbonError
+        When none came, saying how to start workers and why they may drop off.
+    """
     deadline = time.monotonic() + wait
     told = False
     while True:
@@ -92,6 +134,7 @@ class TaskProgress:
         self.__init__(state["event_name"], state["interval"])
 
     def is_canceled(self) -> bool:
+        """Whether the job's event is set (asked at most every ``interval`` seconds; False when it cannot ask)."""
         if self._cancelled:
             return True
         now = time.monotonic()
@@ -313,8 +356,20 @@ class DaskExecutor:
 
     # -- before the first task -------------------------------------------------------
     def check(self, progress: Progress | None = None) -> list:
-        """Wait (up to ``worker_wait``) for a worker, then compare versions (:func:`check_versions`); once per
-        executor. Returns the version warnings (also given to ``progress``)."""
+        """Wait (up to ``worker_wait``) for a worker, then compare versions (:func:`.versions.check_versions`).
+
+        Once per executor.
+
+        Parameters
+        ----------
+        progress : Progress, optional
+            Given the version warnings; cancellation while waiting.
+
+        Returns
+        -------
+        list of str
+            The version warnings.
+        """
         if self._checked:
             return self.warnings
         check_versions(self.client, workers=False)  # a scheduler that cannot read the tasks fails now, not later
@@ -329,6 +384,7 @@ class DaskExecutor:
     # -- what the core asks ----------------------------------------------------------
     @property
     def workers(self) -> int:
+        """Worker threads of the cluster now (at least 1: the bands are planned for one when it cannot say)."""
         with contextlib.suppress(Exception):
             return max(1, sum(self.client.nthreads().values()))
         return 1
@@ -344,8 +400,29 @@ class DaskExecutor:
         return name
 
     def map(self, func, args_list, progress: Progress | None = None, share: float = 90.0, kwargs=None):
-        """Yield ``func(*args)`` for each ``args``, in order (results are buffered until their turn), so that
-        whatever combines them does it in the order of the local path."""
+        """Run ``func(*args, **kwargs)`` for each ``args`` on the cluster, yielding the results in order.
+
+        Results are buffered until their turn, so that whatever combines them does it in the order of the local
+        path.
+
+        Parameters
+        ----------
+        func : callable
+            A module-level function the workers can import.
+        args_list : list of tuple
+            The positional arguments of each task.
+        progress : Progress, optional
+            Progress (up to ``share`` %) and cancellation.
+        share : float
+            The share of the progress bar the tasks fill.
+        kwargs : dict, optional
+            Keyword arguments of every task.
+
+        Yields
+        ------
+        object
+            The results, in task order.
+        """
         self.check(progress)
         buffered = {}
         following = 0
@@ -357,8 +434,27 @@ class DaskExecutor:
                 following += 1
 
     def row_bands(self, func, args_list, progress: Progress | None = None, share: float = 95.0) -> list:
-        """``func(*args, progress=…)`` for each row band's ``args``, results in band order. Each task gets a
-        :class:`TaskProgress` on a fresh cancel event, so that cancelling the job stops tasks already running."""
+        """Run ``func(*args, progress=…)`` for each row band's ``args`` on the cluster.
+
+        Each task gets a :class:`TaskProgress` on a fresh cancel event, so that cancelling the job stops tasks
+        already running.
+
+        Parameters
+        ----------
+        func : callable
+            A module-level tile function (it takes ``progress``).
+        args_list : list of tuple
+            The positional arguments of each band's task.
+        progress : Progress, optional
+            Progress (up to ``share`` %) and cancellation.
+        share : float
+            The share of the progress bar the tasks fill.
+
+        Returns
+        -------
+        list
+            The results, in band order.
+        """
         self.check(progress)
         event = self.new_event()
         results = [None] * len(args_list)
@@ -369,8 +465,21 @@ class DaskExecutor:
         return results
 
     def send_file(self, path) -> object:
-        """A model the workers may not see, sent with the job: a future of its bytes and those of the external data
-        files it names (:func:`model_bundle`), which Dask copies to each worker that needs it."""
+        """Send a model the workers may not see with the job.
+
+        A task holding the bytes of the model and of the external data files it names (:func:`.files.model_bundle`),
+        which Dask copies to each worker that needs it; a copy lost with a worker is made again.
+
+        Parameters
+        ----------
+        path : str or Path
+            The model file.
+
+        Returns
+        -------
+        distributed.Future
+            Pass it to the tasks; :meth:`release` it when the job is over.
+        """
         self.check(self.progress)
         bundle = model_bundle(path)
         # a task holding the bytes rather than scattered data: the scheduler keeps its spec, so a copy lost with a
@@ -381,15 +490,35 @@ class DaskExecutor:
         return future
 
     def release(self, futures) -> None:
-        """Forget files sent with a job (:meth:`send_file`) once the job is over, whatever its outcome: the
-        scheduler would otherwise keep their bytes for as long as this executor lives."""
+        """Forget files sent with a job (:meth:`send_file`) once the job is over, whatever its outcome.
+
+        The scheduler would otherwise keep their bytes for as long as this executor lives.
+
+        Parameters
+        ----------
+        futures : list
+            What :meth:`send_file` returned.
+        """
         gone = {id(f) for f in futures}
         self._sent = [f for f in self._sent if id(f) not in gone]
         with contextlib.suppress(Exception):
             self.client.cancel(list(futures), force=True)
 
     def check_visible(self, paths, progress: Progress | None = None) -> None:
-        """Fail early, naming the file, when a worker cannot see an input."""
+        """Fail early, naming the file, when a worker cannot see an input.
+
+        Parameters
+        ----------
+        paths : iterable of str
+            The job's inputs; GDAL ``/vsi`` paths and URLs are not checked.
+        progress : Progress, optional
+            Cancellation.
+
+        Raises
+        ------
+        ForestCarbonError
+            Naming the files the workers cannot read and how to share them.
+        """
         local = [str(p) for p in paths if not str(p).startswith(("/vsi", "http://", "https://", "s3://", "gs://"))]
         if not local:
             return
@@ -426,10 +555,32 @@ class DaskExecutor:
 
 
 def file_bytes(data):
-    """(runs on a worker) a file's bytes sent with the job (see :meth:`DaskExecutor.send_file`)."""
+    """(runs on a worker) The bytes of a file sent with the job (see :meth:`DaskExecutor.send_file`).
+
+    Parameters
+    ----------
+    data : tuple
+        A :func:`.files.model_bundle`.
+
+    Returns
+    -------
+    tuple
+        ``data`` itself.
+    """
     return data
 
 
 def missing_paths(paths) -> list:
-    """(runs on a worker) the paths it cannot see."""
+    """(runs on a worker) The paths this worker cannot see.
+
+    Parameters
+    ----------
+    paths : list of str
+        Paths to check.
+
+    Returns
+    -------
+    list of str
+        Those that do not exist here.
+    """
     return [p for p in paths if not os.path.exists(p)]

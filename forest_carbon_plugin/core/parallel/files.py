@@ -25,9 +25,25 @@ _CACHE: dict = {}
 
 
 def external_data_files(model) -> list:
-    """The external data files an ONNX model names (``location`` entries of its tensors), relative to its folder.
-    Read from the protobuf bytes, so that the client needs no ``onnx`` package; a location outside the model's folder
-    is refused before the job starts."""
+    """The external data files an ONNX model names (``location`` entries of its tensors).
+
+    Read from the protobuf bytes, so that the client needs no ``onnx`` package.
+
+    Parameters
+    ----------
+    model : str or Path
+        The ONNX file.
+
+    Returns
+    -------
+    list of str
+        The files' paths relative to the model's folder.
+
+    Raises
+    ------
+    ForestCarbonError
+        For a location outside the model's folder, or not a file there (before the job starts).
+    """
     model = Path(model)
     data = model.read_bytes()
     names = []
@@ -54,7 +70,18 @@ def external_data_files(model) -> list:
 
 
 def model_bundle(path) -> tuple:
-    """``(file name, {relative path: bytes})``: a model and its external data files, as sent to the workers."""
+    """A model and its external data files, as sent to the workers.
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file.
+
+    Returns
+    -------
+    tuple
+        ``(file name, {relative path: bytes})``.
+    """
     path = Path(path)
     files = {path.name: path.read_bytes()}
     if path.suffix.lower() == ".onnx":
@@ -64,7 +91,18 @@ def model_bundle(path) -> tuple:
 
 
 def bundle_digest(bundle) -> str:
-    """A SHA-256 of a :func:`model_bundle`'s names and contents (the key of its cache entry)."""
+    """A SHA-256 of a bundle's names and contents: the key of its cache entry on the workers.
+
+    Parameters
+    ----------
+    bundle : tuple
+        A :func:`model_bundle`.
+
+    Returns
+    -------
+    str
+        The hexadecimal digest.
+    """
     digest = hashlib.sha256()
     name, files = bundle
     for rel in sorted(files):
@@ -73,9 +111,17 @@ def bundle_digest(bundle) -> str:
 
 
 def cache_folder() -> Path:
-    """(runs on a worker) this user's folder for files sent with jobs: ``forest_carbon_jobs_<uid>`` in the temporary
-    folder, mode 0700 and owned by this user. One owned by someone else, or a link, is never used: a private folder of
-    this process takes its place."""
+    """(runs on a worker) This user's folder for files sent with jobs.
+
+    ``forest_carbon_jobs_<uid>`` in the temporary folder, mode 0700 and owned by this user. One owned by
+    someone else, or a link, is never used: a private folder of this process takes its place. Entries not
+    used for :data:`CACHE_MAX_AGE_S` are removed.
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
     uid = os.getuid() if hasattr(os, "getuid") else None
     folder = Path(tempfile.gettempdir()) / f"forest_carbon_jobs_{uid if uid is not None else 0}"
     cached = _CACHE.get("folder")
@@ -110,8 +156,20 @@ def _clean_cache(folder: Path, max_age: float = CACHE_MAX_AGE_S) -> None:
 
 
 def materialize(data, suffix: str = ".onnx") -> Path:
-    """(runs on a worker) a file sent with the job (its bytes, or a :func:`model_bundle`), written once per worker
-    machine into :func:`cache_folder`; returns the model file's path (its external data files beside it)."""
+    """(runs on a worker) A file sent with the job, written once per worker machine into :func:`cache_folder`.
+
+    Parameters
+    ----------
+    data : bytes or tuple
+        The file's bytes, or a :func:`model_bundle`.
+    suffix : str
+        The file's suffix when ``data`` is bare bytes.
+
+    Returns
+    -------
+    Path
+        The model file's path, its external data files beside it.
+    """
     if isinstance(data, (bytes, bytearray)):
         data = (f"model{suffix}", {f"model{suffix}": bytes(data)})
     name, files = data

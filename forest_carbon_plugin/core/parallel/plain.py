@@ -49,8 +49,23 @@ def _plain_reducers() -> dict:
 
 
 def plain_call(func, args=(), kwargs=None) -> tuple[bytes, list]:
-    """``(payload, futures)``: the call pickled with :func:`_plain_reducers`; Dask futures among the arguments are
-    left out of the bytes (Dask resolves them when they are passed beside, see :func:`run_plain`)."""
+    """A call pickled as plain data (:func:`_plain_reducers`), with its Dask futures left beside the bytes.
+
+    Parameters
+    ----------
+    func : callable
+        A module-level function the workers can import.
+    args : tuple
+        Its positional arguments.
+    kwargs : dict, optional
+        Its keyword arguments.
+
+    Returns
+    -------
+    tuple
+        ``(payload, futures)``: the pickled call and the futures among its arguments, in the order
+        :func:`run_plain` puts their values back.
+    """
     import cloudpickle
     from distributed import Future
 
@@ -72,7 +87,20 @@ def plain_call(func, args=(), kwargs=None) -> tuple[bytes, list]:
 
 
 def run_plain(payload: bytes, resolved: list):
-    """(runs on a worker) the call of :func:`plain_call`, with the futures' values in their places."""
+    """Run (on a worker) a call pickled by :func:`plain_call`.
+
+    Parameters
+    ----------
+    payload : bytes
+        The pickled ``(func, args, kwargs)``.
+    resolved : list
+        The values of the call's futures (Dask resolves them when they are passed beside the payload).
+
+    Returns
+    -------
+    object
+        What the call returns.
+    """
 
     class Unpickler(pickle.Unpickler):
         def persistent_load(self, pid):

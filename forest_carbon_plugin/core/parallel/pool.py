@@ -90,7 +90,10 @@ class RemoteTraceback(Exception):
 
 
 def serve() -> None:
-    """A worker's loop: run each task received on stdin, send ``(ok, result or exception)`` on stdout."""
+    """A worker's loop: run each task received on stdin, send ``(ok, result or exception)`` on stdout.
+
+    Runs in the worker processes (:data:`BOOT`); returns when the caller closes the pool or is gone.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller, which then stops the workers
@@ -263,12 +266,30 @@ def _value(outcome):
 
 def imap(task, args_list, max_workers: int = 1, progress: Progress | None = None, share: float = 100.0,
          kwargs: dict | None = None):
-    """Yield ``task(*args, **kwargs)`` for each ``args`` of ``args_list``, in order, computed in up to
-    ``max_workers`` worker processes (1: in this process); progress up to ``share`` %.
+    """Run ``task(*args, **kwargs)`` for each ``args`` of ``args_list`` in up to ``max_workers`` worker processes.
 
-    ``task`` must be a module-level function of an importable module (not of ``__main__``).
-    Close the generator (``contextlib.closing``) when the loop over it can stop early: its
-    ``finally`` stops the workers.
+    ``task`` must be a module-level function of an importable module (not of ``__main__``). Close the
+    generator (``contextlib.closing``) when the loop over it can stop early: its ``finally`` stops the workers.
+
+    Parameters
+    ----------
+    task : callable
+        The task.
+    args_list : iterable of tuple
+        The positional arguments of each task.
+    max_workers : int
+        Worker processes (1: in this process).
+    progress : Progress, optional
+        Progress (up to ``share`` %), warnings, and cancellation (checked every :data:`POLL_S` seconds).
+    share : float
+        The share of the progress bar the tasks fill.
+    kwargs : dict, optional
+        Keyword arguments of every task.
+
+    Yields
+    ------
+    object
+        The results, in task order.
     """
     kwargs = kwargs or {}
     args_list = list(args_list)
@@ -354,8 +375,16 @@ def thread_map(function, items, workers: int = 1, progress: Progress | None = No
 
 @contextlib.contextmanager
 def main_hidden():
-    """Start ``multiprocessing`` spawn processes inside (Dask's LocalCluster does) without them importing the
-    caller's ``__main__``: a standalone script without a main guard would run again in each of them."""
+    """Start ``multiprocessing`` spawn processes inside without them importing the caller's ``__main__``.
+
+    Dask's LocalCluster spawns its workers so; a standalone script without a main guard would otherwise run
+    again in each of them.
+
+    Returns
+    -------
+    contextmanager
+        ``__main__``'s ``__file__`` and ``__spec__`` are hidden inside and put back on exit.
+    """
     main = sys.modules.get("__main__")
     saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main is not None and name in main.__dict__}
     try:

@@ -19,7 +19,18 @@ _EXECUTOR: contextvars.ContextVar = contextvars.ContextVar("forest_carbon_execut
 
 @contextlib.contextmanager
 def executor_scope(executor):
-    """Run the core functions called inside on ``executor`` (a :class:`.dask.DaskExecutor`; None: here)."""
+    """Run the core functions called inside on ``executor``.
+
+    Parameters
+    ----------
+    executor : DaskExecutor or None
+        A :class:`.dask.DaskExecutor`; None runs here.
+
+    Returns
+    -------
+    contextmanager
+        Yields ``executor``.
+    """
     token = _EXECUTOR.set(executor)
     try:
         yield executor
@@ -28,17 +39,43 @@ def executor_scope(executor):
 
 
 def current_executor():
-    """The remote executor of the enclosing :func:`executor_scope`, or None (run here)."""
+    """The remote executor of the enclosing :func:`executor_scope`.
+
+    Returns
+    -------
+    DaskExecutor or None
+        None: run here.
+    """
     return _EXECUTOR.get()
 
 
 def map_tiles(task, args_list: list, max_workers: int = 1, progress: Progress | None = None, share: float = 90.0,
               kwargs: dict | None = None):
-    """Yield ``task(*args, **kwargs)`` for each ``args`` of ``args_list``, in order; progress up to ``share`` %.
+    """Run one task per tile, here or on the executor of the enclosing :func:`executor_scope`.
 
-    Here the tasks run in ``max_workers`` worker processes (:func:`.pool.imap`; 1: in this
-    process); inside :func:`executor_scope` on that executor (a Dask cluster), results still in order.
-    Close the generator (``contextlib.closing``) when the loop over it can stop early.
+    Here the tasks run in ``max_workers`` worker processes (:func:`.pool.imap`; 1: in this process); inside
+    :func:`executor_scope` on that executor (a Dask cluster). Close the generator (``contextlib.closing``)
+    when the loop over it can stop early.
+
+    Parameters
+    ----------
+    task : callable
+        A module-level function of an importable module.
+    args_list : list of tuple
+        The positional arguments of each task.
+    max_workers : int
+        Worker processes here.
+    progress : Progress, optional
+        Progress (up to ``share`` %) and cancellation.
+    share : float
+        The share of the progress bar the tasks fill.
+    kwargs : dict, optional
+        Keyword arguments of every task.
+
+    Yields
+    ------
+    object
+        ``task(*args, **kwargs)`` for each ``args``, in order.
     """
     executor = current_executor()
     if executor is not None:

@@ -45,7 +45,14 @@ ESSENTIAL = {"dask", "distributed", "cloudpickle", "msgpack", CORE_DISTRIBUTION,
 
 
 def local_versions() -> dict:
-    """This machine's versions of the packages of :data:`VERSION_RULES` (None: not installed)."""
+    """This machine's versions of the packages of :data:`VERSION_RULES`, and of Python.
+
+    Returns
+    -------
+    dict
+        Package name → version (None: not installed); the plugin's own is its ``__version__`` (inside QGIS it
+        is not an installed distribution); ``"python"`` → ``major.minor.micro``.
+    """
     found = {}
     for name in VERSION_RULES:
         if name == CORE_DISTRIBUTION:  # inside QGIS the plugin is not an installed distribution
@@ -64,8 +71,24 @@ def _numbers(text) -> tuple:
 
 
 def compare_versions(client_versions: dict, remote: dict, where: str, names) -> tuple[list, list]:
-    """``(fatal, warnings)``: one message for each package of ``names`` whose version ``where`` ("on the scheduler at
-    …", "on the workers") differs from this machine's, as :data:`VERSION_RULES` says."""
+    """What differs between this machine's versions and another machine's, as :data:`VERSION_RULES` says.
+
+    Parameters
+    ----------
+    client_versions : dict
+        This machine's versions (:func:`local_versions`).
+    remote : dict
+        The other machine's versions (Dask's ``get_versions`` packages).
+    where : str
+        Where the other versions are, for the messages ("on the scheduler at …", "on the workers").
+    names : iterable of str
+        The packages to compare.
+
+    Returns
+    -------
+    tuple of list
+        ``(fatal, warnings)``: one message per package that differs.
+    """
     fatal, warnings = [], []
     for name in names:
         mine, theirs = client_versions.get(name), remote.get(name)
@@ -85,9 +108,27 @@ def compare_versions(client_versions: dict, remote: dict, where: str, names) -> 
 
 
 def check_versions(client, timeout: float = 30.0, workers: bool = True) -> list:
-    """Compare the versions of this machine, the scheduler and (``workers``) the workers attached now. A mismatch that
-    breaks results or transport raises a :class:`ForestCarbonError` naming the package, both versions and the fix;
-    the others come back as warnings (one line per package)."""
+    """Compare the versions of this machine, the scheduler and the workers attached now.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The connected client.
+    timeout : float
+        Seconds to wait for the scheduler's answer.
+    workers : bool
+        Compare the workers' versions too (False: the scheduler's only, before any worker is there).
+
+    Returns
+    -------
+    list of str
+        Warnings, one per package whose difference does not change results or transport.
+
+    Raises
+    ------
+    ForestCarbonError
+        For a mismatch that breaks results or transport, naming the package, both versions and the fix.
+    """
     address = scheduler_address(client)
     packages = list(VERSION_RULES)
     done, versions, error = within(timeout, lambda: client.get_versions(packages=packages))

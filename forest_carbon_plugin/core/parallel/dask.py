@@ -35,9 +35,9 @@ def running_workers(client, timeout: float = 5.0) -> int | None:
     Parameters
     ----------
     client : distributed.Client
-        The connected client.
+        A client of the scheduler to ask.
     timeout : float
-        Seconds to wait for the scheduler's answer.
+        How long the scheduler may take to say (seconds).
 
     Returns
     -------
@@ -407,16 +407,8 @@ class DaskExecutor:
 
         Parameters
         ----------
-        func : callable
-            A module-level function the workers can import.
-        args_list : list of tuple
-            The positional arguments of each task.
-        progress : Progress, optional
-            Progress (up to ``share`` %) and cancellation.
-        share : float
-            The share of the progress bar the tasks fill.
-        kwargs : dict, optional
-            Keyword arguments of every task.
+        func, args_list, progress, share, kwargs
+            As for :func:`.pool.imap`.
 
         Yields
         ------
@@ -473,7 +465,7 @@ class DaskExecutor:
         Parameters
         ----------
         path : str or Path
-            The model file.
+            The model, whose external data files sit beside it.
 
         Returns
         -------

@@ -59,18 +59,8 @@ def map_tiles(task, args_list: list, max_workers: int = 1, progress: Progress | 
 
     Parameters
     ----------
-    task : callable
-        A module-level function of an importable module.
-    args_list : list of tuple
-        The positional arguments of each task.
-    max_workers : int
-        Worker processes here.
-    progress : Progress, optional
-        Progress (up to ``share`` %) and cancellation.
-    share : float
-        The share of the progress bar the tasks fill.
-    kwargs : dict, optional
-        Keyword arguments of every task.
+    task, args_list, max_workers, progress, share, kwargs
+        As for :func:`.pool.imap` (``max_workers`` counts only here, not on a cluster).
 
     Yields
     ------

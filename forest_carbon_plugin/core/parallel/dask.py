@@ -547,32 +547,11 @@ class DaskExecutor:
 
 
 def file_bytes(data):
-    """(runs on a worker) The bytes of a file sent with the job (see :meth:`DaskExecutor.send_file`).
-
-    Parameters
-    ----------
-    data : tuple
-        A :func:`.files.model_bundle`.
-
-    Returns
-    -------
-    tuple
-        ``data`` itself.
-    """
+    """(runs on a worker) ``data``, a :func:`.files.model_bundle` sent with the job, as is
+    (:meth:`DaskExecutor.send_file`)."""
     return data
 
 
 def missing_paths(paths) -> list:
-    """(runs on a worker) The paths this worker cannot see.
-
-    Parameters
-    ----------
-    paths : list of str
-        Paths to check.
-
-    Returns
-    -------
-    list of str
-        Those that do not exist here.
-    """
+    """(runs on a worker) Those of ``paths`` (a list of str) that do not exist on this worker."""
     return [p for p in paths if not os.path.exists(p)]

@@ -64,6 +64,8 @@ FORBIDDEN = (
     (f"{CORE}.lidar", f"{CORE}.imagery", "lidar and imagery are independent"),
     (f"{CORE}.imagery", f"{CORE}.lidar", "lidar and imagery are independent"),
     (f"{CORE}.raster", f"{CORE}.parallel.cluster", "raster must not depend on the Dask client"),
+    (f"{CORE}.raster", f"{CORE}.parallel.dask", "raster must not depend on the Dask client"),
+    (f"{CORE}.raster", f"{CORE}.parallel.connect", "raster must not depend on the Dask client"),
     (f"{CORE}.raster", f"{CORE}.parallel.tilemap", "raster may use only parallel's local pool"),
 )
 # what the QGIS-free core must never import

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -20,6 +22,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from forest_carbon_plugin.core.carbon.polygons import NOT_POLYGONAL, polygonal
 from forest_carbon_plugin.core.carbon.stock import (
     DEFAULT_SIMULATIONS,
     OUTPUT_FIELDS,
@@ -29,6 +32,7 @@ from forest_carbon_plugin.core.carbon.stock import (
     Deduction,
     MonteCarlo,
     carbon_stock,
+    errors_off_the_map,
 )
 from forest_carbon_plugin.core.carbon.tables import (
     ALLOMETRIES,
@@ -227,6 +231,12 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
                                                  "AGB_STD."))
         if v[self.AGB_STD] is not None and v[self.AGB_LOWER] is not None:
             raise QgsProcessingException(self.tr("Give AGB_STD or AGB_LOWER/AGB_UPPER, not both."))
+        model = ALLOMETRIES[v[self.ALLOMETRY]]
+        if v[self.HEIGHT] is not None and not model.needs and (v[self.ALLOMETRY_A] is None or v[self.ALLOMETRY_B] is None):
+            raise QgsProcessingException(self.tr("The custom allometry AGB = a·H^b needs ALLOMETRY_A and ALLOMETRY_B."))
+        if v[self.HEIGHT] is not None and model.needs and (v[self.ALLOMETRY_BA] is None or v[self.ALLOMETRY_WD] is None):
+            raise QgsProcessingException(self.tr(f"{model.label} needs ALLOMETRY_BA (basal area, m²/ha) and "
+                                                 "ALLOMETRY_WD (wood density, g/cm³)."))
         if v[self.VALIDATION_REPORT]:
             try:
                 report_json(v[self.VALIDATION_REPORT], self.VALIDATION_REPORT)
@@ -261,7 +271,24 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
             features.append(feature)
             g = feature.geometry()
             geoms.append(None if g is None or g.isEmpty() else wkb.loads(bytes(g.asWkb())))
+        if not geoms and not feedback.isCanceled():
+            raise QgsProcessingException(self.tr("PROJECTS has no features: give a polygon layer with one polygon per "
+                                                 "project area."))
+        if geoms and all(polygonal(g) in (None, NOT_POLYGONAL) for g in geoms):
+            raise QgsProcessingException(self.tr(
+                f"PROJECTS holds no polygon ({len(geoms)} features without a polygon geometry: points, lines or "
+                "empty): give a polygon layer with one polygon per project area."))
         return features, geoms
+
+    def _check_overlap(self, biomass: BiomassMap) -> None:
+        """The uncertainty rasters must cover the map, told in the parameters' names."""
+        names = {"std": self.AGB_STD, "lower": self.AGB_LOWER, "upper": self.AGB_UPPER}
+        off = errors_off_the_map(biomass)
+        if off:
+            raise QgsProcessingException(self.tr(
+                f"{names[off[0]]} ('{Path(getattr(biomass, off[0])).name}') does not overlap "
+                f"'{Path(biomass.raster).name}': the uncertainty rasters must cover the map they describe. Give the "
+                "ones predictraster wrote with it."))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.check_requirements()
@@ -277,9 +304,11 @@ class CarbonStockAlgorithm(ForestCarbonAlgorithm):
         record[self.PROJECTS] = parameters.get(self.PROJECTS)
         # the uncertainty dock finds this run's error model (range, seed) through the output it wrote
         record[self.OUTPUT] = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        settings = self._settings(values)
+        self.call_core(self._check_overlap, settings["biomass"])
         doc = self.call_core(carbon_stock, geoms, out_html=out_html,
                              projects_crs=crs.toWkt() if crs.isValid() else None,
-                             progress=FeedbackProgress(feedback), parameters=record, **self._settings(values))
+                             progress=FeedbackProgress(feedback), parameters=record, **settings)
         if feedback.isCanceled():
             return {}
         dest_id = self._write_output(parameters, context, source, features, doc)

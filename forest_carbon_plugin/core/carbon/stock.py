@@ -62,7 +62,7 @@ from .tables import (
 from .variogram import resolve_correlation_range
 
 __all__ = ["Allometry", "PowerLaw", "BiomassMap", "CarbonFactors", "MonteCarlo", "Deduction", "RasterFrame",
-           "carbon_stock", "resolve_allometry", "raster_frame", "pixel_weights", "DEFAULT_ALLOWED_UNCERTAINTY",
+           "carbon_stock", "resolve_allometry", "errors_off_the_map", "raster_frame", "pixel_weights", "DEFAULT_ALLOWED_UNCERTAINTY",
            "DEFAULT_SIMULATIONS", "OUTPUT_FIELDS"]
 
 DEFAULT_ALLOWED_UNCERTAINTY = 10.0
@@ -388,6 +388,34 @@ def _res_m(crs, grid: RasterGrid, res) -> tuple[float, float]:
     return res[0] * unit, res[1] * unit
 
 
+def errors_off_the_map(biomass: BiomassMap, grid: RasterGrid | None = None) -> list[str]:
+    """The error rasters that do not overlap the biomass map.
+
+    Parameters
+    ----------
+    biomass : BiomassMap
+    grid : RasterGrid or None
+        The map's grid (read from ``biomass.raster`` when None).
+
+    Returns
+    -------
+    list of str
+        The fields of ``biomass`` (``"std"``, ``"lower"``, ``"upper"``) whose raster covers no part of the map.
+    """
+    import rasterio
+
+    if grid is None:
+        with rasterio.open(biomass.raster) as src:
+            grid = RasterGrid.of(src)
+    off = []
+    for name in ("std", "lower", "upper"):
+        if getattr(biomass, name) is not None:
+            with rasterio.open(getattr(biomass, name)) as src:
+                if not overlaps(grid, src):
+                    off.append(name)
+    return off
+
+
 def raster_frame(biomass: BiomassMap) -> RasterFrame:
     """The grid of ``biomass.raster``, after checking that it has a CRS and that the error rasters overlap it.
 
@@ -409,15 +437,12 @@ def raster_frame(biomass: BiomassMap) -> RasterFrame:
         grid = RasterGrid.of(src)
         wkt = src.crs.to_wkt()
         res = (abs(src.transform.a), abs(src.transform.e))
-    for name, other in (("biomass.std", biomass.std), ("biomass.lower", biomass.lower),
-                        ("biomass.upper", biomass.upper)):
-        if other is not None:
-            with rasterio.open(other) as src:
-                if not overlaps(grid, src):
-                    raise ForestCarbonError(
-                        f"{name} ('{Path(str(other)).name}') does not overlap '{Path(str(main)).name}': the "
-                        "uncertainty rasters must cover the map they describe. Give the ones predictraster wrote "
-                        "with it.")
+    off = errors_off_the_map(biomass, grid)
+    if off:
+        raise ForestCarbonError(
+            f"biomass.{off[0]} ('{Path(str(getattr(biomass, off[0]))).name}') does not overlap "
+            f"'{Path(str(main)).name}': the uncertainty rasters must cover the map they describe. Give the ones "
+            "predictraster wrote with it.")
     crs = CRS.from_user_input(wkt)
     return RasterFrame(str(main), grid, crs, wkt, res, _res_m(crs, grid, res))
 

@@ -22,6 +22,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QDateTime, Qt
 
+from forest_carbon_plugin.core.lidar.catalog import Extent
 from forest_carbon_plugin.core.lidar.gedi import COLUMNS, read_gedi
 
 from .base import FeedbackProgress, ForestCarbonAlgorithm
@@ -84,7 +85,7 @@ class ImportGediAlgorithm(ForestCarbonAlgorithm):
             read_gedi, paths, quality=self.parameterAsBool(parameters, self.QUALITY, context),
             min_sensitivity=self.parameterAsDouble(parameters, self.MIN_SENSITIVITY, context),
             beams=self.parameterAsString(parameters, self.BEAMS, context) or None,
-            extent=extent, extent_crs=extent_crs, progress=FeedbackProgress(feedback))
+            extent=Extent(extent, extent_crs) if extent else None, progress=FeedbackProgress(feedback))
         fields = QgsFields()
         for name in COLUMNS:
             fields.append(QgsField(name, _KINDS.get(name, FieldType.Double)))

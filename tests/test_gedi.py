@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from forest_carbon_plugin.core.errors import ForestCarbonError
+from forest_carbon_plugin.core.lidar.catalog import Extent
 from forest_carbon_plugin.core.lidar.gedi import POWER_BEAMS, read_gedi, to_datetime
 
 from .conftest import shared_file
@@ -104,12 +105,12 @@ def test_quality_beam_and_extent_filters(zips, tmp_path):
     box = (float(np.quantile(lon, 0.2)), float(np.quantile(lat, 0.3)), float(np.quantile(lon, 0.8)),
            float(np.quantile(lat, 0.9)))
     inside = (lon >= box[0]) & (lon <= box[2]) & (lat >= box[1]) & (lat <= box[3])
-    shots = read_gedi(zips, quality=False, extent=box)
+    shots = read_gedi(zips, quality=False, extent=Extent(box))
     assert 0 < len(shots) == int(inside.sum()) < 301
     from rasterio.warp import transform_bounds
 
     utm = transform_bounds("EPSG:4326", "EPSG:32723", *box)
-    assert len(read_gedi(zips, quality=False, extent=utm, extent_crs="EPSG:32723")) >= inside.sum()
+    assert len(read_gedi(zips, quality=False, extent=Extent(utm, "EPSG:32723"))) >= inside.sum()
 
 
 def test_folder_input(zips, tmp_path):

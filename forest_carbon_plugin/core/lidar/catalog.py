@@ -226,7 +226,7 @@ def restrict(catalog: Catalog, extent, extent_crs: str | None = None):
 
 @dataclass(frozen=True)
 class Extent:
-    """An area to process: ``bounds`` (xmin, ymin, xmax, ymax) in ``crs`` (WKT or "EPSG:n"; None: the cloud's)."""
+    """An area to process: ``bounds`` (xmin, ymin, xmax, ymax) in ``crs`` (WKT or "EPSG:n"; None: the data's own)."""
 
     bounds: tuple
     crs: str | None = None

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..archives import extract_members
 from ..errors import ForestCarbonError
+from .catalog import Extent
 
 GEDI_EPOCH = np.datetime64("2018-01-01T00:00:00", "ms")
 RH_PERCENTILES = (50, 75, 90, 95, 98, 100)
@@ -219,23 +220,23 @@ def _concat(parts: Sequence[dict], names: Iterable[str]) -> dict:
     return out
 
 
-def _extent_lonlat(extent, extent_crs):
+def _extent_lonlat(extent: Extent | None):
     if extent is None:
         return None
-    xmin, ymin, xmax, ymax = (float(v) for v in extent)
-    if extent_crs:
+    xmin, ymin, xmax, ymax = (float(v) for v in extent.bounds)
+    if extent.crs:
         from rasterio.crs import CRS
         from rasterio.warp import transform_bounds
 
-        crs = CRS.from_user_input(extent_crs)
+        crs = CRS.from_user_input(extent.crs)
         if crs != CRS.from_epsg(4326):
             xmin, ymin, xmax, ymax = transform_bounds(crs, CRS.from_epsg(4326), xmin, ymin, xmax, ymax,
                                                       densify_pts=21)
     return xmin, ymin, xmax, ymax
 
 
-def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=None, extent=None,
-              extent_crs=None, progress=None) -> GediShots:
+def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=None, extent: Extent | None = None,
+              progress=None) -> GediShots:
     """The footprints of GEDI L2A/L2B granules (files, zips of them, folders).
 
     Parameters
@@ -249,10 +250,8 @@ def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=N
         The beam sensitivity threshold (0.9, the usual one over land).
     beams : str or sequence, optional
         Beam names, ``"power"``, ``"coverage"`` or None (all); see :func:`parse_beams`.
-    extent : tuple, optional
-        (xmin, ymin, xmax, ymax) in ``extent_crs``: keep the shots inside it.
-    extent_crs : str, optional
-        The extent's CRS (default EPSG:4326 longitude/latitude).
+    extent : Extent, optional
+        Keep the shots inside it; its CRS defaults to EPSG:4326 (longitude/latitude).
     progress : Progress, optional
         Receives how many granules and shots were read and kept.
 
@@ -288,7 +287,7 @@ def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=N
         else np.ones(len(cols["shot_number"]), dtype=bool)
     if quality:
         counts["quality_kept"] = int(keep.sum())
-    bbox = _extent_lonlat(extent, extent_crs)
+    bbox = _extent_lonlat(extent)
     if bbox is not None:
         xmin, ymin, xmax, ymax = bbox
         keep &= (cols["lon"] >= xmin) & (cols["lon"] <= xmax) & (cols["lat"] >= ymin) & (cols["lat"] <= ymax)

@@ -78,9 +78,9 @@ def _geod_area_ha(geom, crs):
 def test_pixel_weights_are_exact_intersection_areas():
     from shapely.geometry import box
 
-    from forest_carbon_plugin.core.raster.grid import RasterGrid
+    from forest_carbon_plugin.core.raster.grid import Grid
 
-    grid = RasterGrid(UTM, Affine(10, 0, X0, 0, -10, Y0), 50, 50)
+    grid = Grid(UTM, Affine(10, 0, X0, 0, -10, Y0), 50, 50)
     for shape in _shapes():
         r0, c0, frac = pixel_weights(shape, grid)
         assert frac.sum() * 100 == pytest.approx(shape.area, rel=1e-9)

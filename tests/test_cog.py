@@ -12,7 +12,7 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine, from_origin
 
 from forest_carbon_plugin.core.raster import cog
-from forest_carbon_plugin.core.raster.grid import RasterGrid
+from forest_carbon_plugin.core.raster.grid import Grid
 from forest_carbon_plugin.core.errors import ForestCarbonError
 from forest_carbon_plugin.core.outputs import PROVENANCE_KEY
 
@@ -60,7 +60,7 @@ def block_nanmean(a, factor):
 def test_streamed_cog_is_a_valid_cog_with_gdals_metadata(tmp_path, compress):
     height, width = 1100, 1300
     data = image(height, width)
-    grid = RasterGrid("EPSG:32633", from_origin(500000, 6000000, 10, 10), width, height)
+    grid = Grid("EPSG:32633", from_origin(500000, 6000000, 10, 10), width, height)
     record = {"algorithm": "forestcarbon:test", "parameters": {"tile": 256}}
     out = stream(tmp_path / "out.tif", grid, data, [300, 1, 299, 256, 244], block=256, compress=compress,
                  descriptions=["agb"], tags={"UNIT": "Mg/ha", "OUTPUT_KIND": "prediction"}, provenance=record)
@@ -85,7 +85,7 @@ def test_overviews_are_nan_aware_means_and_match_gdals_cog_driver(tmp_path):
     # odd sizes: partial tiles, odd overview edges; the first level is the NaN-ignoring mean of each 2 × 2 cell
     height, width = 1037, 1221
     data = image(height, width, seed=3)
-    grid = RasterGrid("EPSG:32633", from_origin(500000, 6000000, 10, 10), width, height)
+    grid = Grid("EPSG:32633", from_origin(500000, 6000000, 10, 10), width, height)
     ours = stream(tmp_path / "odd.tif", grid, data, [224] * 4 + [141], block=256)
     with rasterio.open(ours) as a:
         level1 = a.read(1, out_shape=(-(-height // 2), -(-width // 2)))
@@ -94,7 +94,7 @@ def test_overviews_are_nan_aware_means_and_match_gdals_cog_driver(tmp_path):
     # equals what GDAL's COG driver makes of the same pixels
     height, width = 1024, 1280
     data = image(height, width, seed=4)
-    grid = RasterGrid("EPSG:32633", from_origin(500000, 6000000, 10, 10), width, height)
+    grid = Grid("EPSG:32633", from_origin(500000, 6000000, 10, 10), width, height)
     ours = stream(tmp_path / "ours.tif", grid, data, [224] * 4 + [128], block=256)
     plain = tmp_path / "plain.tif"
     with rasterio.open(plain, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
@@ -115,7 +115,7 @@ def test_bigtiff_layout_and_other_crs(tmp_path):
     height, width = 600, 700
     data = image(height, width, seed=5, holes=False)
     laea = CRS.from_proj4("+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m +no_defs")
-    grid = RasterGrid(laea, from_origin(4321000, 3210000, 20, 20), width, height)
+    grid = Grid(laea, from_origin(4321000, 3210000, 20, 20), width, height)
     out = tmp_path / "big.tif"
     with cog.cog_writer(grid, out, block=256) as dst:
         dst.bigtiff = True
@@ -135,7 +135,7 @@ def test_bigtiff_layout_and_other_crs(tmp_path):
 
 def test_geographic_grid_and_a_single_tile(tmp_path):
     data = image(40, 50, holes=False)
-    grid = RasterGrid("EPSG:4326", Affine(0.001, 0, 10.0, 0, -0.001, 50.0), 50, 40)
+    grid = Grid("EPSG:4326", Affine(0.001, 0, 10.0, 0, -0.001, 50.0), 50, 40)
     out = stream(tmp_path / "small.tif", grid, data, [40])
     assert validate(out) == []
     with rasterio.open(out) as src:
@@ -144,7 +144,7 @@ def test_geographic_grid_and_a_single_tile(tmp_path):
 
 
 def test_rows_out_of_order_and_failures_leave_nothing(tmp_path):
-    grid = RasterGrid("EPSG:32633", from_origin(0, 1000, 10, 10), 100, 100)
+    grid = Grid("EPSG:32633", from_origin(0, 1000, 10, 10), 100, 100)
     data = image(100, 100, holes=False)
     with pytest.raises(ForestCarbonError, match="whole rows in order"):
         with cog.cog_writer(grid, tmp_path / "a.tif", block=64) as dst:

@@ -455,7 +455,7 @@ def test_strip_reads_equal_the_written_pixels(tmp_path, compress, interleave, ti
     the pixels written, and the nodata mask, for compressed and plain, tiled and striped, either interleave."""
     from rasterio.windows import Window
 
-    from forest_carbon_plugin.core.raster.grid import RasterGrid
+    from forest_carbon_plugin.core.raster.grid import Grid
     from forest_carbon_plugin.core.raster.read import Readers
 
     rng = np.random.default_rng(0)
@@ -471,7 +471,7 @@ def test_strip_reads_equal_the_written_pixels(tmp_path, compress, interleave, ti
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     with rasterio.open(path) as src:
-        readers = Readers(RasterGrid.of(src), direct_io=True)
+        readers = Readers(Grid.of(src), direct_io=True)
     out = np.empty((3, 300, 900), np.float32)
     try:
         invalid = readers.read_into(path, Window(0, 5, 900, 300), [2, 3, 4], out, None, -9999)

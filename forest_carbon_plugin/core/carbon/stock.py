@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance
 from ..progress import NullProgress, Progress, check_cancel
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers, overlaps
 from ..report import write_report
 from ..stats import sigma_from_bounds, z_score
@@ -371,14 +371,14 @@ class RasterFrame:
     """
 
     path: str
-    grid: RasterGrid
+    grid: Grid
     crs: object
     wkt: str
     res: tuple[float, float]
     res_m: tuple[float, float]
 
 
-def _res_m(crs, grid: RasterGrid, res) -> tuple[float, float]:
+def _res_m(crs, grid: Grid, res) -> tuple[float, float]:
     if crs.is_geographic:
         # metres per pixel at the raster's centre, for the correlation distances
         lat = math.radians((grid.bounds[1] + grid.bounds[3]) / 2)
@@ -388,13 +388,13 @@ def _res_m(crs, grid: RasterGrid, res) -> tuple[float, float]:
     return res[0] * unit, res[1] * unit
 
 
-def errors_off_the_map(biomass: BiomassMap, grid: RasterGrid | None = None) -> list[str]:
+def errors_off_the_map(biomass: BiomassMap, grid: Grid | None = None) -> list[str]:
     """The error rasters that do not overlap the biomass map.
 
     Parameters
     ----------
     biomass : BiomassMap
-    grid : RasterGrid or None
+    grid : Grid or None
         The map's grid (read from ``biomass.raster`` when None).
 
     Returns
@@ -406,7 +406,7 @@ def errors_off_the_map(biomass: BiomassMap, grid: RasterGrid | None = None) -> l
 
     if grid is None:
         with rasterio.open(biomass.raster) as src:
-            grid = RasterGrid.of(src)
+            grid = Grid.of(src)
     off = []
     for name in ("std", "lower", "upper"):
         if getattr(biomass, name) is not None:
@@ -434,7 +434,7 @@ def raster_frame(biomass: BiomassMap) -> RasterFrame:
     with rasterio.open(main) as src:
         if src.crs is None:
             raise ForestCarbonError(f"The raster '{main}' has no CRS. Assign one (gdal_edit.py -a_srs) and run again.")
-        grid = RasterGrid.of(src)
+        grid = Grid.of(src)
         wkt = src.crs.to_wkt()
         res = (abs(src.transform.a), abs(src.transform.e))
     off = errors_off_the_map(biomass, grid)

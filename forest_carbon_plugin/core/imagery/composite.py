@@ -44,7 +44,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import overlaps, Readers
 from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
@@ -89,7 +89,7 @@ class Scene:
     source: str
     bands: tuple[SceneBand, ...]
     mask: SceneBand | None
-    grid: RasterGrid
+    grid: Grid
     mask_kind: str = "fmask"  # CFmask classes; or a product's "qa_pixel" / "scl" (:data:`.masks.MASKERS`)
     layout: str = "raster"
 
@@ -127,7 +127,7 @@ def open_scene(source) -> Scene:
             with rasterio.open(b.path) as src:
                 bands.append(SceneBand(str(b.path), 1, b.name, b.scale, b.offset, b.nodata, _outside(src, 1)))
                 if len(bands) == 1:
-                    grid = RasterGrid.of(src)
+                    grid = Grid.of(src)
         mask = espa.mask and SceneBand(str(espa.mask.path), 1, MASK_NAME, 1.0, 0.0, float(FMASK_FILL))
         return Scene(str(path), tuple(bands), mask, grid, layout="espa")
     try:
@@ -146,7 +146,7 @@ def open_scene(source) -> Scene:
                                         "match bands across scenes.")
             bands.append(SceneBand(str(path), i, name, float(src.scales[i - 1] or 1.0),
                                    float(src.offsets[i - 1] or 0.0), src.nodatavals[i - 1], _outside(src, i)))
-        return Scene(str(path), tuple(bands), mask, RasterGrid.of(src))
+        return Scene(str(path), tuple(bands), mask, Grid.of(src))
 
 
 def _product_scene(path: Path, layout: str) -> Scene:
@@ -161,7 +161,7 @@ def _product_scene(path: Path, layout: str) -> Scene:
                                    b.file_nodata))
     finest = min(product.bands.values(), key=lambda b: b.res_m)
     with rasterio.open(finest.path) as src:
-        grid = RasterGrid.of(src)
+        grid = Grid.of(src)
     mask = None
     if product.qa_path is not None:
         mask = SceneBand(str(product.qa_path), 1, MASK_NAME, 1.0, 0.0, float(QA_FILL[product.qa_kind]))

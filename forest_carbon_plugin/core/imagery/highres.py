@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers
 from ..parallel.pool import default_workers, thread_map
 from ..raster.write import RasterSpec, process_blocks
@@ -324,8 +324,8 @@ class _ImagePair:
 
     image_names: list
     reference_names: list
-    image_grid: RasterGrid
-    reference_grid: RasterGrid
+    image_grid: Grid
+    reference_grid: Grid
     image_nodata: float | None
     image_count: int
 
@@ -403,7 +403,7 @@ def _open_pair(image, reference) -> _ImagePair:
                 raise ForestCarbonError("Both the image and the reference need a coordinate reference system: "
                                         "assign the missing one (Raster ▸ Projections ▸ Assign Projection) and "
                                         "run again.")
-            return _ImagePair(_band_names(img), _band_names(ref), RasterGrid.of(img), RasterGrid.of(ref), img.nodata,
+            return _ImagePair(_band_names(img), _band_names(ref), Grid.of(img), Grid.of(ref), img.nodata,
                               img.count)
     except RasterioIOError as exc:
         raise ForestCarbonError(f"Cannot read the input rasters: {exc}.") from exc
@@ -452,7 +452,7 @@ def fit_band(x: np.ndarray, y: np.ndarray, name: str, regression, progress: Prog
     return BandFit(name, gain, offset, r2, int(x.size))
 
 
-def _apply_fits(image, image_grid: RasterGrid, pairs, fits, out_path, tags: dict, provenance: dict,
+def _apply_fits(image, image_grid: Grid, pairs, fits, out_path, tags: dict, provenance: dict,
                 progress: Progress, max_workers: int | None) -> None:
     """The fitted lines applied to the image's bands at its native resolution, block by block."""
     readers = Readers(image_grid)

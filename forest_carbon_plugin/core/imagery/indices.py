@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers
 from ..raster.write import RasterSpec, process_blocks
 from ..errors import ForestCarbonError
@@ -365,7 +365,7 @@ def spectral_indices(path, out_path, indices=DEFAULT_INDICES, band_map=None, sca
         factors = band_factors(src, sorted({b for used in needed.values() for b in used}), scale)
         if not (scale is not None and scale != 0):
             _check_reflectance(src, names, needed, factors)
-        grid = RasterGrid.of(src)
+        grid = Grid.of(src)
     calculator = _IndexCalculator(path, names, needed, factors, Readers(grid))
     roles = {idx: dict(zip(INDICES[idx].bands, needed[idx])) for idx in names}
     record = {"INPUT": str(path), "INDICES": ",".join(names), "BAND_MAP": mapping, "SCALE": scale or 0,

@@ -52,7 +52,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..raster.grid import DEFAULT_BLOCK, RasterGrid
+from ..raster.grid import DEFAULT_BLOCK, Grid, crs_name
 from ..raster.read import Readers, same_grid
 from ..parallel.pool import default_workers
 from ..raster.write import RasterSpec, process_blocks
@@ -462,20 +462,20 @@ def sar_features(vv_path, vh_path, out_path, filter: SpeckleFilter = RefinedLee(
     return Path(out_path)
 
 
-def _open_grid(path, label: str) -> RasterGrid:
+def _open_grid(path, label: str) -> Grid:
     import rasterio
 
     try:
         with rasterio.open(path) as src:
             if src.count < 1:
                 raise ForestCarbonError(f"{label} '{path}' has no bands: choose a gamma0 GeoTIFF.")
-            return RasterGrid.of(src)
+            return Grid.of(src)
     except rasterio.errors.RasterioIOError as exc:
         raise ForestCarbonError(f"{label} '{path}' cannot be read as a raster ({exc}): choose a Sentinel-1 "
                                 "gamma0 GeoTIFF (linear power).") from exc
 
 
-def _check_pair(vv_path, vh_path) -> RasterGrid:
+def _check_pair(vv_path, vh_path) -> Grid:
     from rasterio.crs import CRS
 
     vv = _open_grid(vv_path, "INPUT_VV")
@@ -491,7 +491,7 @@ def _check_pair(vv_path, vh_path) -> RasterGrid:
         what.append(f"size {vv.width} × {vv.height} vs {vh.width} × {vh.height} pixels")
     if (vv.crs is None) != (vh.crs is None) or (vv.crs is not None and CRS.from_user_input(vv.crs)
                                                  != CRS.from_user_input(vh.crs)):
-        what.append(f"CRS {_crs_name(vv.crs)} vs {_crs_name(vh.crs)}")
+        what.append(f"CRS {crs_name(vv.crs)} vs {crs_name(vh.crs)}")
     if not what:
         what.append(f"origin/pixel size {tuple(vv.transform)[:6]} vs {tuple(vh.transform)[:6]}")
     raise ForestCarbonError("INPUT_VV and INPUT_VH are not on the same grid (" + "; ".join(what) + "): use "
@@ -499,19 +499,10 @@ def _check_pair(vv_path, vh_path) -> RasterGrid:
                             "other's grid (e.g. with GDAL Warp) first.")
 
 
-def _crs_name(crs) -> str:
-    if crs is None:
-        return "none"
-    from rasterio.crs import CRS
-
-    crs = CRS.from_user_input(crs)
-    return crs.to_string() or crs.to_wkt()[:60]
-
-
 class _Plan:
     """What every block needs; ``compute`` runs in worker threads."""
 
-    def __init__(self, grid: RasterGrid, paths, speckle: SpeckleFilter, k: int):
+    def __init__(self, grid: Grid, paths, speckle: SpeckleFilter, k: int):
         self.grid, self.paths, self.speckle, self.k = grid, paths, speckle, k
         self.readers = Readers(grid)
         # per input: [finite values read, of which ≤ 0]; blocks run in threads

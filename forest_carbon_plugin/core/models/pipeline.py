@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..progress import check_cancel
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers
 from .card import ModelCard
 from .intervals import combine_members
@@ -36,7 +36,7 @@ class Stack:
     """The stacked input bands on the first input's grid, and their readers."""
 
 
-    grid: RasterGrid
+    grid: Grid
     sources: list  # (path, band index 1-based, nodata)
     readers: Readers
     names: list

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..raster import cog
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers, stack_bands
 from ..parallel.pool import default_workers
 from ..raster.write import COMPRESS, RasterSpec, raster_writer
@@ -224,10 +224,10 @@ def _prepare(inputs, model, paths, bands, settings: PredictSettings, progress) -
     return _Run(card, stack, engine, tile, overlap, batch, settings, kinds, requested, record)
 
 
-def _warn_support(card: ModelCard, grid: RasterGrid, progress) -> None:
+def _warn_support(card: ModelCard, grid: Grid, progress) -> None:
     """Warn when the input pixels differ from those the model was made for, or from its plots' area."""
-    if card.resolution_m and abs(grid.res[0] - card.resolution_m) > 0.25 * card.resolution_m:
-        progress.warning(f"The model was made for {card.resolution_m:g} m pixels; the input has {grid.res[0]:g} m. "
+    if card.resolution_m and abs(grid.res - card.resolution_m) > 0.25 * card.resolution_m:
+        progress.warning(f"The model was made for {card.resolution_m:g} m pixels; the input has {grid.res:g} m. "
                          "The outputs stay on the input grid, but the predictions may be off.")
     plot_area = (card.extra.get("forest_carbon:training") or {}).get("plot_area_m2")
     if plot_area:

@@ -49,7 +49,7 @@ class TrainingData:
     x: np.ndarray  # (n,) sample coordinates (pixel centres / points / polygon centroids), grid CRS
     yc: np.ndarray
     bands: list  # feature names, in order
-    grid: object  # RasterGrid of the first feature raster
+    grid: object  # Grid of the first feature raster
     target_name: str = "prediction"
     unit: str = ""
     n_candidates: int = 0  # valid samples before the cap
@@ -218,8 +218,8 @@ def _sample_raster_target(grid, sources, path: Path, max_samples, seed, progress
         readers.close()
     xs, ys = grid.transform * (cols + 0.5, rows + 0.5)
     notes = []
-    if t_res < grid.res[0] * 0.99:
-        notes.append(f"The target ({t_res:g} m pixels) was averaged (area-weighted) onto the {grid.res[0]:g} m "
+    if t_res < grid.res * 0.99:
+        notes.append(f"The target ({t_res:g} m pixels) was averaged (area-weighted) onto the {grid.res:g} m "
                      "feature grid.")
     if n_candidates > y.size:
         notes.append(f"{y.size:,} of {n_candidates:,} valid pixels sampled (stratified by target deciles).")

@@ -215,7 +215,7 @@ def _pixel_design(features, target, target_field, settings: TrainSettings, progr
         progress.info(note)
     folds = settings.folds
     _check_target(data.y, folds)
-    res = float(data.grid.res[0])
+    res = float(data.grid.res)
     if settings.block_size_m:
         block = float(settings.block_size_m)
     else:

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance
 from ..progress import Progress, check_cancel
-from ..raster.grid import RasterGrid
+from ..raster.grid import Grid
 from ..raster.read import Readers, overlaps, same_grid
 from ..report import Report, write_report
 from ..stats import z_score
@@ -287,7 +287,7 @@ def _prediction_grid(prediction, unc: Uncertainty):
     import rasterio
 
     with rasterio.open(prediction) as src:
-        grid = RasterGrid.of(src)
+        grid = Grid.of(src)
         crs_wkt = src.crs.to_wkt() if src.crs else None
     for name, other in (("STD", unc.std), ("LOWER", unc.lower), ("UPPER", unc.upper)):
         if other is not None:
@@ -453,11 +453,11 @@ def _stream_raster_reference(grid, inputs, reference, acc, coverage, progress) -
 
     notes = []
     with rasterio.open(reference) as src:
-        ref_grid = RasterGrid.of(src)
+        ref_grid = Grid.of(src)
         same_crs = src.crs is None or grid.crs is None or src.crs == grid.crs
     resampling = Resampling.nearest
     if not same_grid(ref_grid, grid):
-        if same_crs and min(ref_grid.res) > max(grid.res) * (1 + 1e-9):
+        if same_crs and min(ref_grid.res_xy) > max(grid.res_xy) * (1 + 1e-9):
             notes.append("The reference raster is coarser than the prediction: each prediction pixel was compared "
                          "with the reference cell it lies in (nearest); n counts prediction pixels, which repeat "
                          "reference values.")

@@ -205,7 +205,7 @@ def write_tile(folder, name: str, data, grid, row0: int, nodata=None) -> str:
         The tile's file name, without suffix.
     data : numpy.ndarray
         ``(bands, rows, cols)`` or ``(rows, cols)``.
-    grid : RasterGrid
+    grid : Grid
         The output's grid.
     row0 : int
         The output row of the tile's first row.

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance as make_provenance
 from ..progress import Progress
-from .grid import RasterGrid
+from .grid import Grid, crs_name
 from .read import Readers
 from .write import RasterSpec, process_blocks
 
@@ -219,7 +219,7 @@ def _target_grid(src, reference_grid, resolution_m, progress):
 
         try:
             with rasterio.open(reference_grid) as ref:
-                grid = RasterGrid.of(ref)
+                grid = Grid.of(ref)
         except rasterio.errors.RasterioIOError as exc:
             raise ForestCarbonError(f"Cannot open the reference grid '{reference_grid}' as a raster: {exc}") from exc
         rt = grid.transform
@@ -228,7 +228,7 @@ def _target_grid(src, reference_grid, resolution_m, progress):
         if (src.crs is None) != (grid.crs is None) or (
                 src.crs is not None and CRS.from_user_input(src.crs) != CRS.from_user_input(grid.crs)):
             raise ForestCarbonError(
-                f"The input raster ({_crs_name(src.crs)}) and the reference grid ({_crs_name(grid.crs)}) are in "
+                f"The input raster ({crs_name(src.crs)}) and the reference grid ({crs_name(grid.crs)}) are in "
                 "different coordinate reference systems. Warp the input raster to the reference grid's CRS at its "
                 "own resolution first (Raster ▸ Projections ▸ Warp, or gdalwarp -t_srs), then aggregate.")
     elif resolution_m is not None:
@@ -242,7 +242,7 @@ def _target_grid(src, reference_grid, resolution_m, progress):
             raise ForestCarbonError(
                 f"'{src.name}' is in a geographic CRS (degrees), so a resolution in metres has no meaning. "
                 "Warp it to a projected CRS first, or give a REFERENCE_GRID.")
-        grid = RasterGrid.from_bounds(src.crs, src.bounds, float(resolution_m), snap=True)
+        grid = Grid.from_bounds(src.crs, src.bounds, float(resolution_m), snap=True)
     else:
         raise ForestCarbonError("Give either a reference grid (a raster whose grid the output takes) or a "
                                 "resolution in metres.")
@@ -252,16 +252,6 @@ def _target_grid(src, reference_grid, resolution_m, progress):
             f"The input raster {tuple(round(b, 3) for b in fb)} and the target grid "
             f"{tuple(round(b, 3) for b in gb)} do not overlap: check that both cover the same area.")
     return grid
-
-
-def _crs_name(crs) -> str:
-    if crs is None:
-        return "no CRS"
-    try:
-        epsg = crs.to_epsg()
-        return f"EPSG:{epsg}" if epsg else crs.to_string()[:60]
-    except Exception:  # noqa: BLE001
-        return str(crs)[:60]
 
 
 def _block_size(ratio_x: float, ratio_y: float) -> int:
@@ -290,7 +280,7 @@ def aggregate_to_grid(path, out_path, statistics=("mean",), reference_grid=None,
         grid = _target_grid(src, reference_grid, resolution_m, progress)
         fine_t, fine_w, fine_h = src.transform, src.width, src.height
         nodata = src.nodata
-        src_info = {"crs": _crs_name(src.crs), "res": [fine_t.a, -fine_t.e], "size": [fine_w, fine_h]}
+        src_info = {"crs": crs_name(src.crs), "res": [fine_t.a, -fine_t.e], "size": [fine_w, fine_h]}
     ct = grid.transform
     ratio_x, ratio_y = ct.a / fine_t.a, -ct.e / -fine_t.e
     fine_per_coarse = ratio_x * ratio_y

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ForestCarbonError
-from .grid import RasterGrid
+from .grid import Grid
 
 __all__ = ["Readers", "stack_bands", "overlaps", "same_grid"]
 
@@ -25,7 +25,7 @@ __all__ = ["Readers", "stack_bands", "overlaps", "same_grid"]
 class Readers:
     """Per-thread rasterio handles, reading windows of an output grid from any source."""
 
-    def __init__(self, grid: RasterGrid, direct_io: bool = False):
+    def __init__(self, grid: Grid, direct_io: bool = False):
         self.grid = grid
         # GDAL's GTIFF_DIRECT_IO for reads that visit each pixel once, in order: uncompressed GeoTIFFs are read
         # straight into the caller's array instead of through the block cache (whose fresh memory is
@@ -47,7 +47,7 @@ class Readers:
             with rasterio.Env(GTIFF_DIRECT_IO="YES") if self.direct_io else contextlib.nullcontext():
                 src = rasterio.open(path)  # GDAL takes the option when the file is opened
             handles = [src]
-            if not same_grid(RasterGrid.of(src), self.grid):
+            if not same_grid(Grid.of(src), self.grid):
                 # float output: averaging integer DNs must not round them back to integers
                 options = {"crs": self.grid.crs, "transform": self.grid.transform, "width": self.grid.width,
                            "height": self.grid.height, "resampling": resampling, "dtype": "float32"}
@@ -145,7 +145,7 @@ def stack_bands(paths, what: str = "input raster"):
                 if grid is None:
                     if src.crs is None:
                         raise ForestCarbonError(f"The {what} '{path.name}' has no CRS: georeference it first.")
-                    grid, first = RasterGrid.of(src), path
+                    grid, first = Grid.of(src), path
                 elif not overlaps(grid, src):
                     raise ForestCarbonError(
                         f"The {what} '{path.name}' does not overlap the first one, '{first.name}': its bands are read "
@@ -159,7 +159,7 @@ def stack_bands(paths, what: str = "input raster"):
     return grid, sources, names
 
 
-def overlaps(grid: RasterGrid, src) -> bool:
+def overlaps(grid: Grid, src) -> bool:
     """Whether the open raster ``src`` covers part of ``grid`` (an area, not just an edge); a raster
     without a CRS is taken to be in the grid's CRS."""
     from rasterio.warp import transform_bounds
@@ -176,12 +176,12 @@ def overlaps(grid: RasterGrid, src) -> bool:
     return x0 < gx1 and x1 > gx0 and y0 < gy1 and y1 > gy0
 
 
-def same_grid(a: RasterGrid, b: RasterGrid) -> bool:
+def same_grid(a: Grid, b: Grid) -> bool:
     from rasterio.crs import CRS
 
     if (a.width, a.height) != (b.width, b.height):
         return False
-    if not all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * max(a.res)) for x, y in zip(a.transform, b.transform)):
+    if not all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6 * max(a.res_xy)) for x, y in zip(a.transform, b.transform)):
         return False
     if a.crs is None or b.crs is None:  # a raster without a CRS is taken to be in the other's
         return True

@@ -30,7 +30,7 @@ from ..errors import ForestCarbonError
 from ..outputs import atomic_output, gdal_tags
 from ..parallel.pool import default_workers, thread_map
 from ..progress import Progress
-from .grid import DEFAULT_BLOCK, RasterGrid
+from .grid import DEFAULT_BLOCK, Grid
 
 __all__ = ["NODATA", "COMPRESS", "RasterSpec", "gdal_compression", "describe", "write_raster",
            "process_blocks", "raster_writer", "to_cog", "block_mean"]
@@ -170,18 +170,18 @@ def write_raster(path, data, transform, crs, nodata=NODATA, descriptions=None, t
         nodata = None
     spec = RasterSpec(count=count, dtype=array.dtype.name, nodata=nodata, descriptions=tuple(descriptions or ()),
                       tags=tags, band_tags=tuple(band_tags or ()), units=tuple(units or ()), provenance=provenance)
-    with raster_writer(RasterGrid(crs, transform, width, height), path, spec, workers=1) as dst:
+    with raster_writer(Grid(crs, transform, width, height), path, spec, workers=1) as dst:
         dst.write(array)
     return Path(path)
 
 
-def process_blocks(grid: RasterGrid, compute: Callable, path, spec: RasterSpec, progress: Progress | None = None,
+def process_blocks(grid: Grid, compute: Callable, path, spec: RasterSpec, progress: Progress | None = None,
                    max_workers: int | None = None, finish: Callable | None = None) -> Path:
     """Compute every block of ``grid`` and write the result to ``path``, atomically.
 
     Parameters
     ----------
-    grid : RasterGrid
+    grid : Grid
         The output grid.
     compute : callable
         ``compute(window) -> array (count, rows, cols)``; runs in ``max_workers`` threads, and the
@@ -216,7 +216,7 @@ def process_blocks(grid: RasterGrid, compute: Callable, path, spec: RasterSpec, 
     return Path(path)
 
 
-def _profile(grid: RasterGrid, spec: RasterSpec) -> dict:
+def _profile(grid: Grid, spec: RasterSpec) -> dict:
     """rasterio's creation options of the staging GeoTIFF (tiled when the blocks can be tiles)."""
     profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": spec.count,
                "dtype": np.dtype(spec.dtype).name, "crs": grid.crs, "transform": grid.transform,
@@ -230,7 +230,7 @@ def _profile(grid: RasterGrid, spec: RasterSpec) -> dict:
 
 
 @contextlib.contextmanager
-def raster_writer(grid: RasterGrid, path, spec: RasterSpec, workers: int | None = None):
+def raster_writer(grid: Grid, path, spec: RasterSpec, workers: int | None = None):
     """An open rasterio dataset to write windows into.
 
     On a clean exit it gets its descriptions and tags (:func:`describe`), becomes a COG (unless
@@ -238,7 +238,7 @@ def raster_writer(grid: RasterGrid, path, spec: RasterSpec, workers: int | None 
 
     Parameters
     ----------
-    grid : RasterGrid
+    grid : Grid
         The output grid.
     path : str or Path
         The output file.

@@ -46,7 +46,7 @@ def test_p2r_of_a_catalog_is_p2r_of_all_points(stand, tmp_path):
     tiles, transform = _read(tmp_path / "tiles.tif")
     whole, _ = _read(tmp_path / "merged.tif")
     np.testing.assert_array_equal(tiles, whole)
-    grid = Grid(transform.c, transform.f, 1.0, tiles.shape[1], tiles.shape[0])
+    grid = Grid.from_origin(transform.c, transform.f, 1.0, tiles.shape[1], tiles.shape[0])
     np.testing.assert_allclose(tiles, p2r(x, y, z, grid), atol=1e-5)  # float32 on disk
 
 

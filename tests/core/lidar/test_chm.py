@@ -35,7 +35,7 @@ def test_p2r_subcircle_replaces_each_point_by_eight():
     x = np.array([10.2, 13.7, 13.9])
     y = np.array([10.5, 12.1, 14.8])
     z = np.array([5.0, 9.0, 7.0])
-    grid = Grid(xmin=8.0, ymax=17.0, res=0.5, ncols=16, nrows=18)
+    grid = Grid.from_origin(xmin=8.0, ymax=17.0, res=0.5, ncols=16, nrows=18)
     angles = np.arange(8) * np.pi / 4
     sx = (x[:, None] + 0.3 * np.cos(angles)).ravel()
     sy = (y[:, None] + 0.3 * np.sin(angles)).ravel()

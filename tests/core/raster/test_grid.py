@@ -24,7 +24,7 @@ def test_covering_snaps_to_multiples_of_the_resolution():
 
 
 def test_a_point_on_a_cell_line_goes_east_and_south():
-    grid = Grid(xmin=0.0, ymax=10.0, res=1.0, ncols=10, nrows=10)
+    grid = Grid.from_origin(xmin=0.0, ymax=10.0, res=1.0, ncols=10, nrows=10)
     # on the vertical line x = 3: column 3 (the cell east of it); on the horizontal line y = 7: row 3 (south)
     assert grid.cols([3.0])[0] == 3 and grid.cols([2.999])[0] == 2
     assert grid.rows([7.0])[0] == 3 and grid.rows([7.001])[0] == 2
@@ -32,7 +32,7 @@ def test_a_point_on_a_cell_line_goes_east_and_south():
 
 
 def test_the_grid_edges():
-    grid = Grid(xmin=0.0, ymax=10.0, res=1.0, ncols=10, nrows=10)
+    grid = Grid.from_origin(xmin=0.0, ymax=10.0, res=1.0, ncols=10, nrows=10)
     # the west and north edges are the first column and row; east and south the last (not outside)
     assert grid.cols([0.0, 10.0])[:].tolist() == [0, 9]
     assert grid.rows([10.0, 0.0])[:].tolist() == [0, 9]
@@ -56,14 +56,14 @@ def test_cell_index_against_a_brute_force_search():
 
 
 def test_centres():
-    grid = Grid(xmin=10.0, ymax=20.0, res=2.0, ncols=3, nrows=2)
+    grid = Grid.from_origin(xmin=10.0, ymax=20.0, res=2.0, ncols=3, nrows=2)
     cx, cy = grid.centres()
     assert cx.tolist() == [[11.0, 13.0, 15.0]] * 2
     assert cy.tolist() == [[19.0] * 3, [17.0] * 3]
 
 
 def test_holds_cuts_a_requested_extent_half_open():
-    grid = Grid(xmin=0.0, ymax=10.0, res=1.0, ncols=5, nrows=5)  # x 0-5, y 5-10
+    grid = Grid.from_origin(xmin=0.0, ymax=10.0, res=1.0, ncols=5, nrows=5)  # x 0-5, y 5-10
     x, y = np.array([5.0, 5.0, 4.0]), np.array([7.0, 7.0, 5.0])
     # the data go on past the grid (east and south): the cut lines belong to the cells outside
     assert grid.holds(x, y, (0.0, 0.0, 20.0, 10.0)).tolist() == [False, False, False]

@@ -46,11 +46,33 @@ class TileResult:
 
 
 def swath_m(config: SceneConfig) -> float:
+    """Swath width of a flight line: 2·H·tan(max scan angle).
+
+    Parameters
+    ----------
+    config : SceneConfig
+
+    Returns
+    -------
+    float
+        Metres.
+    """
     return 2 * config.flying_height_m * math.tan(math.radians(config.max_scan_angle_deg))
 
 
 def tiles(config: SceneConfig):
-    """(ix, iy, x0, y0, x1, y1) in scene coordinates, row-major from the south-west."""
+    """The LiDAR tiles of the scene, row-major from the south-west.
+
+    Parameters
+    ----------
+    config : SceneConfig
+        ``tile_m`` sets the tile side.
+
+    Yields
+    ------
+    tuple
+        (ix, iy, x0, y0, x1, y1), bounds in scene metres.
+    """
     n = int(math.ceil(config.size / config.tile_m))
     for iy in range(n):
         for ix in range(n):

@@ -60,7 +60,18 @@ L2_SR_MULT, L2_SR_ADD = 2.75e-5, -0.2
 
 
 def reference_sun_zenith(config: SceneConfig) -> float:
-    """Sun zenith of the geometry at which the spectra are defined (nadir view)."""
+    """Sun zenith of the geometry at which the spectra are defined (nadir view).
+
+    Parameters
+    ----------
+    config : SceneConfig
+        ``reference_sun_zenith_deg`` if set; else the scene's centre and acquisition date.
+
+    Returns
+    -------
+    float
+        Degrees: the configured value, or HLS's NBAR zenith at the scene centre on the acquisition day.
+    """
     if config.reference_sun_zenith_deg is not None:
         return float(config.reference_sun_zenith_deg)
     from rasterio.warp import transform
@@ -72,7 +83,21 @@ def reference_sun_zenith(config: SceneConfig) -> float:
 
 def cast_shadow(height: np.ndarray, base: np.ndarray, sun_zenith_deg: float, sun_azimuth_deg: float,
                 res_m: float = 1.0) -> np.ndarray:
-    """True where the surface ``height`` (m) blocks the sun over a point at height ``base``."""
+    """True where the surface ``height`` blocks the sun over a point at height ``base``.
+
+    Parameters
+    ----------
+    height, base : numpy.ndarray
+        Surface and point heights, m, on one grid.
+    sun_zenith_deg, sun_azimuth_deg : float
+        Sun position, degrees.
+    res_m : float
+        Cell side, m.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
     tan_e = math.tan(math.radians(90 - sun_zenith_deg))
     az = math.radians(sun_azimuth_deg)
     ux, uy = math.sin(az), math.cos(az)  # towards the sun, x east, y north
@@ -130,7 +155,23 @@ BACKGROUNDS = ("litter", "grass", "soil", "water")
 
 
 def clouds(config: SceneConfig, stream: int, res_m: float, sun_zenith: float, sun_azimuth: float):
-    """Cloud opacity and cloud-shadow opacity on a ``res_m`` grid (analytic Gaussian blobs)."""
+    """Cloud opacity and cloud-shadow opacity on a ``res_m`` grid (analytic Gaussian blobs).
+
+    Parameters
+    ----------
+    config : SceneConfig
+    stream : int
+        The random stream (one per sensor).
+    res_m : float
+        Cell side, m.
+    sun_zenith, sun_azimuth : float
+        Degrees; the shadows are the clouds shifted along the sun's direction.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        (cloud opacity, shadow opacity), 0-1.
+    """
     rng = rng_for(config, 300, stream)
     size = config.size
     offset = CLOUD_HEIGHT_M * math.tan(math.radians(sun_zenith))
@@ -176,7 +217,21 @@ def _land_class(surface: SurfaceModel, factor: int):
 
 
 def write_sentinel2(config: SceneConfig, surface: SurfaceModel, out_dir: Path, provenance: dict) -> dict:
-    """A Sentinel-2 L2A-like product (processing baseline 05.09, GeoTIFF instead of JP2)."""
+    """A Sentinel-2 L2A-like product (processing baseline 05.09, GeoTIFF instead of JP2).
+
+    Parameters
+    ----------
+    config : SceneConfig
+    surface : SurfaceModel
+    out_dir : Path
+    provenance : dict
+        Stored in every raster.
+
+    Returns
+    -------
+    dict
+        The ``.SAFE`` folder, its files and the sun/view angles, degrees.
+    """
     date = _dt.date.fromisoformat(config.acquisition_date)
     stamp = date.strftime("%Y%m%d") + "T100031"
     tile = "T33UUU"
@@ -344,7 +399,21 @@ def _s2_angle_block(tag: str, zenith, azimuth, n_nodes: int, attrs: str = "") ->
 
 
 def write_landsat(config: SceneConfig, surface: SurfaceModel, out_dir: Path, provenance: dict) -> dict:
-    """A Landsat 8 Collection 2 Level-2-like product: SR_B1-B7, QA_PIXEL, MTL.txt."""
+    """A Landsat 8 Collection 2 Level-2-like product: SR_B1-B7, QA_PIXEL, MTL.txt.
+
+    Parameters
+    ----------
+    config : SceneConfig
+    surface : SurfaceModel
+    out_dir : Path
+        The product folder is created in it.
+    provenance : dict
+
+    Returns
+    -------
+    dict
+        Folder, files, sun and view angles (degrees).
+    """
     date = _dt.date.fromisoformat(config.landsat_date)
     name = f"LC08_L2SP_190025_{date.strftime('%Y%m%d')}_{(date + _dt.timedelta(days=9)).strftime('%Y%m%d')}_02_T1"
     folder = out_dir / name
@@ -429,7 +498,20 @@ def _landsat_mtl(config, name, date, sza, saa) -> str:
 
 
 def write_naip(config: SceneConfig, surface: SurfaceModel, out_dir: Path, provenance: dict) -> dict:
-    """NAIP-like 1 m R, G, B, NIR (uint8) with an unknown per-band gain and offset."""
+    """NAIP-like 1 m R, G, B, NIR (uint8) with an unknown per-band gain and offset.
+
+    Parameters
+    ----------
+    config, surface : SceneConfig, SurfaceModel
+        The scene and its surface reflectance model.
+    out_dir : Path
+    provenance : dict
+
+    Returns
+    -------
+    dict
+        The file, its band names and the true gains and offsets (DN per unit reflectance, DN).
+    """
     rng = rng_for(config, 600)
     sza, saa = config.s2_sun_zenith_deg, config.s2_sun_azimuth_deg
     shadows = surface.shadows(sza, saa)
@@ -456,6 +538,22 @@ def write_sentinel1(config: SceneConfig, agb_10m: np.ndarray, water_10m: np.ndar
     vegetation descriptor: σ0 = A·V·cosθ·(1 − τ²) + τ²·σ0_soil, τ² = exp(−2B·V/cosθ);
     γ0 = σ0 / cosθ. Multiplicative speckle: Gamma(L, 1/L) for L looks. Coefficients are
     illustrative (C-band saturates near 100-150 Mg/ha, as observed).
+
+    Parameters
+    ----------
+    config : SceneConfig
+        Incidence angle (degrees) and looks.
+    agb_10m : numpy.ndarray
+        AGB density on the 10 m grid, Mg/ha.
+    water_10m : numpy.ndarray of bool
+        Water on that grid (specular: dark in both polarizations).
+    out_dir : Path
+    provenance : dict
+
+    Returns
+    -------
+    dict
+        The VV and VH files, the incidence angle (degrees) and the looks.
     """
     rng = rng_for(config, 700)
     theta = math.radians(config.s1_incidence_deg)

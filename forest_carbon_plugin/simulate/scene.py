@@ -29,10 +29,25 @@ CARBON_FRACTION = 0.47  # IPCC 2006 Guidelines, Vol. 4 Ch. 4, Table 4.3 default
 
 
 def simulate_scene(out_dir, config: SceneConfig | None = None, progress: Progress | None = None) -> dict:
-    """Write a simulated scene into ``out_dir``; returns the scene manifest (scene.json).
+    """Write a simulated scene into ``out_dir``: the world, its ground truth and every observation of it.
 
     The folder is assembled beside ``out_dir`` and moved into place at the end, so a failed
     or cancelled run leaves nothing at ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        A new or empty folder (or one holding an earlier scene, which is replaced).
+    config : SceneConfig, optional
+        Size (m), seed, LiDAR pulse density (pulses/m²), dates and sensor geometry; the defaults if None.
+    progress : Progress, optional
+        Receives progress, messages and cancellation.
+
+    Returns
+    -------
+    dict
+        The scene manifest, also written as ``scene.json``: paths relative to the folder, the truth
+        (tree count, AGB in Mg, projects' carbon) and each product's geometry.
     """
     config = config or SceneConfig()
     config.validate()
@@ -254,7 +269,21 @@ def _write_imagery(out: Path, config: SceneConfig, stands, truth: _Truth, prov, 
 
 
 def agb_grid(trees: Trees, size: float, res: float) -> np.ndarray:
-    """AGB density (Mg/ha) per cell of a ``res`` grid, trees assigned by stem position."""
+    """AGB density per cell of a ``res`` grid, each tree counted in the cell of its stem.
+
+    Parameters
+    ----------
+    trees : Trees
+    size : float
+        Scene side, m.
+    res : float
+        Cell side, m.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, n) Mg/ha, row 0 at the north.
+    """
     n = int(round(size / res))
     if len(trees) == 0:
         return np.zeros((n, n))
@@ -277,6 +306,20 @@ def _gdal_config(key: str, value: str):
 
 
 def write_stands(config: SceneConfig, stands, path: Path) -> list:
+    """The stands as a GeoPackage of polygons (type, forest or not, ground).
+
+    Parameters
+    ----------
+    config : SceneConfig
+    stands : Stands
+    path : Path
+        The GeoPackage.
+
+    Returns
+    -------
+    list of dict
+        One record per stand, for the manifest.
+    """
     import geopandas as gpd
     from rasterio.features import shapes
     from shapely.geometry import shape
@@ -299,7 +342,16 @@ def write_stands(config: SceneConfig, stands, path: Path) -> list:
 
 
 def write_trees(config: SceneConfig, trees: Trees, stands, path: Path) -> None:
-    """The tree list as a GeoPackage of points (GDAL's CSV reader: C speed for 10⁵-10⁶ trees)."""
+    """The tree list as a GeoPackage of points (GDAL's CSV reader: C speed for 10⁵-10⁶ trees).
+
+    Parameters
+    ----------
+    config : SceneConfig
+    trees : Trees
+    stands : Stands
+        Each tree's stand is written with it.
+    path : Path
+    """
     from osgeo import gdal
 
     columns = {
@@ -334,7 +386,23 @@ def write_trees(config: SceneConfig, trees: Trees, stands, path: Path) -> None:
 
 
 def write_plots(config: SceneConfig, trees: Trees, stands, path: Path, truth_csv: Path) -> list:
-    """Field plots: circular, measured AGB and mean height with measurement error."""
+    """Field plots: circular, with measured AGB and mean height carrying measurement error.
+
+    Parameters
+    ----------
+    config : SceneConfig
+    trees : Trees
+    stands : Stands
+    path : Path
+        The plots' GeoPackage (what a field crew would deliver).
+    truth_csv : Path
+        The plots' true values.
+
+    Returns
+    -------
+    list of dict
+        Per plot: plot_id, true_agb_mg_ha, true_mean_height_m (m), for the manifest.
+    """
     import geopandas as gpd
 
     rng = rng_for(config, 800)
@@ -373,7 +441,20 @@ def write_plots(config: SceneConfig, trees: Trees, stands, path: Path, truth_csv
 
 
 def write_projects(config: SceneConfig, trees: Trees, path: Path) -> list:
-    """Two or three project areas; their true AGB and carbon go to the manifest."""
+    """Two or three project areas as polygons; their true AGB and carbon go to the manifest.
+
+    Parameters
+    ----------
+    config : SceneConfig
+    trees : Trees
+    path : Path
+
+    Returns
+    -------
+    list of dict
+        Per project: area_ha, agb_mg, agb_mg_ha, carbon_t, co2e_t (carbon fraction :data:`CARBON_FRACTION`),
+        tree_count.
+    """
     import geopandas as gpd
     import shapely
     from shapely.geometry import Polygon

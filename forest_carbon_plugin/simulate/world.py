@@ -120,8 +120,20 @@ class SceneConfig:
 
 
 def rng_for(config: SceneConfig, *stream: int) -> np.random.Generator:
-    """An independent random stream per purpose (and per tile): results do not depend on
-    the order in which parts are computed."""
+    """An independent random stream per purpose (and per tile): results do not depend on the order in
+    which parts are computed.
+
+    Parameters
+    ----------
+    config : SceneConfig
+        Its seed starts every stream.
+    *stream : int
+        The purpose (and tile) keys.
+
+    Returns
+    -------
+    numpy.random.Generator
+    """
     return np.random.default_rng([config.seed, *stream])
 
 
@@ -163,6 +175,16 @@ class Terrain:
 
 
 def make_terrain(config: SceneConfig) -> Terrain:
+    """A smooth terrain: a tilted plane plus five random sinusoids (wavelengths 250-1500 m, amplitudes 2-7 m).
+
+    Parameters
+    ----------
+    config : SceneConfig
+
+    Returns
+    -------
+    Terrain
+    """
     rng = rng_for(config, 1)
     n = 5
     wavelengths = rng.uniform(250, 1500, n)
@@ -187,7 +209,17 @@ class Stands:
 
 
 def make_stands(config: SceneConfig) -> Stands:
-    """Voronoi stands with warped (irregular) edges, plus circular deforested patches."""
+    """Voronoi stands with warped (irregular) edges, plus circular deforested patches.
+
+    Parameters
+    ----------
+    config : SceneConfig
+
+    Returns
+    -------
+    Stands
+        Stand ids on the 1 m grid, each stand's forest type, the clearings.
+    """
     from scipy.spatial import cKDTree
 
     rng = rng_for(config, 2)
@@ -268,17 +300,55 @@ class Trees:
 
 
 def jucker_agb_kg(height_m, crown_diameter_m, gymnosperm):
-    """Expected AGB (kg) from Jucker et al. 2017 (itcSegment coefficients)."""
+    """Expected AGB from height and crown diameter (Jucker et al. 2017, Global Change Biology 23:177-190;
+    itcSegment coefficients), with the log-normal bias correction.
+
+    Parameters
+    ----------
+    height_m, crown_diameter_m : array_like
+        Metres.
+    gymnosperm : array_like of bool
+        Conifer (True) or broadleaf equation.
+
+    Returns
+    -------
+    numpy.ndarray
+        kg.
+    """
     hcd = np.asarray(height_m) * np.asarray(crown_diameter_m)
     corr = math.exp(JUCKER_SIGMA ** 2 / 2)
     return np.where(gymnosperm, 0.109 * hcd ** 1.790, 0.016 * hcd ** 2.013) * corr
 
 
 def jucker_dbh_cm(height_m, crown_diameter_m):
+    """Stem diameter from height × crown diameter (Jucker et al. 2017), with the log-normal bias correction.
+
+    Parameters
+    ----------
+    height_m, crown_diameter_m : array_like
+        Metres.
+
+    Returns
+    -------
+    numpy.ndarray
+        cm.
+    """
     return 0.557 * (np.asarray(height_m) * np.asarray(crown_diameter_m)) ** 0.809 * math.exp(0.056 ** 2 / 2)
 
 
 def make_trees(config: SceneConfig, stands: Stands) -> Trees:
+    """The trees of every forest stand: Poisson counts at the type's density, planted on a grid or scattered,
+    with heights, crowns and AGB.
+
+    Parameters
+    ----------
+    config : SceneConfig
+    stands : Stands
+
+    Returns
+    -------
+    Trees
+    """
     rng = rng_for(config, 4)
     size = config.size
     n = stands.ids_1m.shape[0]
@@ -342,10 +412,23 @@ def make_trees(config: SceneConfig, stands: Stands) -> Trees:
 # -- crowns -----------------------------------------------------------------------------------
 
 def crown_interval(trees: Trees, index, r):
-    """Top and bottom heights (m above ground) of crowns ``index`` at horizontal distance ``r``.
+    """Top and bottom heights of crowns ``index`` at horizontal distance ``r`` from their stems.
 
     Gymnosperm crowns are cones, angiosperm crowns half-ellipsoids, both with a flat base at
     ``H − depth``; outside the crown radius the interval is empty (top = bottom = −inf).
+
+    Parameters
+    ----------
+    trees : Trees
+    index : numpy.ndarray
+        Tree indices.
+    r : numpy.ndarray
+        Distances, m.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        (top, bottom), m above ground.
     """
     h = trees.height_m[index]
     cr = trees.crown_radius_m[index]
@@ -366,6 +449,19 @@ EXTINCTION_PER_M = {True: 1.6, False: 1.2}
 
 
 def extinction(trees: Trees, index):
+    """Foliage extinction coefficient of each crown (:data:`EXTINCTION_PER_M`).
+
+    Parameters
+    ----------
+    trees : Trees
+    index : numpy.ndarray
+        Tree indices.
+
+    Returns
+    -------
+    numpy.ndarray
+        Per metre of path.
+    """
     return np.where(trees.gymnosperm[index], EXTINCTION_PER_M[True], EXTINCTION_PER_M[False])
 
 
@@ -375,10 +471,22 @@ MAX_NEIGHBOURS = 10
 def canopy_at(trees: Trees, tree_index, x, y, height_break_m: float = 2.0):
     """Vertical-view canopy surface height, top tree, and gap-fraction cover at points.
 
-    Returns ``(height_m, top_tree, p_hit_above_break)``: the highest crown top over each point
-    (0 where none), the index of that tree (−1), and the probability that a nadir pulse is
-    intercepted above ``height_break_m`` (1 − exp(−Σ k·L) over crown paths above the break).
-    ``tree_index`` is a ``cKDTree`` over ``(trees.x, trees.y)``.
+    Parameters
+    ----------
+    trees : Trees
+    tree_index : scipy.spatial.cKDTree
+        Over ``(trees.x, trees.y)``.
+    x, y : numpy.ndarray
+        Points, scene metres.
+    height_break_m : float
+        Cover counts interceptions above this height, m.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(height_m, top_tree, p_hit_above_break)``: the highest crown top over each point (0 where
+        none), the index of that tree (−1), and the probability that a nadir pulse is intercepted
+        above ``height_break_m`` (1 − exp(−Σ k·L) over crown paths above the break).
     """
     pts = np.column_stack([x, y])
     n = len(pts)

@@ -225,8 +225,8 @@ def test_high_resolution_target_grid_and_reference_grid(imagery_scene, harmonize
     """A 10 m grid in another CRS, and a REFERENCE_GRID whose grid wins."""
     out, manifest = imagery_scene
     ten = tmp_path / "ten.tif"
-    harmonize_scene(out / manifest["sentinel2"]["product"], ten, TargetGrid(resolution_m=10), brdf=False, bandpass=False,
-                    mask_classes=())
+    harmonize_scene(out / manifest["sentinel2"]["product"], ten, TargetGrid(resolution_m=10), brdf=False,
+                    bandpass=False, mask_classes=())
     with rasterio.open(out / manifest["sentinel2"]["files"]["B04"]) as src:
         dn = src.read(1).astype(float)
     np.testing.assert_allclose(_band(ten, "red"), (dn - 1000) / 10000, atol=1e-6)  # same grid: no resampling

@@ -21,8 +21,10 @@ from ..vector import is_raster
 from .canopy import FIELDS, p2r_chm
 from .catalog import buffered_points, open_catalog
 from .crowns import Dalponte, crown_polygons, grow_crowns
+from .info import LAS_SUFFIXES
 from .normalize import check_normalize_mode, normalization_report, tile_heights
 from .treetops import LMF, VWF, TreeTops, local_maxima, raster_local_maxima, vwf_raster
+from .vpc import is_vpc
 
 # the highest tree a window is sized for when a catalog tile's buffer is chosen (m)
 TALLEST_TREE_M = 80.0
@@ -67,7 +69,7 @@ def tree_tops(source, method: LMF | VWF = LMF(), normalize: str = "auto", crs: s
     path = Path(source)
     if isinstance(method, VWF):
         return _vwf_tops(path, method, crs, progress)
-    if path.is_file() and is_raster(path):
+    if is_chm(path):
         return _lmf_tops_on_raster(path, method, crs)
     return _lmf_tops_on_cloud(source, method, normalize, crs, max_workers, progress)
 
@@ -81,7 +83,7 @@ def _check_arguments(method, normalize: str) -> None:
 
 
 def _vwf_tops(path: Path, method: VWF, crs: str | None, progress: Progress):
-    if not (path.is_file() and is_raster(path)):
+    if not is_chm(path):
         raise ForestCarbonError(
             f"VWF (ForestTools' vwf) works on a canopy height model raster, and '{path.name}' is a point cloud: "
             "make a CHM first (forestcarbon:canopyheightmodel) and find the tops on it, or use LMF (lmf).")
@@ -102,6 +104,11 @@ def _crs_or_refuse(crs: str | None, path: Path) -> str:
     if crs is None:
         raise ForestCarbonError(f"'{path.name}' has no CRS: set the CRS parameter.")
     return crs
+
+
+def is_chm(path: Path) -> bool:
+    """Whether ``path`` is a raster (a CHM) rather than a point cloud: a file GDAL opens that is not LAS/LAZ or .vpc."""
+    return path.is_file() and path.suffix.lower() not in LAS_SUFFIXES and not is_vpc(path) and is_raster(path)
 
 
 def read_chm(path):
@@ -186,7 +193,7 @@ def tree_crowns(source, tops: TreeTops, res_m: float = 0.5, method: Dalponte | N
     """
     progress = progress or NullProgress()
     path = Path(source)
-    if path.is_file() and is_raster(path):
+    if is_chm(path):
         chm, transform, _ = read_chm(path)
         cell = abs(transform.a)
     else:

@@ -33,9 +33,10 @@ EMPTY_WARN_SHARE = 0.5
 FIELDS = ("x", "y", "z", "return_number", "classification")
 
 
-def canopy_height_model(source, output, res_m: float = 0.5, method: P2R | PitFree = P2R(), normalize: str = "auto",
-                        crs: str | None = None, extent: Extent | None = None, max_workers: int = 1,
-                        progress: Progress | None = None, parameters: dict | None = None) -> Grid:
+def canopy_height_model(source, output, res_m: float = 0.5, method: P2R | PitFree = P2R(),
+                        normalize: str = "auto", crs: str | None = None, extent: Extent | None = None,
+                        max_workers: int = 1, progress: Progress | None = None,
+                        parameters: dict | None = None) -> Grid:
     """Write a canopy height model (one float32 band ``canopy_height_m``) of a cloud or catalog.
 
     Parameters
@@ -86,8 +87,9 @@ def canopy_height_model(source, output, res_m: float = 0.5, method: P2R | PitFre
     if method.fill_empty:
         chm = fill_empty_cells(chm, grid)
     check_cancel(progress)
-    record = make_provenance("forestcarbon:canopyheightmodel", parameters or {
-        "res_m": res_m, "method": repr(method), "normalize": normalize}, inputs=[t.path for t in catalog.tiles])
+    record = make_provenance("forestcarbon:canopyheightmodel",
+                             parameters or {"res_m": res_m, "method": repr(method), "normalize": normalize},
+                             inputs=[t.path for t in catalog.tiles])
     write_raster(output, chm.astype(np.float32), grid.transform, catalog.crs, descriptions=["canopy_height_m"],
                  provenance=record)
     progress.set_progress(100.0)

@@ -235,8 +235,8 @@ def _extent_lonlat(extent: Extent | None):
     return xmin, ymin, xmax, ymax
 
 
-def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=None, extent: Extent | None = None,
-              progress=None) -> GediShots:
+def read_gedi(paths, quality: bool = True, min_sensitivity: float = 0.9, beams=None,
+              extent: Extent | None = None, progress=None) -> GediShots:
     """The footprints of GEDI L2A/L2B granules (files, zips of them, folders).
 
     Parameters

@@ -228,7 +228,8 @@ def _metrics_for(points, bands, settings: MetricsSettings):
     return cells, np.vstack([m[b] for b in bands])
 
 
-def _tile_task(catalog, i, grid, rect, need_rect, bands, settings: MetricsSettings, data_bounds, threads=True):
+def _tile_task(catalog, i, grid, rect, need_rect, bands, settings: MetricsSettings, data_bounds,
+               threads=True):
     """Read one tile; finish the cells only it touches; return the others' points."""
     path = catalog.tiles[i].path
     intensity = settings.intensity

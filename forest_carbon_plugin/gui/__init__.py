@@ -1,5 +1,5 @@
 """Dock widgets and other desktop UI. They read the core's outputs and provenance only;
-no science here. Imported by the plugin's initGui, never by the core."""
+no science here. Imported by the plugin (:mod:`..plugin`), never by the core or the adapters."""
 
 #: the plugin's menu under Plugins: every action of the plugin goes there
 MENU = "&Forest Carbon"

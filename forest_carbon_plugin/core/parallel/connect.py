@@ -12,7 +12,7 @@ import contextlib
 import multiprocessing
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..dependencies import qgis_python_executable, require
@@ -50,7 +50,6 @@ class ClusterSpec:
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
     worker_wait: float = DEFAULT_WORKER_WAIT  # seconds a job waits with no worker attached before it fails
-    extra: dict = field(default_factory=dict)
 
 
 def check_address(address: str) -> str:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ForestCarbonError, MissingDependency
+from .errors import Cancelled, ForestCarbonError, MissingDependency
 
 
 @dataclass(frozen=True)
@@ -355,8 +355,6 @@ def _run_pip(python: str, args: list, log, cancelled, env) -> None:
     proc.wait()
     watcher.join(1)
     if cancelled():
-        from .errors import Cancelled
-
         raise Cancelled("Installation cancelled; packages already unpacked stay in the folder and are "
                         "reused next time.")
     if proc.returncode != 0:

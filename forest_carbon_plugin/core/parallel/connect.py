@@ -73,7 +73,7 @@ def check_address(address: str) -> str:
     address = (address or "").strip()
     if not address:
         raise ForestCarbonError("No Dask scheduler address: give one like tcp://scheduler:8786 or tls://scheduler:8786 "
-                                "(SCHEDULER parameter or Cluster settings), or choose the local cluster.")
+                                "(Cluster settings, or the algorithms' SCHEDULER), or choose the local cluster.")
     if "://" not in address:
         address = "tcp://" + address
     if not address.startswith(SCHEMES):

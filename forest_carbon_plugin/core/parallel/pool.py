@@ -228,7 +228,8 @@ class _Pool:
         if worker.task is not None:
             raise ForestCarbonError(
                 f"A worker process stopped unexpectedly on tile {worker.task + 1} ({worker.describe_death()}). "
-                "Run again with MAX_WORKERS = 1; if that fails too, the message will name the problem.")
+                "Run again in this process (max_workers = 1; MAX_WORKERS = 1 in the Processing algorithms); if that "
+                "fails too, the message will name the problem.")
         # it could not start ("failed": its Python cannot import the core), or died idle
         self.failures.append(message[1] if message[0] == "failed" else worker.describe_death())
         if worker in self.idle:

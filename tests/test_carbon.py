@@ -21,10 +21,10 @@ from forest_carbon_plugin.core.carbon.stock import (
     CarbonFactors,
     MonteCarlo,
     carbon_stock,
-    pixel_weights,
 )
 from forest_carbon_plugin.core.carbon.tables import CO2_PER_C
 from forest_carbon_plugin.core.errors import ForestCarbonError
+from forest_carbon_plugin.core.raster.coverage import polygon_coverage
 
 UTM = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_600_500.0  # top-left of the test rasters (10 m pixels)
@@ -82,7 +82,7 @@ def test_pixel_weights_are_exact_intersection_areas():
 
     grid = Grid(UTM, Affine(10, 0, X0, 0, -10, Y0), 50, 50)
     for shape in _shapes():
-        r0, c0, frac = pixel_weights(shape, grid)
+        r0, c0, frac = polygon_coverage(shape, grid)
         assert frac.sum() * 100 == pytest.approx(shape.area, rel=1e-9)
         # brute force over every pixel of the window
         for r in range(frac.shape[0]):

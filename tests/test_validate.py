@@ -243,10 +243,11 @@ def test_polygon_area_weighted_mean_by_hand(tmp_path):
 
     from osgeo import ogr
 
-    from forest_carbon_plugin.core.models.validate import pixel_fractions
+    from forest_carbon_plugin.core.raster.coverage import pixel_coverage
+    from forest_carbon_plugin.core.vector import to_shapely
 
     tri = ogr.CreateGeometryFromWkt(Polygon([(X0 + 2, Y0 - 38), (X0 + 38, Y0 - 38), (X0 + 20, Y0 - 2)]).wkt)
-    frac = pixel_fractions(tri, Affine(10, 0, X0, 0, -10, Y0), (4, 4))
+    frac = pixel_coverage(to_shapely(tri), Affine(10, 0, X0, 0, -10, Y0), (4, 4))
     assert frac.sum() * 100 == pytest.approx(tri.GetArea())
 
 

@@ -170,3 +170,22 @@ def geometry_kind(geom) -> str:
     if flat in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
         return "polygon"
     return ogr.GeometryTypeToName(flat)
+
+
+def to_shapely(geom):
+    """An OGR geometry as a shapely geometry (through WKB, exact).
+
+    Parameters
+    ----------
+    geom : osgeo.ogr.Geometry
+        Any OGR geometry.
+
+    Returns
+    -------
+    shapely.geometry.base.BaseGeometry
+        The same geometry, same coordinates.
+    """
+    require("shapely")
+    from shapely import wkb
+
+    return wkb.loads(bytes(geom.ExportToWkb()))

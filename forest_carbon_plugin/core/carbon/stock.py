@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance
 from ..progress import NullProgress, Progress, check_cancel
+from ..raster.coverage import polygon_coverage
 from ..raster.grid import Grid
 from ..raster.read import Readers, overlaps
 from ..report import write_report
@@ -62,7 +63,7 @@ from .tables import (
 from .variogram import resolve_correlation_range
 
 __all__ = ["Allometry", "PowerLaw", "BiomassMap", "CarbonFactors", "MonteCarlo", "Deduction", "RasterFrame",
-           "carbon_stock", "resolve_allometry", "errors_off_the_map", "raster_frame", "pixel_weights", "DEFAULT_ALLOWED_UNCERTAINTY",
+           "carbon_stock", "resolve_allometry", "errors_off_the_map", "raster_frame", "DEFAULT_ALLOWED_UNCERTAINTY",
            "DEFAULT_SIMULATIONS", "OUTPUT_FIELDS"]
 
 DEFAULT_ALLOWED_UNCERTAINTY = 10.0
@@ -473,58 +474,6 @@ def _projects(projects, projects_crs, frame: RasterFrame, log: _Log) -> _Project
     return _Projects(geoms, crs, Transformer.from_crs(source, frame.crs, always_xy=True))
 
 
-def pixel_weights(polygon, grid):
-    """The share (0-1) of each pixel of ``grid`` inside ``polygon`` (shapely, in the grid's CRS).
-
-    Returns ``(row0, col0, fractions)`` for the window of the grid covering the polygon's bounds, or None
-    when the polygon misses the grid. Pixels whose square is crossed by the boundary get their exact
-    intersection area (shapely); the others are 1 inside, 0 outside (rasterization).
-    """
-    from rasterio.features import rasterize
-    from scipy.ndimage import binary_dilation
-    from shapely.geometry import box, mapping
-
-    t = grid.transform
-    if t.b != 0 or t.d != 0:
-        raise ForestCarbonError("The raster is rotated; warp it to a north-up grid first (gdalwarp).")
-    xmin, ymin, xmax, ymax = polygon.bounds
-    inv = ~t
-    cols = [c for c, _ in (inv * (xmin, ymin), inv * (xmax, ymax))]
-    rows = [r for _, r in (inv * (xmin, ymin), inv * (xmax, ymax))]
-    c0 = max(0, int(math.floor(min(cols))))
-    c1 = min(grid.width, int(math.ceil(max(cols))))
-    r0 = max(0, int(math.floor(min(rows))))
-    r1 = min(grid.height, int(math.ceil(max(rows))))
-    if c1 <= c0 or r1 <= r0:
-        return None
-    shape = (r1 - r0, c1 - c0)
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
-
-    wt = window_transform(Window(c0, r0, shape[1], shape[0]), t)
-    inside = rasterize([(mapping(polygon), 1)], out_shape=shape, transform=wt, fill=0, all_touched=False,
-                       dtype="uint8").astype(bool)
-    edge = rasterize([(mapping(polygon.boundary), 1)], out_shape=shape, transform=wt, fill=0, all_touched=True,
-                     dtype="uint8").astype(bool)
-    edge = binary_dilation(edge)
-    frac = (inside & ~edge).astype(np.float64)
-    pixel_area = abs(t.a * t.e)
-    from shapely.prepared import prep
-
-    prepared = prep(polygon)
-    for r, c in zip(*np.nonzero(edge)):
-        x0, y0 = wt * (c, r)
-        x1, y1 = wt * (c + 1, r + 1)
-        cell = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        if not prepared.intersects(cell):
-            frac[r, c] = 0.0
-        elif prepared.contains(cell):
-            frac[r, c] = 1.0
-        else:
-            frac[r, c] = cell.intersection(polygon).area / pixel_area
-    return r0, c0, np.clip(frac, 0.0, 1.0)
-
-
 # ----------------------------------------------------------------------------- step 4: per polygon
 
 @dataclass(frozen=True)
@@ -579,7 +528,7 @@ def _pixel_shares(geom, area_ha: float, projects: _Projects, frame: RasterFrame)
     from shapely.ops import transform
 
     g_r = transform(projects.transformer.transform, geom) if projects.transformer is not None else geom
-    weights = pixel_weights(g_r, frame.grid)
+    weights = polygon_coverage(g_r, frame.grid)
     if weights is None or not np.any(weights[2] > 0):
         return None
     r0, c0, frac = weights

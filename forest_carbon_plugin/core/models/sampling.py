@@ -28,8 +28,8 @@ from ..errors import ForestCarbonError
 from ..lidar.metrics import metric_names
 from ..lidar.plot_metrics import AREA_FIELD
 from ..progress import NullProgress, Progress, check_cancel
+from ..raster.coverage import pixel_coverage
 from ..raster.read import Readers, stack_bands
-from .validate import pixel_fractions
 
 WINDOW = 512
 STRATA = 10  # target deciles for the stratified subset
@@ -268,7 +268,7 @@ def _sample_vector_target(grid, sources, target, target_field, max_samples, seed
                     continue
                 window = Window(c0, r0, c1 - c0, r1 - r0)
                 data, valid = _read_features(readers, sources, window)
-                w = pixel_fractions(geom, grid.window_transform(window), valid.shape) * valid
+                w = pixel_coverage(vector.to_shapely(geom), grid.window_transform(window), valid.shape) * valid
                 if w.sum() <= 0:
                     continue
                 rows_X.append((data * w).reshape(len(sources), -1).sum(axis=1) / w.sum())

@@ -18,11 +18,12 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance
 from ..progress import Progress, check_cancel
+from ..raster.coverage import pixel_coverage
 from ..raster.grid import Grid
 from ..raster.read import Readers, overlaps, same_grid
 from ..report import Report, write_report
 from ..stats import z_score
-from ..vector import features, geometry_kind, is_raster, numeric_field, open_vector
+from ..vector import features, geometry_kind, is_raster, numeric_field, open_vector, to_shapely
 from .accuracy import LEVELS, StreamingSums, calibration_bins, exponential_model, fit_exponential, semivariogram
 
 MAX_SAMPLE = 200_000
@@ -30,7 +31,7 @@ VARIOGRAM_POINTS = 3000
 SEED = 20230
 BLOCK = 512
 
-__all__ = ["Uncertainty", "ValidationSettings", "validate_predictions", "pixel_fractions"]
+__all__ = ["Uncertainty", "ValidationSettings", "validate_predictions"]
 
 
 # ----------------------------------------------------------------------------- streaming pieces
@@ -531,53 +532,6 @@ def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
     return notes
 
 
-def pixel_fractions(geom, transform, shape) -> np.ndarray:
-    """The share of each pixel of a grid covered by an OGR polygon.
-
-    Pixels away from the boundary are 0 or 1 by rasterization; those along it get their exact intersection area.
-
-    Parameters
-    ----------
-    geom : osgeo.ogr.Geometry
-        The polygon, in the grid's CRS.
-    transform : affine.Affine
-        The grid's transform.
-    shape : (int, int)
-        (rows, cols).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 shares (0-1).
-    """
-    import json as _json
-
-    from osgeo import ogr
-    from rasterio.features import rasterize
-    from scipy.ndimage import binary_dilation
-
-    gj = _json.loads(geom.ExportToJson())
-    touched = rasterize([(gj, 1)], out_shape=shape, transform=transform, fill=0, all_touched=True,
-                        dtype="uint8").astype(bool)
-    boundary = geom.GetBoundary()
-    edge = rasterize([(_json.loads(boundary.ExportToJson()), 1)], out_shape=shape, transform=transform, fill=0,
-                     all_touched=True, dtype="uint8").astype(bool)
-    edge = binary_dilation(edge) & touched
-    frac = (touched & ~edge).astype(np.float64)
-    pixel_area = abs(transform.a * transform.e)
-    for r, c in zip(*np.nonzero(edge)):
-        x0, y0 = transform * (c, r)
-        x1, y1 = transform * (c + 1, r + 1)
-        ring = ogr.Geometry(ogr.wkbLinearRing)
-        for px, py in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)):
-            ring.AddPoint_2D(px, py)
-        box = ogr.Geometry(ogr.wkbPolygon)
-        box.AddGeometry(ring)
-        inter = box.Intersection(geom)
-        frac[r, c] = 0.0 if inter is None else inter.GetArea() / pixel_area
-    return np.clip(frac, 0.0, 1.0)
-
-
 def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
     """Each polygon: area-weighted mean of the valid prediction pixels it covers (weights = covered share
     of each pixel). σ and the bounds are averaged the same way (errors taken as fully correlated inside
@@ -603,7 +557,7 @@ def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
             transform = grid.window_transform(window)
             pred = _filled(readers.read(inputs.prediction, window))
             extras = _read_extras(readers, inputs, window, transform, pred.shape)
-            w = pixel_fractions(geom, transform, pred.shape)
+            w = pixel_coverage(to_shapely(geom), transform, pred.shape)
             ok = (w > 0) & _valid(pred, np.zeros_like(pred), extras)
             if not ok.any() or w[ok].sum() <= 0:
                 outside += 1

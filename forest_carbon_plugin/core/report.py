@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +156,3 @@ def _html(report: Report, images: dict, json_name: str) -> str:
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
-
-def load_json(path) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)

@@ -5,8 +5,8 @@
 
 * ``EXECUTION``: 0 = here (this process and its worker processes), 1 = the Dask cluster of
   *Cluster settings* (a local cluster when nothing is configured), 2 = a local Dask cluster
-  (``distributed.LocalCluster`` with one single-threaded worker process per core, or the
-  number set in the settings);
+  (``distributed.LocalCluster`` with one single-threaded worker process per core, at most
+  8 (:data:`forest_carbon_plugin.core.parallel.pool.MAX_DEFAULT_WORKERS`), or the number set in the settings);
 * ``SCHEDULER``: a scheduler address (``tcp://host:8786``, ``tls://host:8786``) that overrides
   the settings' (with EXECUTION 1; the settings' TLS certificates are used for ``tls://``).
 

@@ -31,6 +31,7 @@ from processing_provider.compat import QAction
 
 from ..core.errors import ForestCarbonError
 from ..core.parallel.connect import ClusterSpec, close_local_clusters, open_client, scheduler_address
+from ..core.parallel.pool import MAX_DEFAULT_WORKERS
 from ..core.parallel.versions import check_versions
 from ..settings import MODES, PREFIX, load_spec, read_secret, save_spec, store_secret
 from . import MENU
@@ -94,7 +95,7 @@ class ClusterSettingsDialog(QDialog):
         local = QFormLayout(self.local_box)
         self.local_workers = QSpinBox()
         self.local_workers.setRange(0, 256)
-        self.local_workers.setSpecialValueText("one per core")
+        self.local_workers.setSpecialValueText(f"one per core, at most {MAX_DEFAULT_WORKERS}")
         local.addRow("Worker processes", self.local_workers)
         layout.addWidget(self.local_box)
 

@@ -27,8 +27,26 @@ def provenance(algorithm: str, parameters: dict | None = None, inputs=None, mode
                deterministic: bool = False, **extra) -> dict:
     """A provenance record for an output: what made it, from what, with what.
 
-    With ``deterministic`` the record leaves out the time and host, for outputs that must be
-    byte-identical when made again from the same inputs (the scene simulator's).
+    Parameters
+    ----------
+    algorithm : str
+        The algorithm's id (``"forestcarbon:canopymetrics"``).
+    parameters : dict, optional
+        Its parameters (made JSON-safe: anything else becomes its string).
+    inputs : sequence, optional
+        Its input files.
+    model_id : str, optional
+        The model used, for predictions.
+    deterministic : bool
+        Leave out the time, host and Python version, for outputs that must be byte-identical when
+        made again from the same inputs (the scene simulator's).
+    **extra
+        More keys (JSON-safe).
+
+    Returns
+    -------
+    dict
+        The record, with the plugin's name and version.
     """
     record = {
         "plugin": "forest_carbon_plugin",
@@ -49,8 +67,20 @@ def provenance(algorithm: str, parameters: dict | None = None, inputs=None, mode
 
 
 def gdal_tags(tags: dict | None, provenance: dict | None = None) -> dict:
-    """A raster's dataset tags as GDAL stores them (strings), with the provenance record as JSON under
-    :data:`PROVENANCE_KEY`."""
+    """A raster's dataset tags as GDAL stores them.
+
+    Parameters
+    ----------
+    tags : dict or None
+        The tags; values become strings.
+    provenance : dict, optional
+        The provenance record (:func:`provenance`).
+
+    Returns
+    -------
+    dict
+        ``{name: str}``, with the record as JSON under :data:`PROVENANCE_KEY`.
+    """
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     if provenance is not None:
         all_tags[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str)
@@ -63,10 +93,22 @@ def _jsonable(value):
 
 @contextlib.contextmanager
 def atomic_output(path, mode: str | None = None):
-    """Yield a temporary path beside ``path``; move it to ``path`` only on success.
+    """A temporary file beside ``path``, moved to ``path`` only on success.
 
-    With ``mode`` (``"w"``, ``"wb"``) an open file object is yielded instead of a path.
-    The temporary name keeps the suffix so that format drivers chosen by extension work.
+    The temporary name keeps the suffix so that format drivers chosen by extension work; on an error
+    (or a cancel) it is removed and ``path`` is untouched.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output; its folder is created if needed.
+    mode : str, optional
+        ``"w"`` (UTF-8 text) or ``"wb"``: yield an open file instead of a path.
+
+    Yields
+    ------
+    Path or file object
+        The temporary path, or the file open on it.
     """
     target = Path(path)
     try:
@@ -112,6 +154,20 @@ _UMASK = None
 
 
 def write_json(path, document: dict) -> Path:
+    """Write ``document`` as indented JSON (anything not JSON becomes its string), atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    document : dict
+        The document.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_output(path, "w") as handle:
         json.dump(document, handle, indent=2, default=str)
         handle.write("\n")
@@ -119,6 +175,20 @@ def write_json(path, document: dict) -> Path:
 
 
 def write_text(path, text: str) -> Path:
+    """Write UTF-8 text, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    text : str
+        The text.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_output(path, "w") as handle:
         handle.write(text)
     return Path(path)
@@ -131,7 +201,14 @@ class OutputTransaction:
     """All-or-nothing for a run with several outputs: a failure or a cancel after some outputs were
     written puts back what was there before.
 
-    ``files`` are the run's output files, ``folders`` its output folders. On entry the files that an
+    Parameters
+    ----------
+    files : sequence of str or Path
+        The run's output files.
+    folders : sequence of str or Path
+        The run's output folders.
+
+    On entry the files that an
     output may replace are kept as hard links (a copy where the file system has none) in a hidden
     folder beside them: the output itself and its side files, named like it (``agb.tif.aux.xml``,
     ``report.json``, ``report_<figure>.png``, atomic_output's ``.report.*`` temporaries, a job folder
@@ -313,10 +390,22 @@ def _alive(pid: int) -> bool:
 
 
 def recover_killed_runs(folders) -> list:
-    """Roll back the runs whose journal lies in ``folders`` and whose process is no longer running on this
-    machine (killed: a cancel or an error would have rolled back or dropped its journal itself). Returns the
-    output lists of the runs rolled back. A journal from another machine (a shared disk) or of a running
-    process is left alone."""
+    """Roll back the runs that were killed while writing into some folders.
+
+    A run's journal in ``folders`` whose process is no longer running on this machine means a killed run
+    (a cancel or an error would have rolled back or dropped its journal itself). A journal from another
+    machine (a shared disk) or of a running process is left alone.
+
+    Parameters
+    ----------
+    folders : iterable of str or Path
+        The output folders to look in.
+
+    Returns
+    -------
+    list
+        The output lists of the runs rolled back.
+    """
     recovered = []
     for folder in folders:
         try:

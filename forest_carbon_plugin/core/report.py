@@ -27,7 +27,17 @@ __all__ = ["Report", "figure_canvas", "write_report"]
 
 @dataclass
 class Report:
-    """The body of an HTML report: headings, paragraphs, tables and figures, in order."""
+    """The body of an HTML report: headings, paragraphs, tables and figures, in order.
+
+    Parameters
+    ----------
+    title : str
+        The report's title.
+    blocks : list
+        The content, in order (added by the methods).
+    figures : dict
+        ``name -> draw(fig)`` for each figure.
+    """
 
     title: str
     blocks: list = field(default_factory=list)
@@ -51,7 +61,23 @@ class Report:
 
 
 def figure_canvas(width: float = 6.0, height: float = 4.5):
-    """A matplotlib ``Figure`` on an Agg canvas (no pyplot, no global backend change)."""
+    """A matplotlib ``Figure`` on an Agg canvas (no pyplot, no global backend change).
+
+    Parameters
+    ----------
+    width, height : float
+        Size in inches (at 100 dpi).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+
+    Raises
+    ------
+    MissingDependency
+        matplotlib cannot be imported.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -88,10 +114,24 @@ def _png_bytes(draw) -> bytes:
 
 
 def write_report(out_html, report: Report, document: dict, embed: bool = False) -> dict:
-    """Write ``report`` to ``out_html``, the JSON ``document`` beside it and one PNG per figure.
+    """Write a report as HTML, its JSON document beside it and one PNG per figure.
 
-    With ``embed`` the PNGs are inlined in the HTML (base64) and no PNG files are written.
-    ``document["outputs"]`` is set to the paths written. Returns those paths.
+    Parameters
+    ----------
+    out_html : str or Path
+        The HTML file (``.html`` or ``.htm``); the JSON goes to the same name with ``.json``, the
+        figures to ``<stem>_<figure>.png``.
+    report : Report
+        The body.
+    document : dict
+        The machine-readable results; its ``"outputs"`` is set to the paths written.
+    embed : bool
+        Inline the PNGs in the HTML (base64) instead of writing them.
+
+    Returns
+    -------
+    dict
+        The paths written: ``html``, ``json`` and ``figures``.
     """
     out_html = Path(out_html)
     if out_html.suffix.lower() not in (".html", ".htm"):

@@ -14,12 +14,20 @@ from .dependencies import require
 from .errors import ForestCarbonError
 
 __all__ = ["VectorSource", "parse_source", "source_path", "open_vector", "numeric_field", "features",
-           "geometry_kind", "is_raster"]
+           "geometry_kind", "is_raster", "to_shapely"]
 
 
 @dataclass(frozen=True)
 class VectorSource:
-    """A file and, for a multi-layer file, the layer's name (None: the first layer)."""
+    """A vector file and the layer to read.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    layer : str, optional
+        For a multi-layer file, the layer's name (None: the first layer).
+    """
 
     path: str
     layer: str | None = None
@@ -47,12 +55,34 @@ def parse_source(source) -> VectorSource:
 
 
 def source_path(source) -> Path:
-    """The file behind a plain path or a QGIS source string (``a.gpkg|layername=x`` → ``a.gpkg``)."""
+    """The file behind a plain path or a QGIS source string.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        ``a.gpkg`` or ``a.gpkg|layername=x``.
+
+    Returns
+    -------
+    Path
+        ``a.gpkg``.
+    """
     return Path(parse_source(source).path)
 
 
 def is_raster(path) -> bool:
-    """Whether GDAL (through rasterio) opens ``path`` as a raster."""
+    """Whether GDAL (through rasterio) opens a file as a raster.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    bool
+        True when rasterio opens it.
+    """
     import rasterio
 
     try:
@@ -94,10 +124,29 @@ def open_vector(source, what: str):
 
 
 def numeric_field(layer, name: str | None, what: str, argument: str) -> str:
-    """Check that ``name`` is a numeric field of ``layer`` and return it.
+    """Check that a field of an OGR layer is numeric.
 
-    ``argument`` names the setting that chooses the field (a core argument, or an adapter's parameter
-    label), so that the message tells the user what to change.
+    Parameters
+    ----------
+    layer : osgeo.ogr.Layer
+        The layer.
+    name : str or None
+        The field's name.
+    what : str
+        How messages name the layer.
+    argument : str
+        The setting that chooses the field (a core argument, or an adapter's parameter label), so that
+        the message tells the user what to change.
+
+    Returns
+    -------
+    str
+        ``name``.
+
+    Raises
+    ------
+    ForestCarbonError
+        No name, no such field, or a field that is not integer or real.
     """
     ogr = require("osgeo.ogr")
     defn = layer.GetLayerDefn()
@@ -162,7 +211,18 @@ def features(layer, field_name, crs_wkt):
 
 
 def geometry_kind(geom) -> str:
-    """``"point"`` or ``"polygon"`` for an OGR geometry (multi-parts included); else OGR's type name."""
+    """What kind of sample an OGR geometry is.
+
+    Parameters
+    ----------
+    geom : osgeo.ogr.Geometry
+        The geometry.
+
+    Returns
+    -------
+    str
+        ``"point"`` or ``"polygon"`` (multi-parts and curved polygons included); else OGR's type name.
+    """
     ogr = require("osgeo.ogr")
     flat = ogr.GT_Flatten(geom.GetGeometryType())
     if flat in (ogr.wkbPoint, ogr.wkbMultiPoint):

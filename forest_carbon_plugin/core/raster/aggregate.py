@@ -49,7 +49,23 @@ _EDGE_TOL = 1e-6  # fraction of a fine pixel below which an overlap is rounding 
 
 
 def parse_statistics(statistics) -> list[str]:
-    """``"mean,max,p95,cover2"`` (or a sequence) → the list of statistic names, checked."""
+    """The statistic names of a list, checked.
+
+    Parameters
+    ----------
+    statistics : str or sequence of str or None
+        ``"mean,max,p95,cover2"`` (commas, semicolons or spaces) or a sequence; None for ``["mean"]``.
+
+    Returns
+    -------
+    list of str
+        Lower-case names without duplicates (``valid_fraction``, always written, left out).
+
+    Raises
+    ------
+    ForestCarbonError
+        An unknown statistic or a percentile outside 0–100.
+    """
     if statistics is None:
         items = ["mean"]
     elif isinstance(statistics, str):
@@ -263,11 +279,38 @@ def _block_size(ratio_x: float, ratio_y: float) -> int:
 def aggregate_to_grid(path, out_path, statistics=("mean",), reference_grid=None, resolution_m=None,
                       progress: Progress | None = None, max_workers: int | None = None,
                       parameters: dict | None = None, block_size: int | None = None) -> Path:
-    """Aggregate raster ``path`` (band 1) onto the grid of ``reference_grid`` or onto a grid of
-    ``resolution_m`` snapped to its multiples, with exact area weights; write a float32 COG with
-    one band per statistic (described by its name) and a last band ``valid_fraction``.
+    """Aggregate a fine raster onto a coarser grid with exact area weights.
 
     Both grids must be north-up and share a CRS (warp the fine raster first otherwise).
+
+    Parameters
+    ----------
+    path : str or Path
+        The fine raster (band 1).
+    out_path : str or Path
+        The output: a float32 COG with one band per statistic (described by its name) and a last band
+        ``valid_fraction`` (the share of each coarse cell covered by valid fine pixels).
+    statistics : str or sequence of str
+        See :func:`parse_statistics`: mean, min, max, std, sum, pNN (area-weighted percentile), coverNN
+        (share of the area above NN).
+    reference_grid : str or Path, optional
+        A raster whose grid the output takes.
+    resolution_m : float, optional
+        Without ``reference_grid``: the output cell side, edges snapped to its multiples
+        (:meth:`.grid.Grid.from_bounds`).
+    progress : Progress, optional
+        Progress, messages and cancellation.
+    max_workers : int, optional
+        Threads.
+    parameters : dict, optional
+        The caller's parameters, for the provenance record.
+    block_size : int, optional
+        Output block side in pixels (default: a fine footprint of about 2048² pixels).
+
+    Returns
+    -------
+    Path
+        ``out_path``.
     """
     import rasterio
 

@@ -51,7 +51,18 @@ TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4,
 
 
 def available(compress: str) -> bool:
-    """Whether this module can write ``compress`` (ZSTD needs the ``zstandard`` package)."""
+    """Whether :class:`StreamingCOG` can write a compression.
+
+    Parameters
+    ----------
+    compress : str
+        ``"zstd"`` or ``"none"``.
+
+    Returns
+    -------
+    bool
+        True for ``"none"``, and for ``"zstd"`` where the ``zstandard`` package imports.
+    """
     if compress.lower() == "none":
         return True
     if compress.lower() != "zstd":
@@ -64,7 +75,20 @@ def available(compress: str) -> bool:
 
 
 def overview_count(width: int, height: int, block: int) -> int:
-    """GDAL's ``OVERVIEWS=AUTO``: halve until the image fits in one tile."""
+    """The number of overviews GDAL's ``OVERVIEWS=AUTO`` makes: halve until the image fits in one tile.
+
+    Parameters
+    ----------
+    width, height : int
+        The full resolution's size in pixels.
+    block : int
+        Tile side in pixels.
+
+    Returns
+    -------
+    int
+        The number of overview levels.
+    """
     count = 0
     while max(width, height) > block:
         width, height = math.ceil(width / 2), math.ceil(height / 2)
@@ -73,8 +97,19 @@ def overview_count(width: int, height: int, block: int) -> int:
 
 
 def average_2x2(rows: np.ndarray) -> np.ndarray:
-    """The mean of each 2 × 2 cell, NaN ignored (NaN where all four are NaN); an odd last row or column
-    averages what it has. float32 in, float32 out (sums in float32: within an ulp or two of float64)."""
+    """The NaN-aware mean of each 2 × 2 cell, as GDAL's ``AVERAGE`` overview resampling.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        float32 (rows, cols); an odd last row or column averages what it has.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (ceil(rows / 2), ceil(cols / 2)); NaN where all four are NaN (sums in float32: within an
+        ulp or two of float64).
+    """
     h, w = rows.shape
     if h % 2 or w % 2:
         rows = np.pad(rows, ((0, h % 2), (0, w % 2)), constant_values=np.nan)
@@ -109,7 +144,27 @@ class _Level:
 
 
 class StreamingCOG:
-    """Full-width rows written in order (:meth:`write`) become a COG at ``path`` on :meth:`close`."""
+    """Full-width rows written in order (:meth:`write`) become a COG at ``path`` on :meth:`close`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The COG to write (level files are made beside it).
+    grid : Grid
+        The raster's grid (CRS, transform, size).
+    descriptions : sequence of str, optional
+        The band's description.
+    tags : dict, optional
+        Dataset tags as GDAL stores them (:func:`..outputs.gdal_tags`).
+    block : int
+        Tile side in pixels, a multiple of 16.
+    compress : str
+        ``"zstd"`` or ``"none"`` (:func:`available`).
+    level : int
+        ZSTD level.
+    units : sequence of str, optional
+        The band's unit type (GDAL's ``GetUnitType``), e.g. ``"Mg/ha"``.
+    """
 
     def __init__(self, path, grid, descriptions=None, tags=None, block: int = 512, compress: str = "zstd",
                  level: int = 1, units=None):
@@ -367,8 +422,33 @@ def _copy(src, dst, length: int) -> None:
 @contextlib.contextmanager
 def cog_writer(grid, path, descriptions=None, tags=None, provenance=None, block: int = 512,
                compress: str = "zstd", units=None):
-    """A :class:`StreamingCOG` to write rows into; on a clean exit it becomes ``path``, atomically;
-    on an error nothing is left (the partial output and the level files are removed)."""
+    """A :class:`StreamingCOG` to write rows into, made atomic.
+
+    On a clean exit it becomes ``path``; on an error nothing is left (the partial output and the level
+    files are removed).
+
+    Parameters
+    ----------
+    grid : Grid
+        The raster's grid.
+    path : str or Path
+        The COG to write.
+    descriptions, units : sequence of str, optional
+        The band's description and unit type.
+    tags : dict, optional
+        Dataset tags.
+    provenance : dict, optional
+        The provenance record, stored with the tags (:func:`..outputs.gdal_tags`).
+    block : int
+        Tile side in pixels.
+    compress : str
+        ``"zstd"`` or ``"none"``.
+
+    Yields
+    ------
+    StreamingCOG
+        The writer.
+    """
     with atomic_output(Path(path)) as tmp:
         writer = StreamingCOG(tmp, grid, descriptions, gdal_tags(tags, provenance), block=block, compress=compress,
                               units=units)

@@ -45,8 +45,24 @@ def _nice_ceiling(value: float) -> float:
 
 def check_grid_size(width: float, height: float, res: float, limit: int = MAX_MEMORY_CELLS,
                     bytes_per_cell: int = 8) -> None:
-    """Refuse a grid of ``width`` × ``height`` (CRS units) at ``res`` with more than ``limit`` cells,
-    naming its size and the finest resolution that fits, before anything is allocated."""
+    """Refuse a grid too large to make, before anything is allocated.
+
+    Parameters
+    ----------
+    width, height : float
+        The extent in CRS units.
+    res : float
+        Cell side in CRS units; must be finite and greater than 0.
+    limit : int
+        The most cells allowed (:data:`MAX_MEMORY_CELLS` or :data:`MAX_STREAMED_CELLS`).
+    bytes_per_cell : int
+        Size of a cell of one layer, for the message.
+
+    Raises
+    ------
+    ForestCarbonError
+        Past ``limit`` cells, naming the grid's size and the finest resolution that fits.
+    """
     if not (res > 0 and math.isfinite(res)):
         raise ForestCarbonError(f"The resolution must be a number greater than 0 (got {res}).")
     ncols, nrows = max(1.0, width / res), max(1.0, height / res)

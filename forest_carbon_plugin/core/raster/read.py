@@ -23,7 +23,15 @@ __all__ = ["Readers", "stack_bands", "overlaps", "same_grid"]
 
 
 class Readers:
-    """Per-thread rasterio handles, reading windows of an output grid from any source."""
+    """Per-thread rasterio handles, reading windows of an output grid from any source.
+
+    Parameters
+    ----------
+    grid : Grid
+        The output grid that windows refer to; sources on another grid are warped onto it.
+    direct_io : bool
+        Read uncompressed GeoTIFFs with GDAL's ``GTIFF_DIRECT_IO`` (reads that visit each pixel once).
+    """
 
     def __init__(self, grid: Grid, direct_io: bool = False):
         self.grid = grid
@@ -133,8 +141,26 @@ class Readers:
 
 
 def stack_bands(paths, what: str = "input raster"):
-    """The bands of several rasters stacked in order, on the first one's grid:
-    ``(grid, [(path, band 1-based, nodata)], [description or ""])``."""
+    """The bands of several rasters stacked in order, on the first one's grid.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        The rasters; every band of each is taken, in order.
+    what : str
+        How messages name the rasters.
+
+    Returns
+    -------
+    tuple
+        ``(grid, sources, names)``: the first raster's :class:`Grid`, ``[(path, band (1-based), nodata)]``
+        and each band's description (``""`` where it has none).
+
+    Raises
+    ------
+    ForestCarbonError
+        A raster that cannot be read, a first raster without a CRS, or one that misses the first.
+    """
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -160,8 +186,20 @@ def stack_bands(paths, what: str = "input raster"):
 
 
 def overlaps(grid: Grid, src) -> bool:
-    """Whether the open raster ``src`` covers part of ``grid`` (an area, not just an edge); a raster
-    without a CRS is taken to be in the grid's CRS."""
+    """Whether an open raster covers part of a grid (an area, not just an edge).
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid.
+    src : rasterio dataset
+        The raster; without a CRS it is taken to be in the grid's CRS.
+
+    Returns
+    -------
+    bool
+        True when they share an area (also when the bounds cannot be projected: the warp decides).
+    """
     from rasterio.warp import transform_bounds
 
     bounds = tuple(src.bounds)
@@ -177,6 +215,18 @@ def overlaps(grid: Grid, src) -> bool:
 
 
 def same_grid(a: Grid, b: Grid) -> bool:
+    """Whether two grids are the same pixels (size, transform to 1e-6 pixel, CRS).
+
+    Parameters
+    ----------
+    a, b : Grid
+        The grids; one without a CRS is taken to be in the other's.
+
+    Returns
+    -------
+    bool
+        True when a window of one reads the same pixels from the other without warping.
+    """
     from rasterio.crs import CRS
 
     if (a.width, a.height) != (b.width, b.height):

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import Cancelled
-from ..core.outputs import atomic_output, gdal_tags, provenance
+from ..core.outputs import provenance
+from ..core.raster.grid import Grid
+from ..core.raster.write import RasterSpec, raster_writer
 from ..core.stats import sigma_from_bounds
 
 UNCERTAINTY_KINDS = ("std", "lower", "upper")
@@ -257,8 +259,8 @@ def alpha_of(rel: np.ndarray, threshold: float, min_alpha: float = 0.1) -> np.nd
 def write_value_by_alpha(sources: Sources, out_path, threshold: float = 0.2, min_alpha: float = 0.1,
                          is_canceled=None, set_progress=None, rows_per_block: int = 256) -> Path:
     """Write the value-by-alpha raster: band 1 the prediction, band 2 its opacity (:func:`alpha_of`,
-    0 on nodata), float32, tiled, on the prediction's grid, block by block and atomically (a cancelled
-    run leaves nothing). QGIS shows it with ``value_by_alpha.qml`` (the prediction's ramp, alpha band 2)."""
+    0 on nodata), a float32 COG with NaN nodata on the prediction's grid (:mod:`..core.raster.write`), block by
+    block and atomically (a cancelled run leaves nothing). QGIS shows it with ``value_by_alpha.qml`` (the prediction's ramp, alpha band 2)."""
     import rasterio
     from rasterio.windows import Window
 
@@ -266,12 +268,13 @@ def write_value_by_alpha(sources: Sources, out_path, threshold: float = 0.2, min
         raise ValueError("value by alpha needs a std layer, or lower and upper layers with their coverage")
     canceled = is_canceled or (lambda: False)
     with rasterio.open(sources.prediction) as ref:
-        profile = dict(driver="GTiff", width=ref.width, height=ref.height, count=2, dtype="float32",
-                       crs=ref.crs, transform=ref.transform, nodata=float("nan"), tiled=True,
-                       blockxsize=256, blockysize=256, compress="deflate")
         handles = {k: rasterio.open(getattr(sources, k)) for k in UNCERTAINTY_KINDS if getattr(sources, k)}
+        record = provenance("forestcarbon:valuebyalpha", {"threshold": threshold, "min_alpha": min_alpha},
+                            inputs=[p for p in (sources.prediction, *(h.name for h in handles.values()))])
+        spec = RasterSpec(count=2, descriptions=("prediction", "alpha"), tags={"OUTPUT_KIND": "value_by_alpha"},
+                          provenance=record)
         try:
-            with atomic_output(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            with raster_writer(Grid.of(ref), out_path, spec) as dst:
                 for r0 in range(0, ref.height, rows_per_block):
                     if canceled():
                         raise Cancelled()
@@ -285,11 +288,6 @@ def write_value_by_alpha(sources: Sources, out_path, threshold: float = 0.2, min
                     dst.write(np.stack([pred, alpha]).astype("float32"), window=win)
                     if set_progress:
                         set_progress(100.0 * (r0 + shape[0]) / ref.height)
-                dst.set_band_description(1, "prediction")
-                dst.set_band_description(2, "alpha")
-                record = provenance("forestcarbon:valuebyalpha", {"threshold": threshold, "min_alpha": min_alpha},
-                                    inputs=[p for p in (sources.prediction, *(h.name for h in handles.values()))])
-                dst.update_tags(**gdal_tags({"OUTPUT_KIND": "value_by_alpha"}, record))
         finally:
             for handle in handles.values():
                 handle.close()

@@ -28,7 +28,7 @@ from ..errors import ForestCarbonError
 from ..lidar.metrics import metric_names
 from ..lidar.plot_metrics import AREA_FIELD
 from ..progress import NullProgress, Progress, check_cancel
-from ..raster.coverage import pixel_coverage
+from ..raster.coverage import polygon_coverage
 from ..raster.read import Readers, stack_bands
 
 WINDOW = 512
@@ -229,7 +229,6 @@ def _sample_raster_target(grid, sources, path: Path, max_samples, seed, progress
 
 def _sample_vector_target(grid, sources, target, target_field, max_samples, seed, progress) -> TrainingData:
     from rasterio.crs import CRS
-    from rasterio.windows import Window
 
     ds, layer = vector.open_vector(target, "TARGET")
     field_name = vector.numeric_field(layer, target_field, "TARGET", "TARGET_FIELD")
@@ -238,46 +237,16 @@ def _sample_vector_target(grid, sources, target, target_field, max_samples, seed
     if not feats:
         raise ForestCarbonError(f"TARGET has no feature with a geometry and a value in '{field_name}'.")
     readers = Readers(grid)
-    inv = ~grid.transform
     rows_X, ys_, xs_, yc_ = [], [], [], []
-    kinds = set()
     try:
         for i, (geom, value) in enumerate(feats):
             check_cancel(progress)
-            kind = vector.geometry_kind(geom)
-            kinds.add(kind)
-            if kind == "point":
-                pt = geom if geom.GetGeometryCount() == 0 else geom.GetGeometryRef(0)
-                px, py = pt.GetX(), pt.GetY()
-                c, r = inv * (px, py)
-                c, r = int(math.floor(c)), int(math.floor(r))
-                if not (0 <= c < grid.width and 0 <= r < grid.height):
-                    continue
-                data, valid = _read_features(readers, sources, Window(c, r, 1, 1))
-                if not valid[0, 0]:
-                    continue
-                rows_X.append(data[:, 0, 0])
-                xs_.append(px)
-                yc_.append(py)
-            elif kind == "polygon":
-                xmin, xmax, ymin, ymax = geom.GetEnvelope()
-                cs, rs = zip(*(inv * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
-                c0, c1 = max(0, int(math.floor(min(cs)))), min(grid.width, int(math.ceil(max(cs))))
-                r0, r1 = max(0, int(math.floor(min(rs)))), min(grid.height, int(math.ceil(max(rs))))
-                if c1 <= c0 or r1 <= r0:
-                    continue
-                window = Window(c0, r0, c1 - c0, r1 - r0)
-                data, valid = _read_features(readers, sources, window)
-                w = pixel_coverage(vector.to_shapely(geom), grid.window_transform(window), valid.shape) * valid
-                if w.sum() <= 0:
-                    continue
-                rows_X.append((data * w).reshape(len(sources), -1).sum(axis=1) / w.sum())
-                centroid = geom.Centroid()
-                xs_.append(centroid.GetX())
-                yc_.append(centroid.GetY())
-            else:
-                raise ForestCarbonError(f"TARGET holds {kind} geometries: give points or polygons.")
-            ys_.append(float(value))
+            sample = _target_features(readers, sources, grid, geom)
+            if sample is not None:
+                rows_X.append(sample[0])
+                xs_.append(sample[1])
+                yc_.append(sample[2])
+                ys_.append(float(value))
             progress.set_progress(20.0 * (i + 1) / len(feats))
     finally:
         readers.close()
@@ -291,11 +260,41 @@ def _sample_vector_target(grid, sources, target, target_field, max_samples, seed
         if len(feats) > len(ys_) else []
     if skipped:
         notes.append(f"{skipped} target feature(s) without a geometry or a value were left out.")
-    if "polygon" in kinds:
+    polygons = any(vector.geometry_kind(geom) == "polygon" for geom, _ in feats)
+    if polygons:
         notes.append("Polygon targets are matched with the area-weighted mean of the features over each polygon "
                      "(weights = share of each pixel inside it) and placed at their centroid for the spatial blocks.")
     return TrainingData(X[keep], y[keep], np.asarray(xs_)[keep], np.asarray(yc_)[keep], [], grid, field_name, "",
-                        y.size, "polygon" if "polygon" in kinds else "point", notes)
+                        y.size, "polygon" if polygons else "point", notes)
+
+
+def _target_features(readers, sources, grid, geom):
+    """(features, x, y) of one target feature: a point takes the pixel it falls in, a polygon the area-weighted
+    mean over the pixels it covers, placed at its centroid; None off the valid feature pixels."""
+    from rasterio.windows import Window
+
+    kind = vector.geometry_kind(geom)
+    if kind == "point":
+        pt = geom if geom.GetGeometryCount() == 0 else geom.GetGeometryRef(0)
+        px, py = pt.GetX(), pt.GetY()
+        c, r = ~grid.transform * (px, py)
+        c, r = int(math.floor(c)), int(math.floor(r))
+        if not (0 <= c < grid.width and 0 <= r < grid.height):
+            return None
+        data, valid = _read_features(readers, sources, Window(c, r, 1, 1))
+        return (data[:, 0, 0], px, py) if valid[0, 0] else None
+    if kind != "polygon":
+        raise ForestCarbonError(f"TARGET holds {kind} geometries: give points or polygons.")
+    covered = polygon_coverage(vector.to_shapely(geom), grid)
+    if covered is None:
+        return None
+    r0, c0, shares = covered
+    data, valid = _read_features(readers, sources, Window(c0, r0, shares.shape[1], shares.shape[0]))
+    w = shares * valid
+    if w.sum() <= 0:
+        return None
+    centroid = geom.Centroid()
+    return (data * w).reshape(len(sources), -1).sum(axis=1) / w.sum(), centroid.GetX(), centroid.GetY()
 
 
 # ----------------------------------------------------------------------------- plot data (area-based approach)

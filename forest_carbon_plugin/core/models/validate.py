@@ -9,6 +9,7 @@ plots and (``VARIOGRAM_POINTS`` of it) the semivariogram.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from ..errors import ForestCarbonError
 from ..outputs import provenance
 from ..progress import Progress, check_cancel
-from ..raster.coverage import pixel_coverage
+from ..raster.coverage import polygon_coverage
 from ..raster.grid import Grid
 from ..raster.read import Readers, overlaps, same_grid
 from ..report import Report, write_report
@@ -466,11 +467,8 @@ def _stream_raster_reference(grid, inputs, reference, acc, coverage, progress) -
             resampling = Resampling.average
             notes.append("The reference raster is on another grid: it was averaged (area-weighted) onto the "
                          "prediction's grid.")
-    readers = Readers(grid)
-    windows = list(grid.windows(BLOCK))
-    try:
-        for i, window in enumerate(windows):
-            check_cancel(progress)
+    with _readers(grid) as readers:
+        for window in _blocks(grid, progress):
             pred = _filled(readers.read(inputs.prediction, window))
             ref = _filled(readers.read(reference, window, resampling=resampling))
             transform = grid.window_transform(window)
@@ -483,11 +481,27 @@ def _stream_raster_reference(grid, inputs, reference, acc, coverage, progress) -
                 x[rows, cols] = transform.c + (cols + 0.5) * transform.a
                 y[rows, cols] = transform.f + (rows + 0.5) * transform.e
                 _add(acc, x, y, pred, ref, extras, ok, coverage)
-            if progress is not None:
-                progress.set_progress(90.0 * (i + 1) / len(windows))
+    return notes
+
+
+@contextlib.contextmanager
+def _readers(grid):
+    """Readers of every input onto the prediction grid, closed however the streaming ends."""
+    readers = Readers(grid)
+    try:
+        yield readers
     finally:
         readers.close()
-    return notes
+
+
+def _blocks(grid, progress):
+    """The prediction grid's blocks in order, with cancel checks; progress runs to 90 % over them."""
+    windows = list(grid.windows(BLOCK))
+    for i, window in enumerate(windows):
+        check_cancel(progress)
+        yield window
+        if progress is not None:
+            progress.set_progress(90.0 * (i + 1) / len(windows))
 
 
 def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
@@ -507,11 +521,8 @@ def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
     notes = []
     if (~inside).any():
         notes.append(f"{int((~inside).sum())} reference point(s) outside the prediction raster were left out.")
-    readers = Readers(grid)
-    windows = list(grid.windows(BLOCK))
-    try:
-        for i, window in enumerate(windows):
-            check_cancel(progress)
+    with _readers(grid) as readers:
+        for window in _blocks(grid, progress):
             r0, c0 = int(window.row_off), int(window.col_off)
             sel = inside & (row >= r0) & (row < r0 + window.height) & (col >= c0) & (col < c0 + window.width)
             if not sel.any():
@@ -523,12 +534,7 @@ def _points_reference(grid, inputs, feats, acc, coverage, progress) -> list:
             pred = pred_block[rr, cc]
             extras = {k: None if v is None else v[rr, cc] for k, v in extras_block.items()}
             ref = vals[sel]
-            ok = _valid(pred, ref, extras)
-            _add(acc, xs[sel], ys[sel], pred, ref, extras, ok, coverage)
-            if progress is not None:
-                progress.set_progress(90.0 * (i + 1) / len(windows))
-    finally:
-        readers.close()
+            _add(acc, xs[sel], ys[sel], pred, ref, extras, _valid(pred, ref, extras), coverage)
     return notes
 
 
@@ -536,59 +542,21 @@ def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
     """Each polygon: area-weighted mean of the valid prediction pixels it covers (weights = covered share
     of each pixel). σ and the bounds are averaged the same way (errors taken as fully correlated inside
     a polygon, the conservative choice); the stratum is the one with most weight."""
-    from rasterio.windows import Window
-
-    notes = []
-    readers = Readers(grid)
-    inv = ~grid.transform
-    outside = 0
     rows = {k: [] for k in ("x", "y", "pred", "ref", "std", "lower", "upper", "stratum")}
-    try:
+    outside = 0
+    with _readers(grid) as readers:
         for i, (geom, value) in enumerate(feats):
             check_cancel(progress)
-            xmin, xmax, ymin, ymax = geom.GetEnvelope()
-            cols, rws = zip(*(inv * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
-            c0, c1 = max(0, int(math.floor(min(cols)))), min(grid.width, int(math.ceil(max(cols))))
-            r0, r1 = max(0, int(math.floor(min(rws)))), min(grid.height, int(math.ceil(max(rws))))
-            if c1 <= c0 or r1 <= r0:
+            means = _polygon_means(readers, grid, inputs, geom)
+            if means is None:
                 outside += 1
                 continue
-            window = Window(c0, r0, c1 - c0, r1 - r0)
-            transform = grid.window_transform(window)
-            pred = _filled(readers.read(inputs.prediction, window))
-            extras = _read_extras(readers, inputs, window, transform, pred.shape)
-            w = pixel_coverage(to_shapely(geom), transform, pred.shape)
-            ok = (w > 0) & _valid(pred, np.zeros_like(pred), extras)
-            if not ok.any() or w[ok].sum() <= 0:
-                outside += 1
-                continue
-            wk = w[ok]
-
-            def mean(a):
-                return None if a is None else float(np.sum(a[ok] * wk) / wk.sum())
-
             centroid = geom.Centroid()
-            rows["x"].append(centroid.GetX())
-            rows["y"].append(centroid.GetY())
-            rows["pred"].append(mean(pred))
-            rows["ref"].append(float(value))
-            for key in ("std", "lower", "upper"):
-                rows[key].append(mean(extras[key]))
-            stratum = extras["stratum"]
-            if stratum is not None:
-                s = stratum[ok]
-                good = np.isfinite(s)
-                if good.any():
-                    codes, inverse = np.unique(s[good], return_inverse=True)
-                    rows["stratum"].append(float(codes[np.argmax(np.bincount(inverse, weights=wk[good]))]))
-                else:
-                    rows["stratum"].append(np.nan)
+            for key, v in (("x", centroid.GetX()), ("y", centroid.GetY()), ("ref", float(value)), *means.items()):
+                rows[key].append(v)
             if progress is not None:
                 progress.set_progress(90.0 * (i + 1) / max(1, len(feats)))
-    finally:
-        readers.close()
-    if outside:
-        notes.append(f"{outside} reference polygon(s) without a valid prediction pixel were left out.")
+    notes = [f"{outside} reference polygon(s) without a valid prediction pixel were left out."] if outside else []
     notes.append("Polygon references are compared with the area-weighted mean of the prediction over each polygon "
                  "(weights = share of each pixel inside it); σ and bounds are averaged the same way.")
     if rows["pred"]:
@@ -602,6 +570,38 @@ def _polygons_reference(grid, inputs, feats, acc, coverage, progress) -> list:
              {"std": arr["std"], "lower": arr["lower"], "upper": arr["upper"], "stratum": arr["stratum"]}, ok,
              coverage)
     return notes
+
+
+def _polygon_means(readers, grid, inputs, geom) -> dict | None:
+    """The area-weighted means of the prediction, σ and bounds over a polygon and its main stratum (the one
+    with most weight; omitted without strata); None when it covers no valid prediction pixel."""
+    from rasterio.windows import Window
+
+    covered = polygon_coverage(to_shapely(geom), grid)
+    if covered is None:
+        return None
+    r0, c0, w = covered
+    window = Window(c0, r0, w.shape[1], w.shape[0])
+    pred = _filled(readers.read(inputs.prediction, window))
+    extras = _read_extras(readers, inputs, window, grid.window_transform(window), pred.shape)
+    ok = (w > 0) & _valid(pred, np.zeros_like(pred), extras)
+    if not ok.any() or w[ok].sum() <= 0:
+        return None
+    wk = w[ok]
+
+    def mean(a):
+        return None if a is None else float(np.sum(a[ok] * wk) / wk.sum())
+
+    means = {"pred": mean(pred), **{key: mean(extras[key]) for key in ("std", "lower", "upper")}}
+    stratum = extras["stratum"]
+    if stratum is not None:
+        s = stratum[ok]
+        good = np.isfinite(s)
+        means["stratum"] = np.nan
+        if good.any():
+            codes, inverse = np.unique(s[good], return_inverse=True)
+            means["stratum"] = float(codes[np.argmax(np.bincount(inverse, weights=wk[good]))])
+    return means
 
 
 # ----------------------------------------------------------------------------- the report

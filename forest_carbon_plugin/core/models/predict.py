@@ -16,25 +16,25 @@ import contextlib
 import math
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ForestCarbonError
+from ..outputs import provenance as make_provenance
+from ..parallel.assemble import assemble_raster, bands_for, job_folder, write_tile
+from ..parallel.files import materialize
+from ..parallel.pool import default_workers
+from ..parallel.tilemap import current_executor
+from ..progress import NullProgress, Progress, check_cancel
 from ..raster import cog
 from ..raster.grid import Grid
 from ..raster.read import Readers, stack_bands
-from ..parallel.pool import default_workers
 from ..raster.write import COMPRESS, RasterSpec, raster_writer
-from ..errors import ForestCarbonError
 from .card import ModelCard, read_card
 from .onnx import DEVICES, Runner, choose_providers, session_for
 from .pipeline import Pipeline, Stack
-from ..outputs import provenance as make_provenance
-from ..progress import NullProgress, Progress, check_cancel
-from ..parallel.assemble import assemble_raster, bands_for, job_folder, write_tile
-from ..parallel.files import materialize
-from ..parallel.tilemap import current_executor
 
 DEFAULT_TILE = 256
 DEFAULT_PIXEL_BATCH = 262_144
@@ -45,12 +45,14 @@ MAX_BATCH_BYTES = 2 * 2 ** 30
 
 @dataclass
 class Prediction:
+    """What a run wrote (``outputs``: kind → path), on which execution provider, with which card, how many model
+    runs (``tiles``) and how long it took."""
+
     outputs: dict  # kind -> path
     provider: str
     card: ModelCard
     tiles: int = 0
     seconds: float = 0.0
-    warnings: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the algorithm

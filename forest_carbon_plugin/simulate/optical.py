@@ -26,7 +26,8 @@ import numpy as np
 from affine import Affine
 
 from ..core.imagery import hls, solar
-from ..core.raster.write import block_mean, write_raster
+from ..core.raster.aggregate import block_mean
+from ..core.raster.write import write_raster
 from ..core.outputs import atomic_output
 from .world import EPSG, SceneConfig, rng_for
 

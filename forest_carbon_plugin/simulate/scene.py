@@ -20,7 +20,8 @@ from affine import Affine
 from ..core.errors import ForestCarbonError
 from ..core.outputs import atomic_output, provenance as make_provenance
 from ..core.progress import NullProgress, Progress, check_cancel
-from ..core.raster.write import block_mean, write_raster
+from ..core.raster.aggregate import block_mean
+from ..core.raster.write import write_raster
 from . import lidar, optical
 from .world import EPSG, SceneConfig, Trees, canopy_at, make_stands, make_terrain, make_trees, rng_for
 

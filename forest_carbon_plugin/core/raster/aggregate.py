@@ -382,3 +382,23 @@ def aggregate_to_grid(path, out_path, statistics=("mean",), reference_grid=None,
     finally:
         readers.close()
     return Path(out_path)
+
+
+def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over non-overlapping ``factor`` × ``factor`` blocks.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        (..., rows, cols) with rows and cols multiples of ``factor``.
+    factor : int
+        Block side in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (..., rows / factor, cols / factor).
+    """
+    rows, cols = array.shape[-2:]
+    shaped = array.reshape(*array.shape[:-2], rows // factor, factor, cols // factor, factor)
+    return shaped.mean(axis=(-3, -1))

@@ -214,10 +214,12 @@ class Grid:
     # ------------------------------------------------------------------ points to cells (lidR's rules)
 
     def cols(self, x) -> np.ndarray:
+        """Column of each x: ``floor((x − xmin) / res)``, clipped to the grid (the east edge is the last)."""
         c = np.floor((np.asarray(x, dtype=np.float64) - self.xmin) / self.res_xy[0]).astype(np.int64)
         return np.clip(c, 0, self.width - 1)
 
     def rows(self, y) -> np.ndarray:
+        """Row of each y: ``floor((ymax − y) / res)``, clipped to the grid (the south edge is the last)."""
         r = np.floor((self.ymax - np.asarray(y, dtype=np.float64)) / self.res_xy[1]).astype(np.int64)
         return np.clip(r, 0, self.height - 1)
 
@@ -233,6 +235,7 @@ class Grid:
         return np.meshgrid(xs, ys)
 
     def contains(self, x, y) -> np.ndarray:
+        """Points inside the grid or on its edges."""
         x = np.asarray(x)
         y = np.asarray(y)
         return (x >= self.xmin) & (x <= self.xmax) & (y >= self.ymin) & (y <= self.ymax)
@@ -262,6 +265,7 @@ class Grid:
                 yield Window(col, row, min(block_size, self.width - col), min(block_size, self.height - row))
 
     def window_transform(self, window):
+        """The affine transform of a window of the grid."""
         from rasterio.windows import transform
 
         return transform(window, self.transform)

@@ -32,7 +32,7 @@ from ..progress import Progress
 from .grid import DEFAULT_BLOCK, Grid
 
 __all__ = ["NODATA", "COMPRESS", "RasterSpec", "gdal_compression", "describe", "write_raster",
-           "process_blocks", "raster_writer", "to_cog", "block_mean"]
+           "process_blocks", "raster_writer", "to_cog"]
 
 #: The nodata value of every float raster the plugin writes.
 NODATA = float("nan")
@@ -295,23 +295,3 @@ def to_cog(source, out, compress: str = COMPRESS, block_size: int = DEFAULT_BLOC
     if compress in ("deflate", "zstd"):
         options["level"] = 1  # the fastest level: float rasters compress little better at 6, for 1.5× the time
     copy(str(source), str(out), **options)
-
-
-def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over non-overlapping ``factor`` × ``factor`` blocks.
-
-    Parameters
-    ----------
-    array : numpy.ndarray
-        (..., rows, cols) with rows and cols multiples of ``factor``.
-    factor : int
-        Block side in pixels.
-
-    Returns
-    -------
-    numpy.ndarray
-        (..., rows / factor, cols / factor).
-    """
-    rows, cols = array.shape[-2:]
-    shaped = array.reshape(*array.shape[:-2], rows // factor, factor, cols // factor, factor)
-    return shaped.mean(axis=(-3, -1))

@@ -211,19 +211,19 @@ def _write_truth(truth: Path, config: SceneConfig, dtm, trees: Trees, chm, p_cro
     """The truth rasters (DTM, CHM at 1 m; cover and AGB at 10 and 30 m); returns the AGB maps by resolution."""
     t1 = Affine(1, 0, config.xmin, 0, -1, config.ymax)
     crs = f"EPSG:{EPSG}"
-    write_raster(truth / "dtm_1m.tif", dtm, t1, crs, nodata=-9999.0, descriptions=["elevation_m"], provenance=prov)
-    write_raster(truth / "chm_1m.tif", chm, t1, crs, nodata=-9999.0, descriptions=["canopy_height_m"],
+    write_raster(truth / "dtm_1m.tif", dtm, t1, crs, descriptions=["elevation_m"], provenance=prov)
+    write_raster(truth / "chm_1m.tif", chm, t1, crs, descriptions=["canopy_height_m"],
                  provenance=prov)
     agb_maps = {}
     for res in (10, 30):
         transform = Affine(res, 0, config.xmin, 0, -res, config.ymax)
         cover = block_mean(p_crown, res)
         write_raster(truth / f"cover_{res}m.tif", cover.astype(np.float32), transform,
-                     crs, nodata=-9999.0, descriptions=["canopy_cover_fraction_gt2m"], provenance=prov)
+                     crs, descriptions=["canopy_cover_fraction_gt2m"], provenance=prov)
         agb = agb_grid(trees, config.size, res)
         agb_maps[res] = agb
         write_raster(truth / f"agb_{res}m.tif", agb.astype(np.float32), transform,
-                     crs, nodata=-9999.0, descriptions=["agb_mg_per_ha"], provenance=prov)
+                     crs, descriptions=["agb_mg_per_ha"], provenance=prov)
     return agb_maps
 
 

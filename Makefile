@@ -4,7 +4,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 WORKER_VENV := .venv-worker
-# the wheels the dependency installer takes on QGIS's own Python (tests/test_installer.py serves them on 127.0.0.1)
+# the wheels the dependency installer takes on QGIS's own Python (tests/gui/test_installer.py serves them on 127.0.0.1)
 WHEELHOUSE := .wheelhouse
 CORE_SOURCES := $(shell find forest_carbon_plugin -name '*.py' -not -path '*/gui/*' 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -50,7 +50,7 @@ constraints-worker.txt: $(VENV)/.installed scripts/pins.py
 # A Dask worker's environment: no QGIS, no PyQt, no system site-packages; only `pip install .[worker]`
 # with the main venv's versions (constraints-worker.txt), so tiles computed there have the same bits.
 # The package is installed from a copy of the sources (setuptools would write into build/, which
-# `make package` uses); it is reinstalled when the core changes. tests/test_remote.py runs its workers.
+# `make package` uses); it is reinstalled when the core changes. tests/integration/test_remote.py runs its workers.
 $(WORKER_VENV)/.installed: pyproject.toml constraints-worker.txt $(CORE_SOURCES)
 	@test -x $(WORKER_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(WORKER_VENV)
 	@src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \

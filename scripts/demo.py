@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 MODEL3 = ROOT / "resources" / "models" / "forest_carbon_chain.model3"
 
 #: the demo scene: 1.8 km × 1.8 km, 1 LiDAR pulse/m², 108 plots (72 train, 36 validate) of 900 m², the area of a
-#: 30 m cell, so that intervals calibrated on plots hold for cells (tests/test_aba.py); cloud-free imagery (the
+#: 30 m cell, so that intervals calibrated on plots hold for cells (tests/integration/test_aba.py); cloud-free imagery (the
 #: simulator flags clouds and their shadows generously: with 3 % cloud cover 3 % of the composite of the two dates
 #: was still masked, and a project's total covers only its mapped part). A fixed seed: the same numbers every run.
 SCENE = {"size_m": 1800.0, "seed": 11, "pulse_density": 1.0, "plot_radius_m": 16.93, "cloud_fraction": 0.0,

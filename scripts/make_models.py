@@ -25,7 +25,7 @@ Every input parameter of every child gets a source, its algorithm's default wher
 the registered algorithms at build time, so rebuild after an algorithm gains a parameter), and the build stops when
 ``validateChildAlgorithm`` or ``validate`` finds an issue: QGIS 3.22's Model Designer draws a child with a mandatory
 parameter unset in red and *Run* calls the model invalid. Components are laid out left to right by dependency depth
-(``lay_out``). ``tests/test_models_designer.py`` checks the files.
+(``lay_out``). ``tests/processing/test_models_designer.py`` checks the files.
 """
 
 from __future__ import annotations

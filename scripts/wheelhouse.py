@@ -3,7 +3,7 @@
     env -u PYTHONPATH /usr/bin/python3 scripts/wheelhouse.py .wheelhouse
 
 The plan comes from the installer itself (``forest_carbon_plugin.core.dependencies.plan_install``: what
-QGIS's Python lacks, resolved with everything it has pinned), so tests/test_installer.py can install the
+QGIS's Python lacks, resolved with everything it has pinned), so tests/gui/test_installer.py can install the
 same set into a fresh profile from a package index on 127.0.0.1 that serves only this folder. pip's own
 configuration (index, find-links) is used for the download. A second run with the same plan downloads nothing.
 """

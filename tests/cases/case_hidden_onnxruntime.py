@@ -1,4 +1,4 @@
-"""Run by tests/test_dependencies.py in a subprocess with onnxruntime hidden; not collected
+"""Run by tests/integration/test_dependencies.py in a subprocess with onnxruntime hidden; not collected
 by the main suite (its name does not start with test_)."""
 
 import json

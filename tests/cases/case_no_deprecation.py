@@ -1,4 +1,4 @@
-"""Run by tests/test_qt6_ready.py in a fresh interpreter, so that our modules' import-time code runs
+"""Run by tests/gui/test_qt6_ready.py in a fresh interpreter, so that our modules' import-time code runs
 under the warning recorder too; not collected by the main suite (its name does not start with test_)."""
 
 import importlib

@@ -9,6 +9,7 @@ from __future__ import annotations
 from math import floor, log10
 from pathlib import Path
 
+from .core.vector import source_path
 from .output_info import read_output_info
 from .paths import RESOURCES_DIR
 
@@ -38,8 +39,8 @@ def raster_path(layer) -> str | None:
 
     if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
         return None
-    path = layer.source().split("|")[0]
-    return path if Path(path).is_file() else None
+    path = source_path(layer.source())
+    return str(path) if path.is_file() else None
 
 
 def layer_unit(layer) -> str:

@@ -29,7 +29,7 @@ from forest_carbon_plugin.paths import ICON_SVG, RESOURCES_DIR
 from forest_carbon_plugin.styling import rescale_ramp
 from .compat import NumberType, PropertyType, RangeLimit
 from .find_and_read import ALGORITHMS, help_page, with_labels
-from .inputs import add_point_cloud_input, explain_invalid
+from .inputs import add_point_cloud_input, explain_invalid, layer_file, plain_path
 
 
 class FeedbackProgress:
@@ -460,7 +460,7 @@ def _paths_of(value, context) -> list:
         return _layer_path(value)
     if not isinstance(value, str):
         return []
-    plain = value.split("|")[0]
+    plain = plain_path(value)
     if os.path.exists(plain):
         return [plain, *_vpc_members(plain)]
     layer = QgsProcessingUtils.mapLayerFromString(value, context, False)
@@ -478,13 +478,7 @@ def _vpc_members(path: str) -> list:
 
 
 def _layer_path(layer) -> list:
-    from qgis.core import QgsProviderRegistry
-
-    try:
-        path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()).get("path")
-    except Exception:  # noqa: BLE001 - providers without decodeUri support
-        path = None
-    path = path or layer.source().split("|")[0]
+    path = layer_file(layer)
     return [path, *_vpc_members(path)] if path and os.path.exists(path) else []
 
 
@@ -503,7 +497,7 @@ def _destination_path(param, value, context):
     head = value.split(":", 1)[0]
     if ":" in value and len(head) > 1 and "/" not in head and "\\" not in head:
         return None  # "memory:", "ogr:dbname=…", "postgis:…": not a plain file
-    return os.path.abspath(os.path.expanduser(value.split("|")[0]))
+    return os.path.abspath(os.path.expanduser(plain_path(value)))
 
 
 def _is_catalog(folder: str) -> bool:

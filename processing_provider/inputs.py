@@ -21,6 +21,8 @@ from qgis.core import (
     QgsProviderRegistry,
 )
 
+from forest_carbon_plugin.core.vector import source_path
+
 from .compat import FileBehavior, ParameterFlag, PropertyType
 
 #: providers that open local point-cloud files as layers (3.22 from Debian has only 'ept'; 3.44 'copc', 'vpc')
@@ -68,7 +70,7 @@ def _accepts_path(value, extensions) -> bool | None:
     """True/False for a value that names an existing file or folder; None for anything else (a layer)."""
     if not isinstance(value, str) or not value:
         return None
-    path = value.split("|")[0]
+    path = plain_path(value)
     if os.path.isdir(path):
         return True
     suffixes = tuple(f".{e}" for e in extensions) + _CLOUD_SUFFIXES
@@ -229,11 +231,11 @@ def point_cloud_source(alg, parameters, context, name: str = "INPUT") -> str:
                 f"{name}: no point cloud given. Choose a point-cloud layer, a LAS/LAZ/COPC file, a .vpc or a "
                 "folder of tiles."))
         text = str(value)
-        if os.path.exists(text.split("|")[0]):
-            return text.split("|")[0]
+        if os.path.exists(plain_path(text)):
+            return plain_path(text)
         layer = QgsProcessingUtils.mapLayerFromString(text, context, False)
         if layer is None and _looks_like_path(text):
-            return text.split("|")[0]  # a path: the core says what is missing
+            return plain_path(text)  # a path: the core says what is missing
         if layer is None:
             raise QgsProcessingException(alg.tr(
                 f"{name}: '{_shown(text)}' is neither an existing file or folder nor a layer of the project: "
@@ -241,12 +243,22 @@ def point_cloud_source(alg, parameters, context, name: str = "INPUT") -> str:
     return _cloud_layer_path(alg, layer, name)
 
 
-def _cloud_layer_path(alg, layer, name: str) -> str:
+def plain_path(value: str) -> str:
+    """The file part of a path or of a QGIS source string (``a.gpkg|layername=x`` → ``a.gpkg``)."""
+    return str(source_path(value))
+
+
+def layer_file(layer) -> str:
+    """The local file behind a layer as its provider decodes it (else the file part of its source)."""
     try:
         path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()).get("path")
     except Exception:  # noqa: BLE001 - providers without decodeUri
         path = None
-    path = path or layer.source().split("|")[0]
+    return path or plain_path(layer.source())
+
+
+def _cloud_layer_path(alg, layer, name: str) -> str:
+    path = layer_file(layer)
     if not path or not os.path.exists(path):
         raise QgsProcessingException(alg.tr(
             f"{name}: the layer '{layer.name()}' is not a local file ({_shown(layer.source())}): Forest Carbon reads "
@@ -279,7 +291,7 @@ def _file_hint(param, value) -> str:
 
 
 def _layer_hint(kind: str, value) -> str:
-    if isinstance(value, str) and value and not os.path.exists(value.split("|")[0]):
+    if isinstance(value, str) and value and not os.path.exists(plain_path(value)):
         return f"'{_shown(value)}' does not exist: choose an existing {kind} file or a loaded layer."
     return (f"'{_shown(value)}' cannot be opened as a {kind} layer: check that it is a complete {kind} file that "
             "QGIS can open (e.g. GeoTIFF for rasters, GeoPackage or shapefile for vectors).")
@@ -321,7 +333,7 @@ def explain_invalid(alg, parameters: dict, context) -> str | None:
             hint = _number_hint(param, value)
         elif kind == "multilayer":
             items = value if isinstance(value, (list, tuple)) else [value]
-            missing = [v for v in items if isinstance(v, str) and v and not os.path.exists(v.split("|")[0])]
+            missing = [v for v in items if isinstance(v, str) and v and not os.path.exists(plain_path(v))]
             hint = (f"'{_shown(missing[0])}' does not exist: choose existing files or loaded layers." if missing else
                     f"{_shown(value)} holds an item that cannot be opened as the kind of layer this parameter takes: "
                     "check that every item is a complete file of that kind.")

@@ -56,6 +56,7 @@ from processing_provider.compat import LayerFilter
 
 from ..core.carbon.stock import BiomassMap, CarbonFactors, MonteCarlo, carbon_stock
 from ..core.carbon.variogram import recorded_error_model
+from ..core.vector import source_path
 from ..output_info import read_output_info
 from ..styling import apply_style, legend_number, raster_path
 from .connections import Connections
@@ -341,7 +342,7 @@ class UncertaintyDock(QDockWidget):
         if sources is None:
             return
         apply_style(layer, "prediction")
-        present = {lyr.source().split("|")[0] for lyr in QgsProject.instance().mapLayers().values()}
+        present = {str(source_path(lyr.source())) for lyr in QgsProject.instance().mapLayers().values()}
         kinds = ["std"] if sources.std else [k for k in ("lower", "upper") if getattr(sources, k)]
         for kind in kinds:
             path = getattr(sources, kind)

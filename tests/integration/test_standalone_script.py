@@ -164,4 +164,4 @@ def test_qgis_process_with_a_foreign_python3_first_on_path(tmp_path, qgis_config
         assert proc.returncode == 0, log
         assert "could not start" not in log and "No Python" not in log, log
         outputs[workers] = _raster(out)
-    assert np.array_equal(outputs[1][0], outputs[2][0]) and (outputs[1][0] > 5).sum() > 1000
+    assert np.array_equal(outputs[1][0], outputs[2][0], equal_nan=True) and (outputs[1][0] > 5).sum() > 1000

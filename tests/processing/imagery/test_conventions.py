@@ -154,7 +154,8 @@ C2_MULT, C2_ADD = 2.75e-5, -0.2
 
 def _edit_band(path, change, nodata="keep"):
     """Rewrite a band file in place: ``change(dn) -> dn``; ``nodata=None`` removes the file's no-data tag."""
-    with rasterio.open(path, "r+") as dst:
+    # the simulator writes COGs, as USGS does; GDAL >= 3.8 refuses to update one unless told the layout may break
+    with rasterio.open(path, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
         dst.write(change(dst.read(1)), 1)
         if nodata is None:
             dst.nodata = None
